@@ -1,0 +1,1 @@
+//! exo-api (work in progress).

@@ -1,0 +1,1 @@
+//! exo-completion (work in progress).

@@ -1,0 +1,1 @@
+//! exo-retry (work in progress).

@@ -1,0 +1,1 @@
+//! exo-scheduler (work in progress).

@@ -1,0 +1,1 @@
+//! exo-trigger (work in progress).

@@ -1,0 +1,1 @@
+//! exo-bus (work in progress).

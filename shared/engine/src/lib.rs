@@ -1,0 +1,1 @@
+//! exo-engine (work in progress).

@@ -1,0 +1,1 @@
+//! exo-runtime (work in progress).

@@ -1,0 +1,1 @@
+//! exo-service (work in progress).

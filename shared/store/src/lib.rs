@@ -1,0 +1,1 @@
+//! exo-store (work in progress).

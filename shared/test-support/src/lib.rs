@@ -1,0 +1,1 @@
+//! exo-test-support (work in progress).

@@ -1,0 +1,1 @@
+//! exo-types (work in progress).
