@@ -1,1 +1,286 @@
-//! exo-bus (work in progress).
+//! `exo-bus`: the NATS JetStream adapter.
+//!
+//! - [`Bus::connect`] and [`Bus::provision`] (idempotent stream creation, safe
+//!   in every replica at start-up);
+//! - publishing JSON with a deterministic `Nats-Msg-Id`, one at a time or in a
+//!   window of outstanding acks ([`Bus::publish_batch`]);
+//! - durable pull consumers and a consume loop ([`consume`]) that maps a
+//!   handler's [`Disposition`] onto ack, nak-with-delay or term, and copies
+//!   rejected messages to the dead-letter stream with the reason.
+
+mod consume;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, message::PublishMessage as Publish, stream};
+use bytes::Bytes;
+use exo_types::messages::{DeadLetter, HEADER_PROTOCOL, PROTOCOL_VERSION};
+use exo_types::subjects as subj;
+use serde::Serialize;
+
+pub use consume::{ConsumeOptions, Delivery, Disposition, consume};
+
+/// Bus errors. All of them are transient from a handler's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Could not connect.
+    #[error("could not connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    /// A JetStream API call failed.
+    #[error("JetStream {what} failed: {source}")]
+    JetStream {
+        /// What was attempted.
+        what: &'static str,
+        /// The client error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A message could not be serialised.
+    #[error("could not encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    fn js(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::JetStream {
+            what,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Subject.
+    pub subject: String,
+    /// Deterministic dedup id (`Nats-Msg-Id`).
+    pub msg_id: String,
+    /// JSON payload.
+    pub payload: Bytes,
+}
+
+impl Outgoing {
+    /// Encodes `value` as JSON.
+    pub fn json<T: Serialize>(subject: String, msg_id: String, value: &T) -> Result<Self, Error> {
+        Ok(Self {
+            subject,
+            msg_id,
+            payload: Bytes::from(serde_json::to_vec(value)?),
+        })
+    }
+}
+
+/// Transport-level redelivery settings of service consumers.
+pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Dedup window of the work streams.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Outstanding publish acks in [`Bus::publish_batch`].
+pub const PUBLISH_WINDOW: usize = 1024;
+
+/// A connected NATS client with its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Bus {
+    /// Connects to `url` (comma-separated list allowed), naming the connection.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, Error> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js })
+    }
+
+    /// The core client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates every stream if missing (idempotent).
+    pub async fn provision(&self) -> Result<(), Error> {
+        let work = |name: &str, subjects: &str| stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_message_size: 32 * 1024 * 1024,
+            ..Default::default()
+        };
+        let limits = |name: &str, subjects: &str, age: Duration| stream::Config {
+            name: name.to_string(),
+            subjects: vec![subjects.to_string()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: age,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        let configs = [
+            work(subj::STREAM_COMMANDS, subj::COMMANDS_SUBJECTS),
+            work(subj::STREAM_STATES, subj::STATES_SUBJECTS),
+            work(subj::STREAM_RESULTS, subj::RESULTS_SUBJECTS),
+            work(subj::STREAM_DISPATCH, subj::DISPATCH_SUBJECTS),
+            limits(subj::STREAM_EVENTS, subj::EVENTS_SUBJECTS, Duration::from_secs(24 * 3600)),
+            limits(subj::STREAM_DLQ, subj::DLQ_SUBJECTS, Duration::from_secs(14 * 24 * 3600)),
+        ];
+        for cfg in configs {
+            self.js
+                .get_or_create_stream(cfg)
+                .await
+                .map_err(|e| Error::js("stream provisioning", e))?;
+        }
+        Ok(())
+    }
+
+    /// Durable pull consumer of a service on a work stream.
+    pub async fn service_consumer(
+        &self,
+        stream_name: &str,
+        durable: &str,
+        filters: &[&str],
+    ) -> Result<consumer::PullConsumer, Error> {
+        let stream = self
+            .js
+            .get_stream(stream_name)
+            .await
+            .map_err(|e| Error::js("get stream", e))?;
+        let cfg = consumer::pull::Config {
+            durable_name: Some(durable.to_string()),
+            filter_subjects: filters.iter().map(|s| s.to_string()).collect(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: SERVICE_ACK_WAIT,
+            max_deliver: -1,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(durable, cfg)
+            .await
+            .map_err(|e| Error::js("consumer provisioning", e))
+    }
+
+    /// Durable pull consumer of one (namespace, node) dispatch queue, shared by
+    /// every runtime process serving that node. `ack_wait` is the time a
+    /// runtime has between heartbeats before the work is handed to another.
+    pub async fn dispatch_consumer(
+        &self,
+        namespace: &str,
+        node: &str,
+        ack_wait: Duration,
+    ) -> Result<consumer::PullConsumer, Error> {
+        let stream = self
+            .js
+            .get_stream(subj::STREAM_DISPATCH)
+            .await
+            .map_err(|e| Error::js("get stream", e))?;
+        let name = subj::dispatch_consumer(namespace, node);
+        let cfg = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subj::dispatch(namespace, node),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait,
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(&name, cfg)
+            .await
+            .map_err(|e| Error::js("dispatch consumer provisioning", e))
+    }
+
+    fn headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER_PROTOCOL, PROTOCOL_VERSION);
+        h
+    }
+
+    /// Publishes one message and waits for its JetStream ack.
+    pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
+        let fut = self
+            .js
+            .send_publish(
+                msg.subject,
+                Publish::build()
+                    .payload(msg.payload)
+                    .message_id(msg.msg_id)
+                    .headers(Self::headers()),
+            )
+            .await
+            .map_err(|e| Error::js("publish", e))?;
+        fut.await.map_err(|e| Error::js("publish ack", e))?;
+        Ok(())
+    }
+
+    /// Publishes many messages keeping up to [`PUBLISH_WINDOW`] acks
+    /// outstanding, and returns once every ack arrived.
+    pub async fn publish_batch(&self, msgs: impl IntoIterator<Item = Outgoing>) -> Result<(), Error> {
+        let mut pending = std::collections::VecDeque::new();
+        for msg in msgs {
+            if pending.len() >= PUBLISH_WINDOW
+                && let Some(fut) = pending.pop_front()
+            {
+                let fut: jetstream::context::PublishAckFuture = fut;
+                fut.await.map_err(|e| Error::js("publish ack", e))?;
+            }
+            let fut = self
+                .js
+                .send_publish(
+                    msg.subject,
+                    Publish::build()
+                        .payload(msg.payload)
+                        .message_id(msg.msg_id)
+                        .headers(Self::headers()),
+                )
+                .await
+                .map_err(|e| Error::js("publish", e))?;
+            pending.push_back(fut);
+        }
+        for fut in pending {
+            fut.await.map_err(|e| Error::js("publish ack", e))?;
+        }
+        Ok(())
+    }
+
+    /// Records a rejected message on the dead-letter stream.
+    pub async fn dead_letter(
+        &self,
+        stream_name: &str,
+        consumer_name: &str,
+        subject: &str,
+        reason: &str,
+        payload: &[u8],
+        msg_id: String,
+    ) -> Result<(), Error> {
+        let letter = DeadLetter {
+            subject: subject.to_string(),
+            reason: reason.to_string(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            at_ms: exo_types::time::now_ms(),
+        };
+        self.publish(Outgoing::json(subj::dead_letter(stream_name, consumer_name), msg_id, &letter)?)
+            .await
+    }
+
+    /// Flushes and closes the connection.
+    pub async fn drain(&self) {
+        if let Err(error) = self.client.drain().await {
+            tracing::debug!(%error, "NATS drain failed.");
+        }
+    }
+}

@@ -1,1 +1,60 @@
-//! exo-engine (work in progress).
+//! `exo-engine`: the state machine of the orchestrator, shared by the
+//! `trigger`, `scheduler`, `completion` and `retry` services.
+//!
+//! Every handler follows the same pattern (see `ARCHITECTURE.md`): load what
+//! it needs, apply its effect to MongoDB idempotently (conditional updates on
+//! the expected status and attempt, deterministic ids, one transaction for a
+//! transition and everything it counts), publish the follow-up hand-offs with
+//! deterministic `Nats-Msg-Id`s, and only then let the caller ack.
+//!
+//! - [`graphs`]: cached, analysed graph templates with their registered nodes;
+//! - [`inputs`]: building successor states and resolving their inputs;
+//! - [`effects`]: run counters, unite groups and run completion, applied in
+//!   the same transaction as the state writes they describe;
+//! - [`handlers`]: one function per message kind.
+
+pub mod effects;
+pub mod graphs;
+pub mod handlers;
+pub mod inputs;
+
+use exo_bus::Bus;
+use exo_store::Store;
+
+pub use handlers::Outcome;
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// MongoDB failed; the message should be redelivered.
+    #[error(transparent)]
+    Store(#[from] exo_store::Error),
+    /// NATS failed; the message should be redelivered.
+    #[error(transparent)]
+    Bus(#[from] exo_bus::Error),
+}
+
+impl From<mongodb::error::Error> for Error {
+    fn from(e: mongodb::error::Error) -> Self {
+        Self::Store(exo_store::Error::Mongo(e))
+    }
+}
+
+/// Shared handles of a service: the store, the bus and the template cache.
+#[derive(Clone)]
+pub struct Engine {
+    /// MongoDB handles.
+    pub store: Store,
+    /// NATS handles.
+    pub bus: Bus,
+    /// Graph template cache.
+    pub graphs: graphs::GraphCache,
+}
+
+impl Engine {
+    /// Wraps connected handles.
+    pub fn new(store: Store, bus: Bus) -> Self {
+        let graphs = graphs::GraphCache::new(store.clone());
+        Self { store, bus, graphs }
+    }
+}

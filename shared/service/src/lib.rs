@@ -1,1 +1,12 @@
-//! exo-service (work in progress).
+//! `exo-service`: the plumbing every service binary shares.
+//!
+//! - [`config`]: layered configuration (defaults → optional TOML file → `EXO_*`
+//!   environment, plus the Exosphere-compatible aliases) and its validation;
+//! - [`telemetry`]: tracing initialisation (`RUST_LOG`, `EXO_LOG_FORMAT`);
+//! - [`shutdown`]: a signal-driven [`tokio_util::sync::CancellationToken`];
+//! - [`admin`]: the `/livez` and `/readyz` admin endpoints.
+
+pub mod admin;
+pub mod config;
+pub mod shutdown;
+pub mod telemetry;

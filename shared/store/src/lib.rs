@@ -1,1 +1,168 @@
-//! exo-store (work in progress).
+//! `exo-store`: the MongoDB adapter.
+//!
+//! Collection and field names follow Exosphere's (`State`, `GraphTemplate`,
+//! `RegisteredNode`, `Store`, `runs`, `DatabaseTriggers`) so that an existing
+//! Exosphere database keeps working; fields the re-implementation adds are
+//! listed in `ARCHITECTURE.md`. Only standard driver operations are used, so
+//! MongoDB 7+ works unchanged.
+
+pub mod docs;
+pub mod indexes;
+
+use mongodb::bson::{Document, doc, oid::ObjectId};
+use mongodb::{Client, Collection, Database};
+
+pub use docs::{GraphTemplateDoc, RegisteredNodeDoc, RunDoc, StateDoc, StoreDoc, UniteGroupDoc};
+pub use mongodb;
+
+/// Collection of state attempts.
+pub const STATES: &str = "State";
+/// Collection of graph templates.
+pub const GRAPH_TEMPLATES: &str = "GraphTemplate";
+/// Collection of registered nodes.
+pub const REGISTERED_NODES: &str = "RegisteredNode";
+/// Collection of per-run store entries.
+pub const STORE: &str = "Store";
+/// Collection of runs.
+pub const RUNS: &str = "runs";
+/// Collection of cron trigger occurrences.
+pub const TRIGGERS: &str = "DatabaseTriggers";
+/// Collection of unite group bookkeeping (ours).
+pub const UNITE_GROUPS: &str = "UniteGroup";
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The driver reported an error.
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    /// A document could not be converted.
+    #[error("document conversion: {0}")]
+    Bson(String),
+}
+
+impl Error {
+    /// True for unique-index violations (code 11000), which handlers treat as
+    /// "already done".
+    pub fn is_duplicate_key(&self) -> bool {
+        match self {
+            Self::Mongo(e) => is_duplicate_key(e),
+            Self::Bson(_) => false,
+        }
+    }
+}
+
+/// True when a driver error is a unique-index violation (code 11000).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::InsertMany(im) => im
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+/// Typed handles on every collection.
+#[derive(Clone, Debug)]
+pub struct Store {
+    client: Client,
+    db: Database,
+}
+
+impl Store {
+    /// Connects and returns the handles; does not create indexes (see
+    /// [`Store::ensure_indexes`]).
+    pub async fn connect(uri: &str, database: &str, app_name: &str) -> Result<Self, Error> {
+        let mut opts = mongodb::options::ClientOptions::parse(uri).await?;
+        opts.app_name = Some(app_name.to_string());
+        if opts.max_pool_size.is_none() {
+            opts.max_pool_size = Some(64);
+        }
+        let client = Client::with_options(opts)?;
+        let db = client.database(database);
+        Ok(Self { client, db })
+    }
+
+    /// Pings the server.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.run_command(doc! {"ping": 1}).await?;
+        Ok(())
+    }
+
+    /// Creates every index (idempotent).
+    pub async fn ensure_indexes(&self) -> Result<(), Error> {
+        indexes::ensure(self).await
+    }
+
+    /// The driver client (sessions, transactions).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// `State` collection.
+    pub fn states(&self) -> Collection<StateDoc> {
+        self.db.collection(STATES)
+    }
+
+    /// `State` collection as raw documents.
+    pub fn states_raw(&self) -> Collection<Document> {
+        self.db.collection(STATES)
+    }
+
+    /// `GraphTemplate` collection.
+    pub fn graph_templates(&self) -> Collection<GraphTemplateDoc> {
+        self.db.collection(GRAPH_TEMPLATES)
+    }
+
+    /// `RegisteredNode` collection.
+    pub fn registered_nodes(&self) -> Collection<RegisteredNodeDoc> {
+        self.db.collection(REGISTERED_NODES)
+    }
+
+    /// `Store` collection.
+    pub fn store_entries(&self) -> Collection<StoreDoc> {
+        self.db.collection(STORE)
+    }
+
+    /// `runs` collection.
+    pub fn runs(&self) -> Collection<RunDoc> {
+        self.db.collection(RUNS)
+    }
+
+    /// `UniteGroup` collection.
+    pub fn unite_groups(&self) -> Collection<UniteGroupDoc> {
+        self.db.collection(UNITE_GROUPS)
+    }
+
+    /// Loads one state by id.
+    pub async fn state(&self, id: ObjectId) -> Result<Option<StateDoc>, Error> {
+        Ok(self.states().find_one(doc! {"_id": id}).await?)
+    }
+
+    /// Loads one graph template.
+    pub async fn graph_template(&self, namespace: &str, name: &str) -> Result<Option<GraphTemplateDoc>, Error> {
+        Ok(self
+            .graph_templates()
+            .find_one(doc! {"namespace": namespace, "name": name})
+            .await?)
+    }
+
+    /// Loads one run by its run id.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunDoc>, Error> {
+        Ok(self.runs().find_one(doc! {"run_id": run_id}).await?)
+    }
+}
+
+/// Converts a hex id to an ObjectId.
+pub fn oid(bytes: [u8; 12]) -> ObjectId {
+    ObjectId::from_bytes(bytes)
+}

@@ -1,0 +1,189 @@
+//! The consume loop shared by every service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::Bus;
+
+/// What to do with a message once the handler returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Effects applied; remove the message.
+    Ack,
+    /// Not now: redeliver after the delay (scheduling, not failure).
+    Delay(Duration),
+    /// A transient failure: redeliver after a backoff. After
+    /// [`ConsumeOptions::max_failures`] deliveries the message is dead-lettered.
+    Retry(String),
+    /// The message can never be handled: dead-letter it with the reason and
+    /// stop redelivery.
+    Reject(String),
+}
+
+/// One delivered message.
+pub struct Delivery {
+    /// Subject it arrived on.
+    pub subject: String,
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// Delivery count (1 on first delivery).
+    pub delivered: i64,
+    message: Arc<jetstream::Message>,
+}
+
+impl Delivery {
+    /// Extends the ack deadline while long work is in progress.
+    pub async fn progress(&self) {
+        if let Err(error) = self.message.ack_with(AckKind::Progress).await {
+            tracing::debug!(%error, "Could not send progress ack.");
+        }
+    }
+
+    /// The `Nats-Msg-Id` header, if any.
+    pub fn msg_id(&self) -> Option<String> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string())
+    }
+}
+
+/// Settings of one consume loop.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Stream name (for dead letters).
+    pub stream: String,
+    /// Consumer name (for dead letters).
+    pub consumer: String,
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// Messages requested per pull.
+    pub batch: usize,
+    /// Deliveries after which a failing message is dead-lettered.
+    pub max_failures: i64,
+}
+
+fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 6) as u32;
+    Duration::from_millis(250 * 2u64.pow(exp - 1))
+}
+
+/// Runs until `shutdown` is cancelled: pulls messages, hands each to
+/// `handler` (up to `concurrency` at once) and settles it by the returned
+/// [`Disposition`]. Messages in flight at shutdown finish first.
+pub async fn consume<H, F>(
+    bus: Bus,
+    consumer: PullConsumer,
+    opts: ConsumeOptions,
+    shutdown: CancellationToken,
+    handler: H,
+) -> Result<(), crate::Error>
+where
+    H: Fn(Delivery) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = Disposition> + Send,
+{
+    let handler = Arc::new(handler);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(opts.batch)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
+        let messages = match messages {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, consumer = %opts.consumer, "Could not start pulling; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let stream = messages.take_until(shutdown.clone().cancelled_owned());
+        stream
+            .for_each_concurrent(opts.concurrency, |item| {
+                let handler = handler.clone();
+                let bus = bus.clone();
+                let opts = opts.clone();
+                async move {
+                    let message = match item {
+                        Ok(m) => m,
+                        Err(error) => {
+                            tracing::debug!(%error, "Pull stream error.");
+                            return;
+                        }
+                    };
+                    settle(&bus, &opts, message, &*handler).await;
+                }
+            })
+            .await;
+        // The pull stream ended (shutdown or a terminal stream error): loop.
+    }
+}
+
+async fn settle<H, F>(bus: &Bus, opts: &ConsumeOptions, message: jetstream::Message, handler: &H)
+where
+    H: Fn(Delivery) -> F,
+    F: std::future::Future<Output = Disposition>,
+{
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let message = Arc::new(message);
+    let delivery = Delivery {
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        delivered,
+        message: message.clone(),
+    };
+    let disposition = handler(delivery).await;
+    let result = match disposition {
+        Disposition::Ack => message.ack().await,
+        Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,
+        Disposition::Retry(reason) if delivered >= opts.max_failures => {
+            reject(bus, opts, &message, format!("gave up after {delivered} deliveries: {reason}")).await;
+            Ok(())
+        }
+        Disposition::Retry(reason) => {
+            tracing::warn!(subject = %message.subject, delivered, %reason, "Handler failed; will redeliver.");
+            message.ack_with(AckKind::Nak(Some(backoff(delivered)))).await
+        }
+        Disposition::Reject(reason) => {
+            reject(bus, opts, &message, reason).await;
+            Ok(())
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "Could not settle a message; it will be redelivered.");
+    }
+}
+
+/// Copies a message to the dead-letter stream with `reason`, then stops its
+/// redelivery. If the copy fails, the message is redelivered instead.
+async fn reject(bus: &Bus, opts: &ConsumeOptions, message: &jetstream::Message, reason: String) {
+    let id = format!("dlq:{}:{}", opts.consumer, seq_of(message));
+    if let Err(error) = bus
+        .dead_letter(&opts.stream, &opts.consumer, &message.subject, &reason, &message.payload, id)
+        .await
+    {
+        tracing::warn!(%error, "Could not record a dead letter; will redeliver.");
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    tracing::warn!(subject = %message.subject, %reason, "Message dead-lettered.");
+    if let Err(error) = message.ack_with(AckKind::Term).await {
+        tracing::debug!(%error, "Could not term a message.");
+    }
+}
+
+fn seq_of(message: &jetstream::Message) -> u64 {
+    message.info().map(|i| i.stream_sequence).unwrap_or(0)
+}

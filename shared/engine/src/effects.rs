@@ -1,0 +1,446 @@
+//! Run counters, unite groups and run completion.
+//!
+//! A handler describes what it does to states as an [`Effects`] value:
+//! conditional state updates, state inserts, and the transitions they imply.
+//! [`apply`] writes all of it in **one transaction**: the state writes, the
+//! `$inc` of the run counters, the `$inc` of every unite group the states
+//! belong to, the unite states of groups that close, and the run's terminal
+//! status. So a run's counters match its states at every read, a run reads
+//! SUCCESS only once nothing is pending (never before a unite state exists),
+//! and a redelivered message either finds its transaction committed (the
+//! conditional updates match nothing and it is a no-op) or not at all.
+//!
+//! A state belongs to one unite group per (ancestor instance `a` in its
+//! lineage, unite node `M` targeting `a`'s identifier). Pending states count
+//! as `open`; a state counts out when it ends, and as `failed` when it ends
+//! ERRORED, NEXT_CREATED_ERROR or PRUNED. Children are always counted in the
+//! same transaction that counts their parent out, so a group never reaches
+//! zero early. A group is armed when its target reaches SUCCESS; when `open`
+//! reaches zero it closes: the unite state is created (ALL_DONE, or
+//! ALL_SUCCESS without failures) or the run is marked to fail (ALL_SUCCESS
+//! with failures) instead of hanging.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
+use exo_store::mongodb::options::ReturnDocument;
+use exo_store::mongodb::{ClientSession, error::Error as MongoError};
+use exo_store::{StateDoc, Store, docs::unite_group_id};
+use exo_types::graph::UnitesStrategy;
+use exo_types::status::{CounterGroup, RunStatus, StateStatus};
+use futures::TryStreamExt;
+
+use crate::graphs::LoadedGraph;
+use crate::inputs;
+
+/// Returned (as a custom driver error) when a conditional update matched no
+/// document: another delivery already applied it.
+#[derive(Debug, Clone, Copy)]
+pub struct AlreadyApplied;
+
+/// Changes to run counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// States added.
+    pub total: i64,
+    /// Change of CREATED + QUEUED + EXECUTED.
+    pub pending: i64,
+    /// Change of SUCCESS + PRUNED.
+    pub success: i64,
+    /// Change of ERRORED + NEXT_CREATED_ERROR.
+    pub errored: i64,
+    /// Change of RETRY_CREATED.
+    pub retried: i64,
+}
+
+impl Counters {
+    fn slot(&mut self, g: CounterGroup) -> &mut i64 {
+        match g {
+            CounterGroup::Pending => &mut self.pending,
+            CounterGroup::Success => &mut self.success,
+            CounterGroup::Errored => &mut self.errored,
+            CounterGroup::Retried => &mut self.retried,
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct GroupDelta {
+    target: ObjectId,
+    unite: String,
+    open: i64,
+    failed: i64,
+}
+
+/// A state update that must match exactly `expect` documents.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// Filter (must include the expected status).
+    pub filter: Document,
+    /// Update document.
+    pub update: Document,
+    /// Documents the filter must match.
+    pub expect: u64,
+}
+
+/// Everything one transaction does to one run.
+pub struct Effects {
+    graph: Option<Arc<LoadedGraph>>,
+    run_id: String,
+    counters: Counters,
+    groups: BTreeMap<String, GroupDelta>,
+    updates: Vec<Update>,
+    inserts: Vec<StateDoc>,
+}
+
+/// What a committed transaction produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// States inserted in CREATED (children, unite states, retries): they
+    /// need a hand-off to the scheduler.
+    pub created: Vec<StateDoc>,
+    /// Set when this transaction ended the run.
+    pub finished: Option<RunStatus>,
+}
+
+impl Effects {
+    /// Empty effects on `run_id` of `graph`. Without a graph (its template
+    /// is gone) no unite group is counted.
+    pub fn new(graph: Option<Arc<LoadedGraph>>, run_id: &str) -> Self {
+        Self {
+            graph,
+            run_id: run_id.to_string(),
+            counters: Counters::default(),
+            groups: BTreeMap::new(),
+            updates: Vec::new(),
+            inserts: Vec::new(),
+        }
+    }
+
+    /// True when nothing would be written.
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.inserts.is_empty() && self.counters.is_zero() && self.groups.is_empty()
+    }
+
+    fn unites_targeting(&self, identifier: &str) -> Vec<String> {
+        self.graph
+            .as_ref()
+            .map(|g| g.graph.unites_targeting(identifier).to_vec())
+            .unwrap_or_default()
+    }
+
+    fn membership(&mut self, state: &StateDoc, open: i64, failed: i64) {
+        for (ident, id) in state.parent_pairs() {
+            for unite in self.unites_targeting(&ident) {
+                let g = self
+                    .groups
+                    .entry(unite_group_id(&id, &unite))
+                    .or_insert_with(|| GroupDelta {
+                        target: id,
+                        unite: unite.clone(),
+                        open: 0,
+                        failed: 0,
+                    });
+                g.open += open;
+                g.failed += failed;
+            }
+        }
+    }
+
+    /// Counts a new state (inserted with its own status).
+    pub fn insert(&mut self, state: StateDoc) {
+        self.counters.total += 1;
+        *self.counters.slot(state.status.group()) += 1;
+        let open = i64::from(state.status.is_pending());
+        let failed = i64::from(state.status.is_failure());
+        self.membership(&state, open, failed);
+        if state.status == StateStatus::Success {
+            self.arm(&state);
+        }
+        self.inserts.push(state);
+    }
+
+    /// Counts an existing state moving from `from` to `to` and records the
+    /// conditional update that performs it.
+    pub fn transition(&mut self, state: &StateDoc, from: StateStatus, to: StateStatus, update: Update) {
+        self.count_transition(state, from, to);
+        self.updates.push(update);
+    }
+
+    /// Counts an existing state moving from `from` to `to`; the caller
+    /// records the update (e.g. one `update_many` for a whole chunk).
+    pub fn count_transition(&mut self, state: &StateDoc, from: StateStatus, to: StateStatus) {
+        *self.counters.slot(from.group()) -= 1;
+        *self.counters.slot(to.group()) += 1;
+        if from.is_pending() && !to.is_pending() {
+            self.membership(state, -1, i64::from(to.is_failure()));
+        }
+        if to == StateStatus::Success {
+            self.arm(state);
+        }
+    }
+
+    /// A conditional update that changes no counter (e.g. QUEUED → EXECUTED).
+    pub fn update(&mut self, update: Update) {
+        self.updates.push(update);
+    }
+
+    /// Touches the groups of which `target` is the target, so that they are
+    /// evaluated (and close at once when the target has no descendants).
+    fn arm(&mut self, target: &StateDoc) {
+        for unite in self.unites_targeting(&target.identifier) {
+            self.groups
+                .entry(unite_group_id(&target.id, &unite))
+                .or_insert_with(|| GroupDelta {
+                    target: target.id,
+                    unite: unite.clone(),
+                    open: 0,
+                    failed: 0,
+                });
+        }
+    }
+}
+
+/// Applies `effects` in one transaction (retried on transient errors).
+/// Returns `Ok(None)` when a conditional update found the work already done.
+pub async fn apply(store: &Store, effects: &Effects, now_ms: i64) -> Result<Option<Applied>, MongoError> {
+    let mut session = store.client().start_session().await?;
+    let result = session
+        .start_transaction()
+        .and_run2(async |s| apply_in(s, store, effects, now_ms).await)
+        .await;
+    match result {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if e.get_custom::<AlreadyApplied>().is_some() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn apply_in(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    now_ms: i64,
+) -> Result<Applied, MongoError> {
+    let states = store.states();
+    for u in &fx.updates {
+        let r = states.update_many(u.filter.clone(), u.update.clone()).session(&mut *s).await?;
+        if r.matched_count != u.expect {
+            return Err(MongoError::custom(AlreadyApplied));
+        }
+    }
+    if !fx.inserts.is_empty() {
+        states.insert_many(&fx.inserts).session(&mut *s).await?;
+    }
+    let mut applied = Applied::default();
+    applied
+        .created
+        .extend(fx.inserts.iter().filter(|st| st.status == StateStatus::Created).cloned());
+    let mut counters = fx.counters;
+    let mut failed_unites = 0i64;
+    let groups = store.unite_groups();
+    let mut unite_states: Vec<StateDoc> = Vec::new();
+    let graph = fx.graph.as_deref();
+    for (gid, g) in &fx.groups {
+        let Some(graph) = graph else { break };
+        let after = groups
+            .find_one_and_update(
+                doc! {"_id": gid},
+                doc! {
+                    "$inc": {"open": g.open, "failed": g.failed},
+                    "$setOnInsert": {"run_id": &fx.run_id, "target_id": g.target, "unite_identifier": &g.unite,
+                                     "closed": false, "fired": false},
+                },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await?;
+        let Some(after) = after else { continue };
+        if after.open != 0 || after.closed {
+            continue;
+        }
+        let strategy = graph
+            .graph
+            .node(&g.unite)
+            .and_then(|n| n.unites.as_ref())
+            .map(|u| u.strategy.clone())
+            .unwrap_or_default();
+        let fire = after.failed == 0 || strategy == UnitesStrategy::AllDone;
+        let outcome = if fire {
+            build_unite(s, store, graph, g, now_ms).await?
+        } else {
+            Err(format!("{} descendant(s) of the unite target failed", after.failed))
+        };
+        let (fired, error) = match outcome {
+            Ok(st) => {
+                unite_states.push(st);
+                (true, None)
+            }
+            Err(e) => (false, Some(e)),
+        };
+        if !fired {
+            failed_unites += 1;
+        }
+        groups
+            .update_one(
+                doc! {"_id": gid},
+                doc! {"$set": {"closed": true, "fired": fired, "error": error}},
+            )
+            .session(&mut *s)
+            .await?;
+    }
+    if !unite_states.is_empty() {
+        states.insert_many(&unite_states).session(&mut *s).await?;
+        // Unite states are new pending members of their ancestors' groups.
+        let mut extra: BTreeMap<String, (ObjectId, String)> = BTreeMap::new();
+        let mut extra_open: HashMap<String, i64> = HashMap::new();
+        for st in &unite_states {
+            counters.total += 1;
+            counters.pending += 1;
+            for (ident, id) in st.parent_pairs() {
+                for unite in fx.unites_targeting(&ident) {
+                    let gid = unite_group_id(&id, &unite);
+                    extra.insert(gid.clone(), (id, unite.clone()));
+                    *extra_open.entry(gid).or_default() += 1;
+                }
+            }
+        }
+        for (gid, (target, unite)) in extra {
+            let open = extra_open.get(&gid).copied().unwrap_or_default();
+            groups
+                .update_one(
+                    doc! {"_id": &gid},
+                    doc! {
+                        "$inc": {"open": open},
+                        "$setOnInsert": {"run_id": &fx.run_id, "target_id": target, "unite_identifier": unite,
+                                         "failed": 0i64, "closed": false, "fired": false},
+                    },
+                )
+                .upsert(true)
+                .session(&mut *s)
+                .await?;
+        }
+        applied.created.extend(unite_states);
+    }
+    if !counters.is_zero() || failed_unites != 0 {
+        let after = store
+            .runs()
+            .find_one_and_update(
+                doc! {"run_id": &fx.run_id},
+                doc! {"$inc": {
+                    "total_count": counters.total,
+                    "pending_count": counters.pending,
+                    "success_count": counters.success,
+                    "errored_count": counters.errored,
+                    "retried_count": counters.retried,
+                    "failed_unites": failed_unites,
+                }},
+            )
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await?;
+        if let Some(run) = after
+            && run.pending_count == 0
+            && run.status.as_deref() == Some(RunStatus::Pending.as_str())
+        {
+            let status = if run.errored_count > 0 || run.failed_unites > 0 {
+                RunStatus::Failed
+            } else {
+                RunStatus::Success
+            };
+            store
+                .runs()
+                .update_one(
+                    doc! {"run_id": &fx.run_id, "status": RunStatus::Pending.as_str()},
+                    doc! {"$set": {"status": status.as_str(), "finished_at": DateTime::from_millis(now_ms)}},
+                )
+                .session(&mut *s)
+                .await?;
+            applied.finished = Some(status);
+        }
+    }
+    Ok(applied)
+}
+
+/// Builds the unite state of group `g`, reading the target and its ancestors
+/// inside the transaction. `Ok(Err(reason))` when its inputs cannot be built.
+async fn build_unite(
+    s: &mut ClientSession,
+    store: &Store,
+    graph: &LoadedGraph,
+    g: &GroupDelta,
+    now_ms: i64,
+) -> Result<Result<StateDoc, String>, MongoError> {
+    let Some(tmpl) = graph.graph.node(&g.unite) else {
+        return Ok(Err(format!("Unite node {} is not in the graph", g.unite)));
+    };
+    let states = store.states();
+    let Some(target) = states.find_one(doc! {"_id": g.target}).session(&mut *s).await? else {
+        return Ok(Err(format!("Unite target state {} not found", g.target)));
+    };
+    let wanted = inputs::referenced_ancestors([tmpl], &target.identifier);
+    let ids: Vec<ObjectId> = wanted
+        .iter()
+        .filter_map(|i| target.parents.get(i).and_then(|b| b.as_object_id()))
+        .collect();
+    let mut ancestors = HashMap::new();
+    if !ids.is_empty() {
+        let mut cur = states.find(doc! {"_id": {"$in": ids}}).session(&mut *s).await?;
+        while let Some(d) = cur.next(&mut *s).await.transpose()? {
+            ancestors.insert(d.id, d);
+        }
+    }
+    let store_values = load_store_values(store, Some(s), &target).await?;
+    let src = inputs::Sources {
+        graph,
+        store: &store_values,
+        ancestors: &ancestors,
+    };
+    let inputs_doc = match inputs::resolve_inputs(&src, tmpl, &target) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let id = exo_store::oid(exo_types::ids::unite_state_id(&target.id.to_hex(), &tmpl.identifier));
+    Ok(Ok(inputs::new_state(
+        id,
+        tmpl,
+        target.graph_ns(),
+        &target.run_id,
+        &target.graph_name,
+        inputs_doc,
+        inputs::lineage(&target),
+        true,
+        now_ms,
+    )))
+}
+
+/// Loads the store entries of `state`'s run.
+pub async fn load_store_values(
+    store: &Store,
+    session: Option<&mut ClientSession>,
+    state: &StateDoc,
+) -> Result<HashMap<String, String>, MongoError> {
+    let filter = doc! {"run_id": &state.run_id, "namespace": state.graph_ns(), "graph_name": &state.graph_name};
+    let mut out = HashMap::new();
+    match session {
+        Some(s) => {
+            let mut cur = store.store_entries().find(filter).session(&mut *s).await?;
+            while let Some(d) = cur.next(&mut *s).await.transpose()? {
+                out.insert(d.key, d.value);
+            }
+        }
+        None => {
+            let mut cur = store.store_entries().find(filter).await?;
+            while let Some(d) = cur.try_next().await? {
+                out.insert(d.key, d.value);
+            }
+        }
+    }
+    Ok(out)
+}

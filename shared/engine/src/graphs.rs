@@ -1,0 +1,127 @@
+//! Cached, analysed graph templates.
+//!
+//! A template is loaded with the registered nodes it uses, analysed once, and
+//! kept for [`CACHE_TTL`]; an upsert is therefore seen by running runs within
+//! that time (Exosphere reads the latest template on every step as well).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use exo_store::mongodb::bson::doc;
+use exo_store::{GraphTemplateDoc, Store};
+use exo_types::graph::{Graph, GraphSpec, input_fields};
+use futures::TryStreamExt;
+
+/// How long a loaded template is reused.
+pub const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// A registered node as the engine needs it.
+pub struct NodeSchema {
+    /// Input field names (the schema's `properties`, in order).
+    pub input_fields: Vec<String>,
+    /// Compiled input schema, when it compiles.
+    pub validator: Option<jsonschema::Validator>,
+}
+
+/// An analysed template with its registered nodes.
+pub struct LoadedGraph {
+    /// The stored document.
+    pub doc: GraphTemplateDoc,
+    /// The analysis.
+    pub graph: Graph,
+    /// Registered nodes keyed by (namespace, node name).
+    pub nodes: HashMap<(String, String), NodeSchema>,
+}
+
+/// Why a template cannot be used. These are permanent for the message at hand.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    /// No template with that name.
+    #[error("Graph template not found for namespace {0} and graph {1}")]
+    NotFound(String, String),
+    /// The template is not VALID.
+    #[error("Graph template is in a non-validating state: {0}")]
+    NotValid(String),
+    /// The stored template does not analyse (edited outside the API).
+    #[error("Graph template is invalid: {0}")]
+    Analysis(String),
+}
+
+/// Result of a load: the graph, or why it cannot be used, or a store error.
+pub type Loaded = Result<Result<Arc<LoadedGraph>, Unusable>, exo_store::Error>;
+
+/// Template cache shared by a service's handlers.
+#[derive(Clone)]
+pub struct GraphCache {
+    store: Store,
+    entries: Arc<Mutex<HashMap<(String, String), (Instant, Arc<LoadedGraph>)>>>,
+}
+
+impl GraphCache {
+    /// Empty cache over `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            entries: Arc::default(),
+        }
+    }
+
+    /// Loads (or reuses) the VALID template `namespace`/`name`.
+    pub async fn get(&self, namespace: &str, name: &str) -> Loaded {
+        let key = (namespace.to_string(), name.to_string());
+        if let Ok(map) = self.entries.lock()
+            && let Some((at, g)) = map.get(&key)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(Ok(g.clone()));
+        }
+        let Some(doc) = self.store.graph_template(namespace, name).await? else {
+            return Ok(Err(Unusable::NotFound(namespace.into(), name.into())));
+        };
+        if doc.validation_status != "VALID" {
+            return Ok(Err(Unusable::NotValid(doc.validation_status.clone())));
+        }
+        let spec = GraphSpec {
+            nodes: doc.nodes.clone(),
+            secrets: doc.secrets.clone(),
+            retry_policy: doc.retry_policy.clone(),
+            store_config: doc.store_config.clone(),
+            triggers: doc.triggers.clone(),
+        };
+        let graph = match Graph::analyse(&spec) {
+            Ok(g) => g,
+            Err(errors) => return Ok(Err(Unusable::Analysis(errors.join("\n")))),
+        };
+        let mut nodes = HashMap::new();
+        let mut ors = Vec::new();
+        for n in &doc.nodes {
+            ors.push(doc! {"namespace": &n.namespace, "name": &n.node_name});
+        }
+        if !ors.is_empty() {
+            let mut cursor = self.store.registered_nodes().find(doc! {"$or": ors}).await.map_err(exo_store::Error::from)?;
+            while let Some(rn) = cursor.try_next().await.map_err(exo_store::Error::from)? {
+                let validator = jsonschema::validator_for(&rn.inputs_schema).ok();
+                nodes.insert(
+                    (rn.namespace.clone(), rn.name.clone()),
+                    NodeSchema {
+                        input_fields: input_fields(&rn.inputs_schema),
+                        validator,
+                    },
+                );
+            }
+        }
+        let loaded = Arc::new(LoadedGraph { doc, graph, nodes });
+        if let Ok(mut map) = self.entries.lock() {
+            map.insert(key, (Instant::now(), loaded.clone()));
+        }
+        Ok(Ok(loaded))
+    }
+
+    /// Drops a cached entry (after an upsert in the same process).
+    pub fn invalidate(&self, namespace: &str, name: &str) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.remove(&(namespace.to_string(), name.to_string()));
+        }
+    }
+}

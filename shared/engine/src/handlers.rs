@@ -1,0 +1,754 @@
+//! One handler per message kind. Each is idempotent under redelivery.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use exo_bus::Outgoing;
+use exo_store::mongodb::bson::{self, Bson, DateTime, Document, doc, oid::ObjectId};
+use exo_store::mongodb::options::ReturnDocument;
+use exo_store::{RunDoc, StateDoc, StoreDoc, oid};
+use exo_types::graph::NodeTemplate;
+use exo_types::messages::{self as m, Dispatch, Errored, Executed, Pruned, Requeue, RunEvent, StateCreated, TriggerCommand};
+use exo_types::placeholder::{Dependency, DependentString};
+use exo_types::status::{RunStatus, StateStatus};
+use exo_types::{ids, subjects, time};
+use futures::TryStreamExt;
+use serde_json::{Map, Value};
+
+use crate::effects::{self, Effects, Update};
+use crate::graphs::{LoadedGraph, Unusable};
+use crate::{Engine, Error, inputs};
+
+/// States written per transaction when a result fans out.
+pub const CHUNK: usize = 256;
+/// Longest single delay the scheduler parks a message for.
+pub const MAX_PARK: Duration = Duration::from_secs(3600);
+
+/// How a handled message should be settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Effects applied (or found already applied): ack.
+    Done,
+    /// Not due yet: redeliver after the delay.
+    Delay(Duration),
+    /// A duplicate or late message for work that moved on: ack, nothing to do.
+    Stale(String),
+    /// The message can never be handled: dead-letter it with this reason.
+    Reject(String),
+}
+
+/// Why a trigger cannot start a run (the API maps these to HTTP 400).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RootError {
+    /// A root input placeholder cannot be resolved.
+    #[error("Invalid input: {0}")]
+    InvalidInput(String),
+    /// Required store keys are absent.
+    #[error("Missing store keys: {0:?}")]
+    MissingStoreKeys(Vec<String>),
+}
+
+/// Builds the root state's inputs for a trigger (spec §5.3): template inputs
+/// overridden by the request's, placeholders resolved from the request store
+/// then the store defaults, then the required keys checked.
+pub fn root_inputs(lg: &LoadedGraph, cmd: &TriggerCommand) -> Result<Map<String, Value>, RootError> {
+    let root = lg.graph.root();
+    let mut out = Map::new();
+    for (key, tvalue) in &root.inputs {
+        let raw = match cmd.inputs.get(key) {
+            Some(v) => v.clone(),
+            None => match tvalue.as_str() {
+                Some(s) => s.to_string(),
+                None => return Err(RootError::InvalidInput(format!("Input {key} is not a string"))),
+            },
+        };
+        let ds = DependentString::parse(&raw).map_err(|e| RootError::InvalidInput(e.to_string()))?;
+        let mut failure = None;
+        let rendered = ds.render(|d| match d {
+            Dependency::Store { key: k } => cmd
+                .store
+                .get(k)
+                .or_else(|| lg.doc.store_config.default_values.get(k))
+                .cloned()
+                .or_else(|| {
+                    failure.get_or_insert(format!(
+                        "Dependent {k} not found in store for root node {}",
+                        root.identifier
+                    ));
+                    None
+                }),
+            Dependency::Output { identifier, .. } => {
+                failure.get_or_insert(format!(
+                    "400: Root node can have only store identifier as dependent but got {identifier}"
+                ));
+                None
+            }
+        });
+        match (rendered, failure) {
+            (_, Some(f)) => return Err(RootError::InvalidInput(f)),
+            (Err(e), None) => return Err(RootError::InvalidInput(e.to_string())),
+            (Ok(v), None) => {
+                out.insert(key.clone(), Value::String(v));
+            }
+        }
+    }
+    let mut missing: Vec<String> = lg
+        .doc
+        .store_config
+        .required_keys
+        .iter()
+        .filter(|k| !cmd.store.contains_key(*k))
+        .cloned()
+        .collect();
+    missing.sort();
+    if !missing.is_empty() {
+        return Err(RootError::MissingStoreKeys(missing));
+    }
+    Ok(out)
+}
+
+fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
+    let msg = StateCreated {
+        state_id: st.id.to_hex(),
+        run_id: st.run_id.clone(),
+        node_name: st.node_name.clone(),
+        enqueue_after: st.enqueue_after,
+        generation: st.requeue_gen,
+    };
+    Ok(Outgoing::json(
+        subjects::state_created(&st.namespace_name),
+        m::created_msg_id(&msg.state_id, st.requeue_gen),
+        &msg,
+    )?)
+}
+
+/// Converts a BSON document to a JSON object (relaxed extended JSON).
+pub fn to_json_map(d: &Document) -> Map<String, Value> {
+    match Bson::Document(d.clone()).into_relaxed_extjson() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn json_to_doc(m: &Map<String, Value>) -> Result<Document, String> {
+    bson::to_document(m).map_err(|e| format!("outputs cannot be stored: {e}"))
+}
+
+fn parse_id(s: &str) -> Option<ObjectId> {
+    ids::parse_hex(s).map(ObjectId::from_bytes)
+}
+
+impl Engine {
+    async fn publish_created(&self, states: &[StateDoc]) -> Result<(), Error> {
+        let msgs: Vec<Outgoing> = states.iter().map(created_msg).collect::<Result<_, _>>()?;
+        if !msgs.is_empty() {
+            self.bus.publish_batch(msgs).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_finished(&self, ns: &str, run_id: &str, graph_name: &str, status: RunStatus) -> Result<(), Error> {
+        let ev = RunEvent {
+            run_id: run_id.to_string(),
+            graph_name: graph_name.to_string(),
+            status: status.as_str().to_string(),
+            at_ms: time::now_ms(),
+        };
+        tracing::info!(exo.run_id = %run_id, exo.graph = %graph_name, status = status.as_str(), "Run finished.");
+        self.bus
+            .publish(Outgoing::json(
+                subjects::event(ns, "run", "finished"),
+                format!("run:{run_id}:finished"),
+                &ev,
+            )?)
+            .await?;
+        Ok(())
+    }
+
+    async fn after_apply(&self, st: &StateDoc, applied: Option<effects::Applied>) -> Result<(), Error> {
+        if let Some(a) = applied {
+            self.publish_created(&a.created).await?;
+            if let Some(status) = a.finished {
+                self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `trigger`: creates the run, its store and its root state, then hands the
+    /// root to the scheduler.
+    pub async fn on_trigger(&self, ns: &str, cmd: TriggerCommand) -> Result<Outcome, Error> {
+        if let Err(e) = exo_types::names::validate_token("namespace", ns) {
+            return Ok(Outcome::Reject(e.to_string()));
+        }
+        if cmd.run_id.is_empty() || cmd.run_id.len() > 128 {
+            return Ok(Outcome::Reject("run_id must have 1 to 128 characters".into()));
+        }
+        let lg = match self.graphs.get(ns, &cmd.graph_name).await? {
+            Ok(g) => g,
+            Err(u) => return Ok(Outcome::Reject(u.to_string())),
+        };
+        let root_inputs = match root_inputs(&lg, &cmd) {
+            Ok(i) => i,
+            Err(e) => return Ok(Outcome::Reject(e.to_string())),
+        };
+        let requested = cmd.requested_at_ms.unwrap_or_else(time::now_ms);
+        let root_id = oid(ids::root_state_id(&cmd.run_id));
+        let tmpl = lg.graph.root();
+        let inputs_doc = match json_to_doc(&root_inputs) {
+            Ok(d) => d,
+            Err(e) => return Ok(Outcome::Reject(e)),
+        };
+        let mut root = inputs::new_state(
+            root_id,
+            tmpl,
+            ns,
+            &cmd.run_id,
+            &cmd.graph_name,
+            inputs_doc,
+            Document::new(),
+            false,
+            requested,
+        );
+        // The root takes the graph's namespace (spec §5.3).
+        root.namespace_name = ns.to_string();
+        root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
+        let now = DateTime::from_millis(requested);
+        let run = RunDoc {
+            id: None,
+            run_id: cmd.run_id.clone(),
+            graph_name: cmd.graph_name.clone(),
+            namespace_name: ns.to_string(),
+            created_at: now,
+            status: Some(RunStatus::Pending.as_str().to_string()),
+            total_count: 1,
+            pending_count: 1,
+            success_count: 0,
+            errored_count: 0,
+            retried_count: 0,
+            failed_unites: 0,
+            finished_at: None,
+        };
+        let store_docs: Vec<StoreDoc> = cmd
+            .store
+            .iter()
+            .map(|(k, v)| StoreDoc {
+                run_id: cmd.run_id.clone(),
+                namespace: ns.to_string(),
+                graph_name: cmd.graph_name.clone(),
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let store = &self.store;
+        let mut session = store.client().start_session().await.map_err(exo_store::Error::from)?;
+        let result = session
+            .start_transaction()
+            .and_run2(async |s| {
+                store.runs().insert_one(&run).session(&mut *s).await?;
+                if !store_docs.is_empty() {
+                    store.store_entries().insert_many(&store_docs).session(&mut *s).await?;
+                }
+                store.states().insert_one(&root).session(&mut *s).await?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.graph_name, "Run created.");
+            }
+            Err(e) if exo_store::is_duplicate_key(&e) => {
+                // Created by an earlier delivery; fall through to re-publish.
+                match self.store.state(root_id).await? {
+                    Some(existing) => root = existing,
+                    None => return Ok(Outcome::Reject(format!("run_id {} is already used", cmd.run_id))),
+                }
+                if root.status != StateStatus::Created {
+                    return Ok(Outcome::Done);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.publish_created(std::slice::from_ref(&root)).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// `scheduler`: moves a due CREATED state to QUEUED and publishes its
+    /// dispatch; parks states that are not due.
+    pub async fn on_created(&self, msg: StateCreated) -> Result<Outcome, Error> {
+        let Some(id) = parse_id(&msg.state_id) else {
+            return Ok(Outcome::Reject(format!("invalid state_id {:?}", msg.state_id)));
+        };
+        let now = time::now_ms();
+        if msg.enqueue_after > now {
+            return Ok(Outcome::Delay(park(msg.enqueue_after - now)));
+        }
+        let claimed = self
+            .store
+            .states()
+            .find_one_and_update(
+                doc! {"_id": id, "status": "CREATED", "enqueue_after": {"$lte": now}},
+                doc! {"$set": {"status": "QUEUED"}, "$inc": {"attempt": 1i64}},
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(exo_store::Error::from)?;
+        let st = match claimed {
+            Some(st) => st,
+            None => match self.store.state(id).await? {
+                None => return Ok(Outcome::Reject(format!("state {} not found", msg.state_id))),
+                Some(st) if st.status == StateStatus::Created && st.enqueue_after > now => {
+                    return Ok(Outcome::Delay(park(st.enqueue_after - now)));
+                }
+                // Claimed by an earlier delivery that may have died before publishing.
+                Some(st) if st.status == StateStatus::Queued && st.requeue_gen == msg.generation => st,
+                Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
+            },
+        };
+        self.publish_dispatch(&st).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// Publishes the dispatch of a QUEUED state.
+    pub async fn publish_dispatch(&self, st: &StateDoc) -> Result<(), Error> {
+        let attempt = u32::try_from(st.attempt).unwrap_or(u32::MAX);
+        let d = Dispatch {
+            state_id: st.id.to_hex(),
+            attempt,
+            run_id: st.run_id.clone(),
+            graph_name: st.graph_name.clone(),
+            node_name: st.node_name.clone(),
+            identifier: st.identifier.clone(),
+            inputs: to_json_map(&st.inputs),
+        };
+        self.bus
+            .publish(Outgoing::json(
+                subjects::dispatch(&st.namespace_name, &st.node_name),
+                m::dispatch_msg_id(&d.state_id, attempt),
+                &d,
+            )?)
+            .await?;
+        Ok(())
+    }
+
+    /// Loads the state a result is about and checks its attempt fence.
+    /// Returns the state and whether it is still QUEUED for this attempt.
+    async fn fenced(&self, state_id: &str, attempt: u32) -> Result<Result<(StateDoc, bool), Outcome>, Error> {
+        let Some(id) = parse_id(state_id) else {
+            return Ok(Err(Outcome::Reject(format!("invalid state_id {state_id:?}"))));
+        };
+        let Some(st) = self.store.state(id).await? else {
+            return Ok(Err(Outcome::Reject(format!("state {state_id} not found"))));
+        };
+        if st.attempt != i64::from(attempt) {
+            return Ok(Err(Outcome::Stale(format!(
+                "attempt {attempt} is not the current attempt {}",
+                st.attempt
+            ))));
+        }
+        let fresh = st.status == StateStatus::Queued;
+        Ok(Ok((st, fresh)))
+    }
+
+    async fn graph_for(&self, st: &StateDoc) -> Result<Result<Arc<LoadedGraph>, Unusable>, Error> {
+        Ok(self.graphs.get(st.graph_ns(), &st.graph_name).await?)
+    }
+
+    /// `completion`: records outputs, fans out, creates successors, marks
+    /// SUCCESS and lets unite groups close.
+    pub async fn on_executed<P, F>(&self, msg: Executed, progress: P) -> Result<Outcome, Error>
+    where
+        P: Fn() -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        let (st, fresh) = match self.fenced(&msg.state_id, msg.attempt).await? {
+            Ok(x) => x,
+            Err(o) => return Ok(o),
+        };
+        if !fresh
+            && !matches!(
+                st.status,
+                StateStatus::Executed | StateStatus::Success | StateStatus::NextCreatedError
+            )
+        {
+            return Ok(Outcome::Stale(format!("state is {}", st.status)));
+        }
+        let mut outputs = msg.outputs;
+        if outputs.is_empty() {
+            outputs.push(Map::new());
+        }
+        let mut out_docs = Vec::with_capacity(outputs.len());
+        for o in &outputs {
+            match json_to_doc(o) {
+                Ok(d) => out_docs.push(d),
+                Err(e) => return Ok(Outcome::Reject(e)),
+            }
+        }
+        drop(outputs);
+        let lg = match self.graph_for(&st).await? {
+            Ok(g) => g,
+            Err(u) => {
+                if fresh {
+                    self.fail_next_created(&st, &out_docs[0], &u.to_string()).await?;
+                }
+                return Ok(Outcome::Done);
+            }
+        };
+        let n = out_docs.len();
+        let now = time::now_ms();
+        let state_at = |j: usize| -> StateDoc {
+            let mut s = st.clone();
+            if j > 0 {
+                s.id = oid(ids::fanout_sibling_id(&st.id.to_hex(), j));
+                s.fanout_id = s.id.to_hex();
+                s.retry_count = 0;
+                s.does_unites = false;
+                s.state_fingerprint = String::new();
+                s.manual_retry_fanout_id = String::new();
+                s.data = Document::new();
+                s.enqueue_after = now;
+                s.created_at = DateTime::from_millis(now);
+                s.updated_at = s.created_at;
+            }
+            s.status = StateStatus::Executed;
+            s.outputs = out_docs[j].clone();
+            s.error = None;
+            s
+        };
+
+        // Phase 1: S becomes EXECUTED and every sibling exists (EXECUTED), so
+        // all of them are counted before any is counted out.
+        let mut start = 1;
+        if fresh {
+            let end = n.min(CHUNK);
+            let mut fx = Effects::new(Some(lg.clone()), &st.run_id);
+            fx.update(Update {
+                filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+                update: doc! {"$set": {"status": "EXECUTED", "outputs": out_docs[0].clone(),
+                                      "updated_at": DateTime::from_millis(now)}},
+                expect: 1,
+            });
+            for j in 1..end {
+                fx.insert(state_at(j));
+            }
+            effects::apply(&self.store, &fx, now).await?;
+            start = end;
+        }
+        let mut j = start;
+        while j < n {
+            let end = n.min(j + CHUNK);
+            let first = oid(ids::fanout_sibling_id(&st.id.to_hex(), j));
+            if self.store.state(first).await?.is_none() {
+                let mut fx = Effects::new(Some(lg.clone()), &st.run_id);
+                for k in j..end {
+                    fx.insert(state_at(k));
+                }
+                effects::apply(&self.store, &fx, now).await?;
+                progress().await;
+            }
+            j = end;
+        }
+
+        // Phase 2: successors and SUCCESS, chunk by chunk.
+        let next: Vec<&NodeTemplate> = lg
+            .graph
+            .next_nodes(&st.identifier)
+            .iter()
+            .filter_map(|id| lg.graph.node(id))
+            .filter(|t| t.unites.is_none())
+            .collect();
+        let wanted = inputs::referenced_ancestors(next.iter().copied(), &st.identifier);
+        let ancestor_ids: Vec<ObjectId> = wanted
+            .iter()
+            .filter_map(|i| st.parents.get(i).and_then(Bson::as_object_id))
+            .collect();
+        let mut ancestors = HashMap::new();
+        if !ancestor_ids.is_empty() {
+            let mut cur = self
+                .store
+                .states()
+                .find(doc! {"_id": {"$in": ancestor_ids}})
+                .await
+                .map_err(exo_store::Error::from)?;
+            while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+                ancestors.insert(d.id, d);
+            }
+        }
+        let store_values = effects::load_store_values(&self.store, None, &st)
+            .await
+            .map_err(exo_store::Error::from)?;
+        let src = inputs::Sources {
+            graph: &lg,
+            store: &store_values,
+            ancestors: &ancestors,
+        };
+        let mut finished = None;
+        let mut j = 0;
+        while j < n {
+            let end = n.min(j + CHUNK);
+            let chunk_ids: Vec<ObjectId> = (j..end)
+                .map(|k| if k == 0 { st.id } else { oid(ids::fanout_sibling_id(&st.id.to_hex(), k)) })
+                .collect();
+            let mut still: HashSet<ObjectId> = HashSet::new();
+            let mut cur = self
+                .store
+                .states_raw()
+                .find(doc! {"_id": {"$in": &chunk_ids}, "status": "EXECUTED", "attempt": st.attempt})
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(exo_store::Error::from)?;
+            while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+                if let Ok(id) = d.get_object_id("_id") {
+                    still.insert(id);
+                }
+            }
+            let mut fx = Effects::new(Some(lg.clone()), &st.run_id);
+            let mut children: Vec<StateDoc> = Vec::new();
+            let mut ok_ids = Vec::new();
+            for k in j..end {
+                let state = state_at(k);
+                let mut kids = Vec::with_capacity(next.len());
+                let mut failure = None;
+                for t in &next {
+                    match inputs::resolve_inputs(&src, t, &state) {
+                        Ok(inp) => kids.push(inputs::new_state(
+                            oid(ids::child_state_id(&state.id.to_hex(), &t.identifier)),
+                            t,
+                            st.graph_ns(),
+                            &st.run_id,
+                            &st.graph_name,
+                            inp,
+                            inputs::lineage(&state),
+                            false,
+                            now,
+                        )),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if !still.contains(&state.id) {
+                    // Already advanced by an earlier delivery: re-announce its
+                    // children (deduplicated by the bus and the scheduler).
+                    if failure.is_none() {
+                        children.extend(kids);
+                    }
+                    continue;
+                }
+                match failure {
+                    None => {
+                        ok_ids.push(state.id);
+                        fx.count_transition(&state, StateStatus::Executed, StateStatus::Success);
+                        for kid in kids {
+                            fx.insert(kid);
+                        }
+                    }
+                    Some(error) => {
+                        fx.transition(
+                            &state,
+                            StateStatus::Executed,
+                            StateStatus::NextCreatedError,
+                            Update {
+                                filter: doc! {"_id": state.id, "status": "EXECUTED"},
+                                update: doc! {"$set": {"status": "NEXT_CREATED_ERROR", "error": error}},
+                                expect: 1,
+                            },
+                        );
+                    }
+                }
+            }
+            if !ok_ids.is_empty() {
+                let count = ok_ids.len() as u64;
+                fx.update(Update {
+                    filter: doc! {"_id": {"$in": ok_ids}, "status": "EXECUTED"},
+                    update: doc! {"$set": {"status": "SUCCESS"}},
+                    expect: count,
+                });
+            }
+            if !fx.is_empty() {
+                if let Some(a) = effects::apply(&self.store, &fx, now).await? {
+                    if a.finished.is_some() {
+                        finished = a.finished;
+                    }
+                    self.publish_created(&a.created).await?;
+                }
+            }
+            if !children.is_empty() {
+                self.publish_created(&children).await?;
+            }
+            progress().await;
+            j = end;
+        }
+        if let Some(status) = finished {
+            self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status).await?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    async fn fail_next_created(&self, st: &StateDoc, outputs: &Document, error: &str) -> Result<(), Error> {
+        // Without a usable template there are no unite groups to count.
+        let mut fx = Effects::new(None, &st.run_id);
+        fx.transition(
+            st,
+            StateStatus::Queued,
+            StateStatus::NextCreatedError,
+            Update {
+                filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+                update: doc! {"$set": {"status": "NEXT_CREATED_ERROR", "outputs": outputs.clone(), "error": error}},
+                expect: 1,
+            },
+        );
+        let applied = effects::apply(&self.store, &fx, time::now_ms()).await?;
+        self.after_apply(st, applied).await
+    }
+
+    /// `completion`: ends a branch with PRUNED.
+    pub async fn on_pruned(&self, msg: Pruned) -> Result<Outcome, Error> {
+        let (st, fresh) = match self.fenced(&msg.state_id, msg.attempt).await? {
+            Ok(x) => x,
+            Err(o) => return Ok(o),
+        };
+        if !fresh {
+            return Ok(Outcome::Stale(format!("state is {}", st.status)));
+        }
+        let data = match json_to_doc(&msg.data) {
+            Ok(d) => d,
+            Err(e) => return Ok(Outcome::Reject(e)),
+        };
+        let lg = self.graph_for(&st).await?.ok();
+        let mut fx = Effects::new(lg, &st.run_id);
+        fx.transition(
+            &st,
+            StateStatus::Queued,
+            StateStatus::Pruned,
+            Update {
+                filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+                update: doc! {"$set": {"status": "PRUNED", "data": data,
+                                      "updated_at": DateTime::from_millis(time::now_ms())}},
+                expect: 1,
+            },
+        );
+        let applied = effects::apply(&self.store, &fx, time::now_ms()).await?;
+        self.after_apply(&st, applied).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// `retry`: records a failure and creates the retry attempt the policy
+    /// allows, or ends the state ERRORED.
+    pub async fn on_errored(&self, msg: Errored) -> Result<Outcome, Error> {
+        let (st, fresh) = match self.fenced(&msg.state_id, msg.attempt).await? {
+            Ok(x) => x,
+            Err(o) => return Ok(o),
+        };
+        let retry_id = oid(ids::retry_state_id(&st.id.to_hex()));
+        if !fresh {
+            if st.status == StateStatus::RetryCreated
+                && let Some(r) = self.store.state(retry_id).await?
+                && r.status == StateStatus::Created
+            {
+                self.publish_created(&[r]).await?;
+                return Ok(Outcome::Done);
+            }
+            return Ok(Outcome::Stale(format!("state is {}", st.status)));
+        }
+        let graph = self.graph_for(&st).await?;
+        let now = time::now_ms();
+        let (lg, policy) = match graph {
+            Ok(g) => {
+                let p = g.doc.retry_policy.clone();
+                (Some(g), Some(p))
+            }
+            Err(_) => (None, None),
+        };
+        let mut fx = Effects::new(lg, &st.run_id);
+        let stamp = DateTime::from_millis(now);
+        match policy.filter(|p| st.retry_count < p.max_retries) {
+            Some(p) => {
+                let mut r = st.clone();
+                r.id = retry_id;
+                r.status = StateStatus::Created;
+                r.outputs = Document::new();
+                r.data = Document::new();
+                r.error = None;
+                r.retry_count = st.retry_count + 1;
+                let delay = p.delay_ms(r.retry_count, &mut rand::rng());
+                r.enqueue_after = now.saturating_add(delay);
+                r.attempt = 0;
+                r.requeue_gen = 0;
+                r.created_at = stamp;
+                r.updated_at = stamp;
+                if r.does_unites {
+                    r.state_fingerprint = inputs::fingerprint(&r);
+                }
+                fx.transition(
+                    &st,
+                    StateStatus::Queued,
+                    StateStatus::RetryCreated,
+                    Update {
+                        filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+                        update: doc! {"$set": {"status": "RETRY_CREATED", "error": &msg.error, "updated_at": stamp}},
+                        expect: 1,
+                    },
+                );
+                fx.insert(r);
+            }
+            None => fx.transition(
+                &st,
+                StateStatus::Queued,
+                StateStatus::Errored,
+                Update {
+                    filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+                    update: doc! {"$set": {"status": "ERRORED", "error": &msg.error, "updated_at": stamp}},
+                    expect: 1,
+                },
+            ),
+        }
+        let applied = effects::apply(&self.store, &fx, now).await?;
+        self.after_apply(&st, applied).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// `retry`: puts a state back to CREATED to run again after a delay.
+    pub async fn on_requeue(&self, msg: Requeue) -> Result<Outcome, Error> {
+        if msg.delay_ms <= 0 {
+            return Ok(Outcome::Reject(format!("delay_ms must be > 0, got {}", msg.delay_ms)));
+        }
+        let (st, fresh) = match self.fenced(&msg.state_id, msg.attempt).await? {
+            Ok(x) => x,
+            Err(o) => return Ok(o),
+        };
+        if !fresh {
+            if st.status == StateStatus::Created {
+                self.publish_created(&[st]).await?;
+                return Ok(Outcome::Done);
+            }
+            return Ok(Outcome::Stale(format!("state is {}", st.status)));
+        }
+        let now = time::now_ms();
+        let after = self
+            .store
+            .states()
+            .find_one_and_update(
+                doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+                doc! {"$set": {"status": "CREATED", "enqueue_after": now.saturating_add(msg.delay_ms),
+                               "updated_at": DateTime::from_millis(now)},
+                      "$inc": {"requeue_gen": 1i64}},
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(exo_store::Error::from)?;
+        match after {
+            Some(s) => {
+                self.publish_created(&[s]).await?;
+                Ok(Outcome::Done)
+            }
+            None => Ok(Outcome::Stale("state moved on".into())),
+        }
+    }
+}
+
+fn park(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_PARK)
+}

@@ -1,0 +1,233 @@
+//! Layered configuration.
+//!
+//! Layers, later ones winning: serde defaults, an optional TOML file
+//! (`--config` / `EXO_CONFIG`), then environment variables `EXO_<SECTION>__<KEY>`
+//! (for example `EXO_NATS__URL`, `EXO_MONGO__URI`). The names Exosphere users
+//! already set are honoured as aliases when the `EXO_` form is absent:
+//! `NATS_URL`, `MONGO_URI`, `MONGO_DATABASE_NAME`, `STATE_MANAGER_SECRET` and
+//! `SECRETS_ENCRYPTION_KEY`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Configuration errors. They are reported before telemetry exists.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A source could not be read or a value could not be deserialised.
+    #[error("could not load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is not acceptable.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Connection settings for NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// Client name shown in server monitoring.
+    pub name: Option<String>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            name: None,
+        }
+    }
+}
+
+/// Connection settings for MongoDB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MongoConfig {
+    /// Connection string. Never logged.
+    pub uri: String,
+    /// Database name (Exosphere's default is `exosphere-state-manager`).
+    pub database: String,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self {
+            uri: "mongodb://127.0.0.1:27017".into(),
+            database: "exosphere-state-manager".into(),
+        }
+    }
+}
+
+/// Admin HTTP endpoint settings (`/livez`, `/readyz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Listen address, `host:port`.
+    pub addr: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+/// The sections every service has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CommonConfig {
+    /// NATS connection.
+    pub nats: NatsConfig,
+    /// MongoDB connection.
+    pub mongo: MongoConfig,
+    /// Admin endpoints.
+    pub admin: AdminConfig,
+    /// Seconds in-flight work gets after a shutdown signal.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl CommonConfig {
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.nats.url.trim().is_empty() {
+            return Err(Error::Invalid("nats.url is empty".into()));
+        }
+        if !self.mongo.uri.starts_with("mongodb://") && !self.mongo.uri.starts_with("mongodb+srv://") {
+            return Err(Error::Invalid(
+                "mongo.uri must start with mongodb:// or mongodb+srv://".into(),
+            ));
+        }
+        if self.mongo.database.trim().is_empty() {
+            return Err(Error::Invalid("mongo.database is empty".into()));
+        }
+        if self.admin.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Invalid(format!(
+                "admin.addr '{}' is not a host:port socket address",
+                self.admin.addr
+            )));
+        }
+        Ok(())
+    }
+
+    /// Grace period for in-flight work at shutdown.
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_secs.unwrap_or(20))
+    }
+}
+
+/// Compatibility aliases: (alias env var, canonical `EXO_` env var).
+pub const ALIASES: &[(&str, &str)] = &[
+    ("NATS_URL", "EXO_NATS__URL"),
+    ("MONGO_URI", "EXO_MONGO__URI"),
+    ("MONGO_DATABASE_NAME", "EXO_MONGO__DATABASE"),
+    ("STATE_MANAGER_SECRET", "EXO_API__KEY"),
+    ("SECRETS_ENCRYPTION_KEY", "EXO_API__SECRETS_ENCRYPTION_KEY"),
+];
+
+/// Loads `T` from the process environment and an optional file.
+pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, Error> {
+    load_from(file, std::env::vars().collect())
+}
+
+/// Loads `T` from an explicit environment map (used by tests instead of
+/// mutating the process environment).
+pub fn load_from<T: DeserializeOwned>(
+    file: Option<&Path>,
+    mut env: HashMap<String, String>,
+) -> Result<T, Error> {
+    for (alias, canonical) in ALIASES {
+        if !env.contains_key(*canonical)
+            && let Some(v) = env.get(*alias).cloned()
+        {
+            env.insert((*canonical).to_string(), v);
+        }
+    }
+    // Only EXO_ keys take part; aliases were copied above.
+    let env: HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("EXO_") && k.contains("__"))
+        .collect();
+    let mut builder = config::Config::builder();
+    if let Some(f) = file {
+        builder = builder.add_source(config::File::from(f));
+    }
+    let cfg = builder
+        .add_source(
+            config::Environment::with_prefix("EXO")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .ignore_empty(true)
+                .source(Some(env)),
+        )
+        .build()?;
+    Ok(cfg.try_deserialize()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(default)]
+    struct Cfg {
+        #[serde(flatten)]
+        common: CommonConfig,
+        api: Api,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(default)]
+    struct Api {
+        key: Option<String>,
+        port: Option<u16>,
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_env() {
+        let c: Cfg = load_from(None, HashMap::new()).unwrap();
+        assert_eq!(c.common.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.common.mongo.database, "exosphere-state-manager");
+        c.common.validate().unwrap();
+    }
+
+    #[test]
+    fn exo_env_overrides_and_aliases_fill_gaps() {
+        let c: Cfg = load_from(
+            None,
+            env(&[
+                ("EXO_NATS__URL", "nats://n:1"),
+                ("NATS_URL", "nats://ignored:2"),
+                ("MONGO_URI", "mongodb://m:3"),
+                ("MONGO_DATABASE_NAME", "db1"),
+                ("STATE_MANAGER_SECRET", "k"),
+                ("EXO_API__PORT", "8080"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.common.nats.url, "nats://n:1");
+        assert_eq!(c.common.mongo.uri, "mongodb://m:3");
+        assert_eq!(c.common.mongo.database, "db1");
+        assert_eq!(c.api.key.as_deref(), Some("k"));
+        assert_eq!(c.api.port, Some(8080));
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let c: Cfg = load_from(None, env(&[("EXO_ADMIN__ADDR", "nowhere")])).unwrap();
+        let e = c.common.validate().unwrap_err();
+        assert!(e.to_string().contains("admin.addr 'nowhere'"), "{e}");
+        let c: Cfg = load_from(None, env(&[("EXO_MONGO__URI", "http://x")])).unwrap();
+        assert!(matches!(c.common.validate(), Err(Error::Invalid(_))));
+    }
+}

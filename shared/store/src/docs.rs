@@ -1,0 +1,252 @@
+//! Document shapes, one struct per collection.
+//!
+//! Exosphere's fields keep their names and types; fields added by this
+//! implementation carry `#[serde(default)]` so documents written by Exosphere
+//! still load.
+
+use std::collections::BTreeMap;
+
+use exo_types::graph::{NodeTemplate, StoreConfig, Trigger};
+use exo_types::retry::RetryPolicy;
+use exo_types::status::StateStatus;
+use mongodb::bson::{DateTime, Document, oid::ObjectId};
+use serde::{Deserialize, Serialize};
+
+/// One attempt of one node in one run (collection `State`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateDoc {
+    /// State id.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// Registered node name (runtime routing key).
+    pub node_name: String,
+    /// Namespace of the node template (where its runtime is registered).
+    pub namespace_name: String,
+    /// Node identifier in the graph.
+    pub identifier: String,
+    /// Graph template name.
+    pub graph_name: String,
+    /// Run id.
+    pub run_id: String,
+    /// Status.
+    pub status: StateStatus,
+    /// Resolved inputs.
+    #[serde(default)]
+    pub inputs: Document,
+    /// Outputs recorded by `executed`.
+    #[serde(default)]
+    pub outputs: Document,
+    /// Prune data.
+    #[serde(default)]
+    pub data: Document,
+    /// Error text.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Lineage: identifier → state id, insertion-ordered, direct parent last.
+    #[serde(default)]
+    pub parents: Document,
+    /// True for unite states.
+    #[serde(default)]
+    pub does_unites: bool,
+    /// SHA-256 fingerprint of unite states, else empty.
+    #[serde(default)]
+    pub state_fingerprint: String,
+    /// Earliest dispatch time, Unix ms.
+    pub enqueue_after: i64,
+    /// Automatic retry generation.
+    #[serde(default)]
+    pub retry_count: i64,
+    /// Distinguishes fan-out siblings and manual retries.
+    #[serde(default)]
+    pub fanout_id: String,
+    /// Set by manual retry; part of the fingerprint.
+    #[serde(default)]
+    pub manual_retry_fanout_id: String,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// Last full update.
+    pub updated_at: DateTime,
+    /// Namespace of the graph (ours; absent on Exosphere documents, where it
+    /// equals `namespace_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_namespace: Option<String>,
+    /// Dispatch attempt (ours): incremented on every CREATED → QUEUED, echoed
+    /// by runtimes, and used to fence late results.
+    #[serde(default)]
+    pub attempt: i64,
+    /// Number of re-queue cycles (ours); part of the hand-off dedup id.
+    #[serde(default)]
+    pub requeue_gen: i64,
+}
+
+impl StateDoc {
+    /// Namespace of the graph this state belongs to.
+    pub fn graph_ns(&self) -> &str {
+        self.graph_namespace.as_deref().unwrap_or(&self.namespace_name)
+    }
+
+    /// Lineage as (identifier, state id) pairs in order.
+    pub fn parent_pairs(&self) -> Vec<(String, ObjectId)> {
+        self.parents
+            .iter()
+            .filter_map(|(k, v)| v.as_object_id().map(|id| (k.clone(), id)))
+            .collect()
+    }
+}
+
+/// A graph template (collection `GraphTemplate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphTemplateDoc {
+    /// Document id.
+    #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ObjectId>,
+    /// Graph name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Node templates.
+    pub nodes: Vec<NodeTemplate>,
+    /// `VALID`, `INVALID`, `PENDING` or `ONGOING`.
+    pub validation_status: String,
+    /// Validation errors of the last validation.
+    #[serde(default)]
+    pub validation_errors: Vec<String>,
+    /// Secret name → ciphertext.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Triggers.
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry_policy: RetryPolicy,
+    /// Store configuration.
+    #[serde(default)]
+    pub store_config: StoreConfig,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// Last update.
+    pub updated_at: DateTime,
+}
+
+/// A node registered by a runtime (collection `RegisteredNode`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredNodeDoc {
+    /// Document id.
+    #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ObjectId>,
+    /// Node (class) name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Last registering runtime.
+    #[serde(default)]
+    pub runtime_name: String,
+    /// Always equals `namespace`.
+    #[serde(default)]
+    pub runtime_namespace: String,
+    /// JSON Schema of the inputs.
+    #[serde(default)]
+    pub inputs_schema: serde_json::Value,
+    /// JSON Schema of the outputs.
+    #[serde(default)]
+    pub outputs_schema: serde_json::Value,
+    /// Secret names the node needs.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// Last full update.
+    pub updated_at: DateTime,
+}
+
+/// One per-run store entry (collection `Store`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreDoc {
+    /// Run id.
+    pub run_id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Graph name.
+    pub graph_name: String,
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
+}
+
+/// A run (collection `runs`). Exosphere stores only the first four fields;
+/// status and counters are ours and are kept in the same transactions as the
+/// state transitions they count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDoc {
+    /// Document id.
+    #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ObjectId>,
+    /// Run id (UUID).
+    pub run_id: String,
+    /// Graph name.
+    #[serde(default)]
+    pub graph_name: String,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace_name: String,
+    /// Creation time.
+    pub created_at: DateTime,
+    /// `PENDING`, `SUCCESS` or `FAILED`; absent on Exosphere documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// All states of the run.
+    #[serde(default)]
+    pub total_count: i64,
+    /// CREATED + QUEUED + EXECUTED.
+    #[serde(default)]
+    pub pending_count: i64,
+    /// SUCCESS + PRUNED.
+    #[serde(default)]
+    pub success_count: i64,
+    /// ERRORED + NEXT_CREATED_ERROR.
+    #[serde(default)]
+    pub errored_count: i64,
+    /// RETRY_CREATED.
+    #[serde(default)]
+    pub retried_count: i64,
+    /// Unite groups that closed with failures under ALL_SUCCESS.
+    #[serde(default)]
+    pub failed_unites: i64,
+    /// When the run reached a terminal status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime>,
+}
+
+/// Bookkeeping of one unite group (collection `UniteGroup`, ours): the open
+/// descendants of one target state instance for one unite node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UniteGroupDoc {
+    /// `<target state id hex>:<unite node identifier>`.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Target state instance.
+    pub target_id: ObjectId,
+    /// Unite node identifier.
+    pub unite_identifier: String,
+    /// Descendants of the target not yet ended.
+    #[serde(default)]
+    pub open: i64,
+    /// Descendants that ended ERRORED, PRUNED or NEXT_CREATED_ERROR.
+    #[serde(default)]
+    pub failed: i64,
+    /// True once the group was decided (fired or failed).
+    #[serde(default)]
+    pub closed: bool,
+    /// True if the unite state was created.
+    #[serde(default)]
+    pub fired: bool,
+}
+
+/// Id of the unite group of `target` for unite node `identifier`.
+pub fn unite_group_id(target: &ObjectId, identifier: &str) -> String {
+    format!("{}:{identifier}", target.to_hex())
+}

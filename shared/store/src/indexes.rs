@@ -1,0 +1,86 @@
+//! Index bootstrap. Names match Exosphere's so an existing database keeps its
+//! indexes; creation is idempotent.
+
+use mongodb::IndexModel;
+use mongodb::bson::{Document, doc};
+use mongodb::options::IndexOptions;
+
+use crate::{Error, Store};
+
+fn index(keys: Document, name: &str, unique: bool, partial: Option<Document>) -> IndexModel {
+    let mut opts = IndexOptions::builder().name(name.to_string()).build();
+    if unique {
+        opts.unique = Some(true);
+    }
+    opts.partial_filter_expression = partial;
+    IndexModel::builder().keys(keys).options(opts).build()
+}
+
+/// Creates every index this implementation relies on.
+pub async fn ensure(store: &Store) -> Result<(), Error> {
+    let db = store.db();
+    let sets: Vec<(&str, Vec<IndexModel>)> = vec![
+        (
+            crate::STATES,
+            vec![
+                index(
+                    doc! {"state_fingerprint": 1},
+                    "uniq_state_fingerprint_unites",
+                    true,
+                    Some(doc! {"does_unites": true}),
+                ),
+                index(
+                    doc! {"enqueue_after": 1, "status": 1, "namespace_name": 1, "node_name": 1},
+                    "enqueue_query",
+                    false,
+                    None,
+                ),
+                index(
+                    doc! {"node_name": 1, "namespace_name": 1, "graph_name": 1, "identifier": 1,
+                          "run_id": 1, "retry_count": 1, "fanout_id": 1},
+                    "uniq_fanout_retry",
+                    true,
+                    None,
+                ),
+                index(doc! {"run_id": 1, "status": 1}, "run_id_status_index", false, None),
+            ],
+        ),
+        (
+            crate::GRAPH_TEMPLATES,
+            vec![index(doc! {"name": 1, "namespace": 1}, "unique_name_namespace", true, None)],
+        ),
+        (
+            crate::REGISTERED_NODES,
+            vec![index(doc! {"name": 1, "namespace": 1}, "unique_name_namespace", true, None)],
+        ),
+        (
+            crate::STORE,
+            vec![index(
+                doc! {"run_id": 1, "namespace": 1, "graph_name": 1, "key": 1},
+                "uniq_run_id_namespace_graph_name_key",
+                true,
+                None,
+            )],
+        ),
+        (
+            crate::RUNS,
+            vec![
+                index(doc! {"run_id": 1}, "run_id_index", true, None),
+                index(
+                    doc! {"namespace_name": 1, "created_at": -1},
+                    "namespace_created_at_index",
+                    false,
+                    None,
+                ),
+            ],
+        ),
+        (
+            crate::UNITE_GROUPS,
+            vec![index(doc! {"run_id": 1}, "run_id_index", false, None)],
+        ),
+    ];
+    for (coll, models) in sets {
+        db.collection::<Document>(coll).create_indexes(models).await?;
+    }
+    Ok(())
+}

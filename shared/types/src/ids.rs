@@ -1,0 +1,88 @@
+//! Deterministic identifiers.
+//!
+//! Every document a handler creates gets an id derived from what caused it, so
+//! that a redelivered message recreates the *same* ids and unique indexes turn
+//! the second write into a no-op. State ids stay 12-byte ObjectIds (24 hex
+//! characters on the wire) for compatibility with Exosphere clients.
+
+use sha2::{Digest, Sha256};
+
+/// Derives a 12-byte ObjectId value from a domain tag and ordered parts.
+///
+/// Parts are length-prefixed before hashing, so `("ab", "c")` and `("a", "bc")`
+/// give different ids.
+pub fn derive_object_id(tag: &str, parts: &[&str]) -> [u8; 12] {
+    let mut h = Sha256::new();
+    h.update((tag.len() as u64).to_be_bytes());
+    h.update(tag.as_bytes());
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = [0u8; 12];
+    out.copy_from_slice(&digest[..12]);
+    out
+}
+
+/// Id of the root state of a run.
+pub fn root_state_id(run_id: &str) -> [u8; 12] {
+    derive_object_id("root", &[run_id])
+}
+
+/// Id of fan-out sibling `index` (1-based; index 0 is the executed state itself)
+/// created when `state_id` reported several outputs.
+pub fn fanout_sibling_id(state_id: &str, index: usize) -> [u8; 12] {
+    derive_object_id("fanout", &[state_id, &index.to_string()])
+}
+
+/// Id of the child of `parent_id` for the next node `identifier`.
+pub fn child_state_id(parent_id: &str, identifier: &str) -> [u8; 12] {
+    derive_object_id("child", &[parent_id, identifier])
+}
+
+/// Id of the unite state `identifier` for the group opened by `target_id`.
+pub fn unite_state_id(target_id: &str, identifier: &str) -> [u8; 12] {
+    derive_object_id("unite", &[target_id, identifier])
+}
+
+/// Id of the automatic retry of `state_id`.
+pub fn retry_state_id(state_id: &str) -> [u8; 12] {
+    derive_object_id("retry", &[state_id])
+}
+
+/// Hex form of a 12-byte id.
+pub fn to_hex(id: &[u8; 12]) -> String {
+    hex::encode(id)
+}
+
+/// Parses a 24-hex-character id.
+pub fn parse_hex(s: &str) -> Option<[u8; 12]> {
+    if s.len() != 24 {
+        return None;
+    }
+    let mut out = [0u8; 12];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        assert_eq!(child_state_id("a", "b"), child_state_id("a", "b"));
+        assert_ne!(child_state_id("a", "b"), child_state_id("a", "c"));
+        assert_ne!(derive_object_id("t", &["ab", "c"]), derive_object_id("t", &["a", "bc"]));
+        assert_ne!(child_state_id("a", "b"), unite_state_id("a", "b"));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let id = retry_state_id("x");
+        assert_eq!(parse_hex(&to_hex(&id)), Some(id));
+        assert_eq!(parse_hex("zz"), None);
+        assert_eq!(parse_hex("zzzzzzzzzzzzzzzzzzzzzzzz"), None);
+    }
+}

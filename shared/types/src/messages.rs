@@ -1,0 +1,179 @@
+//! Wire messages exchanged over NATS (runtime protocol version 1).
+//!
+//! All messages are JSON objects. Unknown fields are ignored so that newer
+//! publishers can add fields without breaking older consumers. The protocol is
+//! described for runtime authors in `docs/runtime-protocol.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Protocol version carried in the `Exo-Protocol` header.
+pub const PROTOCOL_VERSION: &str = "1";
+/// Header carrying [`PROTOCOL_VERSION`].
+pub const HEADER_PROTOCOL: &str = "Exo-Protocol";
+
+/// Command that starts a run (`exo.v1.<ns>.run.trigger`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerCommand {
+    /// Run id chosen by the publisher (a UUID); it is also the dedup key.
+    pub run_id: String,
+    /// Graph template name.
+    pub graph_name: String,
+    /// Values for the root node's inputs.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Initial per-run store.
+    #[serde(default)]
+    pub store: BTreeMap<String, String>,
+    /// Delay before the root state may run, in milliseconds.
+    #[serde(default)]
+    pub start_delay_ms: u64,
+    /// When the command was issued (Unix ms); the root's `enqueue_after` is
+    /// computed from it so that a redelivery does not move the schedule.
+    #[serde(default)]
+    pub requested_at_ms: Option<i64>,
+}
+
+/// Hand-off from a writer to the scheduler: a state now exists in CREATED
+/// (`exo.v1.<ns>.state.created`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateCreated {
+    /// State id (24 hex).
+    pub state_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Registered node name.
+    pub node_name: String,
+    /// Earliest dispatch time, Unix ms.
+    pub enqueue_after: i64,
+    /// Re-queue cycle of the state this hand-off belongs to.
+    #[serde(default)]
+    pub generation: i64,
+}
+
+/// Work handed to a runtime (`exo.v1.<ns>.dispatch.<node>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dispatch {
+    /// State id (24 hex).
+    pub state_id: String,
+    /// Dispatch attempt; results must echo it.
+    pub attempt: u32,
+    /// Run id.
+    pub run_id: String,
+    /// Graph template name.
+    pub graph_name: String,
+    /// Registered node name.
+    pub node_name: String,
+    /// Node identifier in the graph.
+    pub identifier: String,
+    /// Resolved inputs.
+    pub inputs: Map<String, Value>,
+}
+
+/// A node finished (`exo.v1.<ns>.result.executed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Executed {
+    /// State id.
+    pub state_id: String,
+    /// Attempt from the dispatch.
+    pub attempt: u32,
+    /// One object per output; more than one fans out.
+    pub outputs: Vec<Map<String, Value>>,
+}
+
+/// A node failed (`exo.v1.<ns>.result.errored`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Errored {
+    /// State id.
+    pub state_id: String,
+    /// Attempt from the dispatch.
+    pub attempt: u32,
+    /// Error text.
+    pub error: String,
+}
+
+/// A node ended its branch (`exo.v1.<ns>.result.pruned`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// State id.
+    pub state_id: String,
+    /// Attempt from the dispatch.
+    pub attempt: u32,
+    /// Free-form prune data.
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+/// A node asked to run again later (`exo.v1.<ns>.result.requeue`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Requeue {
+    /// State id.
+    pub state_id: String,
+    /// Attempt from the dispatch.
+    pub attempt: u32,
+    /// Delay in milliseconds (> 0).
+    pub delay_ms: i64,
+}
+
+/// A lifecycle event published on `exo.v1.<ns>.event.run.<name>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// Run id.
+    pub run_id: String,
+    /// Graph template name.
+    pub graph_name: String,
+    /// `PENDING`, `SUCCESS` or `FAILED`.
+    pub status: String,
+    /// Unix ms when the event was produced.
+    pub at_ms: i64,
+}
+
+/// A message that could not be handled, copied to `exo.v1.dlq.<stream>.<consumer>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Subject the message arrived on.
+    pub subject: String,
+    /// Why it was rejected.
+    pub reason: String,
+    /// The raw payload, as lossy UTF-8.
+    pub payload: String,
+    /// Unix ms of rejection.
+    pub at_ms: i64,
+}
+
+/// Nats-Msg-Id of a trigger command.
+pub fn trigger_msg_id(run_id: &str) -> String {
+    format!("trg:{run_id}")
+}
+
+/// Nats-Msg-Id of a state-created hand-off; `generation` distinguishes
+/// re-queue cycles of the same state.
+pub fn created_msg_id(state_id: &str, generation: i64) -> String {
+    format!("crt:{state_id}:{generation}")
+}
+
+/// Nats-Msg-Id of a dispatch.
+pub fn dispatch_msg_id(state_id: &str, attempt: u32) -> String {
+    format!("dsp:{state_id}:{attempt}")
+}
+
+/// Nats-Msg-Id of a runtime result.
+pub fn result_msg_id(kind: &str, state_id: &str, attempt: u32) -> String {
+    format!("res:{kind}:{state_id}:{attempt}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_ignored_and_defaults_apply() {
+        let t: TriggerCommand =
+            serde_json::from_str(r#"{"run_id":"r","graph_name":"g","extra":1}"#).unwrap();
+        assert!(t.inputs.is_empty() && t.store.is_empty());
+        assert_eq!(t.start_delay_ms, 0);
+        let p: Pruned = serde_json::from_str(r#"{"state_id":"s","attempt":1}"#).unwrap();
+        assert!(p.data.is_empty());
+    }
+}

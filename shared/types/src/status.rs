@@ -1,0 +1,165 @@
+//! State and run status vocabularies, with the groupings used for run counters.
+
+use serde::{Deserialize, Serialize};
+
+/// Status of one state attempt (spec §4). The string forms are the wire and
+/// database representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StateStatus {
+    /// Inserted, waiting to be dispatched (possibly delayed by `enqueue_after`).
+    Created,
+    /// Dispatched to a runtime queue (or handed out over HTTP).
+    Queued,
+    /// Outputs recorded, successors not yet created.
+    Executed,
+    /// Failed and retries exhausted.
+    Errored,
+    /// Successor creation failed deterministically.
+    NextCreatedError,
+    /// Done; successors created.
+    Success,
+    /// Ended by a prune signal.
+    Pruned,
+    /// Failed and replaced by a retry attempt.
+    RetryCreated,
+}
+
+impl StateStatus {
+    /// All eight statuses, in spec order.
+    pub const ALL: [StateStatus; 8] = [
+        Self::Created,
+        Self::Queued,
+        Self::Executed,
+        Self::Errored,
+        Self::NextCreatedError,
+        Self::Success,
+        Self::Pruned,
+        Self::RetryCreated,
+    ];
+
+    /// The database and wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Queued => "QUEUED",
+            Self::Executed => "EXECUTED",
+            Self::Errored => "ERRORED",
+            Self::NextCreatedError => "NEXT_CREATED_ERROR",
+            Self::Success => "SUCCESS",
+            Self::Pruned => "PRUNED",
+            Self::RetryCreated => "RETRY_CREATED",
+        }
+    }
+
+    /// Parses the database and wire string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// The run-counter group this status belongs to (spec §14.1).
+    pub fn group(self) -> CounterGroup {
+        match self {
+            Self::Created | Self::Queued | Self::Executed => CounterGroup::Pending,
+            Self::Errored | Self::NextCreatedError => CounterGroup::Errored,
+            Self::Success | Self::Pruned => CounterGroup::Success,
+            Self::RetryCreated => CounterGroup::Retried,
+        }
+    }
+
+    /// True while the state still has work ahead of it.
+    pub fn is_pending(self) -> bool {
+        self.group() == CounterGroup::Pending
+    }
+
+    /// True when the state ended without success: it counts as a failure for
+    /// an `ALL_SUCCESS` unite group.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Errored | Self::NextCreatedError | Self::Pruned)
+    }
+}
+
+impl std::fmt::Display for StateStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The four counter groups of a run (spec §14.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CounterGroup {
+    /// CREATED, QUEUED, EXECUTED.
+    Pending,
+    /// SUCCESS, PRUNED.
+    Success,
+    /// ERRORED, NEXT_CREATED_ERROR.
+    Errored,
+    /// RETRY_CREATED.
+    Retried,
+}
+
+impl CounterGroup {
+    /// Field name of this group's counter on a run document.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Pending => "pending_count",
+            Self::Success => "success_count",
+            Self::Errored => "errored_count",
+            Self::Retried => "retried_count",
+        }
+    }
+}
+
+/// Status of a whole run, as listed by the runs endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunStatus {
+    /// Some state is still pending.
+    Pending,
+    /// Every state ended and nothing failed.
+    Success,
+    /// Every state ended and something failed.
+    Failed,
+}
+
+impl RunStatus {
+    /// The database and wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Success => "SUCCESS",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// True once the run can no longer change status.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_strings_round_trip() {
+        for s in StateStatus::ALL {
+            assert_eq!(StateStatus::parse(s.as_str()), Some(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+        assert_eq!(StateStatus::parse("DONE"), None);
+    }
+
+    #[test]
+    fn groups_match_the_spec() {
+        use StateStatus::*;
+        let pending: Vec<_> = StateStatus::ALL.into_iter().filter(|s| s.is_pending()).collect();
+        assert_eq!(pending, vec![Created, Queued, Executed]);
+        assert_eq!(Pruned.group(), CounterGroup::Success);
+        assert_eq!(NextCreatedError.group(), CounterGroup::Errored);
+        assert_eq!(RetryCreated.group(), CounterGroup::Retried);
+        assert!(Pruned.is_failure() && !RetryCreated.is_failure() && !Success.is_failure());
+    }
+}

@@ -1,0 +1,165 @@
+//! NATS subject, stream and consumer names: the one place they are built.
+//!
+//! Every subject starts with `exo.v1.<namespace>`; the version token lets the
+//! wire format change without moving streams. Namespaces and node names become
+//! subject tokens, so they must pass [`crate::names::validate_token`] first.
+
+use sha2::{Digest, Sha256};
+
+/// Version prefix of every subject.
+pub const PREFIX: &str = "exo.v1";
+
+/// Work-queue stream of trigger commands (`exo.v1.<ns>.run.trigger`).
+pub const STREAM_COMMANDS: &str = "EXO_COMMANDS";
+/// Work-queue stream of "state created" hand-offs (`exo.v1.<ns>.state.created`).
+pub const STREAM_STATES: &str = "EXO_STATES";
+/// Work-queue stream of runtime results (`exo.v1.<ns>.result.<kind>`).
+pub const STREAM_RESULTS: &str = "EXO_RESULTS";
+/// Work-queue stream of dispatches to runtimes (`exo.v1.<ns>.dispatch.<node>`).
+pub const STREAM_DISPATCH: &str = "EXO_DISPATCH";
+/// Limits stream of lifecycle events (`exo.v1.<ns>.event.>`).
+pub const STREAM_EVENTS: &str = "EXO_EVENTS";
+/// Limits stream of dead letters (`exo.v1.dlq.>`).
+pub const STREAM_DLQ: &str = "EXO_DLQ";
+
+/// Durable consumer of the trigger service.
+pub const CONSUMER_TRIGGER: &str = "trigger";
+/// Durable consumer of the scheduler service.
+pub const CONSUMER_SCHEDULER: &str = "scheduler";
+/// Durable consumer of the completion service (executed and pruned results).
+pub const CONSUMER_COMPLETION: &str = "completion";
+/// Durable consumer of the retry service (errored and re-queue results).
+pub const CONSUMER_RETRY: &str = "retry";
+
+/// Subject filters of [`STREAM_COMMANDS`].
+pub const COMMANDS_SUBJECTS: &str = "exo.v1.*.run.trigger";
+/// Subject filters of [`STREAM_STATES`].
+pub const STATES_SUBJECTS: &str = "exo.v1.*.state.created";
+/// Subject filters of [`STREAM_RESULTS`].
+pub const RESULTS_SUBJECTS: &str = "exo.v1.*.result.*";
+/// Subject filters of [`STREAM_DISPATCH`].
+pub const DISPATCH_SUBJECTS: &str = "exo.v1.*.dispatch.*";
+/// Subject filters of [`STREAM_EVENTS`].
+pub const EVENTS_SUBJECTS: &str = "exo.v1.*.event.>";
+/// Subject filters of [`STREAM_DLQ`].
+pub const DLQ_SUBJECTS: &str = "exo.v1.dlq.>";
+
+/// Filter subjects of the completion consumer.
+pub const COMPLETION_FILTERS: [&str; 2] = ["exo.v1.*.result.executed", "exo.v1.*.result.pruned"];
+/// Filter subjects of the retry consumer.
+pub const RETRY_FILTERS: [&str; 2] = ["exo.v1.*.result.errored", "exo.v1.*.result.requeue"];
+
+/// Kinds of runtime result, the last token of a result subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultKind {
+    /// The node finished and produced outputs.
+    Executed,
+    /// The node failed.
+    Errored,
+    /// The node asked to end its branch.
+    Pruned,
+    /// The node asked to run again after a delay.
+    Requeue,
+}
+
+impl ResultKind {
+    /// The subject token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Executed => "executed",
+            Self::Errored => "errored",
+            Self::Pruned => "pruned",
+            Self::Requeue => "requeue",
+        }
+    }
+
+    /// Parses a subject token.
+    pub fn from_token(t: &str) -> Option<Self> {
+        [Self::Executed, Self::Errored, Self::Pruned, Self::Requeue]
+            .into_iter()
+            .find(|k| k.token() == t)
+    }
+}
+
+/// `exo.v1.<ns>.run.trigger`
+pub fn trigger(ns: &str) -> String {
+    format!("{PREFIX}.{ns}.run.trigger")
+}
+
+/// `exo.v1.<ns>.state.created`
+pub fn state_created(ns: &str) -> String {
+    format!("{PREFIX}.{ns}.state.created")
+}
+
+/// `exo.v1.<ns>.dispatch.<node>`
+pub fn dispatch(ns: &str, node: &str) -> String {
+    format!("{PREFIX}.{ns}.dispatch.{node}")
+}
+
+/// `exo.v1.<ns>.result.<kind>`
+pub fn result(ns: &str, kind: ResultKind) -> String {
+    format!("{PREFIX}.{ns}.result.{}", kind.token())
+}
+
+/// `exo.v1.<ns>.event.<entity>.<name>`, e.g. `event.run.finished`.
+pub fn event(ns: &str, entity: &str, name: &str) -> String {
+    format!("{PREFIX}.{ns}.event.{entity}.{name}")
+}
+
+/// `exo.v1.dlq.<stream>.<consumer>`
+pub fn dead_letter(stream: &str, consumer: &str) -> String {
+    format!("{PREFIX}.dlq.{stream}.{consumer}")
+}
+
+/// The namespace token of any `exo.v1.<ns>....` subject.
+pub fn namespace_of(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix('.')?;
+    rest.split('.').next().filter(|t| !t.is_empty())
+}
+
+/// The result kind of a `exo.v1.<ns>.result.<kind>` subject.
+pub fn result_kind_of(subject: &str) -> Option<ResultKind> {
+    let mut it = subject.rsplitn(2, '.');
+    let last = it.next()?;
+    let head = it.next()?;
+    if !head.ends_with(".result") {
+        return None;
+    }
+    ResultKind::from_token(last)
+}
+
+/// Durable consumer name of the queue of one (namespace, node).
+///
+/// Names stay under 32 characters (they are file names on the server): short
+/// pairs read `dsp-<ns>-<node>`, longer ones `dsp-` plus a 24-hex hash.
+pub fn dispatch_consumer(ns: &str, node: &str) -> String {
+    let plain = format!("dsp-{ns}-{node}");
+    if plain.len() <= 32 {
+        return plain;
+    }
+    let digest = Sha256::digest(format!("{ns}\n{node}").as_bytes());
+    format!("dsp-{}", &hex::encode(digest)[..24])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_well_formed() {
+        assert_eq!(dispatch("ns", "Node"), "exo.v1.ns.dispatch.Node");
+        assert_eq!(result("ns", ResultKind::Requeue), "exo.v1.ns.result.requeue");
+        assert_eq!(namespace_of("exo.v1.ns.result.executed"), Some("ns"));
+        assert_eq!(namespace_of("other.v1.ns"), None);
+        assert_eq!(result_kind_of("exo.v1.ns.result.pruned"), Some(ResultKind::Pruned));
+        assert_eq!(result_kind_of("exo.v1.ns.state.pruned"), None);
+    }
+
+    #[test]
+    fn consumer_names_are_bounded() {
+        assert_eq!(dispatch_consumer("ns", "A"), "dsp-ns-A");
+        let long = dispatch_consumer("a-very-long-namespace-name", "AndAVeryLongNodeName");
+        assert!(long.len() <= 32, "{long}");
+        assert_ne!(long, dispatch_consumer("a-very-long-namespace-name", "AndAVeryLongNodeNamf"));
+    }
+}
