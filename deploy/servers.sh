@@ -2,6 +2,7 @@
 # Local NATS JetStream + MongoDB-wire servers for development.
 #
 #   deploy/servers.sh up       start nats-server and secantusd-rs on 127.0.0.1 with fresh data dirs
+#   deploy/servers.sh up nats|mongo   start only one of them
 #   deploy/servers.sh down     stop them (SIGTERM, SIGKILL after 5 s)
 #   deploy/servers.sh status   show what runs and whether it answers
 #
@@ -23,7 +24,7 @@ log() { printf '[servers] %s\n' "$*"; }
 die() { printf '[servers] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up [nats|mongo] | down | status" >&2
     exit 2
 }
 
@@ -227,25 +228,27 @@ up_mongo() {
 }
 
 print_env() {
+    local lines=()
+    if [ -n "$NATS_URL_OUT" ]; then lines+=("NATS_URL=$NATS_URL_OUT" "EXO_NATS__URL=$NATS_URL_OUT"); fi
+    if [ -n "$MONGO_URI_OUT" ]; then lines+=("EXO_MONGO_URI=$MONGO_URI_OUT" "EXO_MONGO__URI=$MONGO_URI_OUT"); fi
     {
         echo "# Written by deploy/servers.sh up; source it."
-        printf 'export NATS_URL=%q\n' "$NATS_URL_OUT"
-        printf 'export EXO_NATS__URL=%q\n' "$NATS_URL_OUT"
-        printf 'export EXO_MONGO_URI=%q\n' "$MONGO_URI_OUT"
-        printf 'export EXO_MONGO__URI=%q\n' "$MONGO_URI_OUT"
+        local l
+        for l in "${lines[@]}"; do printf 'export %s=%q\n' "${l%%=*}" "${l#*=}"; done
     } >"$RUN/env.sh"
     echo
     echo "# export these (or: source .run/env.sh)"
-    echo "NATS_URL=$NATS_URL_OUT"
-    echo "EXO_MONGO_URI=$MONGO_URI_OUT"
-    echo "EXO_NATS__URL=$NATS_URL_OUT"
-    echo "EXO_MONGO__URI=$MONGO_URI_OUT"
+    printf '%s\n' "${lines[@]}"
 }
 
 cmd_up() {
     mkdir -p "$RUN"
-    up_nats
-    up_mongo
+    case "${1:-all}" in
+        all) up_nats; up_mongo ;;
+        nats) up_nats ;;
+        mongo) up_mongo ;;
+        *) usage ;;
+    esac
     print_env
 }
 
@@ -278,10 +281,10 @@ cmd_status() {
     return "$rc"
 }
 
-[ $# -eq 1 ] || usage
+[ $# -ge 1 ] || usage
 case "$1" in
-    up) cmd_up ;;
-    down) cmd_down ;;
-    status) cmd_status ;;
+    up) [ $# -le 2 ] || usage; cmd_up "${2:-all}" ;;
+    down) [ $# -eq 1 ] || usage; cmd_down ;;
+    status) [ $# -eq 1 ] || usage; cmd_status ;;
     *) usage ;;
 esac

@@ -1,1 +1,57 @@
-//! exo-completion (work in progress).
+//! `exo-completion`: advances runs when nodes finish.
+//!
+//! Consumes `exo.v1.<ns>.result.executed` and `exo.v1.<ns>.result.pruned`.
+//! For an executed state it records the outputs, creates fan-out siblings,
+//! creates the successor states with resolved inputs, marks SUCCESS, updates
+//! unite groups (creating a unite state exactly once when its group closes)
+//! and the run's counters and status, all in transactions fenced by the
+//! state's status and attempt; then it hands new states to the scheduler.
+
+use exo_bus::Disposition;
+use exo_engine::worker::{self, WorkerSpec};
+use exo_service::config::CommonConfig;
+use exo_types::subjects::{self, ResultKind};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Service configuration (`EXO_*` environment variables).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections and admin endpoint.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Results handled at once (`EXO_CONCURRENCY`).
+    pub concurrency: Option<usize>,
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let spec = WorkerSpec {
+        service: "exo-completion",
+        stream: subjects::STREAM_RESULTS,
+        consumer: subjects::CONSUMER_COMPLETION,
+        filters: subjects::COMPLETION_FILTERS.to_vec(),
+        concurrency: cfg.concurrency.unwrap_or(32),
+    };
+    worker::run(
+        cfg.common,
+        shutdown,
+        spec,
+        |engine, d| async move {
+            match subjects::result_kind_of(&d.subject) {
+                Some(ResultKind::Executed) => match worker::decode(&d) {
+                    Ok(msg) => worker::disposition(engine.on_executed(msg, || d.progress()).await),
+                    Err(disposition) => disposition,
+                },
+                Some(ResultKind::Pruned) => match worker::decode(&d) {
+                    Ok(msg) => worker::disposition(engine.on_pruned(msg).await),
+                    Err(disposition) => disposition,
+                },
+                _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
+            }
+        },
+        worker::nothing,
+    )
+    .await
+}

@@ -1,1 +1,57 @@
-//! exo-retry (work in progress).
+//! `exo-retry`: failures and re-queues.
+//!
+//! Consumes `exo.v1.<ns>.result.errored` and `exo.v1.<ns>.result.requeue`.
+//! An errored state becomes RETRY_CREATED with a new attempt delayed by the
+//! graph's retry policy, or ERRORED once retries are exhausted (which counts
+//! it out of its unite groups, so ALL_DONE unites still fire and ALL_SUCCESS
+//! runs end FAILED instead of hanging). A re-queued state goes back to
+//! CREATED with a new `enqueue_after`.
+
+use exo_bus::Disposition;
+use exo_engine::worker::{self, WorkerSpec};
+use exo_service::config::CommonConfig;
+use exo_types::subjects::{self, ResultKind};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Service configuration (`EXO_*` environment variables).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections and admin endpoint.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Results handled at once (`EXO_CONCURRENCY`).
+    pub concurrency: Option<usize>,
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let spec = WorkerSpec {
+        service: "exo-retry",
+        stream: subjects::STREAM_RESULTS,
+        consumer: subjects::CONSUMER_RETRY,
+        filters: subjects::RETRY_FILTERS.to_vec(),
+        concurrency: cfg.concurrency.unwrap_or(32),
+    };
+    worker::run(
+        cfg.common,
+        shutdown,
+        spec,
+        |engine, d| async move {
+            match subjects::result_kind_of(&d.subject) {
+                Some(ResultKind::Errored) => match worker::decode(&d) {
+                    Ok(msg) => worker::disposition(engine.on_errored(msg).await),
+                    Err(disposition) => disposition,
+                },
+                Some(ResultKind::Requeue) => match worker::decode(&d) {
+                    Ok(msg) => worker::disposition(engine.on_requeue(msg).await),
+                    Err(disposition) => disposition,
+                },
+                _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
+            }
+        },
+        worker::nothing,
+    )
+    .await
+}

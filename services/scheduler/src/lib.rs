@@ -1,1 +1,109 @@
-//! exo-scheduler (work in progress).
+//! `exo-scheduler`: dispatches states to runtime queues.
+//!
+//! Consumes `exo.v1.<ns>.state.created`. A due state moves CREATED → QUEUED
+//! (its attempt incremented) and is published on
+//! `exo.v1.<ns>.dispatch.<node>` with `Nats-Msg-Id = dsp:<state>:<attempt>`;
+//! a state that is not due yet is parked on the stream itself (nak with the
+//! remaining delay), so delays survive restarts without polling MongoDB.
+//!
+//! A reconciler re-announces CREATED states whose hand-off was lost (a writer
+//! that crashed between its commit and its publish): it reads only the small
+//! index range of states due for longer than [`RECONCILE_AFTER`].
+
+use std::time::Duration;
+
+use exo_bus::Outgoing;
+use exo_engine::Engine;
+use exo_engine::worker::{self, WorkerSpec};
+use exo_service::config::CommonConfig;
+use exo_store::mongodb::bson::doc;
+use exo_types::messages::{self as m, StateCreated};
+use exo_types::{subjects, time};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// How long a due state may stay CREATED before the reconciler re-announces it.
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(20);
+/// How often the reconciler looks.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Service configuration (`EXO_*` environment variables).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections and admin endpoint.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Hand-offs handled at once (`EXO_CONCURRENCY`).
+    pub concurrency: Option<usize>,
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let spec = WorkerSpec {
+        service: "exo-scheduler",
+        stream: subjects::STREAM_STATES,
+        consumer: subjects::CONSUMER_SCHEDULER,
+        filters: vec![subjects::STATES_SUBJECTS],
+        concurrency: cfg.concurrency.unwrap_or(64),
+    };
+    worker::run(
+        cfg.common,
+        shutdown,
+        spec,
+        |engine, d| async move {
+            match worker::decode::<StateCreated>(&d) {
+                Ok(msg) => worker::disposition(engine.on_created(msg).await),
+                Err(disposition) => disposition,
+            }
+        },
+        |engine, token| reconcile(engine, token),
+    )
+    .await
+}
+
+async fn reconcile(engine: Engine, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+        if let Err(error) = reconcile_once(&engine).await {
+            tracing::warn!(%error, "Reconciliation pass failed.");
+        }
+    }
+}
+
+/// Re-announces CREATED states that have been due for longer than
+/// [`RECONCILE_AFTER`]. Returns how many were re-announced.
+pub async fn reconcile_once(engine: &Engine) -> anyhow::Result<usize> {
+    let horizon = time::now_ms() - RECONCILE_AFTER.as_millis() as i64;
+    let mut cur = engine
+        .store
+        .states()
+        .find(doc! {"enqueue_after": {"$lte": horizon}, "status": "CREATED"})
+        .limit(1000)
+        .await?;
+    let mut out = Vec::new();
+    while let Some(st) = cur.try_next().await? {
+        let msg = StateCreated {
+            state_id: st.id.to_hex(),
+            run_id: st.run_id.clone(),
+            node_name: st.node_name.clone(),
+            enqueue_after: st.enqueue_after,
+            generation: st.requeue_gen,
+        };
+        out.push(Outgoing::json(
+            subjects::state_created(&st.namespace_name),
+            m::created_msg_id(&msg.state_id, st.requeue_gen),
+            &msg,
+        )?);
+    }
+    let n = out.len();
+    if n > 0 {
+        tracing::info!(count = n, "Re-announcing CREATED states whose hand-off was lost.");
+        engine.bus.publish_batch(out).await?;
+    }
+    Ok(n)
+}

@@ -1,1 +1,52 @@
-//! exo-trigger (work in progress).
+//! `exo-trigger`: starts runs.
+//!
+//! Consumes trigger commands (`exo.v1.<ns>.run.trigger`, published by the
+//! `api` service or by any integration), writes the run, its store entries and
+//! its root state in one transaction (deterministic ids: a redelivered command
+//! creates nothing twice), then hands the root state to the scheduler.
+
+use exo_engine::worker::{self, WorkerSpec};
+use exo_service::config::CommonConfig;
+use exo_types::messages::TriggerCommand;
+use exo_types::subjects;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Service configuration (`EXO_*` environment variables).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections and admin endpoint.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Commands handled at once (`EXO_CONCURRENCY`).
+    pub concurrency: Option<usize>,
+}
+
+/// Runs the service until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let spec = WorkerSpec {
+        service: "exo-trigger",
+        stream: subjects::STREAM_COMMANDS,
+        consumer: subjects::CONSUMER_TRIGGER,
+        filters: vec![subjects::COMMANDS_SUBJECTS],
+        concurrency: cfg.concurrency.unwrap_or(32),
+    };
+    worker::run(
+        cfg.common,
+        shutdown,
+        spec,
+        |engine, d| async move {
+            let Some(ns) = subjects::namespace_of(&d.subject).map(str::to_string) else {
+                return exo_bus::Disposition::Reject(format!("unexpected subject {}", d.subject));
+            };
+            let cmd: TriggerCommand = match worker::decode(&d) {
+                Ok(c) => c,
+                Err(disposition) => return disposition,
+            };
+            worker::disposition(engine.on_trigger(&ns, cmd).await)
+        },
+        worker::nothing,
+    )
+    .await
+}

@@ -209,11 +209,8 @@ impl Effects {
 /// Applies `effects` in one transaction (retried on transient errors).
 /// Returns `Ok(None)` when a conditional update found the work already done.
 pub async fn apply(store: &Store, effects: &Effects, now_ms: i64) -> Result<Option<Applied>, MongoError> {
-    let mut session = store.client().start_session().await?;
-    let result = session
-        .start_transaction()
-        .and_run2(async |s| apply_in(s, store, effects, now_ms).await)
-        .await;
+    let ctx = (store.clone(), effects, now_ms);
+    let result = exo_store::transaction(store, &ctx, |s, (store, fx, now)| Box::pin(apply_in(s, store, fx, *now))).await;
     match result {
         Ok(a) => Ok(Some(a)),
         Err(e) if e.get_custom::<AlreadyApplied>().is_some() => Ok(None),

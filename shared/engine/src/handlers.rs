@@ -241,19 +241,18 @@ impl Engine {
                 value: v.clone(),
             })
             .collect();
-        let store = &self.store;
-        let mut session = store.client().start_session().await.map_err(exo_store::Error::from)?;
-        let result = session
-            .start_transaction()
-            .and_run2(async |s| {
-                store.runs().insert_one(&run).session(&mut *s).await?;
+        let ctx = (self.store.clone(), run, store_docs, root.clone());
+        let result = exo_store::transaction(&self.store, &ctx, |s, (store, run, store_docs, root)| {
+            Box::pin(async move {
+                store.runs().insert_one(run).session(&mut *s).await?;
                 if !store_docs.is_empty() {
-                    store.store_entries().insert_many(&store_docs).session(&mut *s).await?;
+                    store.store_entries().insert_many(store_docs).session(&mut *s).await?;
                 }
-                store.states().insert_one(&root).session(&mut *s).await?;
+                store.states().insert_one(root).session(&mut *s).await?;
                 Ok(())
             })
-            .await;
+        })
+        .await;
         match result {
             Ok(()) => {
                 tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.graph_name, "Run created.");

@@ -58,3 +58,5 @@ impl Engine {
         Self { store, bus, graphs }
     }
 }
+
+pub mod worker;

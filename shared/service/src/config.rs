@@ -231,3 +231,20 @@ mod tests {
         assert!(matches!(c.common.validate(), Err(Error::Invalid(_))));
     }
 }
+
+/// Loads the configuration for a binary, printing the error and exiting with
+/// `EX_USAGE` (64) when it cannot be loaded or validated.
+pub fn load_or_exit<T: DeserializeOwned>(file: Option<&Path>, validate: impl FnOnce(&T) -> Result<(), Error>) -> T {
+    let cfg = match load::<T>(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = validate(&cfg) {
+        eprintln!("error: {e}");
+        std::process::exit(64);
+    }
+    cfg
+}

@@ -166,3 +166,53 @@ impl Store {
 pub fn oid(bytes: [u8; 12]) -> ObjectId {
     ObjectId::from_bytes(bytes)
 }
+
+/// A transaction body: runs its writes on the session and returns a value.
+/// It may run several times (transient errors retry the whole transaction).
+pub type TxnBody<C, R> = for<'s> fn(
+    &'s mut mongodb::ClientSession,
+    &'s C,
+) -> futures::future::BoxFuture<'s, Result<R, mongodb::error::Error>>;
+
+/// Runs `body` in a transaction, retrying it on `TransientTransactionError`
+/// (write conflicts) and retrying the commit on
+/// `UnknownTransactionCommitResult`, for up to two minutes.
+pub async fn transaction<C: Sync, R>(store: &Store, ctx: &C, body: TxnBody<C, R>) -> Result<R, mongodb::error::Error> {
+    use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut session = store.client.start_session().await?;
+    let mut backoff_ms = 1u64;
+    'outer: loop {
+        session.start_transaction().await?;
+        let value = match body(&mut session, ctx).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = session.abort_transaction().await;
+                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && std::time::Instant::now() < deadline {
+                    tokio_sleep_ms(backoff_ms).await;
+                    backoff_ms = (backoff_ms * 2).min(100);
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        loop {
+            match session.commit_transaction().await {
+                Ok(()) => return Ok(value),
+                Err(e)
+                    if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                        && std::time::Instant::now() < deadline => {}
+                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && std::time::Instant::now() < deadline => {
+                    tokio_sleep_ms(backoff_ms).await;
+                    backoff_ms = (backoff_ms * 2).min(100);
+                    continue 'outer;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn tokio_sleep_ms(ms: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}

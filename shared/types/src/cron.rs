@@ -361,10 +361,19 @@ mod tests {
     #[test]
     fn next_after_is_strictly_after() {
         let s = CronSchedule::parse("* * * * *").unwrap();
-        assert_eq!(s.next_after(at(2025, 1, 1, 10, 0, 0)), Some(at(2025, 1, 1, 10, 1, 0)));
-        assert_eq!(s.next_after(at(2025, 1, 1, 10, 0, 30)), Some(at(2025, 1, 1, 10, 1, 0)));
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 10, 0, 0)),
+            Some(at(2025, 1, 1, 10, 1, 0))
+        );
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 10, 0, 30)),
+            Some(at(2025, 1, 1, 10, 1, 0))
+        );
         let s = CronSchedule::parse("0 * * * *").unwrap();
-        assert_eq!(s.next_after(at(2025, 1, 1, 10, 0, 0)), Some(at(2025, 1, 1, 11, 0, 0)));
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 10, 0, 0)),
+            Some(at(2025, 1, 1, 11, 0, 0))
+        );
         // Sub-second parts are ignored, the result is still strictly after.
         let s = CronSchedule::parse("* * * * * *").unwrap();
         let t = at(2025, 1, 1, 10, 0, 0) + chrono::Duration::milliseconds(500);
@@ -374,16 +383,28 @@ mod tests {
     #[test]
     fn sixth_field_is_seconds() {
         let s = CronSchedule::parse("* * * * * 30").unwrap();
-        assert_eq!(s.next_after(at(2025, 1, 1, 10, 0, 0)), Some(at(2025, 1, 1, 10, 0, 30)));
-        assert_eq!(s.next_after(at(2025, 1, 1, 10, 0, 30)), Some(at(2025, 1, 1, 10, 1, 30)));
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 10, 0, 0)),
+            Some(at(2025, 1, 1, 10, 0, 30))
+        );
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 10, 0, 30)),
+            Some(at(2025, 1, 1, 10, 1, 30))
+        );
         let s = CronSchedule::parse("5 10 * * * 15").unwrap();
-        assert_eq!(s.next_after(at(2025, 1, 1, 0, 0, 0)), Some(at(2025, 1, 1, 10, 5, 15)));
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 0, 0, 0)),
+            Some(at(2025, 1, 1, 10, 5, 15))
+        );
     }
 
     #[test]
     fn seventh_field_is_the_year() {
         let s = CronSchedule::parse("0 0 1 1 * 0 2030").unwrap();
-        assert_eq!(s.next_after(at(2025, 6, 1, 0, 0, 0)), Some(at(2030, 1, 1, 0, 0, 0)));
+        assert_eq!(
+            s.next_after(at(2025, 6, 1, 0, 0, 0)),
+            Some(at(2030, 1, 1, 0, 0, 0))
+        );
         assert_eq!(s.next_after(at(2030, 1, 1, 0, 0, 0)), None);
     }
 
@@ -411,8 +432,14 @@ mod tests {
     fn day_of_month_and_day_of_week_are_ored() {
         // The 15th, or any Friday. 2025-01-03 is a Friday.
         let s = CronSchedule::parse("0 0 15 * FRI").unwrap();
-        assert_eq!(s.next_after(at(2025, 1, 1, 0, 0, 0)), Some(at(2025, 1, 3, 0, 0, 0)));
-        assert_eq!(s.next_after(at(2025, 1, 10, 0, 0, 0)), Some(at(2025, 1, 15, 0, 0, 0)));
+        assert_eq!(
+            s.next_after(at(2025, 1, 1, 0, 0, 0)),
+            Some(at(2025, 1, 3, 0, 0, 0))
+        );
+        assert_eq!(
+            s.next_after(at(2025, 1, 10, 0, 0, 0)),
+            Some(at(2025, 1, 15, 0, 0, 0))
+        );
     }
 
     #[test]

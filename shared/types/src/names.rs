@@ -28,8 +28,7 @@ pub enum Error {
 pub fn is_valid_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_TOKEN_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -61,16 +60,7 @@ mod tests {
 
     #[test]
     fn rejects_everything_else() {
-        for bad in [
-            "",
-            "a.b",
-            "a b",
-            "a*",
-            "a>",
-            "é",
-            "a/b",
-            &"x".repeat(65),
-        ] {
+        for bad in ["", "a.b", "a b", "a*", "a>", "é", "a/b", &"x".repeat(65)] {
             assert!(
                 matches!(validate_token("namespace", bad), Err(Error::Invalid { .. })),
                 "{bad}"

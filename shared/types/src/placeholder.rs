@@ -197,9 +197,11 @@ impl DependentString {
 fn parse_content(content: &str) -> Option<Dependency> {
     let parts: Vec<&str> = content.split('.').map(str::trim).collect();
     match parts.as_slice() {
-        [identifier, "outputs", field] if *identifier == STORE_IDENTIFIER => Some(Dependency::Store {
-            key: (*field).to_owned(),
-        }),
+        [identifier, "outputs", field] if *identifier == STORE_IDENTIFIER => {
+            Some(Dependency::Store {
+                key: (*field).to_owned(),
+            })
+        }
         [identifier, "outputs", field] => Some(Dependency::Output {
             identifier: (*identifier).to_owned(),
             field: (*field).to_owned(),
@@ -345,7 +347,10 @@ mod tests {
     fn missing_value_names_the_placeholder() {
         let d = DependentString::parse("${{ n.outputs.f }} ${{ store.k }}").unwrap();
         let err = d.render(|_| None).unwrap_err();
-        assert_eq!(err.to_string(), "Dependent value is not set for: n.outputs.f");
+        assert_eq!(
+            err.to_string(),
+            "Dependent value is not set for: n.outputs.f"
+        );
         let err = d
             .render(|dep| matches!(dep, Dependency::Output { .. }).then(|| "x".into()))
             .unwrap_err();
@@ -356,7 +361,10 @@ mod tests {
     #[test]
     fn render_with_map() {
         let d = DependentString::parse("${{a.outputs.b}}/${{store.c}}").unwrap();
-        let values = HashMap::from([(out("a", "b"), "1".to_owned()), (store("c"), "2".to_owned())]);
+        let values = HashMap::from([
+            (out("a", "b"), "1".to_owned()),
+            (store("c"), "2".to_owned()),
+        ]);
         assert_eq!(d.render_with(&values).unwrap(), "1/2");
     }
 

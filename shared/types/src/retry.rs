@@ -220,7 +220,13 @@ mod tests {
         assert_eq!(p.backoff_factor, 2000);
         let names: Vec<String> = RetryStrategy::ALL
             .iter()
-            .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_owned())
+            .map(|s| {
+                serde_json::to_value(s)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(
             names,
@@ -318,8 +324,14 @@ mod tests {
                     r#"["backoff_factor"]"#.to_owned(),
                     "Input should be greater than 0".to_owned()
                 ),
-                (r#"["exponent"]"#.to_owned(), "Input should be greater than 0".to_owned()),
-                (r#"["max_delay"]"#.to_owned(), "Input should be greater than 0".to_owned()),
+                (
+                    r#"["exponent"]"#.to_owned(),
+                    "Input should be greater than 0".to_owned()
+                ),
+                (
+                    r#"["max_delay"]"#.to_owned(),
+                    "Input should be greater than 0".to_owned()
+                ),
             ]
         );
     }

@@ -57,8 +57,8 @@ mod tests {
         assert_eq!(format_naive_iso(t), "2025-01-01T10:00:00");
         let t = from_ms(t.timestamp_millis() + 123);
         assert_eq!(format_naive_iso(t), "2025-01-01T10:00:00.123000");
-        let t = Utc.with_ymd_and_hms(2025, 1, 1, 10, 0, 0).unwrap()
-            + chrono::Duration::microseconds(7);
+        let t =
+            Utc.with_ymd_and_hms(2025, 1, 1, 10, 0, 0).unwrap() + chrono::Duration::microseconds(7);
         assert_eq!(format_naive_iso(t), "2025-01-01T10:00:00.000007");
         // Sub-microsecond parts are dropped, like Python.
         let t = Utc.with_ymd_and_hms(2025, 1, 1, 10, 0, 0).unwrap()
@@ -68,8 +68,14 @@ mod tests {
 
     #[test]
     fn ms_round_trip() {
-        assert_eq!(from_ms(0), Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap());
-        assert_eq!(from_ms(1_735_725_600_123).timestamp_millis(), 1_735_725_600_123);
+        assert_eq!(
+            from_ms(0),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            from_ms(1_735_725_600_123).timestamp_millis(),
+            1_735_725_600_123
+        );
         assert_eq!(from_ms(-1).timestamp_millis(), -1);
         assert_eq!(from_ms(i64::MAX), DateTime::<Utc>::MAX_UTC);
         assert_eq!(from_ms(i64::MIN), DateTime::<Utc>::MIN_UTC);

@@ -1,0 +1,127 @@
+//! The shape shared by the consuming services: connect, provision, serve the
+//! admin endpoints, consume one durable consumer until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use exo_bus::{Bus, ConsumeOptions, Delivery, Disposition};
+use exo_service::admin::{self, Readiness};
+use exo_service::config::CommonConfig;
+use exo_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Engine, Error, Outcome};
+
+/// What a consuming service consumes.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Service name (connection names, logs).
+    pub service: &'static str,
+    /// Stream to consume.
+    pub stream: &'static str,
+    /// Durable consumer name.
+    pub consumer: &'static str,
+    /// Filter subjects.
+    pub filters: Vec<&'static str>,
+    /// Messages handled at once.
+    pub concurrency: usize,
+}
+
+/// Connects to MongoDB and NATS, creating indexes and streams.
+pub async fn connect(common: &CommonConfig, service: &str) -> anyhow::Result<Engine> {
+    let store = Store::connect(&common.mongo.uri, &common.mongo.database, service)
+        .await
+        .context("connect to MongoDB")?;
+    store.ping().await.context("ping MongoDB")?;
+    store.ensure_indexes().await.context("create MongoDB indexes")?;
+    let bus = Bus::connect(&common.nats.url, service).await.context("connect to NATS")?;
+    bus.provision().await.context("provision JetStream streams")?;
+    Ok(Engine::new(store, bus))
+}
+
+/// Maps a handler result onto a message disposition.
+pub fn disposition(result: Result<Outcome, Error>) -> Disposition {
+    match result {
+        Ok(Outcome::Done) => Disposition::Ack,
+        Ok(Outcome::Delay(d)) => Disposition::Delay(d),
+        Ok(Outcome::Stale(reason)) => {
+            tracing::debug!(%reason, "Ignored a stale message.");
+            Disposition::Ack
+        }
+        Ok(Outcome::Reject(reason)) => Disposition::Reject(reason),
+        Err(error) => Disposition::Retry(error.to_string()),
+    }
+}
+
+/// Decodes a JSON payload or rejects the message with the decoding error.
+pub fn decode<T: serde::de::DeserializeOwned>(d: &Delivery) -> Result<T, Disposition> {
+    serde_json::from_slice(&d.payload).map_err(|e| Disposition::Reject(format!("malformed message on {}: {e}", d.subject)))
+}
+
+/// Runs a consuming service until `shutdown`. `extra` is started beside the
+/// consumer (e.g. the scheduler's reconciler) with the engine and the token.
+pub async fn run<H, F, X, XF>(
+    common: CommonConfig,
+    shutdown: CancellationToken,
+    spec: WorkerSpec,
+    handler: H,
+    extra: X,
+) -> anyhow::Result<()>
+where
+    H: Fn(Engine, Delivery) -> F + Send + Sync + 'static,
+    F: Future<Output = Disposition> + Send + 'static,
+    X: FnOnce(Engine, CancellationToken) -> XF,
+    XF: Future<Output = ()> + Send + 'static,
+{
+    let readiness = Readiness::default();
+    let admin = admin::serve(&common.admin.addr, readiness.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("bind admin address {}", common.admin.addr))?;
+    let engine = tokio::select! {
+        e = connect(&common, spec.service) => e?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let consumer = engine
+        .bus
+        .service_consumer(spec.stream, spec.consumer, &spec.filters)
+        .await
+        .context("create consumer")?;
+    let extra_task = tokio::spawn(extra(engine.clone(), shutdown.clone()));
+    readiness.set(true);
+    tracing::info!(exo.service = spec.service, consumer = spec.consumer, "Service ready.");
+    let opts = ConsumeOptions {
+        stream: spec.stream.to_string(),
+        consumer: spec.consumer.to_string(),
+        concurrency: spec.concurrency,
+        batch: spec.concurrency.max(16) * 2,
+        max_failures: 20,
+    };
+    let e2 = engine.clone();
+    let handler = Arc::new(handler);
+    let consume_token = CancellationToken::new();
+    let consume = tokio::spawn(exo_bus::consume(
+        engine.bus.clone(),
+        consumer,
+        opts,
+        consume_token.clone(),
+        move |d| handler(e2.clone(), d),
+    ));
+    shutdown.cancelled().await;
+    readiness.set(false);
+    tracing::info!(exo.service = spec.service, "Draining in-flight messages.");
+    consume_token.cancel();
+    let grace = common.shutdown_grace();
+    if tokio::time::timeout(grace, consume).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "Graceful shutdown did not complete in time.");
+    }
+    extra_task.abort();
+    engine.bus.drain().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    tracing::info!(exo.service = spec.service, "Stopped.");
+    Ok(())
+}
+
+/// No extra task.
+pub async fn nothing(_: Engine, _: CancellationToken) {}
