@@ -58,7 +58,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 Err(disposition) => disposition,
             }
         },
-        |engine, token| reconcile(engine, token),
+        reconcile,
     )
     .await
 }
@@ -102,7 +102,10 @@ pub async fn reconcile_once(engine: &Engine) -> anyhow::Result<usize> {
     }
     let n = out.len();
     if n > 0 {
-        tracing::info!(count = n, "Re-announcing CREATED states whose hand-off was lost.");
+        tracing::info!(
+            count = n,
+            "Re-announcing CREATED states whose hand-off was lost."
+        );
         engine.bus.publish_batch(out).await?;
     }
     Ok(n)

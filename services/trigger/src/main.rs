@@ -4,7 +4,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(version, about = "Exosphere-compatible orchestrator: the trigger service")]
+#[command(
+    version,
+    about = "Exosphere-compatible orchestrator: the trigger service"
+)]
 struct Cli {
     /// Optional TOML config file; EXO_* environment variables override it.
     #[arg(long, env = "EXO_CONFIG")]
@@ -14,7 +17,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg: exo_trigger::Config = exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_trigger::Config| c.common.validate());
+    let cfg: exo_trigger::Config =
+        exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_trigger::Config| {
+            c.common.validate()
+        });
     exo_service::telemetry::init("exo-trigger");
     let shutdown = exo_service::shutdown::signal_token();
     exo_trigger::run(cfg, shutdown).await

@@ -149,12 +149,20 @@ where
         Disposition::Ack => message.ack().await,
         Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,
         Disposition::Retry(reason) if delivered >= opts.max_failures => {
-            reject(bus, opts, &message, format!("gave up after {delivered} deliveries: {reason}")).await;
+            reject(
+                bus,
+                opts,
+                &message,
+                format!("gave up after {delivered} deliveries: {reason}"),
+            )
+            .await;
             Ok(())
         }
         Disposition::Retry(reason) => {
             tracing::warn!(subject = %message.subject, delivered, %reason, "Handler failed; will redeliver.");
-            message.ack_with(AckKind::Nak(Some(backoff(delivered)))).await
+            message
+                .ack_with(AckKind::Nak(Some(backoff(delivered))))
+                .await
         }
         Disposition::Reject(reason) => {
             reject(bus, opts, &message, reason).await;
@@ -171,11 +179,20 @@ where
 async fn reject(bus: &Bus, opts: &ConsumeOptions, message: &jetstream::Message, reason: String) {
     let id = format!("dlq:{}:{}", opts.consumer, seq_of(message));
     if let Err(error) = bus
-        .dead_letter(&opts.stream, &opts.consumer, &message.subject, &reason, &message.payload, id)
+        .dead_letter(
+            &opts.stream,
+            &opts.consumer,
+            &message.subject,
+            &reason,
+            &message.payload,
+            id,
+        )
         .await
     {
         tracing::warn!(%error, "Could not record a dead letter; will redeliver.");
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
         return;
     }
     tracing::warn!(subject = %message.subject, %reason, "Message dead-lettered.");

@@ -135,8 +135,16 @@ impl Bus {
             work(subj::STREAM_STATES, subj::STATES_SUBJECTS),
             work(subj::STREAM_RESULTS, subj::RESULTS_SUBJECTS),
             work(subj::STREAM_DISPATCH, subj::DISPATCH_SUBJECTS),
-            limits(subj::STREAM_EVENTS, subj::EVENTS_SUBJECTS, Duration::from_secs(24 * 3600)),
-            limits(subj::STREAM_DLQ, subj::DLQ_SUBJECTS, Duration::from_secs(14 * 24 * 3600)),
+            limits(
+                subj::STREAM_EVENTS,
+                subj::EVENTS_SUBJECTS,
+                Duration::from_secs(24 * 3600),
+            ),
+            limits(
+                subj::STREAM_DLQ,
+                subj::DLQ_SUBJECTS,
+                Duration::from_secs(14 * 24 * 3600),
+            ),
         ];
         for cfg in configs {
             self.js
@@ -229,7 +237,10 @@ impl Bus {
 
     /// Publishes many messages keeping up to [`PUBLISH_WINDOW`] acks
     /// outstanding, and returns once every ack arrived.
-    pub async fn publish_batch(&self, msgs: impl IntoIterator<Item = Outgoing>) -> Result<(), Error> {
+    pub async fn publish_batch(
+        &self,
+        msgs: impl IntoIterator<Item = Outgoing>,
+    ) -> Result<(), Error> {
         let mut pending = std::collections::VecDeque::new();
         for msg in msgs {
             if pending.len() >= PUBLISH_WINDOW
@@ -273,8 +284,12 @@ impl Bus {
             payload: String::from_utf8_lossy(payload).into_owned(),
             at_ms: exo_types::time::now_ms(),
         };
-        self.publish(Outgoing::json(subj::dead_letter(stream_name, consumer_name), msg_id, &letter)?)
-            .await
+        self.publish(Outgoing::json(
+            subj::dead_letter(stream_name, consumer_name),
+            msg_id,
+            &letter,
+        )?)
+        .await
     }
 
     /// Flushes and closes the connection.

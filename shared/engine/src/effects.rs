@@ -124,7 +124,10 @@ impl Effects {
 
     /// True when nothing would be written.
     pub fn is_empty(&self) -> bool {
-        self.updates.is_empty() && self.inserts.is_empty() && self.counters.is_zero() && self.groups.is_empty()
+        self.updates.is_empty()
+            && self.inserts.is_empty()
+            && self.counters.is_zero()
+            && self.groups.is_empty()
     }
 
     fn unites_targeting(&self, identifier: &str) -> Vec<String> {
@@ -167,7 +170,13 @@ impl Effects {
 
     /// Counts an existing state moving from `from` to `to` and records the
     /// conditional update that performs it.
-    pub fn transition(&mut self, state: &StateDoc, from: StateStatus, to: StateStatus, update: Update) {
+    pub fn transition(
+        &mut self,
+        state: &StateDoc,
+        from: StateStatus,
+        to: StateStatus,
+        update: Update,
+    ) {
         self.count_transition(state, from, to);
         self.updates.push(update);
     }
@@ -208,9 +217,16 @@ impl Effects {
 
 /// Applies `effects` in one transaction (retried on transient errors).
 /// Returns `Ok(None)` when a conditional update found the work already done.
-pub async fn apply(store: &Store, effects: &Effects, now_ms: i64) -> Result<Option<Applied>, MongoError> {
+pub async fn apply(
+    store: &Store,
+    effects: &Effects,
+    now_ms: i64,
+) -> Result<Option<Applied>, MongoError> {
     let ctx = (store.clone(), effects, now_ms);
-    let result = exo_store::transaction(store, &ctx, |s, (store, fx, now)| Box::pin(apply_in(s, store, fx, *now))).await;
+    let result = exo_store::transaction(store, &ctx, |s, (store, fx, now)| {
+        Box::pin(apply_in(s, store, fx, *now))
+    })
+    .await;
     match result {
         Ok(a) => Ok(Some(a)),
         Err(e) if e.get_custom::<AlreadyApplied>().is_some() => Ok(None),
@@ -226,7 +242,10 @@ async fn apply_in(
 ) -> Result<Applied, MongoError> {
     let states = store.states();
     for u in &fx.updates {
-        let r = states.update_many(u.filter.clone(), u.update.clone()).session(&mut *s).await?;
+        let r = states
+            .update_many(u.filter.clone(), u.update.clone())
+            .session(&mut *s)
+            .await?;
         if r.matched_count != u.expect {
             return Err(MongoError::custom(AlreadyApplied));
         }
@@ -235,9 +254,12 @@ async fn apply_in(
         states.insert_many(&fx.inserts).session(&mut *s).await?;
     }
     let mut applied = Applied::default();
-    applied
-        .created
-        .extend(fx.inserts.iter().filter(|st| st.status == StateStatus::Created).cloned());
+    applied.created.extend(
+        fx.inserts
+            .iter()
+            .filter(|st| st.status == StateStatus::Created)
+            .cloned(),
+    );
     let mut counters = fx.counters;
     let mut failed_unites = 0i64;
     let groups = store.unite_groups();
@@ -266,13 +288,16 @@ async fn apply_in(
             .graph
             .node(&g.unite)
             .and_then(|n| n.unites.as_ref())
-            .map(|u| u.strategy.clone())
+            .map(|u| u.strategy)
             .unwrap_or_default();
         let fire = after.failed == 0 || strategy == UnitesStrategy::AllDone;
         let outcome = if fire {
             build_unite(s, store, graph, g, now_ms).await?
         } else {
-            Err(format!("{} descendant(s) of the unite target failed", after.failed))
+            Err(format!(
+                "{} descendant(s) of the unite target failed",
+                after.failed
+            ))
         };
         let (fired, error) = match outcome {
             Ok(st) => {
@@ -378,7 +403,11 @@ async fn build_unite(
         return Ok(Err(format!("Unite node {} is not in the graph", g.unite)));
     };
     let states = store.states();
-    let Some(target) = states.find_one(doc! {"_id": g.target}).session(&mut *s).await? else {
+    let Some(target) = states
+        .find_one(doc! {"_id": g.target})
+        .session(&mut *s)
+        .await?
+    else {
         return Ok(Err(format!("Unite target state {} not found", g.target)));
     };
     let wanted = inputs::referenced_ancestors([tmpl], &target.identifier);
@@ -388,7 +417,10 @@ async fn build_unite(
         .collect();
     let mut ancestors = HashMap::new();
     if !ids.is_empty() {
-        let mut cur = states.find(doc! {"_id": {"$in": ids}}).session(&mut *s).await?;
+        let mut cur = states
+            .find(doc! {"_id": {"$in": ids}})
+            .session(&mut *s)
+            .await?;
         while let Some(d) = cur.next(&mut *s).await.transpose()? {
             ancestors.insert(d.id, d);
         }
@@ -403,13 +435,14 @@ async fn build_unite(
         Ok(d) => d,
         Err(e) => return Ok(Err(e)),
     };
-    let id = exo_store::oid(exo_types::ids::unite_state_id(&target.id.to_hex(), &tmpl.identifier));
+    let id = exo_store::oid(exo_types::ids::unite_state_id(
+        &target.id.to_hex(),
+        &tmpl.identifier,
+    ));
     Ok(Ok(inputs::new_state(
         id,
         tmpl,
-        target.graph_ns(),
-        &target.run_id,
-        &target.graph_name,
+        &inputs::Placement::of(&target),
         inputs_doc,
         inputs::lineage(&target),
         true,

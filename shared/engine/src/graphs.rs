@@ -51,11 +51,13 @@ pub enum Unusable {
 /// Result of a load: the graph, or why it cannot be used, or a store error.
 pub type Loaded = Result<Result<Arc<LoadedGraph>, Unusable>, exo_store::Error>;
 
+type Entries = HashMap<(String, String), (Instant, Arc<LoadedGraph>)>;
+
 /// Template cache shared by a service's handlers.
 #[derive(Clone)]
 pub struct GraphCache {
     store: Store,
-    entries: Arc<Mutex<HashMap<(String, String), (Instant, Arc<LoadedGraph>)>>>,
+    entries: Arc<Mutex<Entries>>,
 }
 
 impl GraphCache {
@@ -99,7 +101,12 @@ impl GraphCache {
             ors.push(doc! {"namespace": &n.namespace, "name": &n.node_name});
         }
         if !ors.is_empty() {
-            let mut cursor = self.store.registered_nodes().find(doc! {"$or": ors}).await.map_err(exo_store::Error::from)?;
+            let mut cursor = self
+                .store
+                .registered_nodes()
+                .find(doc! {"$or": ors})
+                .await
+                .map_err(exo_store::Error::from)?;
             while let Some(rn) = cursor.try_next().await.map_err(exo_store::Error::from)? {
                 let validator = jsonschema::validator_for(&rn.inputs_schema).ok();
                 nodes.insert(

@@ -9,7 +9,9 @@ use exo_store::mongodb::bson::{self, Bson, DateTime, Document, doc, oid::ObjectI
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::{RunDoc, StateDoc, StoreDoc, oid};
 use exo_types::graph::NodeTemplate;
-use exo_types::messages::{self as m, Dispatch, Errored, Executed, Pruned, Requeue, RunEvent, StateCreated, TriggerCommand};
+use exo_types::messages::{
+    self as m, Dispatch, Errored, Executed, Pruned, Requeue, RunEvent, StateCreated, TriggerCommand,
+};
 use exo_types::placeholder::{Dependency, DependentString};
 use exo_types::status::{RunStatus, StateStatus};
 use exo_types::{ids, subjects, time};
@@ -52,7 +54,10 @@ pub enum RootError {
 /// Builds the root state's inputs for a trigger (spec §5.3): template inputs
 /// overridden by the request's, placeholders resolved from the request store
 /// then the store defaults, then the required keys checked.
-pub fn root_inputs(lg: &LoadedGraph, cmd: &TriggerCommand) -> Result<Map<String, Value>, RootError> {
+pub fn root_inputs(
+    lg: &LoadedGraph,
+    cmd: &TriggerCommand,
+) -> Result<Map<String, Value>, RootError> {
     let root = lg.graph.root();
     let mut out = Map::new();
     for (key, tvalue) in &root.inputs {
@@ -60,10 +65,15 @@ pub fn root_inputs(lg: &LoadedGraph, cmd: &TriggerCommand) -> Result<Map<String,
             Some(v) => v.clone(),
             None => match tvalue.as_str() {
                 Some(s) => s.to_string(),
-                None => return Err(RootError::InvalidInput(format!("Input {key} is not a string"))),
+                None => {
+                    return Err(RootError::InvalidInput(format!(
+                        "Input {key} is not a string"
+                    )));
+                }
             },
         };
-        let ds = DependentString::parse(&raw).map_err(|e| RootError::InvalidInput(e.to_string()))?;
+        let ds =
+            DependentString::parse(&raw).map_err(|e| RootError::InvalidInput(e.to_string()))?;
         let mut failure = None;
         let rendered = ds.render(|d| match d {
             Dependency::Store { key: k } => cmd
@@ -148,7 +158,13 @@ impl Engine {
         Ok(())
     }
 
-    async fn publish_finished(&self, ns: &str, run_id: &str, graph_name: &str, status: RunStatus) -> Result<(), Error> {
+    async fn publish_finished(
+        &self,
+        ns: &str,
+        run_id: &str,
+        graph_name: &str,
+        status: RunStatus,
+    ) -> Result<(), Error> {
         let ev = RunEvent {
             run_id: run_id.to_string(),
             graph_name: graph_name.to_string(),
@@ -166,11 +182,16 @@ impl Engine {
         Ok(())
     }
 
-    async fn after_apply(&self, st: &StateDoc, applied: Option<effects::Applied>) -> Result<(), Error> {
+    async fn after_apply(
+        &self,
+        st: &StateDoc,
+        applied: Option<effects::Applied>,
+    ) -> Result<(), Error> {
         if let Some(a) = applied {
             self.publish_created(&a.created).await?;
             if let Some(status) = a.finished {
-                self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status).await?;
+                self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status)
+                    .await?;
             }
         }
         Ok(())
@@ -183,7 +204,9 @@ impl Engine {
             return Ok(Outcome::Reject(e.to_string()));
         }
         if cmd.run_id.is_empty() || cmd.run_id.len() > 128 {
-            return Ok(Outcome::Reject("run_id must have 1 to 128 characters".into()));
+            return Ok(Outcome::Reject(
+                "run_id must have 1 to 128 characters".into(),
+            ));
         }
         let lg = match self.graphs.get(ns, &cmd.graph_name).await? {
             Ok(g) => g,
@@ -203,9 +226,11 @@ impl Engine {
         let mut root = inputs::new_state(
             root_id,
             tmpl,
-            ns,
-            &cmd.run_id,
-            &cmd.graph_name,
+            &inputs::Placement {
+                graph_ns: ns,
+                run_id: &cmd.run_id,
+                graph_name: &cmd.graph_name,
+            },
             inputs_doc,
             Document::new(),
             false,
@@ -213,7 +238,8 @@ impl Engine {
         );
         // The root takes the graph's namespace (spec §5.3).
         root.namespace_name = ns.to_string();
-        root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
+        root.enqueue_after =
+            requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
         let now = DateTime::from_millis(requested);
         let run = RunDoc {
             id: None,
@@ -242,17 +268,22 @@ impl Engine {
             })
             .collect();
         let ctx = (self.store.clone(), run, store_docs, root.clone());
-        let result = exo_store::transaction(&self.store, &ctx, |s, (store, run, store_docs, root)| {
-            Box::pin(async move {
-                store.runs().insert_one(run).session(&mut *s).await?;
-                if !store_docs.is_empty() {
-                    store.store_entries().insert_many(store_docs).session(&mut *s).await?;
-                }
-                store.states().insert_one(root).session(&mut *s).await?;
-                Ok(())
+        let result =
+            exo_store::transaction(&self.store, &ctx, |s, (store, run, store_docs, root)| {
+                Box::pin(async move {
+                    store.runs().insert_one(run).session(&mut *s).await?;
+                    if !store_docs.is_empty() {
+                        store
+                            .store_entries()
+                            .insert_many(store_docs)
+                            .session(&mut *s)
+                            .await?;
+                    }
+                    store.states().insert_one(root).session(&mut *s).await?;
+                    Ok(())
+                })
             })
-        })
-        .await;
+            .await;
         match result {
             Ok(()) => {
                 tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.graph_name, "Run created.");
@@ -261,7 +292,12 @@ impl Engine {
                 // Created by an earlier delivery; fall through to re-publish.
                 match self.store.state(root_id).await? {
                     Some(existing) => root = existing,
-                    None => return Ok(Outcome::Reject(format!("run_id {} is already used", cmd.run_id))),
+                    None => {
+                        return Ok(Outcome::Reject(format!(
+                            "run_id {} is already used",
+                            cmd.run_id
+                        )));
+                    }
                 }
                 if root.status != StateStatus::Created {
                     return Ok(Outcome::Done);
@@ -277,7 +313,10 @@ impl Engine {
     /// dispatch; parks states that are not due.
     pub async fn on_created(&self, msg: StateCreated) -> Result<Outcome, Error> {
         let Some(id) = parse_id(&msg.state_id) else {
-            return Ok(Outcome::Reject(format!("invalid state_id {:?}", msg.state_id)));
+            return Ok(Outcome::Reject(format!(
+                "invalid state_id {:?}",
+                msg.state_id
+            )));
         };
         let now = time::now_ms();
         if msg.enqueue_after > now {
@@ -301,7 +340,11 @@ impl Engine {
                     return Ok(Outcome::Delay(park(st.enqueue_after - now)));
                 }
                 // Claimed by an earlier delivery that may have died before publishing.
-                Some(st) if st.status == StateStatus::Queued && st.requeue_gen == msg.generation => st,
+                Some(st)
+                    if st.status == StateStatus::Queued && st.requeue_gen == msg.generation =>
+                {
+                    st
+                }
                 Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
             },
         };
@@ -333,9 +376,15 @@ impl Engine {
 
     /// Loads the state a result is about and checks its attempt fence.
     /// Returns the state and whether it is still QUEUED for this attempt.
-    async fn fenced(&self, state_id: &str, attempt: u32) -> Result<Result<(StateDoc, bool), Outcome>, Error> {
+    async fn fenced(
+        &self,
+        state_id: &str,
+        attempt: u32,
+    ) -> Result<Result<(StateDoc, bool), Outcome>, Error> {
         let Some(id) = parse_id(state_id) else {
-            return Ok(Err(Outcome::Reject(format!("invalid state_id {state_id:?}"))));
+            return Ok(Err(Outcome::Reject(format!(
+                "invalid state_id {state_id:?}"
+            ))));
         };
         let Some(st) = self.store.state(id).await? else {
             return Ok(Err(Outcome::Reject(format!("state {state_id} not found"))));
@@ -389,7 +438,8 @@ impl Engine {
             Ok(g) => g,
             Err(u) => {
                 if fresh {
-                    self.fail_next_created(&st, &out_docs[0], &u.to_string()).await?;
+                    self.fail_next_created(&st, &out_docs[0], &u.to_string())
+                        .await?;
                 }
                 return Ok(Outcome::Done);
             }
@@ -425,7 +475,7 @@ impl Engine {
             fx.update(Update {
                 filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
                 update: doc! {"$set": {"status": "EXECUTED", "outputs": out_docs[0].clone(),
-                                      "updated_at": DateTime::from_millis(now)}},
+                "updated_at": DateTime::from_millis(now)}},
                 expect: 1,
             });
             for j in 1..end {
@@ -487,13 +537,21 @@ impl Engine {
         while j < n {
             let end = n.min(j + CHUNK);
             let chunk_ids: Vec<ObjectId> = (j..end)
-                .map(|k| if k == 0 { st.id } else { oid(ids::fanout_sibling_id(&st.id.to_hex(), k)) })
+                .map(|k| {
+                    if k == 0 {
+                        st.id
+                    } else {
+                        oid(ids::fanout_sibling_id(&st.id.to_hex(), k))
+                    }
+                })
                 .collect();
             let mut still: HashSet<ObjectId> = HashSet::new();
             let mut cur = self
                 .store
                 .states_raw()
-                .find(doc! {"_id": {"$in": &chunk_ids}, "status": "EXECUTED", "attempt": st.attempt})
+                .find(
+                    doc! {"_id": {"$in": &chunk_ids}, "status": "EXECUTED", "attempt": st.attempt},
+                )
                 .projection(doc! {"_id": 1})
                 .await
                 .map_err(exo_store::Error::from)?;
@@ -514,9 +572,7 @@ impl Engine {
                         Ok(inp) => kids.push(inputs::new_state(
                             oid(ids::child_state_id(&state.id.to_hex(), &t.identifier)),
                             t,
-                            st.graph_ns(),
-                            &st.run_id,
-                            &st.graph_name,
+                            &inputs::Placement::of(&st),
                             inp,
                             inputs::lineage(&state),
                             false,
@@ -566,13 +622,13 @@ impl Engine {
                     expect: count,
                 });
             }
-            if !fx.is_empty() {
-                if let Some(a) = effects::apply(&self.store, &fx, now).await? {
-                    if a.finished.is_some() {
-                        finished = a.finished;
-                    }
-                    self.publish_created(&a.created).await?;
+            if !fx.is_empty()
+                && let Some(a) = effects::apply(&self.store, &fx, now).await?
+            {
+                if a.finished.is_some() {
+                    finished = a.finished;
                 }
+                self.publish_created(&a.created).await?;
             }
             if !children.is_empty() {
                 self.publish_created(&children).await?;
@@ -581,12 +637,18 @@ impl Engine {
             j = end;
         }
         if let Some(status) = finished {
-            self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status).await?;
+            self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status)
+                .await?;
         }
         Ok(Outcome::Done)
     }
 
-    async fn fail_next_created(&self, st: &StateDoc, outputs: &Document, error: &str) -> Result<(), Error> {
+    async fn fail_next_created(
+        &self,
+        st: &StateDoc,
+        outputs: &Document,
+        error: &str,
+    ) -> Result<(), Error> {
         // Without a usable template there are no unite groups to count.
         let mut fx = Effects::new(None, &st.run_id);
         fx.transition(
@@ -625,7 +687,7 @@ impl Engine {
             Update {
                 filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
                 update: doc! {"$set": {"status": "PRUNED", "data": data,
-                                      "updated_at": DateTime::from_millis(time::now_ms())}},
+                "updated_at": DateTime::from_millis(time::now_ms())}},
                 expect: 1,
             },
         );
@@ -712,7 +774,10 @@ impl Engine {
     /// `retry`: puts a state back to CREATED to run again after a delay.
     pub async fn on_requeue(&self, msg: Requeue) -> Result<Outcome, Error> {
         if msg.delay_ms <= 0 {
-            return Ok(Outcome::Reject(format!("delay_ms must be > 0, got {}", msg.delay_ms)));
+            return Ok(Outcome::Reject(format!(
+                "delay_ms must be > 0, got {}",
+                msg.delay_ms
+            )));
         }
         let (st, fresh) = match self.fenced(&msg.state_id, msg.attempt).await? {
             Ok(x) => x,

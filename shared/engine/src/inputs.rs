@@ -32,7 +32,9 @@ pub fn referenced_ancestors<'t>(
     for t in templates {
         for v in t.inputs.values() {
             let Some(s) = v.as_str() else { continue };
-            let Ok(ds) = DependentString::parse(s) else { continue };
+            let Ok(ds) = DependentString::parse(s) else {
+                continue;
+            };
             for d in ds.dependencies() {
                 if let Dependency::Output { identifier, .. } = d
                     && identifier != current
@@ -53,12 +55,18 @@ fn output_string(doc: &Document, field: &str, owner: &str) -> Result<String, Str
             "Output field '{field}' on state '{owner}' is not a string (got {})",
             other.element_type() as u8
         )),
-        None => Err(format!("Output field '{field}' not found on state '{owner}'")),
+        None => Err(format!(
+            "Output field '{field}' not found on state '{owner}'"
+        )),
     }
 }
 
 /// Resolves the inputs of template `tmpl` for a successor of `current`.
-pub fn resolve_inputs(src: &Sources<'_>, tmpl: &NodeTemplate, current: &StateDoc) -> Result<Document, String> {
+pub fn resolve_inputs(
+    src: &Sources<'_>,
+    tmpl: &NodeTemplate,
+    current: &StateDoc,
+) -> Result<Document, String> {
     let key = (tmpl.namespace.clone(), tmpl.node_name.clone());
     let Some(schema) = src.graph.nodes.get(&key) else {
         return Err(format!(
@@ -75,7 +83,10 @@ pub fn resolve_inputs(src: &Sources<'_>, tmpl: &NodeTemplate, current: &StateDoc
             ));
         };
         let Some(raw) = raw.as_str() else {
-            return Err(format!("Input {field} of '{}' is not a string", tmpl.identifier));
+            return Err(format!(
+                "Input {field} of '{}' is not a string",
+                tmpl.identifier
+            ));
         };
         let ds = DependentString::parse(raw).map_err(|e| e.to_string())?;
         let mut failure = None;
@@ -138,13 +149,32 @@ pub fn lineage(current: &StateDoc) -> Document {
     parents
 }
 
+/// Where a new state lives: its graph's namespace and name, and its run.
+pub struct Placement<'a> {
+    /// Namespace of the graph.
+    pub graph_ns: &'a str,
+    /// Run id.
+    pub run_id: &'a str,
+    /// Graph name.
+    pub graph_name: &'a str,
+}
+
+impl<'a> Placement<'a> {
+    /// The placement of `state` (its successors live in the same run).
+    pub fn of(state: &'a StateDoc) -> Self {
+        Self {
+            graph_ns: state.graph_ns(),
+            run_id: &state.run_id,
+            graph_name: &state.graph_name,
+        }
+    }
+}
+
 /// A new CREATED state for `tmpl` with the given id, inputs and lineage.
 pub fn new_state(
     id: ObjectId,
     tmpl: &NodeTemplate,
-    graph_ns: &str,
-    run_id: &str,
-    graph_name: &str,
+    place: &Placement<'_>,
     inputs: Document,
     parents: Document,
     does_unites: bool,
@@ -156,8 +186,8 @@ pub fn new_state(
         node_name: tmpl.node_name.clone(),
         namespace_name: tmpl.namespace.clone(),
         identifier: tmpl.identifier.clone(),
-        graph_name: graph_name.to_string(),
-        run_id: run_id.to_string(),
+        graph_name: place.graph_name.to_string(),
+        run_id: place.run_id.to_string(),
         status: exo_types::status::StateStatus::Created,
         inputs,
         outputs: Document::new(),
@@ -172,7 +202,7 @@ pub fn new_state(
         manual_retry_fanout_id: String::new(),
         created_at: now,
         updated_at: now,
-        graph_namespace: Some(graph_ns.to_string()),
+        graph_namespace: Some(place.graph_ns.to_string()),
         attempt: 0,
         requeue_gen: 0,
     };
@@ -187,7 +217,12 @@ pub fn fingerprint(s: &StateDoc) -> String {
     let parents: Vec<(String, String)> = s
         .parents
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_object_id().map(|o| o.to_hex()).unwrap_or_default()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_object_id().map(|o| o.to_hex()).unwrap_or_default(),
+            )
+        })
         .collect();
     exo_types::graph::unites_fingerprint(
         &s.node_name,

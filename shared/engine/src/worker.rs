@@ -35,9 +35,16 @@ pub async fn connect(common: &CommonConfig, service: &str) -> anyhow::Result<Eng
         .await
         .context("connect to MongoDB")?;
     store.ping().await.context("ping MongoDB")?;
-    store.ensure_indexes().await.context("create MongoDB indexes")?;
-    let bus = Bus::connect(&common.nats.url, service).await.context("connect to NATS")?;
-    bus.provision().await.context("provision JetStream streams")?;
+    store
+        .ensure_indexes()
+        .await
+        .context("create MongoDB indexes")?;
+    let bus = Bus::connect(&common.nats.url, service)
+        .await
+        .context("connect to NATS")?;
+    bus.provision()
+        .await
+        .context("provision JetStream streams")?;
     Ok(Engine::new(store, bus))
 }
 
@@ -57,7 +64,8 @@ pub fn disposition(result: Result<Outcome, Error>) -> Disposition {
 
 /// Decodes a JSON payload or rejects the message with the decoding error.
 pub fn decode<T: serde::de::DeserializeOwned>(d: &Delivery) -> Result<T, Disposition> {
-    serde_json::from_slice(&d.payload).map_err(|e| Disposition::Reject(format!("malformed message on {}: {e}", d.subject)))
+    serde_json::from_slice(&d.payload)
+        .map_err(|e| Disposition::Reject(format!("malformed message on {}: {e}", d.subject)))
 }
 
 /// Runs a consuming service until `shutdown`. `extra` is started beside the
@@ -90,7 +98,11 @@ where
         .context("create consumer")?;
     let extra_task = tokio::spawn(extra(engine.clone(), shutdown.clone()));
     readiness.set(true);
-    tracing::info!(exo.service = spec.service, consumer = spec.consumer, "Service ready.");
+    tracing::info!(
+        exo.service = spec.service,
+        consumer = spec.consumer,
+        "Service ready."
+    );
     let opts = ConsumeOptions {
         stream: spec.stream.to_string(),
         consumer: spec.consumer.to_string(),
@@ -114,7 +126,10 @@ where
     consume_token.cancel();
     let grace = common.shutdown_grace();
     if tokio::time::timeout(grace, consume).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "Graceful shutdown did not complete in time.");
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "Graceful shutdown did not complete in time."
+        );
     }
     extra_task.abort();
     engine.bus.drain().await;

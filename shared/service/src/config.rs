@@ -98,7 +98,9 @@ impl CommonConfig {
         if self.nats.url.trim().is_empty() {
             return Err(Error::Invalid("nats.url is empty".into()));
         }
-        if !self.mongo.uri.starts_with("mongodb://") && !self.mongo.uri.starts_with("mongodb+srv://") {
+        if !self.mongo.uri.starts_with("mongodb://")
+            && !self.mongo.uri.starts_with("mongodb+srv://")
+        {
             return Err(Error::Invalid(
                 "mongo.uri must start with mongodb:// or mongodb+srv://".into(),
             ));
@@ -170,6 +172,26 @@ pub fn load_from<T: DeserializeOwned>(
     Ok(cfg.try_deserialize()?)
 }
 
+/// Loads the configuration for a binary, printing the error and exiting with
+/// `EX_USAGE` (64) when it cannot be loaded or validated.
+pub fn load_or_exit<T: DeserializeOwned>(
+    file: Option<&Path>,
+    validate: impl FnOnce(&T) -> Result<(), Error>,
+) -> T {
+    let cfg = match load::<T>(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = validate(&cfg) {
+        eprintln!("error: {e}");
+        std::process::exit(64);
+    }
+    cfg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,7 +212,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -230,21 +255,4 @@ mod tests {
         let c: Cfg = load_from(None, env(&[("EXO_MONGO__URI", "http://x")])).unwrap();
         assert!(matches!(c.common.validate(), Err(Error::Invalid(_))));
     }
-}
-
-/// Loads the configuration for a binary, printing the error and exiting with
-/// `EX_USAGE` (64) when it cannot be loaded or validated.
-pub fn load_or_exit<T: DeserializeOwned>(file: Option<&Path>, validate: impl FnOnce(&T) -> Result<(), Error>) -> T {
-    let cfg = match load::<T>(file) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(64);
-        }
-    };
-    if let Err(e) = validate(&cfg) {
-        eprintln!("error: {e}");
-        std::process::exit(64);
-    }
-    cfg
 }

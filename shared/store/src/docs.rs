@@ -82,7 +82,9 @@ pub struct StateDoc {
 impl StateDoc {
     /// Namespace of the graph this state belongs to.
     pub fn graph_ns(&self) -> &str {
-        self.graph_namespace.as_deref().unwrap_or(&self.namespace_name)
+        self.graph_namespace
+            .as_deref()
+            .unwrap_or(&self.namespace_name)
     }
 
     /// Lineage as (identifier, state id) pairs in order.

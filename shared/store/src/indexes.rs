@@ -37,21 +37,36 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
                 ),
                 index(
                     doc! {"node_name": 1, "namespace_name": 1, "graph_name": 1, "identifier": 1,
-                          "run_id": 1, "retry_count": 1, "fanout_id": 1},
+                    "run_id": 1, "retry_count": 1, "fanout_id": 1},
                     "uniq_fanout_retry",
                     true,
                     None,
                 ),
-                index(doc! {"run_id": 1, "status": 1}, "run_id_status_index", false, None),
+                index(
+                    doc! {"run_id": 1, "status": 1},
+                    "run_id_status_index",
+                    false,
+                    None,
+                ),
             ],
         ),
         (
             crate::GRAPH_TEMPLATES,
-            vec![index(doc! {"name": 1, "namespace": 1}, "unique_name_namespace", true, None)],
+            vec![index(
+                doc! {"name": 1, "namespace": 1},
+                "unique_name_namespace",
+                true,
+                None,
+            )],
         ),
         (
             crate::REGISTERED_NODES,
-            vec![index(doc! {"name": 1, "namespace": 1}, "unique_name_namespace", true, None)],
+            vec![index(
+                doc! {"name": 1, "namespace": 1},
+                "unique_name_namespace",
+                true,
+                None,
+            )],
         ),
         (
             crate::STORE,
@@ -80,7 +95,9 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
         ),
     ];
     for (coll, models) in sets {
-        db.collection::<Document>(coll).create_indexes(models).await?;
+        db.collection::<Document>(coll)
+            .create_indexes(models)
+            .await?;
     }
     Ok(())
 }

@@ -149,7 +149,11 @@ impl Store {
     }
 
     /// Loads one graph template.
-    pub async fn graph_template(&self, namespace: &str, name: &str) -> Result<Option<GraphTemplateDoc>, Error> {
+    pub async fn graph_template(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<GraphTemplateDoc>, Error> {
         Ok(self
             .graph_templates()
             .find_one(doc! {"namespace": namespace, "name": name})
@@ -169,15 +173,20 @@ pub fn oid(bytes: [u8; 12]) -> ObjectId {
 
 /// A transaction body: runs its writes on the session and returns a value.
 /// It may run several times (transient errors retry the whole transaction).
-pub type TxnBody<C, R> = for<'s> fn(
-    &'s mut mongodb::ClientSession,
-    &'s C,
-) -> futures::future::BoxFuture<'s, Result<R, mongodb::error::Error>>;
+pub type TxnBody<C, R> =
+    for<'s> fn(
+        &'s mut mongodb::ClientSession,
+        &'s C,
+    ) -> futures::future::BoxFuture<'s, Result<R, mongodb::error::Error>>;
 
 /// Runs `body` in a transaction, retrying it on `TransientTransactionError`
 /// (write conflicts) and retrying the commit on
 /// `UnknownTransactionCommitResult`, for up to two minutes.
-pub async fn transaction<C: Sync, R>(store: &Store, ctx: &C, body: TxnBody<C, R>) -> Result<R, mongodb::error::Error> {
+pub async fn transaction<C: Sync, R>(
+    store: &Store,
+    ctx: &C,
+    body: TxnBody<C, R>,
+) -> Result<R, mongodb::error::Error> {
     use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let mut session = store.client.start_session().await?;
@@ -188,7 +197,9 @@ pub async fn transaction<C: Sync, R>(store: &Store, ctx: &C, body: TxnBody<C, R>
             Ok(v) => v,
             Err(e) => {
                 let _ = session.abort_transaction().await;
-                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && std::time::Instant::now() < deadline {
+                if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                    && std::time::Instant::now() < deadline
+                {
                     tokio_sleep_ms(backoff_ms).await;
                     backoff_ms = (backoff_ms * 2).min(100);
                     continue;
@@ -202,7 +213,10 @@ pub async fn transaction<C: Sync, R>(store: &Store, ctx: &C, body: TxnBody<C, R>
                 Err(e)
                     if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
                         && std::time::Instant::now() < deadline => {}
-                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                        && std::time::Instant::now() < deadline =>
+                {
                     tokio_sleep_ms(backoff_ms).await;
                     backoff_ms = (backoff_ms * 2).min(100);
                     continue 'outer;

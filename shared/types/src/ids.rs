@@ -74,7 +74,10 @@ mod tests {
     fn ids_are_deterministic_and_distinct() {
         assert_eq!(child_state_id("a", "b"), child_state_id("a", "b"));
         assert_ne!(child_state_id("a", "b"), child_state_id("a", "c"));
-        assert_ne!(derive_object_id("t", &["ab", "c"]), derive_object_id("t", &["a", "bc"]));
+        assert_ne!(
+            derive_object_id("t", &["ab", "c"]),
+            derive_object_id("t", &["a", "bc"])
+        );
         assert_ne!(child_state_id("a", "b"), unite_state_id("a", "b"));
     }
 

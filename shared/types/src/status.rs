@@ -155,7 +155,10 @@ mod tests {
     #[test]
     fn groups_match_the_spec() {
         use StateStatus::*;
-        let pending: Vec<_> = StateStatus::ALL.into_iter().filter(|s| s.is_pending()).collect();
+        let pending: Vec<_> = StateStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_pending())
+            .collect();
         assert_eq!(pending, vec![Created, Queued, Executed]);
         assert_eq!(Pruned.group(), CounterGroup::Success);
         assert_eq!(NextCreatedError.group(), CounterGroup::Errored);

@@ -119,9 +119,7 @@ pub fn namespace_of(subject: &str) -> Option<&str> {
 
 /// The result kind of a `exo.v1.<ns>.result.<kind>` subject.
 pub fn result_kind_of(subject: &str) -> Option<ResultKind> {
-    let mut it = subject.rsplitn(2, '.');
-    let last = it.next()?;
-    let head = it.next()?;
+    let (head, last) = subject.rsplit_once('.')?;
     if !head.ends_with(".result") {
         return None;
     }
@@ -148,10 +146,16 @@ mod tests {
     #[test]
     fn subjects_are_well_formed() {
         assert_eq!(dispatch("ns", "Node"), "exo.v1.ns.dispatch.Node");
-        assert_eq!(result("ns", ResultKind::Requeue), "exo.v1.ns.result.requeue");
+        assert_eq!(
+            result("ns", ResultKind::Requeue),
+            "exo.v1.ns.result.requeue"
+        );
         assert_eq!(namespace_of("exo.v1.ns.result.executed"), Some("ns"));
         assert_eq!(namespace_of("other.v1.ns"), None);
-        assert_eq!(result_kind_of("exo.v1.ns.result.pruned"), Some(ResultKind::Pruned));
+        assert_eq!(
+            result_kind_of("exo.v1.ns.result.pruned"),
+            Some(ResultKind::Pruned)
+        );
         assert_eq!(result_kind_of("exo.v1.ns.state.pruned"), None);
     }
 
@@ -160,6 +164,9 @@ mod tests {
         assert_eq!(dispatch_consumer("ns", "A"), "dsp-ns-A");
         let long = dispatch_consumer("a-very-long-namespace-name", "AndAVeryLongNodeName");
         assert!(long.len() <= 32, "{long}");
-        assert_ne!(long, dispatch_consumer("a-very-long-namespace-name", "AndAVeryLongNodeNamf"));
+        assert_ne!(
+            long,
+            dispatch_consumer("a-very-long-namespace-name", "AndAVeryLongNodeNamf")
+        );
     }
 }
