@@ -172,7 +172,7 @@ up_nats() {
     mkdir -p "$data"
     echo "$data" >"$RUN/nats.dir"
     spawn nats "$bin" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -js -sd "$data"
-    wait_until 20 nats "$(cat "$RUN/nats.pid")" nats_ready || die "nats-server did not become ready"
+    wait_until 20 nats "$(cat "$RUN/nats.pid")" nats_ready || { stop nats; die "nats-server did not become ready"; }
     echo "$NATS_URL_OUT" >"$RUN/nats.url"
     log "nats-server ready on $NATS_URL_OUT (monitor http://127.0.0.1:$NATS_MON_PORT, data $data)"
 }
@@ -196,7 +196,7 @@ up_mongo() {
         prune_old_data mongod
         mkdir -p "$data"
         spawn mongo mongod --replSet rs0 --bind_ip 127.0.0.1 --port "$MONGO_PORT" --dbpath "$data"
-        wait_until 60 mongo "$(cat "$RUN/mongo.pid")" mongod_ready || die "mongod did not become ready"
+        wait_until 60 mongo "$(cat "$RUN/mongo.pid")" mongod_ready || { stop mongo; die "mongod did not become ready"; }
         local shell
         if command -v mongosh >/dev/null 2>&1; then shell=mongosh
         elif command -v mongo >/dev/null 2>&1; then shell=mongo
@@ -219,7 +219,7 @@ up_mongo() {
         : >"$RUN/secantusd.toml"
         spawn mongo "$bin" --config "$RUN/secantusd.toml" --host 127.0.0.1 --port "$MONGO_PORT" \
             --storage-path "$data" --cache-size 256M --log-file-max 16MB
-        wait_until 30 mongo "$(cat "$RUN/mongo.pid")" mongo_ready || die "secantusd-rs did not become ready"
+        wait_until 30 mongo "$(cat "$RUN/mongo.pid")" mongo_ready || { stop mongo; die "secantusd-rs did not become ready"; }
         MONGO_URI_OUT="mongodb://127.0.0.1:$MONGO_PORT"
     fi
     echo "$data" >"$RUN/mongo.dir"

@@ -1,1 +1,243 @@
-//! End-to-end tests (see tests/).
+//! End-to-end test harness: a [`Stack`] of real servers and real service
+//! binaries, plus test nodes for the Rust runtime SDK.
+
+pub mod nodes;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use exo_store::mongodb::bson::doc;
+use exo_store::{RunDoc, StateDoc, Store};
+use exo_test_support::{ServiceProcess, Servers, free_port, unique_db_name};
+use futures::TryStreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// The control-plane services, in start order.
+pub const SERVICES: [&str; 5] = ["exo-trigger", "exo-scheduler", "exo-completion", "exo-retry", "exo-api"];
+
+/// API key used by every stack.
+pub const API_KEY: &str = "e2e-secret-key";
+
+/// Servers, services and clients of one test.
+pub struct Stack {
+    /// nats-server and the MongoDB-wire server.
+    pub servers: Servers,
+    /// Database name of this stack.
+    pub db: String,
+    /// Running services by binary name.
+    pub services: HashMap<String, ServiceProcess>,
+    /// Base URL of the API.
+    pub api_url: String,
+    /// Store handle on the stack's database.
+    pub store: Store,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    api_port: u16,
+}
+
+impl Stack {
+    /// Starts servers and every service.
+    pub async fn start() -> anyhow::Result<Self> {
+        exo_test_support::init_test_tracing();
+        let servers = Servers::start().await?;
+        let db = unique_db_name("e2e");
+        let store = Store::connect(&servers.mongo.uri(), &db, "e2e").await?;
+        let api_port = free_port();
+        let mut stack = Self {
+            servers,
+            db,
+            services: HashMap::new(),
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            store,
+            http: reqwest::Client::new(),
+            api_port,
+        };
+        for s in SERVICES {
+            stack.spawn(s).await?;
+        }
+        Ok(stack)
+    }
+
+    /// Environment of a service process.
+    pub fn env(&self, admin_port: u16) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("EXO_NATS__URL".to_string(), self.servers.nats.url()),
+            ("EXO_MONGO__URI".to_string(), self.servers.mongo.uri()),
+            ("EXO_MONGO__DATABASE".to_string(), self.db.clone()),
+            ("EXO_ADMIN__ADDR".to_string(), format!("127.0.0.1:{admin_port}")),
+            ("EXO_API__ADDR".to_string(), format!("127.0.0.1:{}", self.api_port)),
+            ("EXO_API__KEY".to_string(), API_KEY.to_string()),
+            (
+                "EXO_API__SECRETS_ENCRYPTION_KEY".to_string(),
+                "YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=".to_string(),
+            ),
+            ("EXO_SHUTDOWN_GRACE_SECS".to_string(), "5".to_string()),
+        ];
+        if std::env::var("RUST_LOG").is_err() {
+            env.push(("RUST_LOG".into(), "info,exo_engine=debug".into()));
+        }
+        env
+    }
+
+    /// Starts (or replaces) one service.
+    pub async fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
+        let env = self.env(free_port());
+        let p = ServiceProcess::spawn(name, &env).await.with_context(|| format!("start {name}"))?;
+        self.services.insert(name.to_string(), p);
+        Ok(())
+    }
+
+    /// A process by name.
+    pub fn service(&mut self, name: &str) -> &mut ServiceProcess {
+        self.services.get_mut(name).expect("service started by the stack")
+    }
+
+    /// A runtime builder connected to this stack, registering with its API.
+    pub fn runtime(&self, namespace: &str, name: &str) -> exo_runtime::Builder {
+        exo_runtime::Runtime::builder(namespace, name)
+            .nats_url(self.servers.nats.url())
+            .register_with(&self.api_url, API_KEY)
+    }
+
+    /// Starts a runtime in this process; returns its stop token and task.
+    pub async fn start_runtime(
+        &self,
+        builder: exo_runtime::Builder,
+    ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+        let runtime = builder.build();
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) = runtime.run(t).await {
+                panic!("runtime failed: {error}");
+            }
+        });
+        // Registration happens first; wait until the API lists at least one node.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok((token, handle))
+    }
+
+    /// `PUT` JSON with the API key; returns status and body.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.api_url))
+            .header("x-api-key", API_KEY)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// `POST` JSON with the API key; returns status and body.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api_url))
+            .header("x-api-key", API_KEY)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// `GET` with the API key; returns status and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .header("x-api-key", API_KEY)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Upserts a graph and waits until it is VALID.
+    pub async fn upsert_valid_graph(&self, ns: &str, graph: &str, body: &Value) -> anyhow::Result<()> {
+        let (status, resp) = self.put(&format!("/v0/namespace/{ns}/graph/{graph}"), body).await?;
+        if status != 201 {
+            bail!("upsert graph {graph}: {status} {resp}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, g) = self.get(&format!("/v0/namespace/{ns}/graph/{graph}")).await?;
+            match g["validation_status"].as_str() {
+                Some("VALID") => return Ok(()),
+                Some("INVALID") => bail!("graph {graph} is INVALID: {}", g["validation_errors"]),
+                _ if Instant::now() > deadline => bail!("graph {graph} never validated: {g}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Triggers a run through the API; returns its run id.
+    pub async fn trigger(&self, ns: &str, graph: &str, body: &Value) -> anyhow::Result<String> {
+        let (status, resp) = self.post(&format!("/v0/namespace/{ns}/graph/{graph}/trigger"), body).await?;
+        if status != 200 {
+            bail!("trigger {graph}: {status} {resp}");
+        }
+        resp["run_id"].as_str().map(str::to_string).context("run_id in trigger response")
+    }
+
+    /// Waits until the run reaches a terminal status; fails after `timeout`.
+    pub async fn wait_run(&self, run_id: &str, timeout: Duration) -> anyhow::Result<RunDoc> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(run) = self.store.run(run_id).await?
+                && matches!(run.status.as_deref(), Some("SUCCESS") | Some("FAILED"))
+            {
+                return Ok(run);
+            }
+            if Instant::now() > deadline {
+                let states = self.states(run_id).await?;
+                let summary: Vec<String> = states
+                    .iter()
+                    .map(|s| format!("{}:{}:{}", s.identifier, s.status, s.error.clone().unwrap_or_default()))
+                    .collect();
+                bail!("run {run_id} did not finish in {timeout:?}; states: {summary:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every state of a run.
+    pub async fn states(&self, run_id: &str) -> anyhow::Result<Vec<StateDoc>> {
+        Ok(self
+            .store
+            .states()
+            .find(doc! {"run_id": run_id})
+            .await?
+            .try_collect()
+            .await?)
+    }
+}
+
+/// Checks the invariants every finished run must satisfy, by reading MongoDB:
+/// counters equal the states' statuses, nothing pending, no duplicate
+/// (identifier, lineage) among non-retry states, at most one state per unite
+/// fingerprint.
+pub async fn assert_run_consistent(stack: &Stack, run: &RunDoc) -> anyhow::Result<Vec<StateDoc>> {
+    use exo_types::status::CounterGroup;
+    let states = stack.states(&run.run_id).await?;
+    let mut counts: HashMap<CounterGroup, i64> = HashMap::new();
+    for s in &states {
+        *counts.entry(s.status.group()).or_default() += 1;
+    }
+    let get = |g| counts.get(&g).copied().unwrap_or(0);
+    anyhow::ensure!(run.total_count == states.len() as i64, "total {} != {}", run.total_count, states.len());
+    anyhow::ensure!(run.pending_count == get(CounterGroup::Pending), "pending {} != {}", run.pending_count, get(CounterGroup::Pending));
+    anyhow::ensure!(run.success_count == get(CounterGroup::Success), "success {} != {}", run.success_count, get(CounterGroup::Success));
+    anyhow::ensure!(run.errored_count == get(CounterGroup::Errored), "errored {} != {}", run.errored_count, get(CounterGroup::Errored));
+    anyhow::ensure!(run.retried_count == get(CounterGroup::Retried), "retried {} != {}", run.retried_count, get(CounterGroup::Retried));
+    anyhow::ensure!(run.pending_count == 0, "finished run has pending states");
+    let mut fingerprints = std::collections::HashSet::new();
+    for s in states.iter().filter(|s| s.does_unites) {
+        anyhow::ensure!(fingerprints.insert(s.state_fingerprint.clone()), "duplicate unite state {}", s.identifier);
+    }
+    Ok(states)
+}

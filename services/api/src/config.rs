@@ -1,0 +1,230 @@
+//! Configuration of the API service.
+//!
+//! Everything comes from `EXO_*` environment variables (and an optional TOML
+//! file), with the names Exosphere users already set honoured as aliases:
+//!
+//! | key | env | alias | default |
+//! |---|---|---|---|
+//! | `api.addr` | `EXO_API__ADDR` | | `0.0.0.0:8000` |
+//! | `api.key` | `EXO_API__KEY` | `STATE_MANAGER_SECRET` | required |
+//! | `api.secrets_encryption_key` | `EXO_API__SECRETS_ENCRYPTION_KEY` | `SECRETS_ENCRYPTION_KEY` | unset |
+//! | `api.cors_origins` | `EXO_API__CORS_ORIGINS` | `CORS_ORIGINS` | the 4 localhost origins |
+//! | `api.lease_secs` | `EXO_API__LEASE_SECS` | | `300` |
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use exo_service::config::{CommonConfig, Error};
+use serde::Deserialize;
+
+/// Origins allowed by default (spec §2.0).
+pub const DEFAULT_CORS_ORIGINS: [&str; 4] = [
+    "http://localhost:3000",
+    "http://localhost:3001",
+    "http://127.0.0.1:3000",
+    "http://127.0.0.1:3001",
+];
+
+/// Service configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections and admin endpoint.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// HTTP API settings.
+    pub api: ApiConfig,
+}
+
+/// The `api` section.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Listen address of the HTTP API, `host:port`.
+    pub addr: String,
+    /// The API key every `/v0` request must send in `x-api-key`.
+    pub key: String,
+    /// URL-safe base64 of the 32-byte AES-256-GCM key for graph secrets.
+    /// Without it, graphs with secrets cannot be stored or read.
+    pub secrets_encryption_key: Option<String>,
+    /// Comma-separated CORS origins; unset means [`DEFAULT_CORS_ORIGINS`].
+    pub cors_origins: Option<String>,
+    /// How long a state handed out by `POST /states/enqueue` stays leased
+    /// to the caller (also the `ack_wait` of dispatch consumers it creates).
+    pub lease_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8000".into(),
+            key: String::new(),
+            secrets_encryption_key: None,
+            cors_origins: None,
+            lease_secs: 300,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("addr", &self.addr)
+            .field("key", &"<redacted>")
+            .field(
+                "secrets_encryption_key",
+                &self.secrets_encryption_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("cors_origins", &self.cors_origins)
+            .field("lease_secs", &self.lease_secs)
+            .finish()
+    }
+}
+
+impl ApiConfig {
+    /// The CORS origins: the configured list (trimmed, empties dropped) or
+    /// the defaults.
+    pub fn origins(&self) -> Vec<String> {
+        match &self.cors_origins {
+            Some(list) => parse_origins(list),
+            None => DEFAULT_CORS_ORIGINS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// Splits a comma-separated origin list, trimming entries and dropping
+/// empty ones.
+pub fn parse_origins(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Raw-string settings re-read from the environment after loading, because
+/// the generic loader parses numeric-looking strings (a key `0123` would
+/// otherwise become `123`). Pairs of (canonical, alias).
+const RAW_STRINGS: [(&str, &str); 3] = [
+    ("EXO_API__KEY", "STATE_MANAGER_SECRET"),
+    ("EXO_API__SECRETS_ENCRYPTION_KEY", "SECRETS_ENCRYPTION_KEY"),
+    ("EXO_API__CORS_ORIGINS", "CORS_ORIGINS"),
+];
+
+fn raw(env: &HashMap<String, String>, canonical: &str, alias: &str) -> Option<String> {
+    env.get(canonical)
+        .filter(|v| !v.is_empty())
+        .or_else(|| env.get(alias).filter(|v| !v.is_empty()))
+        .cloned()
+}
+
+impl Config {
+    /// Loads the configuration from the process environment and an optional
+    /// file.
+    pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        Self::load_from(file, std::env::vars().collect())
+    }
+
+    /// Loads the configuration from an explicit environment map (tests).
+    pub fn load_from(file: Option<&Path>, mut env: HashMap<String, String>) -> Result<Self, Error> {
+        if !env.contains_key("EXO_API__CORS_ORIGINS")
+            && let Some(v) = env.get("CORS_ORIGINS").cloned()
+        {
+            env.insert("EXO_API__CORS_ORIGINS".into(), v);
+        }
+        let raws: Vec<Option<String>> = RAW_STRINGS
+            .iter()
+            .map(|(c, a)| raw(&env, c, a))
+            .collect();
+        let mut cfg: Config = exo_service::config::load_from(file, env)?;
+        if let Some(k) = raws[0].clone() {
+            cfg.api.key = k;
+        }
+        if let Some(k) = raws[1].clone() {
+            cfg.api.secrets_encryption_key = Some(k);
+        }
+        if let Some(k) = raws[2].clone() {
+            cfg.api.cors_origins = Some(k);
+        }
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.common.validate()?;
+        if self.api.key.is_empty() {
+            return Err(Error::Invalid("STATE_MANAGER_SECRET is not set".into()));
+        }
+        if self.api.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::Invalid(format!(
+                "api.addr '{}' is not a host:port socket address",
+                self.api.addr
+            )));
+        }
+        if self.api.lease_secs == 0 {
+            return Err(Error::Invalid("api.lease_secs must be at least 1".into()));
+        }
+        if let Some(k) = &self.api.secrets_encryption_key
+            && let Err(e) = crate::crypto::SecretCipher::from_key(k)
+        {
+            return Err(Error::Invalid(format!("SECRETS_ENCRYPTION_KEY: {e}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_missing_key() {
+        let c = Config::load_from(None, HashMap::new()).unwrap();
+        assert_eq!(c.api.addr, "0.0.0.0:8000");
+        assert_eq!(c.api.lease_secs, 300);
+        assert_eq!(c.api.origins().len(), 4);
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("STATE_MANAGER_SECRET is not set"), "{e}");
+    }
+
+    #[test]
+    fn aliases_and_raw_strings() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("STATE_MANAGER_SECRET", "0123"),
+                (
+                    "SECRETS_ENCRYPTION_KEY",
+                    "YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=",
+                ),
+                ("CORS_ORIGINS", " http://a , ,http://b "),
+                ("EXO_API__LEASE_SECS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.api.key, "0123");
+        assert_eq!(c.api.origins(), vec!["http://a", "http://b"]);
+        assert_eq!(c.api.lease_secs, 7);
+        c.validate().unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("0123") && !dbg.contains("YTzp"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_encryption_key_is_refused() {
+        let c = Config::load_from(
+            None,
+            env(&[("EXO_API__KEY", "k"), ("SECRETS_ENCRYPTION_KEY", "c2hvcnQ=")]),
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("32 raw bytes"), "{e}");
+    }
+}

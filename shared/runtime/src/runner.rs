@@ -1,0 +1,292 @@
+//! The runtime: registration, consume loops, heartbeats, result publishing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use exo_bus::{Bus, Outgoing};
+use exo_types::messages::{self as m, Dispatch, Errored, Executed, Pruned, Requeue};
+use exo_types::subjects::{self, ResultKind};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{Context, DynNode, Report};
+
+/// Runtime errors (start-up only; per-message problems are reported as
+/// errored results or logged).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name is not a valid subject token.
+    #[error(transparent)]
+    Name(#[from] exo_types::names::Error),
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] exo_bus::Error),
+    /// Registering the nodes with the API failed.
+    #[error("could not register nodes: {0}")]
+    Register(String),
+    /// Two nodes have the same name.
+    #[error("node {0} is registered twice")]
+    Duplicate(String),
+}
+
+/// Where and how to register node schemas (`PUT /v0/namespace/{ns}/nodes/`).
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Base URL of the `api` service, e.g. `http://127.0.0.1:8000`.
+    pub api_url: String,
+    /// API key (`x-api-key`).
+    pub api_key: String,
+}
+
+/// Builder of a [`Runtime`].
+pub struct Builder {
+    namespace: String,
+    name: String,
+    nats_url: String,
+    registration: Option<Registration>,
+    nodes: Vec<Arc<dyn DynNode>>,
+    concurrency: usize,
+    ack_wait: Duration,
+}
+
+impl Builder {
+    /// NATS URL (default `nats://127.0.0.1:4222`).
+    pub fn nats_url(mut self, url: impl Into<String>) -> Self {
+        self.nats_url = url.into();
+        self
+    }
+
+    /// Registers the node schemas with the API at start-up.
+    pub fn register_with(mut self, api_url: impl Into<String>, api_key: impl Into<String>) -> Self {
+        self.registration = Some(Registration {
+            api_url: api_url.into(),
+            api_key: api_key.into(),
+        });
+        self
+    }
+
+    /// Adds a node.
+    pub fn node(mut self, node: impl DynNode) -> Self {
+        self.nodes.push(Arc::new(node));
+        self
+    }
+
+    /// Executions at once, per node (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long a dispatch stays with this runtime without a heartbeat before
+    /// it is redelivered elsewhere (default 30 s; heartbeats go every third).
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = d.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Finishes the builder.
+    pub fn build(self) -> Runtime {
+        Runtime { cfg: Arc::new(self) }
+    }
+}
+
+/// A runtime process serving some nodes of one namespace.
+#[derive(Clone)]
+pub struct Runtime {
+    cfg: Arc<Builder>,
+}
+
+impl Runtime {
+    /// Starts a builder for `namespace`, naming this runtime `name`.
+    pub fn builder(namespace: impl Into<String>, name: impl Into<String>) -> Builder {
+        Builder {
+            namespace: namespace.into(),
+            name: name.into(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            registration: None,
+            nodes: Vec::new(),
+            concurrency: 8,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// Registers the nodes (when configured), then serves them until
+    /// `shutdown` is cancelled; executions in flight finish first.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
+        let cfg = &self.cfg;
+        exo_types::names::validate_token("namespace", &cfg.namespace)?;
+        let mut seen = std::collections::HashSet::new();
+        for n in &cfg.nodes {
+            exo_types::names::validate_token("node name", n.name())?;
+            if !seen.insert(n.name().to_string()) {
+                return Err(Error::Duplicate(n.name().to_string()));
+            }
+        }
+        if let Some(reg) = &cfg.registration {
+            self.register(reg).await?;
+        }
+        let bus = Bus::connect(&cfg.nats_url, &format!("exo-runtime-{}", cfg.name)).await?;
+        bus.provision().await?;
+        let mut tasks = Vec::new();
+        for node in &cfg.nodes {
+            let consumer = bus.dispatch_consumer(&cfg.namespace, node.name(), cfg.ack_wait).await?;
+            tasks.push(tokio::spawn(serve_node(
+                bus.clone(),
+                self.cfg.clone(),
+                node.clone(),
+                consumer,
+                shutdown.clone(),
+            )));
+        }
+        tracing::info!(namespace = %cfg.namespace, runtime = %cfg.name, nodes = cfg.nodes.len(), "Runtime started.");
+        for t in tasks {
+            let _ = t.await;
+        }
+        bus.drain().await;
+        tracing::info!(runtime = %cfg.name, "Runtime stopped.");
+        Ok(())
+    }
+
+    async fn register(&self, reg: &Registration) -> Result<(), Error> {
+        let cfg = &self.cfg;
+        let body = serde_json::json!({
+            "runtime_name": cfg.name,
+            "runtime_namespace": cfg.namespace,
+            "nodes": cfg.nodes.iter().map(|n| n.registration()).collect::<Vec<_>>(),
+        });
+        let url = format!(
+            "{}/v0/namespace/{}/nodes/",
+            reg.api_url.trim_end_matches('/'),
+            cfg.namespace
+        );
+        let resp = reqwest::Client::new()
+            .put(&url)
+            .header("x-api-key", &reg.api_key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Error::Register(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(Error::Register(format!("{status}: {text}")));
+        }
+        Ok(())
+    }
+}
+
+async fn serve_node(
+    bus: Bus,
+    cfg: Arc<Builder>,
+    node: Arc<dyn DynNode>,
+    consumer: jetstream::consumer::PullConsumer,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(cfg.concurrency)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
+        let messages = match messages {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, node = node.name(), "Could not pull; retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        messages
+            .take_until(shutdown.clone().cancelled_owned())
+            .for_each_concurrent(cfg.concurrency, |item| {
+                let bus = bus.clone();
+                let node = node.clone();
+                let cfg = cfg.clone();
+                async move {
+                    match item {
+                        Ok(msg) => handle(&bus, &cfg, &*node, msg).await,
+                        Err(error) => tracing::debug!(%error, "Pull stream error."),
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Message) {
+    let dispatch: Dispatch = match serde_json::from_slice(&msg.payload) {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::error!(%error, subject = %msg.subject, "Malformed dispatch; terminating it.");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let ctx = Context {
+        state_id: dispatch.state_id.clone(),
+        run_id: dispatch.run_id.clone(),
+        graph_name: dispatch.graph_name.clone(),
+        identifier: dispatch.identifier.clone(),
+        attempt: dispatch.attempt,
+        delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
+    };
+    let heartbeat = {
+        let every = cfg.ack_wait / 3;
+        let acker = msg.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if acker.ack_with(AckKind::Progress).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let wire = node.run(dispatch.inputs, &ctx).await;
+    heartbeat.abort();
+    let ns = &cfg.namespace;
+    let id = ctx.state_id.clone();
+    let attempt = ctx.attempt;
+    let out = match wire {
+        Report::Executed(outputs) => outgoing(ns, ResultKind::Executed, &id, attempt, &Executed { state_id: id.clone(), attempt, outputs }),
+        Report::Errored(error) => {
+            tracing::debug!(state_id = %id, %error, "Node failed.");
+            outgoing(ns, ResultKind::Errored, &id, attempt, &Errored { state_id: id.clone(), attempt, error })
+        }
+        Report::Pruned(data) => outgoing(ns, ResultKind::Pruned, &id, attempt, &Pruned { state_id: id.clone(), attempt, data }),
+        Report::Requeue(delay_ms) => outgoing(ns, ResultKind::Requeue, &id, attempt, &Requeue { state_id: id.clone(), attempt, delay_ms }),
+    };
+    let published = match out {
+        Ok(o) => bus.publish(o).await,
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok(()) => {
+            if let Err(error) = msg.ack().await {
+                tracing::debug!(%error, "Could not ack a dispatch; it may run again.");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, state_id = %id, "Could not publish a result; handing the dispatch back.");
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+fn outgoing<T: serde::Serialize>(
+    ns: &str,
+    kind: ResultKind,
+    state_id: &str,
+    attempt: u32,
+    body: &T,
+) -> Result<Outgoing, exo_bus::Error> {
+    Outgoing::json(
+        subjects::result(ns, kind),
+        m::result_msg_id(kind.token(), state_id, attempt),
+        body,
+    )
+}

@@ -1,0 +1,162 @@
+//! Nodes used by the end-to-end tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use exo_runtime::{Context, Node, NodeError, Output};
+use serde::{Deserialize, Serialize};
+
+/// Inputs with one `text` field.
+#[derive(Debug, Deserialize)]
+pub struct TextIn {
+    /// Text.
+    pub text: String,
+}
+
+/// Outputs with one `text` field.
+#[derive(Debug, Serialize)]
+pub struct TextOut {
+    /// Text.
+    pub text: String,
+}
+
+/// Appends `+<suffix>` to its input.
+pub struct Append {
+    /// Registered name.
+    pub name: &'static str,
+    /// Suffix.
+    pub suffix: &'static str,
+    /// Executions seen by this instance.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Node for Append {
+    type Inputs = TextIn;
+    type Outputs = TextOut;
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(&self, i: TextIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Output::One(TextOut {
+            text: format!("{}+{}", i.text, self.suffix),
+        }))
+    }
+}
+
+/// Inputs of [`FanOut`].
+#[derive(Debug, Deserialize)]
+pub struct FanIn {
+    /// How many outputs to produce.
+    pub count: String,
+}
+
+/// Produces `count` outputs `text = item-<i>`.
+pub struct FanOut;
+
+impl Node for FanOut {
+    type Inputs = FanIn;
+    type Outputs = TextOut;
+    fn name(&self) -> &str {
+        "FanOut"
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["count"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(&self, i: FanIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+        let n: usize = i.count.parse().map_err(|_| NodeError::new("count is not a number"))?;
+        Ok(Output::Many((0..n).map(|k| TextOut { text: format!("item-{k}") }).collect()))
+    }
+}
+
+/// Fails when the text ends with a digit in `fail_digits`, prunes when it
+/// ends with a digit in `prune_digits`, otherwise echoes.
+pub struct Picky {
+    /// Digits that fail.
+    pub fail_digits: &'static str,
+    /// Digits that prune.
+    pub prune_digits: &'static str,
+    /// Optional delay per execution.
+    pub delay: Duration,
+    /// Executions seen by this instance.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Node for Picky {
+    type Inputs = TextIn;
+    type Outputs = TextOut;
+    fn name(&self) -> &str {
+        "Picky"
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(&self, i: TextIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let last = i.text.chars().last().unwrap_or(' ');
+        if self.fail_digits.contains(last) {
+            return Err(NodeError::new(format!("refusing {}", i.text)));
+        }
+        if self.prune_digits.contains(last) {
+            let mut data = serde_json::Map::new();
+            data.insert("why".into(), serde_json::Value::String(i.text.clone()));
+            return Ok(Output::Prune(data));
+        }
+        Ok(Output::One(TextOut { text: i.text }))
+    }
+}
+
+/// Inputs of [`Join`].
+#[derive(Debug, Deserialize)]
+pub struct JoinIn {
+    /// First part.
+    pub a: String,
+    /// Second part.
+    pub b: String,
+}
+
+/// Outputs `a|b`.
+pub struct Join {
+    /// Registered name.
+    pub name: &'static str,
+}
+
+impl Node for Join {
+    type Inputs = JoinIn;
+    type Outputs = TextOut;
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["a", "b"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(&self, i: JoinIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+        Ok(Output::One(TextOut {
+            text: format!("{}|{}", i.a, i.b),
+        }))
+    }
+}
+
+/// A counter handle.
+pub fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}

@@ -1,0 +1,211 @@
+//! Happy paths: chains, placeholders, fan-out with unites, replicas.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use exo_e2e::nodes::{Append, FanOut, Join, Picky, counter};
+use exo_e2e::{Stack, assert_run_consistent};
+use exo_types::status::StateStatus;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn node(name: &str, id: &str, ns: &str, inputs: serde_json::Value, next: &[&str]) -> serde_json::Value {
+    json!({"node_name": name, "identifier": id, "namespace": ns, "inputs": inputs, "next_nodes": next})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_resolves_placeholders_from_ancestors_and_store() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ns = "chain";
+    let (stop, _rt) = stack
+        .start_runtime(
+            stack
+                .runtime(ns, "rt")
+                .node(Append { name: "AppendA", suffix: "a", calls: counter() })
+                .node(Append { name: "AppendB", suffix: "b", calls: counter() })
+                .node(Join { name: "Join" }),
+        )
+        .await?;
+    let graph = json!({
+        "secrets": {},
+        "store_config": {"required_keys": ["seed"], "default_values": {"tail": "T"}},
+        "nodes": [
+            node("AppendA", "a", ns, json!({"text": "${{ store.seed }}"}), &["b"]),
+            node("AppendB", "b", ns, json!({"text": "${{ a.outputs.text }}"}), &["c"]),
+            node("Join", "c", ns, json!({
+                "a": "${{a.outputs.text}}",
+                "b": "pre ${{ b.outputs.text }} mid ${{ store.seed }}${{ store.tail }} post"
+            }), &[]),
+        ]
+    });
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let run_id = stack.trigger(ns, "g", &json!({"store": {"seed": "S"}})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+    let states = assert_run_consistent(&stack, &run).await?;
+    assert_eq!(states.len(), 3);
+    let c = states.iter().find(|s| s.identifier == "c").expect("c state");
+    assert_eq!(c.inputs.get_str("a")?, "S+a");
+    assert_eq!(c.inputs.get_str("b")?, "pre S+a+b mid ST post");
+    assert_eq!(c.outputs.get_str("text")?, "S+a|pre S+a+b mid ST post");
+    // Lineage is ordered with the direct parent last.
+    let keys: Vec<&String> = c.parents.keys().collect();
+    assert_eq!(keys, vec!["a", "b"]);
+    assert!(states.iter().all(|s| s.status == StateStatus::Success));
+    // The API reports the same counters.
+    let (status, body) = stack.get(&format!("/v0/namespace/{ns}/run/{run_id}")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "SUCCESS");
+    assert_eq!(body["success_count"], 3);
+    assert_eq!(body["total_count"], 3);
+    stop.cancel();
+    Ok(())
+}
+
+fn fan_graph(ns: &str, strategy: &str, count: usize, max_retries: u32) -> serde_json::Value {
+    json!({
+        "secrets": {},
+        "retry_policy": {"max_retries": max_retries, "strategy": "FIXED", "backoff_factor": 10},
+        "nodes": [
+            node("AppendA", "start", ns, json!({"text": "go"}), &["split"]),
+            node("FanOut", "split", ns, json!({"count": count.to_string()}), &["work"]),
+            node("Picky", "work", ns, json!({"text": "${{ split.outputs.text }}"}), &["merge"]),
+            {"node_name": "Join", "identifier": "merge", "namespace": ns,
+             "inputs": {"a": "${{ start.outputs.text }}", "b": "merged"},
+             "next_nodes": [], "unites": {"identifier": "start", "strategy": strategy}},
+        ]
+    })
+}
+
+async fn fan_stack(ns: &str, fail: &'static str, prune: &'static str) -> anyhow::Result<(Stack, tokio_util::sync::CancellationToken)> {
+    let stack = Stack::start().await?;
+    let (stop, _rt) = stack
+        .start_runtime(
+            stack
+                .runtime(ns, "rt")
+                .concurrency(16)
+                .node(Append { name: "AppendA", suffix: "a", calls: counter() })
+                .node(FanOut)
+                .node(Picky { fail_digits: fail, prune_digits: prune, delay: Duration::ZERO, calls: counter() })
+                .node(Join { name: "Join" }),
+        )
+        .await?;
+    Ok((stack, stop))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_of_100_unites_once_all_success() -> anyhow::Result<()> {
+    let ns = "fan";
+    let (stack, stop) = fan_stack(ns, "", "").await?;
+    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+    let states = assert_run_consistent(&stack, &run).await?;
+    let count = |id: &str| states.iter().filter(|s| s.identifier == id).count();
+    assert_eq!((count("start"), count("split"), count("work"), count("merge")), (1, 100, 100, 1));
+    assert_eq!(run.success_count, 202);
+    let merge = states.iter().find(|s| s.identifier == "merge").expect("merge");
+    assert!(merge.does_unites);
+    assert_eq!(merge.inputs.get_str("a")?, "go+a");
+    assert_eq!(merge.status, StateStatus::Success);
+    // Each work state got a distinct fan-out item.
+    let mut items: Vec<String> = states
+        .iter()
+        .filter(|s| s.identifier == "work")
+        .map(|s| s.inputs.get_str("text").map(str::to_string))
+        .collect::<Result<_, _>>()?;
+    items.sort();
+    items.dedup();
+    assert_eq!(items.len(), 100);
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_done_unites_after_failures_and_prunes() -> anyhow::Result<()> {
+    let ns = "done";
+    // Items ending in 7 fail (no retries), items ending in 3 prune.
+    let (stack, stop) = fan_stack(ns, "7", "3").await?;
+    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 100, 0)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    let states = assert_run_consistent(&stack, &run).await?;
+    let by = |id: &str, st: StateStatus| states.iter().filter(|s| s.identifier == id && s.status == st).count();
+    assert_eq!(by("work", StateStatus::Errored), 10);
+    assert_eq!(by("work", StateStatus::Pruned), 10);
+    assert_eq!(by("work", StateStatus::Success), 80);
+    assert_eq!(by("merge", StateStatus::Success), 1, "ALL_DONE fires even when the last branches failed");
+    // Errored states make the run FAILED, as in Exosphere's run listing.
+    assert_eq!(run.status.as_deref(), Some("FAILED"));
+    assert_eq!(run.errored_count, 10);
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_success_with_a_failure_ends_the_run_failed_instead_of_hanging() -> anyhow::Result<()> {
+    let ns = "succ";
+    // Items ending in 3 prune: a pruned branch blocks ALL_SUCCESS.
+    let (stack, stop) = fan_stack(ns, "", "3").await?;
+    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    let states = assert_run_consistent(&stack, &run).await?;
+    assert!(states.iter().all(|s| s.identifier != "merge"), "ALL_SUCCESS must not fire");
+    assert_eq!(run.status.as_deref(), Some("FAILED"));
+    assert_eq!(run.failed_unites, 1);
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_policy_then_succeed_or_error() -> anyhow::Result<()> {
+    let ns = "retry";
+    // Items ending in 7 always fail: each is tried 1 + 2 times, then ERRORED.
+    let (stack, stop) = fan_stack(ns, "7", "").await?;
+    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 20, 2)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    let states = assert_run_consistent(&stack, &run).await?;
+    let failing: Vec<_> = states.iter().filter(|s| s.identifier == "work" && s.inputs.get_str("text").is_ok_and(|t| t.ends_with('7'))).collect();
+    // item-7 and item-17: attempts with retry_count 0, 1, 2.
+    assert_eq!(failing.len(), 6);
+    assert_eq!(failing.iter().filter(|s| s.status == StateStatus::RetryCreated).count(), 4);
+    assert_eq!(failing.iter().filter(|s| s.status == StateStatus::Errored).count(), 2);
+    assert!(failing.iter().all(|s| s.error.as_deref().is_some_and(|e| e.starts_with("refusing"))));
+    assert_eq!(run.retried_count, 4);
+    assert_eq!(states.iter().filter(|s| s.identifier == "merge").count(), 1);
+    stop.cancel();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runtime_replicas_share_one_node_queue() -> anyhow::Result<()> {
+    let ns = "repl";
+    let stack = Stack::start().await?;
+    let (c1, c2) = (counter(), counter());
+    let base = |calls| {
+        stack
+            .runtime(ns, "rt")
+            .concurrency(4)
+            .node(Append { name: "AppendA", suffix: "a", calls: counter() })
+            .node(FanOut)
+            .node(Picky { fail_digits: "", prune_digits: "", delay: Duration::from_millis(20), calls })
+            .node(Join { name: "Join" })
+    };
+    let (s1, _) = stack.start_runtime(base(c1.clone())).await?;
+    let (s2, _) = stack.start_runtime(base(c2.clone())).await?;
+    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+    assert_run_consistent(&stack, &run).await?;
+    let (a, b) = (c1.load(Ordering::SeqCst), c2.load(Ordering::SeqCst));
+    assert_eq!(a + b, 100, "each work state executed exactly once");
+    assert!(a > 0 && b > 0, "both replicas took work ({a}, {b})");
+    s1.cancel();
+    s2.cancel();
+    Ok(())
+}
