@@ -165,6 +165,7 @@ up_nats() {
         return
     fi
     if tcp_open "$NATS_PORT"; then die "port $NATS_PORT is taken by another process (set EXO_NATS_PORT)"; fi
+    if tcp_open "$NATS_MON_PORT"; then die "port $NATS_MON_PORT is taken by another process (set EXO_NATS_MON_PORT)"; fi
     local bin data
     bin="$(find_nats_bin)"
     data="$RUN/nats-$(date +%Y%m%d-%H%M%S)-$$"
