@@ -9,13 +9,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use exo_store::mongodb::bson::doc;
 use exo_store::{RunDoc, StateDoc, Store};
-use exo_test_support::{ServiceProcess, Servers, free_port, unique_db_name};
+use exo_test_support::{Servers, ServiceProcess, free_port, unique_db_name};
 use futures::TryStreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// The control-plane services, in start order.
-pub const SERVICES: [&str; 5] = ["exo-trigger", "exo-scheduler", "exo-completion", "exo-retry", "exo-api"];
+pub const SERVICES: [&str; 5] = [
+    "exo-trigger",
+    "exo-scheduler",
+    "exo-completion",
+    "exo-retry",
+    "exo-api",
+];
 
 /// API key used by every stack.
 pub const API_KEY: &str = "e2e-secret-key";
@@ -40,6 +46,11 @@ pub struct Stack {
 impl Stack {
     /// Starts servers and every service.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&SERVICES).await
+    }
+
+    /// Starts servers and the named services.
+    pub async fn start_with(services: &[&str]) -> anyhow::Result<Self> {
         exo_test_support::init_test_tracing();
         let servers = Servers::start().await?;
         let db = unique_db_name("e2e");
@@ -54,7 +65,7 @@ impl Stack {
             http: reqwest::Client::new(),
             api_port,
         };
-        for s in SERVICES {
+        for s in services {
             stack.spawn(s).await?;
         }
         Ok(stack)
@@ -66,8 +77,14 @@ impl Stack {
             ("EXO_NATS__URL".to_string(), self.servers.nats.url()),
             ("EXO_MONGO__URI".to_string(), self.servers.mongo.uri()),
             ("EXO_MONGO__DATABASE".to_string(), self.db.clone()),
-            ("EXO_ADMIN__ADDR".to_string(), format!("127.0.0.1:{admin_port}")),
-            ("EXO_API__ADDR".to_string(), format!("127.0.0.1:{}", self.api_port)),
+            (
+                "EXO_ADMIN__ADDR".to_string(),
+                format!("127.0.0.1:{admin_port}"),
+            ),
+            (
+                "EXO_API__ADDR".to_string(),
+                format!("127.0.0.1:{}", self.api_port),
+            ),
             ("EXO_API__KEY".to_string(), API_KEY.to_string()),
             (
                 "EXO_API__SECRETS_ENCRYPTION_KEY".to_string(),
@@ -84,14 +101,18 @@ impl Stack {
     /// Starts (or replaces) one service.
     pub async fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
         let env = self.env(free_port());
-        let p = ServiceProcess::spawn(name, &env).await.with_context(|| format!("start {name}"))?;
+        let p = ServiceProcess::spawn(name, &env)
+            .await
+            .with_context(|| format!("start {name}"))?;
         self.services.insert(name.to_string(), p);
         Ok(())
     }
 
     /// A process by name.
     pub fn service(&mut self, name: &str) -> &mut ServiceProcess {
-        self.services.get_mut(name).expect("service started by the stack")
+        self.services
+            .get_mut(name)
+            .expect("service started by the stack")
     }
 
     /// A runtime builder connected to this stack, registering with its API.
@@ -158,14 +179,23 @@ impl Stack {
     }
 
     /// Upserts a graph and waits until it is VALID.
-    pub async fn upsert_valid_graph(&self, ns: &str, graph: &str, body: &Value) -> anyhow::Result<()> {
-        let (status, resp) = self.put(&format!("/v0/namespace/{ns}/graph/{graph}"), body).await?;
+    pub async fn upsert_valid_graph(
+        &self,
+        ns: &str,
+        graph: &str,
+        body: &Value,
+    ) -> anyhow::Result<()> {
+        let (status, resp) = self
+            .put(&format!("/v0/namespace/{ns}/graph/{graph}"), body)
+            .await?;
         if status != 201 {
             bail!("upsert graph {graph}: {status} {resp}");
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let (_, g) = self.get(&format!("/v0/namespace/{ns}/graph/{graph}")).await?;
+            let (_, g) = self
+                .get(&format!("/v0/namespace/{ns}/graph/{graph}"))
+                .await?;
             match g["validation_status"].as_str() {
                 Some("VALID") => return Ok(()),
                 Some("INVALID") => bail!("graph {graph} is INVALID: {}", g["validation_errors"]),
@@ -177,11 +207,16 @@ impl Stack {
 
     /// Triggers a run through the API; returns its run id.
     pub async fn trigger(&self, ns: &str, graph: &str, body: &Value) -> anyhow::Result<String> {
-        let (status, resp) = self.post(&format!("/v0/namespace/{ns}/graph/{graph}/trigger"), body).await?;
+        let (status, resp) = self
+            .post(&format!("/v0/namespace/{ns}/graph/{graph}/trigger"), body)
+            .await?;
         if status != 200 {
             bail!("trigger {graph}: {status} {resp}");
         }
-        resp["run_id"].as_str().map(str::to_string).context("run_id in trigger response")
+        resp["run_id"]
+            .as_str()
+            .map(str::to_string)
+            .context("run_id in trigger response")
     }
 
     /// Waits until the run reaches a terminal status; fails after `timeout`.
@@ -197,7 +232,14 @@ impl Stack {
                 let states = self.states(run_id).await?;
                 let summary: Vec<String> = states
                     .iter()
-                    .map(|s| format!("{}:{}:{}", s.identifier, s.status, s.error.clone().unwrap_or_default()))
+                    .map(|s| {
+                        format!(
+                            "{}:{}:{}",
+                            s.identifier,
+                            s.status,
+                            s.error.clone().unwrap_or_default()
+                        )
+                    })
                     .collect();
                 bail!("run {run_id} did not finish in {timeout:?}; states: {summary:?}");
             }
@@ -229,15 +271,44 @@ pub async fn assert_run_consistent(stack: &Stack, run: &RunDoc) -> anyhow::Resul
         *counts.entry(s.status.group()).or_default() += 1;
     }
     let get = |g| counts.get(&g).copied().unwrap_or(0);
-    anyhow::ensure!(run.total_count == states.len() as i64, "total {} != {}", run.total_count, states.len());
-    anyhow::ensure!(run.pending_count == get(CounterGroup::Pending), "pending {} != {}", run.pending_count, get(CounterGroup::Pending));
-    anyhow::ensure!(run.success_count == get(CounterGroup::Success), "success {} != {}", run.success_count, get(CounterGroup::Success));
-    anyhow::ensure!(run.errored_count == get(CounterGroup::Errored), "errored {} != {}", run.errored_count, get(CounterGroup::Errored));
-    anyhow::ensure!(run.retried_count == get(CounterGroup::Retried), "retried {} != {}", run.retried_count, get(CounterGroup::Retried));
+    anyhow::ensure!(
+        run.total_count == states.len() as i64,
+        "total {} != {}",
+        run.total_count,
+        states.len()
+    );
+    anyhow::ensure!(
+        run.pending_count == get(CounterGroup::Pending),
+        "pending {} != {}",
+        run.pending_count,
+        get(CounterGroup::Pending)
+    );
+    anyhow::ensure!(
+        run.success_count == get(CounterGroup::Success),
+        "success {} != {}",
+        run.success_count,
+        get(CounterGroup::Success)
+    );
+    anyhow::ensure!(
+        run.errored_count == get(CounterGroup::Errored),
+        "errored {} != {}",
+        run.errored_count,
+        get(CounterGroup::Errored)
+    );
+    anyhow::ensure!(
+        run.retried_count == get(CounterGroup::Retried),
+        "retried {} != {}",
+        run.retried_count,
+        get(CounterGroup::Retried)
+    );
     anyhow::ensure!(run.pending_count == 0, "finished run has pending states");
     let mut fingerprints = std::collections::HashSet::new();
     for s in states.iter().filter(|s| s.does_unites) {
-        anyhow::ensure!(fingerprints.insert(s.state_fingerprint.clone()), "duplicate unite state {}", s.identifier);
+        anyhow::ensure!(
+            fingerprints.insert(s.state_fingerprint.clone()),
+            "duplicate unite state {}",
+            s.identifier
+        );
     }
     Ok(states)
 }

@@ -74,8 +74,17 @@ impl Node for FanOut {
         vec!["text"]
     }
     async fn execute(&self, i: FanIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
-        let n: usize = i.count.parse().map_err(|_| NodeError::new("count is not a number"))?;
-        Ok(Output::Many((0..n).map(|k| TextOut { text: format!("item-{k}") }).collect()))
+        let n: usize = i
+            .count
+            .parse()
+            .map_err(|_| NodeError::new("count is not a number"))?;
+        Ok(Output::Many(
+            (0..n)
+                .map(|k| TextOut {
+                    text: format!("item-{k}"),
+                })
+                .collect(),
+        ))
     }
 }
 

@@ -118,7 +118,6 @@ impl Bus {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
-            max_message_size: 32 * 1024 * 1024,
             ..Default::default()
         };
         let limits = |name: &str, subjects: &str, age: Duration| stream::Config {

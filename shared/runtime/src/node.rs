@@ -138,7 +138,12 @@ impl<N: Node> DynNode for N {
         Box::pin(async move {
             let typed: N::Inputs = match serde_json::from_value(Value::Object(inputs)) {
                 Ok(t) => t,
-                Err(e) => return Report::Errored(format!("inputs do not match node {}: {e}", Node::name(self))),
+                Err(e) => {
+                    return Report::Errored(format!(
+                        "inputs do not match node {}: {e}",
+                        Node::name(self)
+                    ));
+                }
             };
             let encode = |o: N::Outputs| match serde_json::to_value(o) {
                 Ok(Value::Object(m)) => Ok(m),
@@ -150,10 +155,12 @@ impl<N: Node> DynNode for N {
                     Ok(m) => Report::Executed(vec![m]),
                     Err(e) => Report::Errored(e),
                 },
-                Ok(Output::Many(v)) => match v.into_iter().map(encode).collect::<Result<Vec<_>, _>>() {
-                    Ok(ms) => Report::Executed(ms),
-                    Err(e) => Report::Errored(e),
-                },
+                Ok(Output::Many(v)) => {
+                    match v.into_iter().map(encode).collect::<Result<Vec<_>, _>>() {
+                        Ok(ms) => Report::Executed(ms),
+                        Err(e) => Report::Errored(e),
+                    }
+                }
                 Ok(Output::Nothing) => Report::Executed(Vec::new()),
                 Ok(Output::Prune(data)) => Report::Pruned(data),
                 Ok(Output::RequeueAfter(d)) => Report::Requeue((d.as_millis() as i64).max(1)),
@@ -172,6 +179,9 @@ mod tests {
         let s = string_object_schema("Inputs", &["a", "b"]);
         assert_eq!(s["properties"]["a"]["type"], "string");
         assert_eq!(s["required"], json!(["a", "b"]));
-        assert_eq!(exo_types::graph::input_fields(&s), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            exo_types::graph::input_fields(&s),
+            vec!["a".to_string(), "b".to_string()]
+        );
     }
 }

@@ -87,7 +87,9 @@ impl Builder {
 
     /// Finishes the builder.
     pub fn build(self) -> Runtime {
-        Runtime { cfg: Arc::new(self) }
+        Runtime {
+            cfg: Arc::new(self),
+        }
     }
 }
 
@@ -130,7 +132,9 @@ impl Runtime {
         bus.provision().await?;
         let mut tasks = Vec::new();
         for node in &cfg.nodes {
-            let consumer = bus.dispatch_consumer(&cfg.namespace, node.name(), cfg.ack_wait).await?;
+            let consumer = bus
+                .dispatch_consumer(&cfg.namespace, node.name(), cfg.ack_wait)
+                .await?;
             tasks.push(tokio::spawn(serve_node(
                 bus.clone(),
                 self.cfg.clone(),
@@ -252,13 +256,53 @@ async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Me
     let id = ctx.state_id.clone();
     let attempt = ctx.attempt;
     let out = match wire {
-        Report::Executed(outputs) => outgoing(ns, ResultKind::Executed, &id, attempt, &Executed { state_id: id.clone(), attempt, outputs }),
+        Report::Executed(outputs) => outgoing(
+            ns,
+            ResultKind::Executed,
+            &id,
+            attempt,
+            &Executed {
+                state_id: id.clone(),
+                attempt,
+                outputs,
+            },
+        ),
         Report::Errored(error) => {
             tracing::debug!(state_id = %id, %error, "Node failed.");
-            outgoing(ns, ResultKind::Errored, &id, attempt, &Errored { state_id: id.clone(), attempt, error })
+            outgoing(
+                ns,
+                ResultKind::Errored,
+                &id,
+                attempt,
+                &Errored {
+                    state_id: id.clone(),
+                    attempt,
+                    error,
+                },
+            )
         }
-        Report::Pruned(data) => outgoing(ns, ResultKind::Pruned, &id, attempt, &Pruned { state_id: id.clone(), attempt, data }),
-        Report::Requeue(delay_ms) => outgoing(ns, ResultKind::Requeue, &id, attempt, &Requeue { state_id: id.clone(), attempt, delay_ms }),
+        Report::Pruned(data) => outgoing(
+            ns,
+            ResultKind::Pruned,
+            &id,
+            attempt,
+            &Pruned {
+                state_id: id.clone(),
+                attempt,
+                data,
+            },
+        ),
+        Report::Requeue(delay_ms) => outgoing(
+            ns,
+            ResultKind::Requeue,
+            &id,
+            attempt,
+            &Requeue {
+                state_id: id.clone(),
+                attempt,
+                delay_ms,
+            },
+        ),
     };
     let published = match out {
         Ok(o) => bus.publish(o).await,
@@ -272,7 +316,9 @@ async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Me
         }
         Err(error) => {
             tracing::warn!(%error, state_id = %id, "Could not publish a result; handing the dispatch back.");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
         }
     }
 }

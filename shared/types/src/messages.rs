@@ -129,7 +129,7 @@ pub struct RunEvent {
     pub at_ms: i64,
 }
 
-/// A message that could not be handled, copied to `exo.v1.dlq.<stream>.<consumer>`.
+/// A message that could not be handled, copied to `exo.dlq.v1.<stream>.<consumer>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Subject the message arrived on.

@@ -19,7 +19,7 @@ pub const STREAM_RESULTS: &str = "EXO_RESULTS";
 pub const STREAM_DISPATCH: &str = "EXO_DISPATCH";
 /// Limits stream of lifecycle events (`exo.v1.<ns>.event.>`).
 pub const STREAM_EVENTS: &str = "EXO_EVENTS";
-/// Limits stream of dead letters (`exo.v1.dlq.>`).
+/// Limits stream of dead letters (`exo.dlq.v1.>`).
 pub const STREAM_DLQ: &str = "EXO_DLQ";
 
 /// Durable consumer of the trigger service.
@@ -42,7 +42,7 @@ pub const DISPATCH_SUBJECTS: &str = "exo.v1.*.dispatch.*";
 /// Subject filters of [`STREAM_EVENTS`].
 pub const EVENTS_SUBJECTS: &str = "exo.v1.*.event.>";
 /// Subject filters of [`STREAM_DLQ`].
-pub const DLQ_SUBJECTS: &str = "exo.v1.dlq.>";
+pub const DLQ_SUBJECTS: &str = "exo.dlq.v1.>";
 
 /// Filter subjects of the completion consumer.
 pub const COMPLETION_FILTERS: [&str; 2] = ["exo.v1.*.result.executed", "exo.v1.*.result.pruned"];
@@ -106,9 +106,10 @@ pub fn event(ns: &str, entity: &str, name: &str) -> String {
     format!("{PREFIX}.{ns}.event.{entity}.{name}")
 }
 
-/// `exo.v1.dlq.<stream>.<consumer>`
+/// `exo.dlq.v1.<stream>.<consumer>`: outside `exo.v1.*` so that no namespace
+/// can collide with it.
 pub fn dead_letter(stream: &str, consumer: &str) -> String {
-    format!("{PREFIX}.dlq.{stream}.{consumer}")
+    format!("exo.dlq.v1.{stream}.{consumer}")
 }
 
 /// The namespace token of any `exo.v1.<ns>....` subject.

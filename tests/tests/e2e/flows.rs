@@ -10,7 +10,13 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn node(name: &str, id: &str, ns: &str, inputs: serde_json::Value, next: &[&str]) -> serde_json::Value {
+fn node(
+    name: &str,
+    id: &str,
+    ns: &str,
+    inputs: serde_json::Value,
+    next: &[&str],
+) -> serde_json::Value {
     json!({"node_name": name, "identifier": id, "namespace": ns, "inputs": inputs, "next_nodes": next})
 }
 
@@ -22,8 +28,16 @@ async fn chain_resolves_placeholders_from_ancestors_and_store() -> anyhow::Resul
         .start_runtime(
             stack
                 .runtime(ns, "rt")
-                .node(Append { name: "AppendA", suffix: "a", calls: counter() })
-                .node(Append { name: "AppendB", suffix: "b", calls: counter() })
+                .node(Append {
+                    name: "AppendA",
+                    suffix: "a",
+                    calls: counter(),
+                })
+                .node(Append {
+                    name: "AppendB",
+                    suffix: "b",
+                    calls: counter(),
+                })
                 .node(Join { name: "Join" }),
         )
         .await?;
@@ -40,12 +54,17 @@ async fn chain_resolves_placeholders_from_ancestors_and_store() -> anyhow::Resul
         ]
     });
     stack.upsert_valid_graph(ns, "g", &graph).await?;
-    let run_id = stack.trigger(ns, "g", &json!({"store": {"seed": "S"}})).await?;
+    let run_id = stack
+        .trigger(ns, "g", &json!({"store": {"seed": "S"}}))
+        .await?;
     let run = stack.wait_run(&run_id, WAIT).await?;
     assert_eq!(run.status.as_deref(), Some("SUCCESS"));
     let states = assert_run_consistent(&stack, &run).await?;
     assert_eq!(states.len(), 3);
-    let c = states.iter().find(|s| s.identifier == "c").expect("c state");
+    let c = states
+        .iter()
+        .find(|s| s.identifier == "c")
+        .expect("c state");
     assert_eq!(c.inputs.get_str("a")?, "S+a");
     assert_eq!(c.inputs.get_str("b")?, "pre S+a+b mid ST post");
     assert_eq!(c.outputs.get_str("text")?, "S+a|pre S+a+b mid ST post");
@@ -54,7 +73,9 @@ async fn chain_resolves_placeholders_from_ancestors_and_store() -> anyhow::Resul
     assert_eq!(keys, vec!["a", "b"]);
     assert!(states.iter().all(|s| s.status == StateStatus::Success));
     // The API reports the same counters.
-    let (status, body) = stack.get(&format!("/v0/namespace/{ns}/run/{run_id}")).await?;
+    let (status, body) = stack
+        .get(&format!("/v0/namespace/{ns}/run/{run_id}"))
+        .await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "SUCCESS");
     assert_eq!(body["success_count"], 3);
@@ -78,16 +99,29 @@ fn fan_graph(ns: &str, strategy: &str, count: usize, max_retries: u32) -> serde_
     })
 }
 
-async fn fan_stack(ns: &str, fail: &'static str, prune: &'static str) -> anyhow::Result<(Stack, tokio_util::sync::CancellationToken)> {
+async fn fan_stack(
+    ns: &str,
+    fail: &'static str,
+    prune: &'static str,
+) -> anyhow::Result<(Stack, tokio_util::sync::CancellationToken)> {
     let stack = Stack::start().await?;
     let (stop, _rt) = stack
         .start_runtime(
             stack
                 .runtime(ns, "rt")
                 .concurrency(16)
-                .node(Append { name: "AppendA", suffix: "a", calls: counter() })
+                .node(Append {
+                    name: "AppendA",
+                    suffix: "a",
+                    calls: counter(),
+                })
                 .node(FanOut)
-                .node(Picky { fail_digits: fail, prune_digits: prune, delay: Duration::ZERO, calls: counter() })
+                .node(Picky {
+                    fail_digits: fail,
+                    prune_digits: prune,
+                    delay: Duration::ZERO,
+                    calls: counter(),
+                })
                 .node(Join { name: "Join" }),
         )
         .await?;
@@ -98,15 +132,28 @@ async fn fan_stack(ns: &str, fail: &'static str, prune: &'static str) -> anyhow:
 async fn fan_out_of_100_unites_once_all_success() -> anyhow::Result<()> {
     let ns = "fan";
     let (stack, stop) = fan_stack(ns, "", "").await?;
-    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0)).await?;
+    stack
+        .upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0))
+        .await?;
     let run_id = stack.trigger(ns, "g", &json!({})).await?;
     let run = stack.wait_run(&run_id, WAIT).await?;
     assert_eq!(run.status.as_deref(), Some("SUCCESS"));
     let states = assert_run_consistent(&stack, &run).await?;
     let count = |id: &str| states.iter().filter(|s| s.identifier == id).count();
-    assert_eq!((count("start"), count("split"), count("work"), count("merge")), (1, 100, 100, 1));
+    assert_eq!(
+        (
+            count("start"),
+            count("split"),
+            count("work"),
+            count("merge")
+        ),
+        (1, 100, 100, 1)
+    );
     assert_eq!(run.success_count, 202);
-    let merge = states.iter().find(|s| s.identifier == "merge").expect("merge");
+    let merge = states
+        .iter()
+        .find(|s| s.identifier == "merge")
+        .expect("merge");
     assert!(merge.does_unites);
     assert_eq!(merge.inputs.get_str("a")?, "go+a");
     assert_eq!(merge.status, StateStatus::Success);
@@ -128,15 +175,26 @@ async fn all_done_unites_after_failures_and_prunes() -> anyhow::Result<()> {
     let ns = "done";
     // Items ending in 7 fail (no retries), items ending in 3 prune.
     let (stack, stop) = fan_stack(ns, "7", "3").await?;
-    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 100, 0)).await?;
+    stack
+        .upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 100, 0))
+        .await?;
     let run_id = stack.trigger(ns, "g", &json!({})).await?;
     let run = stack.wait_run(&run_id, WAIT).await?;
     let states = assert_run_consistent(&stack, &run).await?;
-    let by = |id: &str, st: StateStatus| states.iter().filter(|s| s.identifier == id && s.status == st).count();
+    let by = |id: &str, st: StateStatus| {
+        states
+            .iter()
+            .filter(|s| s.identifier == id && s.status == st)
+            .count()
+    };
     assert_eq!(by("work", StateStatus::Errored), 10);
     assert_eq!(by("work", StateStatus::Pruned), 10);
     assert_eq!(by("work", StateStatus::Success), 80);
-    assert_eq!(by("merge", StateStatus::Success), 1, "ALL_DONE fires even when the last branches failed");
+    assert_eq!(
+        by("merge", StateStatus::Success),
+        1,
+        "ALL_DONE fires even when the last branches failed"
+    );
     // Errored states make the run FAILED, as in Exosphere's run listing.
     assert_eq!(run.status.as_deref(), Some("FAILED"));
     assert_eq!(run.errored_count, 10);
@@ -149,11 +207,16 @@ async fn all_success_with_a_failure_ends_the_run_failed_instead_of_hanging() -> 
     let ns = "succ";
     // Items ending in 3 prune: a pruned branch blocks ALL_SUCCESS.
     let (stack, stop) = fan_stack(ns, "", "3").await?;
-    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0)).await?;
+    stack
+        .upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0))
+        .await?;
     let run_id = stack.trigger(ns, "g", &json!({})).await?;
     let run = stack.wait_run(&run_id, WAIT).await?;
     let states = assert_run_consistent(&stack, &run).await?;
-    assert!(states.iter().all(|s| s.identifier != "merge"), "ALL_SUCCESS must not fire");
+    assert!(
+        states.iter().all(|s| s.identifier != "merge"),
+        "ALL_SUCCESS must not fire"
+    );
     assert_eq!(run.status.as_deref(), Some("FAILED"));
     assert_eq!(run.failed_unites, 1);
     stop.cancel();
@@ -165,16 +228,39 @@ async fn retries_follow_the_policy_then_succeed_or_error() -> anyhow::Result<()>
     let ns = "retry";
     // Items ending in 7 always fail: each is tried 1 + 2 times, then ERRORED.
     let (stack, stop) = fan_stack(ns, "7", "").await?;
-    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 20, 2)).await?;
+    stack
+        .upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 20, 2))
+        .await?;
     let run_id = stack.trigger(ns, "g", &json!({})).await?;
     let run = stack.wait_run(&run_id, WAIT).await?;
     let states = assert_run_consistent(&stack, &run).await?;
-    let failing: Vec<_> = states.iter().filter(|s| s.identifier == "work" && s.inputs.get_str("text").is_ok_and(|t| t.ends_with('7'))).collect();
+    let failing: Vec<_> = states
+        .iter()
+        .filter(|s| {
+            s.identifier == "work" && s.inputs.get_str("text").is_ok_and(|t| t.ends_with('7'))
+        })
+        .collect();
     // item-7 and item-17: attempts with retry_count 0, 1, 2.
     assert_eq!(failing.len(), 6);
-    assert_eq!(failing.iter().filter(|s| s.status == StateStatus::RetryCreated).count(), 4);
-    assert_eq!(failing.iter().filter(|s| s.status == StateStatus::Errored).count(), 2);
-    assert!(failing.iter().all(|s| s.error.as_deref().is_some_and(|e| e.starts_with("refusing"))));
+    assert_eq!(
+        failing
+            .iter()
+            .filter(|s| s.status == StateStatus::RetryCreated)
+            .count(),
+        4
+    );
+    assert_eq!(
+        failing
+            .iter()
+            .filter(|s| s.status == StateStatus::Errored)
+            .count(),
+        2
+    );
+    assert!(failing.iter().all(|s| {
+        s.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("refusing"))
+    }));
     assert_eq!(run.retried_count, 4);
     assert_eq!(states.iter().filter(|s| s.identifier == "merge").count(), 1);
     stop.cancel();
@@ -190,14 +276,25 @@ async fn two_runtime_replicas_share_one_node_queue() -> anyhow::Result<()> {
         stack
             .runtime(ns, "rt")
             .concurrency(4)
-            .node(Append { name: "AppendA", suffix: "a", calls: counter() })
+            .node(Append {
+                name: "AppendA",
+                suffix: "a",
+                calls: counter(),
+            })
             .node(FanOut)
-            .node(Picky { fail_digits: "", prune_digits: "", delay: Duration::from_millis(20), calls })
+            .node(Picky {
+                fail_digits: "",
+                prune_digits: "",
+                delay: Duration::from_millis(20),
+                calls,
+            })
             .node(Join { name: "Join" })
     };
     let (s1, _) = stack.start_runtime(base(c1.clone())).await?;
     let (s2, _) = stack.start_runtime(base(c2.clone())).await?;
-    stack.upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0)).await?;
+    stack
+        .upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_SUCCESS", 100, 0))
+        .await?;
     let run_id = stack.trigger(ns, "g", &json!({})).await?;
     let run = stack.wait_run(&run_id, WAIT).await?;
     assert_eq!(run.status.as_deref(), Some("SUCCESS"));

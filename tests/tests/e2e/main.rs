@@ -4,4 +4,5 @@
 
 mod bad_input;
 mod flows;
+mod nats_only;
 mod redelivery;

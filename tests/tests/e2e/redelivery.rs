@@ -9,9 +9,15 @@ use exo_types::messages::{Executed, StateCreated, TriggerCommand};
 use exo_types::subjects::{self, ResultKind};
 use serde_json::json;
 
-async fn publish<T: serde::Serialize>(stack: &Stack, subject: String, msg_id: &str, body: &T) -> anyhow::Result<()> {
+async fn publish<T: serde::Serialize>(
+    stack: &Stack,
+    subject: String,
+    msg_id: &str,
+    body: &T,
+) -> anyhow::Result<()> {
     let bus = exo_bus::Bus::connect(&stack.servers.nats.url(), "e2e-test").await?;
-    bus.publish(exo_bus::Outgoing::json(subject, msg_id.to_string(), body)?).await?;
+    bus.publish(exo_bus::Outgoing::json(subject, msg_id.to_string(), body)?)
+        .await?;
     Ok(())
 }
 
@@ -24,8 +30,16 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
         .start_runtime(
             stack
                 .runtime(ns, "rt")
-                .node(Append { name: "AppendA", suffix: "a", calls: calls_a.clone() })
-                .node(Append { name: "AppendB", suffix: "b", calls: calls_b.clone() })
+                .node(Append {
+                    name: "AppendA",
+                    suffix: "a",
+                    calls: calls_a.clone(),
+                })
+                .node(Append {
+                    name: "AppendB",
+                    suffix: "b",
+                    calls: calls_b.clone(),
+                })
                 .node(Join { name: "Join" }),
         )
         .await?;
@@ -39,8 +53,16 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     let run = stack.wait_run(&run_id, Duration::from_secs(60)).await?;
     assert_eq!(run.status.as_deref(), Some("SUCCESS"));
     let before = assert_run_consistent(&stack, &run).await?;
-    let a = before.iter().find(|s| s.identifier == "a").expect("a").clone();
-    let b = before.iter().find(|s| s.identifier == "b").expect("b").clone();
+    let a = before
+        .iter()
+        .find(|s| s.identifier == "a")
+        .expect("a")
+        .clone();
+    let b = before
+        .iter()
+        .find(|s| s.identifier == "b")
+        .expect("b")
+        .clone();
 
     // 1. The executed result of `a` and `b` delivered again (new msg ids, so
     //    JetStream dedup does not hide them; only the engine's fencing can).
@@ -48,9 +70,18 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
         let msg = Executed {
             state_id: st.id.to_hex(),
             attempt: st.attempt as u32,
-            outputs: vec![serde_json::from_value(json!({"text": text}))?, serde_json::from_value(json!({"text": "fan"}))?],
+            outputs: vec![
+                serde_json::from_value(json!({"text": text}))?,
+                serde_json::from_value(json!({"text": "fan"}))?,
+            ],
         };
-        publish(&stack, subjects::result(ns, ResultKind::Executed), &format!("replay-{}", st.id), &msg).await?;
+        publish(
+            &stack,
+            subjects::result(ns, ResultKind::Executed),
+            &format!("replay-{}", st.id),
+            &msg,
+        )
+        .await?;
     }
     // 2. The root's hand-off to the scheduler delivered again.
     let created = StateCreated {
@@ -60,7 +91,13 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
         enqueue_after: 0,
         generation: 0,
     };
-    publish(&stack, subjects::state_created(ns), "replay-created", &created).await?;
+    publish(
+        &stack,
+        subjects::state_created(ns),
+        "replay-created",
+        &created,
+    )
+    .await?;
     // 3. The trigger command delivered again.
     let cmd = TriggerCommand {
         run_id: run_id.clone(),
@@ -76,15 +113,30 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     tokio::time::sleep(Duration::from_secs(3)).await;
     let run_after = stack.store.run(&run_id).await?.expect("run");
     let after = assert_run_consistent(&stack, &run_after).await?;
-    assert_eq!(after.len(), before.len(), "no state was created by duplicates");
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "no state was created by duplicates"
+    );
     assert_eq!(run_after, run, "run document unchanged");
     for s in &before {
         let t = after.iter().find(|x| x.id == s.id).expect("same ids");
-        assert_eq!((t.status, &t.outputs, &t.inputs), (s.status, &s.outputs, &s.inputs));
+        assert_eq!(
+            (t.status, &t.outputs, &t.inputs),
+            (s.status, &s.outputs, &s.inputs)
+        );
     }
-    assert_eq!(calls_a.load(Ordering::SeqCst), 1, "root not dispatched again");
+    assert_eq!(
+        calls_a.load(Ordering::SeqCst),
+        1,
+        "root not dispatched again"
+    );
     assert_eq!(calls_b.load(Ordering::SeqCst), 1);
-    let runs = stack.store.runs().count_documents(exo_store::mongodb::bson::doc! {"run_id": &run_id}).await?;
+    let runs = stack
+        .store
+        .runs()
+        .count_documents(exo_store::mongodb::bson::doc! {"run_id": &run_id})
+        .await?;
     assert_eq!(runs, 1);
     stop.cancel();
     Ok(())

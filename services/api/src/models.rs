@@ -1,0 +1,511 @@
+//! Request models (spec §2) and their checks.
+
+use std::collections::BTreeMap;
+
+use exo_types::graph::{GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerType, Unites};
+use exo_types::retry::{RetryPolicy, RetryStrategy};
+use serde_json::{Map, Value};
+
+use crate::validate::{Checker, Loc, Model, at, body_loc};
+
+const RETRY_STRATEGIES: [&str; 9] = [
+    "EXPONENTIAL",
+    "EXPONENTIAL_FULL_JITTER",
+    "EXPONENTIAL_EQUAL_JITTER",
+    "LINEAR",
+    "LINEAR_FULL_JITTER",
+    "LINEAR_EQUAL_JITTER",
+    "FIXED",
+    "FIXED_FULL_JITTER",
+    "FIXED_EQUAL_JITTER",
+];
+const UNITES_STRATEGIES: [&str; 2] = ["ALL_SUCCESS", "ALL_DONE"];
+const TRIGGER_TYPES: [&str; 1] = ["CRON"];
+
+fn top<'a>(v: &'a Value, c: &mut Checker) -> Option<&'a Map<String, Value>> {
+    c.model(&body_loc(), v, None)
+}
+
+/// `PUT /graph/{name}`: the graph template (secrets in plaintext).
+#[derive(Debug, Clone)]
+pub struct UpsertGraph(pub GraphSpec);
+
+impl Model for UpsertGraph {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let secrets = c
+            .required(&l, obj, "secrets")
+            .and_then(|s| c.str_dict(&at(&l, "secrets"), s));
+        let nodes = c.required(&l, obj, "nodes").and_then(|n| {
+            let loc = at(&l, "nodes");
+            let list = c.list(&loc, n)?;
+            let mut out = Vec::with_capacity(list.len());
+            let mut ok = true;
+            for (i, item) in list.iter().enumerate() {
+                match node_template(&at(&loc, i), item, c) {
+                    Some(t) => out.push(t),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(out)
+        });
+        let retry_policy = match obj.get("retry_policy") {
+            None => Some(RetryPolicy::default()),
+            Some(p) => retry_policy(&at(&l, "retry_policy"), p, c),
+        };
+        let store_config = match obj.get("store_config") {
+            None => Some(StoreConfig::default()),
+            Some(s) => store_config(&at(&l, "store_config"), s, c),
+        };
+        let triggers = match obj.get("triggers") {
+            None => Some(Vec::new()),
+            Some(t) => triggers(&at(&l, "triggers"), t, c),
+        };
+        Some(Self(GraphSpec {
+            nodes: nodes?,
+            secrets: secrets?,
+            retry_policy: retry_policy?,
+            store_config: store_config?,
+            triggers: triggers?,
+        }))
+    }
+}
+
+fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> {
+    let obj = c.model(loc, v, Some("NodeTemplate"))?;
+    let s = |key: &str, c: &mut Checker| {
+        c.required(loc, obj, key)
+            .and_then(|x| c.string(&at(loc, key), x))
+    };
+    let node_name = s("node_name", c);
+    let namespace = s("namespace", c);
+    let identifier = s("identifier", c);
+    let inputs = c
+        .required(loc, obj, "inputs")
+        .and_then(|x| c.dict(&at(loc, "inputs"), x))
+        .cloned();
+    let next_nodes = match obj.get("next_nodes") {
+        None | Some(Value::Null) => Some(None),
+        Some(x) => c.str_list(&at(loc, "next_nodes"), x).map(Some),
+    };
+    let unites = match obj.get("unites") {
+        None | Some(Value::Null) => Some(None),
+        Some(x) => {
+            let uloc = at(loc, "unites");
+            c.model(&uloc, x, Some("Unites")).and_then(|u| {
+                let identifier = c
+                    .required(&uloc, u, "identifier")
+                    .and_then(|i| c.string(&at(&uloc, "identifier"), i));
+                let strategy = match u.get("strategy") {
+                    None => Some(Default::default()),
+                    Some(s) => c
+                        .enumeration(&at(&uloc, "strategy"), s, &UNITES_STRATEGIES)
+                        .and_then(|s| serde_json::from_value(Value::String(s)).ok()),
+                };
+                Some(Some(Unites {
+                    identifier: identifier?,
+                    strategy: strategy?,
+                }))
+            })
+        }
+    };
+    Some(NodeTemplate {
+        node_name: node_name?,
+        namespace: namespace?,
+        identifier: identifier?,
+        inputs: inputs?,
+        next_nodes: next_nodes?,
+        unites: unites?,
+    })
+}
+
+fn retry_policy(loc: &Loc, v: &Value, c: &mut Checker) -> Option<RetryPolicy> {
+    let obj = c.model(loc, v, Some("RetryPolicyModel"))?;
+    let d = RetryPolicy::default();
+    let int = |key: &str, default: i64, c: &mut Checker| match obj.get(key) {
+        None => Some(default),
+        Some(x) => c.int(&at(loc, key), x),
+    };
+    let max_retries = int("max_retries", d.max_retries, c);
+    let strategy = match obj.get("strategy") {
+        None => Some(d.strategy),
+        Some(s) => c
+            .enumeration(&at(loc, "strategy"), s, &RETRY_STRATEGIES)
+            .and_then(|s| serde_json::from_value::<RetryStrategy>(Value::String(s)).ok()),
+    };
+    let backoff_factor = int("backoff_factor", d.backoff_factor, c);
+    let exponent = int("exponent", d.exponent, c);
+    let max_delay = match obj.get("max_delay") {
+        None | Some(Value::Null) => Some(None),
+        Some(x) => c.int(&at(loc, "max_delay"), x).map(Some),
+    };
+    Some(RetryPolicy {
+        max_retries: max_retries?,
+        strategy: strategy?,
+        backoff_factor: backoff_factor?,
+        exponent: exponent?,
+        max_delay: max_delay?,
+    })
+}
+
+fn store_config(loc: &Loc, v: &Value, c: &mut Checker) -> Option<StoreConfig> {
+    let obj = c.model(loc, v, Some("StoreConfig"))?;
+    let required_keys = match obj.get("required_keys") {
+        None => Some(Vec::new()),
+        Some(x) => c.str_list(&at(loc, "required_keys"), x),
+    };
+    let default_values = match obj.get("default_values") {
+        None => Some(BTreeMap::new()),
+        Some(x) => c.str_dict(&at(loc, "default_values"), x),
+    };
+    Some(StoreConfig {
+        required_keys: required_keys?,
+        default_values: default_values?,
+    })
+}
+
+fn triggers(loc: &Loc, v: &Value, c: &mut Checker) -> Option<Vec<Trigger>> {
+    let list = c.list(loc, v)?;
+    let mut out = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (i, item) in list.iter().enumerate() {
+        let tloc = at(loc, i);
+        let Some(obj) = c.model(&tloc, item, Some("Trigger")) else {
+            ok = false;
+            continue;
+        };
+        let kind = c
+            .required(&tloc, obj, "type")
+            .and_then(|t| c.enumeration(&at(&tloc, "type"), t, &TRIGGER_TYPES))
+            .map(|_| TriggerType::Cron);
+        let value = match obj.get("value") {
+            None => Some(Map::new()),
+            Some(x) => c.dict(&at(&tloc, "value"), x).cloned(),
+        };
+        match (kind, value) {
+            (Some(kind), Some(value)) => out.push(Trigger { kind, value }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// One node of `PUT /nodes/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRegistration {
+    /// Node (class) name.
+    pub name: String,
+    /// Inputs JSON schema.
+    pub inputs_schema: Map<String, Value>,
+    /// Outputs JSON schema.
+    pub outputs_schema: Map<String, Value>,
+    /// Secret names.
+    pub secrets: Vec<String>,
+}
+
+/// `PUT /nodes/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterNodes {
+    /// Registering runtime.
+    pub runtime_name: String,
+    /// Nodes.
+    pub nodes: Vec<NodeRegistration>,
+}
+
+impl Model for RegisterNodes {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let runtime_name = c
+            .required(&l, obj, "runtime_name")
+            .and_then(|x| c.string(&at(&l, "runtime_name"), x));
+        let nodes = c.required(&l, obj, "nodes").and_then(|n| {
+            let loc = at(&l, "nodes");
+            let list = c.list(&loc, n)?;
+            let mut out = Vec::with_capacity(list.len());
+            let mut ok = true;
+            for (i, item) in list.iter().enumerate() {
+                let nloc = at(&loc, i);
+                let Some(o) = c.model(&nloc, item, Some("NodeRegistrationModel")) else {
+                    ok = false;
+                    continue;
+                };
+                let name = c
+                    .required(&nloc, o, "name")
+                    .and_then(|x| c.string(&at(&nloc, "name"), x));
+                let inputs_schema = c
+                    .required(&nloc, o, "inputs_schema")
+                    .and_then(|x| c.dict(&at(&nloc, "inputs_schema"), x))
+                    .cloned();
+                let outputs_schema = c
+                    .required(&nloc, o, "outputs_schema")
+                    .and_then(|x| c.dict(&at(&nloc, "outputs_schema"), x))
+                    .cloned();
+                let secrets = c
+                    .required(&nloc, o, "secrets")
+                    .and_then(|x| c.str_list(&at(&nloc, "secrets"), x));
+                match (name, inputs_schema, outputs_schema, secrets) {
+                    (Some(name), Some(inputs_schema), Some(outputs_schema), Some(secrets)) => {
+                        out.push(NodeRegistration {
+                            name,
+                            inputs_schema,
+                            outputs_schema,
+                            secrets,
+                        })
+                    }
+                    _ => ok = false,
+                }
+            }
+            ok.then_some(out)
+        });
+        Some(Self {
+            runtime_name: runtime_name?,
+            nodes: nodes?,
+        })
+    }
+}
+
+/// `POST /graph/{name}/trigger`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TriggerGraph {
+    /// Initial store.
+    pub store: BTreeMap<String, String>,
+    /// Root input overrides.
+    pub inputs: BTreeMap<String, String>,
+    /// Delay before the root may run, ms (≥ 0).
+    pub start_delay: i64,
+}
+
+impl Model for TriggerGraph {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let store = match obj.get("store") {
+            None => Some(BTreeMap::new()),
+            Some(x) => c.str_dict(&at(&l, "store"), x),
+        };
+        let inputs = match obj.get("inputs") {
+            None => Some(BTreeMap::new()),
+            Some(x) => c.str_dict(&at(&l, "inputs"), x),
+        };
+        let start_delay = match obj.get("start_delay") {
+            None => Some(0),
+            Some(x) => c.int_ge(&at(&l, "start_delay"), x, 0),
+        };
+        Some(Self {
+            store: store?,
+            inputs: inputs?,
+            start_delay: start_delay?,
+        })
+    }
+}
+
+/// `POST /state/{id}/executed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutedBody {
+    /// One object per output.
+    pub outputs: Vec<Map<String, Value>>,
+}
+
+impl Model for ExecutedBody {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let raw = c.required(&l, obj, "outputs")?;
+        let loc = at(&l, "outputs");
+        let list = c.list(&loc, raw)?;
+        let mut outputs = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for (i, item) in list.iter().enumerate() {
+            match c.dict(&at(&loc, i), item) {
+                Some(m) => outputs.push(m.clone()),
+                None => ok = false,
+            }
+        }
+        ok.then_some(Self { outputs })
+    }
+}
+
+/// `POST /state/{id}/errored`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErroredBody {
+    /// Error text.
+    pub error: String,
+}
+
+impl Model for ErroredBody {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let error = c
+            .required(&l, obj, "error")
+            .and_then(|x| c.string(&at(&l, "error"), x))?;
+        Some(Self { error })
+    }
+}
+
+/// `POST /state/{id}/prune`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneBody {
+    /// Prune data.
+    pub data: Map<String, Value>,
+}
+
+impl Model for PruneBody {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let data = c
+            .required(&l, obj, "data")
+            .and_then(|x| c.dict(&at(&l, "data"), x))?
+            .clone();
+        Some(Self { data })
+    }
+}
+
+/// `POST /state/{id}/re-enqueue-after`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReEnqueueBody {
+    /// Delay in ms (> 0).
+    pub enqueue_after: i64,
+}
+
+impl Model for ReEnqueueBody {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let enqueue_after = c
+            .required(&l, obj, "enqueue_after")
+            .and_then(|x| c.int_gt(&at(&l, "enqueue_after"), x, 0))?;
+        Some(Self { enqueue_after })
+    }
+}
+
+/// `POST /state/{id}/manual-retry`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManualRetryBody {
+    /// Fan-out id of the new copy (any string).
+    pub fanout_id: String,
+}
+
+impl Model for ManualRetryBody {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let fanout_id = c
+            .required(&l, obj, "fanout_id")
+            .and_then(|x| c.string(&at(&l, "fanout_id"), x))?;
+        Some(Self { fanout_id })
+    }
+}
+
+/// `POST /states/enqueue`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnqueueBody {
+    /// Node names.
+    pub nodes: Vec<String>,
+    /// Most states to hand out.
+    pub batch_size: i64,
+}
+
+impl Model for EnqueueBody {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let nodes = c
+            .required(&l, obj, "nodes")
+            .and_then(|x| c.str_list(&at(&l, "nodes"), x));
+        let batch_size = c
+            .required(&l, obj, "batch_size")
+            .and_then(|x| c.int(&at(&l, "batch_size"), x));
+        Some(Self {
+            nodes: nodes?,
+            batch_size: batch_size?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check<T: Model>(v: Value) -> Result<T, Vec<Value>> {
+        let mut c = Checker::default();
+        match T::check(&v, &mut c) {
+            Some(t) if c.errors.is_empty() => Ok(t),
+            _ => Err(c.errors),
+        }
+    }
+
+    #[test]
+    fn enqueue_missing_batch_size_matches_fastapi() {
+        let e = check::<EnqueueBody>(json!({"nodes": ["a"]})).unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                json!({"type":"missing","loc":["body","batch_size"],"msg":"Field required","input":{"nodes":["a"]}})
+            ]
+        );
+    }
+
+    #[test]
+    fn graph_body_defaults_and_errors() {
+        let ok = check::<UpsertGraph>(json!({
+            "secrets": {},
+            "nodes": [{"node_name": "N", "namespace": "ns", "identifier": "a", "inputs": {}}],
+        }))
+        .unwrap();
+        assert_eq!(ok.0.retry_policy, RetryPolicy::default());
+        assert!(ok.0.nodes[0].next_nodes.is_none());
+
+        let e = check::<UpsertGraph>(json!({
+            "nodes": [{"node_name": 1, "namespace": "ns", "identifier": "a", "inputs": {},
+                       "unites": {"identifier": "x", "strategy": "SOME"}}],
+            "retry_policy": {"strategy": "NOPE", "max_retries": "x"},
+            "triggers": [{"type": "CRON", "value": []}],
+        }))
+        .unwrap_err();
+        let locs: Vec<String> = e.iter().map(|i| i["loc"].to_string()).collect();
+        assert_eq!(
+            locs,
+            [
+                r#"["body","secrets"]"#,
+                r#"["body","nodes",0,"node_name"]"#,
+                r#"["body","nodes",0,"unites","strategy"]"#,
+                r#"["body","retry_policy","max_retries"]"#,
+                r#"["body","retry_policy","strategy"]"#,
+                r#"["body","triggers",0,"value"]"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn trigger_body_rules() {
+        let t = check::<TriggerGraph>(json!({})).unwrap();
+        assert_eq!(t, TriggerGraph::default());
+        let e = check::<TriggerGraph>(json!({"inputs": {"a": 1}, "start_delay": -1})).unwrap_err();
+        assert_eq!(e[0]["loc"], json!(["body", "inputs", "a"]));
+        assert_eq!(e[1]["type"], "greater_than_equal");
+    }
+
+    #[test]
+    fn signal_bodies() {
+        assert!(check::<PruneBody>(json!({"data": null})).is_err());
+        assert_eq!(check::<PruneBody>(json!({"data": {}})).unwrap().data.len(), 0);
+        assert_eq!(
+            check::<ReEnqueueBody>(json!({"enqueue_after": "5000"}))
+                .unwrap()
+                .enqueue_after,
+            5000
+        );
+        assert!(check::<ReEnqueueBody>(json!({"enqueue_after": 0})).is_err());
+        assert!(check::<ManualRetryBody>(json!({"fanout_id": 3})).is_err());
+        assert_eq!(check::<ManualRetryBody>(json!({"fanout_id": ""})).unwrap().fanout_id, "");
+        let e = check::<ExecutedBody>(json!({"outputs": [{"a": 1}, 2]})).unwrap_err();
+        assert_eq!(e[0]["loc"], json!(["body", "outputs", 1]));
+        let e = check::<ErroredBody>(json!([])).unwrap_err();
+        assert_eq!(e[0]["type"], "model_attributes_type");
+    }
+}

@@ -1,0 +1,126 @@
+//! The NATS-only path used by event-driven integrations: a trigger command
+//! published on `exo.v1.<ns>.run.trigger` starts a run without the HTTP API.
+
+use std::time::Duration;
+
+use exo_e2e::nodes::{Append, counter};
+use exo_e2e::{Stack, assert_run_consistent};
+use exo_store::mongodb::bson::{DateTime, doc};
+use exo_store::{GraphTemplateDoc, RegisteredNodeDoc};
+use exo_types::graph::NodeTemplate;
+use exo_types::messages::TriggerCommand;
+use exo_types::subjects;
+
+fn template(
+    ns: &str,
+    node: &str,
+    id: &str,
+    text: &str,
+    next: &[&str],
+) -> anyhow::Result<NodeTemplate> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "node_name": node, "namespace": ns, "identifier": id,
+        "inputs": {"text": text}, "next_nodes": next}))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_command_on_nats_runs_a_chain_without_the_api() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[
+        "exo-trigger",
+        "exo-scheduler",
+        "exo-completion",
+        "exo-retry",
+    ])
+    .await?;
+    let ns = "events";
+    let now = DateTime::now();
+    // A graph written the way an operator's migration or another API replica would.
+    let schema = exo_runtime::string_object_schema("Inputs", &["text"]);
+    for name in ["AppendA", "AppendB"] {
+        stack
+            .store
+            .registered_nodes()
+            .insert_one(RegisteredNodeDoc {
+                id: None,
+                name: name.into(),
+                namespace: ns.into(),
+                runtime_name: "rt".into(),
+                runtime_namespace: ns.into(),
+                inputs_schema: schema.clone(),
+                outputs_schema: schema.clone(),
+                secrets: vec![],
+                created_at: now,
+                updated_at: now,
+            })
+            .await?;
+    }
+    stack
+        .store
+        .graph_templates()
+        .insert_one(GraphTemplateDoc {
+            id: None,
+            name: "g".into(),
+            namespace: ns.into(),
+            nodes: vec![
+                template(ns, "AppendA", "a", "${{ store.x }}", &["b"])?,
+                template(ns, "AppendB", "b", "${{ a.outputs.text }}!", &[])?,
+            ],
+            validation_status: "VALID".into(),
+            validation_errors: vec![],
+            secrets: Default::default(),
+            triggers: vec![],
+            retry_policy: Default::default(),
+            store_config: serde_json::from_value(serde_json::json!({"required_keys": ["x"]}))?,
+            created_at: now,
+            updated_at: now,
+        })
+        .await?;
+    let runtime = exo_runtime::Runtime::builder(ns, "rt")
+        .nats_url(stack.servers.nats.url())
+        .node(Append {
+            name: "AppendA",
+            suffix: "a",
+            calls: counter(),
+        })
+        .node(Append {
+            name: "AppendB",
+            suffix: "b",
+            calls: counter(),
+        })
+        .build();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s2 = stop.clone();
+    let rt = tokio::spawn(async move { runtime.run(s2).await });
+
+    let bus = exo_bus::Bus::connect(&stack.servers.nats.url(), "integration").await?;
+    let cmd = TriggerCommand {
+        run_id: "evt-1".into(),
+        graph_name: "g".into(),
+        inputs: Default::default(),
+        store: [("x".to_string(), "X".to_string())].into(),
+        start_delay_ms: 0,
+        requested_at_ms: None,
+    };
+    bus.publish(exo_bus::Outgoing::json(
+        subjects::trigger(ns),
+        exo_types::messages::trigger_msg_id("evt-1"),
+        &cmd,
+    )?)
+    .await?;
+    let run = stack.wait_run("evt-1", Duration::from_secs(30)).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+    let states = assert_run_consistent(&stack, &run).await?;
+    let b = states.iter().find(|s| s.identifier == "b").expect("b");
+    assert_eq!(b.outputs.get_str("text")?, "X+a!+b");
+    assert_eq!(
+        stack
+            .store
+            .store_entries()
+            .count_documents(doc! {"run_id": "evt-1"})
+            .await?,
+        1
+    );
+    stop.cancel();
+    rt.await??;
+    Ok(())
+}
