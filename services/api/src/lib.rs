@@ -1,1 +1,229 @@
-//! exo-api (work in progress).
+//! `exo-api`: the Exosphere-compatible HTTP API (spec §2).
+//!
+//! It serves every `/v0` endpoint of Exosphere's state manager with the same
+//! paths, bodies, status codes and error texts (deliberate deviations are
+//! documented on the handlers), plus `GET /health`, `/livez`,
+//! `/readyz` and the extension `GET /v0/namespace/{ns}/run/{run_id}`.
+//!
+//! What it writes directly to MongoDB: graph templates (validated against the
+//! registered nodes synchronously, so they are VALID or INVALID as soon as
+//! the PUT returns), registered nodes, manual-retry copies, and the
+//! `lease_until` of states handed out over HTTP.
+//!
+//! What it publishes on NATS instead of writing: trigger commands
+//! (`exo.v1.<ns>.run.trigger`, consumed by `exo-trigger`) and runtime results
+//! (`exo.v1.<ns>.result.<kind>`, consumed by `exo-completion` and
+//! `exo-retry`); every publish waits for the JetStream ack before the HTTP
+//! answer. `POST /states/enqueue` pulls from the same per-node dispatch
+//! queues as NATS runtimes.
+
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod models;
+mod render;
+mod routes;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::consumer::PullConsumer;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post, put};
+use exo_engine::Engine;
+use exo_service::admin::{self, Readiness};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ApiConfig, Config};
+
+/// Largest accepted request body (32 MiB).
+pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Settings derived from the configuration.
+#[derive(Debug)]
+pub struct Settings {
+    /// The API key.
+    pub key: String,
+    /// The secrets cipher, when a key is configured.
+    pub cipher: Option<crypto::SecretCipher>,
+    /// Lease of states handed out by `POST /states/enqueue`.
+    pub lease: Duration,
+    /// CORS origins.
+    pub origins: Vec<String>,
+}
+
+impl Settings {
+    /// Builds the settings from the `api` section.
+    pub fn from_config(api: &ApiConfig) -> Result<Self, crypto::Error> {
+        let cipher = match &api.secrets_encryption_key {
+            Some(k) if !k.trim().is_empty() => Some(crypto::SecretCipher::from_key(k)?),
+            _ => None,
+        };
+        Ok(Self {
+            key: api.key.clone(),
+            cipher,
+            lease: Duration::from_secs(api.lease_secs.max(1)),
+            origins: api.origins(),
+        })
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Store, bus and graph cache.
+    pub engine: Engine,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Readiness flag served on `/readyz`.
+    pub readiness: Readiness,
+    consumers: Arc<Mutex<HashMap<(String, String), PullConsumer>>>,
+}
+
+impl AppState {
+    /// Wraps connected handles and settings.
+    pub fn new(engine: Engine, settings: Settings, readiness: Readiness) -> Self {
+        Self {
+            engine,
+            settings: Arc::new(settings),
+            readiness,
+            consumers: Arc::default(),
+        }
+    }
+
+    /// The dispatch consumer of (namespace, node), created on first use and
+    /// then reused.
+    async fn dispatch_consumer(&self, ns: &str, node: &str) -> Result<PullConsumer, exo_bus::Error> {
+        let key = (ns.to_string(), node.to_string());
+        if let Ok(map) = self.consumers.lock()
+            && let Some(c) = map.get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let c = self
+            .engine
+            .bus
+            .dispatch_consumer(ns, node, self.settings.lease)
+            .await?;
+        if let Ok(mut map) = self.consumers.lock() {
+            map.insert(key, c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Forgets a cached consumer (after a failure, e.g. it was deleted).
+    fn forget_consumer(&self, ns: &str, node: &str) {
+        if let Ok(mut map) = self.consumers.lock() {
+            map.remove(&(ns.to_string(), node.to_string()));
+        }
+    }
+}
+
+/// The whole HTTP application: routes, auth, request ids, CORS, limits.
+pub fn app(state: AppState) -> Router {
+    use routes::{enqueue, graphs, nodes, runs, states, trigger};
+    let ns = "/v0/namespace/{ns}";
+    let v0: Router = Router::new()
+        .route("/v0/namespaces", get(nodes::namespaces))
+        .route(
+            &format!("{ns}/graph/{{graph}}"),
+            get(graphs::get_graph).put(graphs::upsert),
+        )
+        .route(
+            &format!("{ns}/graph/{{graph}}/trigger"),
+            post(trigger::trigger),
+        )
+        .route(
+            &format!("{ns}/graph/{{graph}}/run/{{run}}/node/{{node}}"),
+            get(runs::node_details),
+        )
+        .route(&format!("{ns}/graphs/"), get(graphs::list))
+        .route(&format!("{ns}/nodes/"), get(nodes::list).put(nodes::register))
+        .route(&format!("{ns}/runs/{{page}}/{{size}}"), get(runs::list))
+        .route(&format!("{ns}/run/{{run}}"), get(runs::get_run))
+        .route(
+            &format!("{ns}/states/run/{{run}}/graph"),
+            get(runs::graph_structure),
+        )
+        .route(&format!("{ns}/states/enqueue"), post(enqueue::enqueue))
+        .route(&format!("{ns}/state/{{id}}/executed"), post(states::executed))
+        .route(&format!("{ns}/state/{{id}}/errored"), post(states::errored))
+        .route(&format!("{ns}/state/{{id}}/prune"), post(states::prune))
+        .route(
+            &format!("{ns}/state/{{id}}/re-enqueue-after"),
+            post(states::re_enqueue_after),
+        )
+        .route(
+            &format!("{ns}/state/{{id}}/manual-retry"),
+            post(states::manual_retry),
+        )
+        .route(&format!("{ns}/state/{{id}}/secrets"), get(states::secrets))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            http::require_key,
+        ))
+        .route("/health", get(routes::health))
+        .with_state(state.clone());
+    v0.merge(admin::router(state.readiness.clone()))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(http::request_context))
+        .layer(http::cors(&state.settings.origins))
+}
+
+/// Runs the API until `shutdown` is cancelled.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let readiness = Readiness::default();
+    let admin = admin::serve(&cfg.common.admin.addr, readiness.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("bind admin address {}", cfg.common.admin.addr))?;
+    let settings = Settings::from_config(&cfg.api).context("load SECRETS_ENCRYPTION_KEY")?;
+    if settings.cipher.is_none() {
+        tracing::warn!("SECRETS_ENCRYPTION_KEY is not set: graphs with secrets will be refused.");
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.api.addr)
+        .await
+        .with_context(|| format!("bind API address {}", cfg.api.addr))?;
+    let engine = tokio::select! {
+        e = exo_engine::worker::connect(&cfg.common, "exo-api") => e?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let state = AppState::new(engine.clone(), settings, readiness.clone());
+    let router = app(state);
+    readiness.set(true);
+    tracing::info!(exo.service = "exo-api", addr = %cfg.api.addr, "Service ready.");
+    let token = shutdown.clone();
+    let r = readiness.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                token.cancelled().await;
+                r.set(false);
+            })
+            .await
+    });
+    shutdown.cancelled().await;
+    readiness.set(false);
+    tracing::info!(exo.service = "exo-api", "Draining in-flight requests.");
+    let grace = cfg.common.shutdown_grace();
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "HTTP server failed."),
+        Ok(Err(error)) => tracing::error!(%error, "HTTP server task failed."),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "Graceful shutdown did not complete in time."
+        ),
+    }
+    engine.bus.drain().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    tracing::info!(exo.service = "exo-api", "Stopped.");
+    Ok(())
+}

@@ -26,9 +26,15 @@ fn top<'a>(v: &'a Value, c: &mut Checker) -> Option<&'a Map<String, Value>> {
     c.model(&body_loc(), v, None)
 }
 
-/// `PUT /graph/{name}`: the graph template (secrets in plaintext).
+/// `PUT /graph/{name}`: the graph template (secrets in plaintext) and the
+/// raw body (to quote offending values in field-level errors).
 #[derive(Debug, Clone)]
-pub struct UpsertGraph(pub GraphSpec);
+pub struct UpsertGraph {
+    /// The template.
+    pub spec: GraphSpec,
+    /// The body as received.
+    pub raw: Value,
+}
 
 impl Model for UpsertGraph {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
@@ -62,13 +68,16 @@ impl Model for UpsertGraph {
             None => Some(Vec::new()),
             Some(t) => triggers(&at(&l, "triggers"), t, c),
         };
-        Some(Self(GraphSpec {
-            nodes: nodes?,
-            secrets: secrets?,
-            retry_policy: retry_policy?,
-            store_config: store_config?,
-            triggers: triggers?,
-        }))
+        Some(Self {
+            spec: GraphSpec {
+                nodes: nodes?,
+                secrets: secrets?,
+                retry_policy: retry_policy?,
+                store_config: store_config?,
+                triggers: triggers?,
+            },
+            raw: v.clone(),
+        })
     }
 }
 
@@ -457,8 +466,8 @@ mod tests {
             "nodes": [{"node_name": "N", "namespace": "ns", "identifier": "a", "inputs": {}}],
         }))
         .unwrap();
-        assert_eq!(ok.0.retry_policy, RetryPolicy::default());
-        assert!(ok.0.nodes[0].next_nodes.is_none());
+        assert_eq!(ok.spec.retry_policy, RetryPolicy::default());
+        assert!(ok.spec.nodes[0].next_nodes.is_none());
 
         let e = check::<UpsertGraph>(json!({
             "nodes": [{"node_name": 1, "namespace": "ns", "identifier": "a", "inputs": {},

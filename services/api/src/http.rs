@@ -1,0 +1,225 @@
+//! Cross-cutting HTTP behaviour (spec §2.0): request ids, the API key,
+//! CORS, unknown routes, wrong methods, trailing-slash redirects and the
+//! generic 500.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt as _;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
+
+use crate::AppState;
+use crate::error::internal_response;
+
+/// Request and response header carrying the request id.
+pub const REQUEST_ID: &str = "x-exosphere-request-id";
+/// Header carrying the API key.
+pub const API_KEY: &str = "x-api-key";
+
+/// Every route pattern the API serves (axum syntax). Used to decide whether
+/// an unknown path differs from a known one only by a trailing slash.
+pub const ROUTES: &[&str] = &[
+    "/health",
+    "/livez",
+    "/readyz",
+    "/v0/namespaces",
+    "/v0/namespace/{ns}/graph/{graph}",
+    "/v0/namespace/{ns}/graph/{graph}/trigger",
+    "/v0/namespace/{ns}/graph/{graph}/run/{run}/node/{node}",
+    "/v0/namespace/{ns}/graphs/",
+    "/v0/namespace/{ns}/nodes/",
+    "/v0/namespace/{ns}/runs/{page}/{size}",
+    "/v0/namespace/{ns}/run/{run}",
+    "/v0/namespace/{ns}/states/run/{run}/graph",
+    "/v0/namespace/{ns}/states/enqueue",
+    "/v0/namespace/{ns}/state/{id}/executed",
+    "/v0/namespace/{ns}/state/{id}/errored",
+    "/v0/namespace/{ns}/state/{id}/prune",
+    "/v0/namespace/{ns}/state/{id}/re-enqueue-after",
+    "/v0/namespace/{ns}/state/{id}/manual-retry",
+    "/v0/namespace/{ns}/state/{id}/secrets",
+];
+
+/// The request id to use: the client's when it parses as a UUID (echoed
+/// verbatim), else a fresh UUIDv4.
+pub fn request_id(header: Option<&HeaderValue>) -> String {
+    header
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| uuid::Uuid::parse_str(s.trim()).is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Request-id, logging and unhandled-error middleware (the outermost one
+/// after CORS). Panics in handlers become the generic 500.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    let id = request_id(req.headers().get(REQUEST_ID));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("http", request_id = %id, method = %method, path = %path);
+    let started = Instant::now();
+    let fut = async move {
+        tracing::debug!("Request received.");
+        let response = AssertUnwindSafe(next.run(req)).catch_unwind().await;
+        let response = match response {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!("Handler panicked.");
+                internal_response()
+            }
+        };
+        tracing::info!(
+            status = response.status().as_u16(),
+            response_time_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "Request processed."
+        );
+        response
+    };
+    let mut response = fut.instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// API key check (route layer of the `/v0` routes, so unknown paths and
+/// wrong methods are answered before it, as in FastAPI).
+pub async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(API_KEY)
+        .is_some_and(|v| v.as_bytes() == state.settings.key.as_bytes());
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"detail": "Invalid API key"})),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Unknown routes: a 307 to the same path with the trailing slash toggled
+/// when that path exists (Starlette's `redirect_slashes`), else 404.
+pub async fn not_found(uri: Uri) -> Response {
+    let path = uri.path();
+    if path != "/" {
+        let toggled = match path.strip_suffix('/') {
+            Some(_) => path.trim_end_matches('/').to_string(),
+            None => format!("{path}/"),
+        };
+        if !toggled.is_empty() && ROUTES.iter().any(|r| matches_route(r, &toggled)) {
+            let location = match uri.query() {
+                Some(q) => format!("{toggled}?{q}"),
+                None => toggled,
+            };
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, v)]).into_response();
+            }
+        }
+    }
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"detail": "Not Found"})),
+    )
+        .into_response()
+}
+
+/// Known path, wrong method.
+pub async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"detail": "Method Not Allowed"})),
+    )
+        .into_response()
+}
+
+/// Whether `path` matches an axum-style `pattern` (`{x}` matches one
+/// non-empty segment).
+pub fn matches_route(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let s: Vec<&str> = path.split('/').collect();
+    p.len() == s.len()
+        && p.iter().zip(&s).all(|(p, s)| {
+            if p.starts_with('{') && p.ends_with('}') {
+                !s.is_empty()
+            } else {
+                p == s
+            }
+        })
+}
+
+/// CORS as configured upstream: the listed origins, credentials allowed,
+/// the fixed method and header lists, and the request id exposed.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "Ignored an invalid CORS origin.");
+                None
+            }
+        })
+        .collect();
+    let headers = [
+        "accept",
+        "accept-language",
+        "content-language",
+        "content-type",
+        "x-api-key",
+        "authorization",
+        "x-requested-with",
+        REQUEST_ID,
+    ]
+    .map(HeaderName::from_static);
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::PATCH,
+        ])
+        .allow_headers(headers)
+        .expose_headers([HeaderName::from_static(REQUEST_ID)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_reused_only_when_valid() {
+        let good = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+        assert_eq!(request_id(Some(&HeaderValue::from_static(good))), good);
+        let upper = "3FA85F64-5717-4562-B3FC-2C963F66AFA6";
+        assert_eq!(request_id(Some(&HeaderValue::from_static(upper))), upper);
+        for bad in ["", "nope", "3fa85f64-5717-4562-b3fc"] {
+            let id = request_id(Some(&HeaderValue::from_static(bad)));
+            assert_ne!(id, bad);
+            let parsed = uuid::Uuid::parse_str(&id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+        }
+        assert!(uuid::Uuid::parse_str(&request_id(None)).is_ok());
+    }
+
+    #[test]
+    fn route_matching() {
+        assert!(matches_route("/v0/namespace/{ns}/nodes/", "/v0/namespace/a/nodes/"));
+        assert!(!matches_route("/v0/namespace/{ns}/nodes/", "/v0/namespace/a/nodes"));
+        assert!(!matches_route("/v0/namespace/{ns}/nodes/", "/v0/namespace//nodes/"));
+        assert!(matches_route("/v0/namespaces", "/v0/namespaces"));
+    }
+}
