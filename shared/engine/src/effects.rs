@@ -474,3 +474,143 @@ pub async fn load_store_values(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exo_store::GraphTemplateDoc;
+    use exo_types::graph::{Graph, GraphSpec};
+    use serde_json::json;
+
+    fn loaded() -> Arc<LoadedGraph> {
+        let spec: GraphSpec = serde_json::from_value(json!({
+            "secrets": {},
+            "nodes": [
+                {"node_name": "A", "namespace": "ns", "identifier": "start", "inputs": {}, "next_nodes": ["split"]},
+                {"node_name": "B", "namespace": "ns", "identifier": "split", "inputs": {}, "next_nodes": ["work"]},
+                {"node_name": "C", "namespace": "ns", "identifier": "work", "inputs": {}, "next_nodes": ["merge"]},
+                {"node_name": "D", "namespace": "ns", "identifier": "merge", "inputs": {},
+                 "unites": {"identifier": "start", "strategy": "ALL_DONE"}},
+            ]
+        }))
+        .expect("spec");
+        let graph = Graph::analyse(&spec).expect("valid graph");
+        let now = DateTime::now();
+        let doc = GraphTemplateDoc {
+            id: None,
+            name: "g".into(),
+            namespace: "ns".into(),
+            nodes: spec.nodes.clone(),
+            validation_status: "VALID".into(),
+            validation_errors: vec![],
+            secrets: Default::default(),
+            triggers: vec![],
+            retry_policy: Default::default(),
+            store_config: Default::default(),
+            created_at: now,
+            updated_at: now,
+        };
+        Arc::new(LoadedGraph {
+            doc,
+            graph,
+            nodes: HashMap::new(),
+        })
+    }
+
+    fn state(identifier: &str, status: StateStatus, parents: &[(&str, ObjectId)]) -> StateDoc {
+        let mut p = Document::new();
+        for (k, v) in parents {
+            p.insert(*k, *v);
+        }
+        let now = DateTime::now();
+        StateDoc {
+            id: ObjectId::new(),
+            node_name: identifier.to_uppercase(),
+            namespace_name: "ns".into(),
+            identifier: identifier.into(),
+            graph_name: "g".into(),
+            run_id: "r".into(),
+            status,
+            inputs: Document::new(),
+            outputs: Document::new(),
+            data: Document::new(),
+            error: None,
+            parents: p,
+            does_unites: false,
+            state_fingerprint: String::new(),
+            enqueue_after: 0,
+            retry_count: 0,
+            fanout_id: String::new(),
+            manual_retry_fanout_id: String::new(),
+            created_at: now,
+            updated_at: now,
+            graph_namespace: None,
+            attempt: 1,
+            requeue_gen: 0,
+        }
+    }
+
+    #[test]
+    fn success_with_children_counts_children_before_counting_out() {
+        let g = loaded();
+        let start = state("start", StateStatus::Executed, &[]);
+        let child = state("split", StateStatus::Created, &[("start", start.id)]);
+        let mut fx = Effects::new(Some(g), "r");
+        fx.count_transition(&start, StateStatus::Executed, StateStatus::Success);
+        fx.insert(child);
+        assert_eq!(
+            fx.counters,
+            Counters {
+                total: 1,
+                pending: 0,
+                success: 1,
+                errored: 0,
+                retried: 0
+            }
+        );
+        // The target's own group is armed and holds the child.
+        let gid = unite_group_id(&start.id, "merge");
+        let d = fx.groups.get(&gid).expect("armed group");
+        assert_eq!((d.open, d.failed), (1, 0));
+    }
+
+    #[test]
+    fn failures_count_out_and_mark_failed_retries_do_not() {
+        let g = loaded();
+        let start_id = ObjectId::new();
+        let gid = unite_group_id(&start_id, "merge");
+        let work = state("work", StateStatus::Queued, &[("start", start_id)]);
+
+        let mut fx = Effects::new(Some(g.clone()), "r");
+        fx.count_transition(&work, StateStatus::Queued, StateStatus::Pruned);
+        let d = &fx.groups[&gid];
+        assert_eq!((d.open, d.failed), (-1, 1));
+        assert_eq!((fx.counters.pending, fx.counters.success), (-1, 1));
+
+        let mut fx = Effects::new(Some(g), "r");
+        fx.count_transition(&work, StateStatus::Queued, StateStatus::RetryCreated);
+        let mut retry = work.clone();
+        retry.id = ObjectId::new();
+        retry.status = StateStatus::Created;
+        fx.insert(retry);
+        let d = &fx.groups[&gid];
+        assert_eq!(
+            (d.open, d.failed),
+            (0, 0),
+            "a retry replaces its original in the group"
+        );
+        assert_eq!(
+            (fx.counters.total, fx.counters.pending, fx.counters.retried),
+            (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn without_a_graph_no_group_is_counted() {
+        let work = state("work", StateStatus::Queued, &[("start", ObjectId::new())]);
+        let mut fx = Effects::new(None, "r");
+        fx.count_transition(&work, StateStatus::Queued, StateStatus::Errored);
+        assert!(fx.groups.is_empty());
+        assert_eq!((fx.counters.pending, fx.counters.errored), (-1, 1));
+    }
+}

@@ -306,3 +306,39 @@ async fn two_runtime_replicas_share_one_node_queue() -> anyhow::Result<()> {
     s2.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_execution_with_its_runtime() -> anyhow::Result<()> {
+    let ns = "long";
+    let stack = Stack::start().await?;
+    let (c1, c2) = (counter(), counter());
+    // ack_wait 1 s, execution 4 s: without heartbeats the dispatch would be
+    // redelivered to the other replica several times.
+    let rt = |calls| {
+        stack
+            .runtime(ns, "rt")
+            .ack_wait(Duration::from_secs(1))
+            .node(Picky {
+                fail_digits: "",
+                prune_digits: "",
+                delay: Duration::from_secs(4),
+                calls,
+            })
+    };
+    let (s1, _) = stack.start_runtime(rt(c1.clone())).await?;
+    let (s2, _) = stack.start_runtime(rt(c2.clone())).await?;
+    let graph =
+        json!({"secrets": {}, "nodes": [node("Picky", "p", ns, json!({"text": "slow"}), &[])]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        c1.load(Ordering::SeqCst) + c2.load(Ordering::SeqCst),
+        1,
+        "executed exactly once"
+    );
+    s1.cancel();
+    s2.cancel();
+    Ok(())
+}
