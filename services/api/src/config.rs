@@ -132,10 +132,7 @@ impl Config {
         {
             env.insert("EXO_API__CORS_ORIGINS".into(), v);
         }
-        let raws: Vec<Option<String>> = RAW_STRINGS
-            .iter()
-            .map(|(c, a)| raw(&env, c, a))
-            .collect();
+        let raws: Vec<Option<String>> = RAW_STRINGS.iter().map(|(c, a)| raw(&env, c, a)).collect();
         let mut cfg: Config = exo_service::config::load_from(file, env)?;
         if let Some(k) = raws[0].clone() {
             cfg.api.key = k;
@@ -191,7 +188,10 @@ mod tests {
         assert_eq!(c.api.lease_secs, 300);
         assert_eq!(c.api.origins().len(), 4);
         let e = c.validate().unwrap_err();
-        assert!(e.to_string().contains("STATE_MANAGER_SECRET is not set"), "{e}");
+        assert!(
+            e.to_string().contains("STATE_MANAGER_SECRET is not set"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -221,7 +221,10 @@ mod tests {
     fn bad_encryption_key_is_refused() {
         let c = Config::load_from(
             None,
-            env(&[("EXO_API__KEY", "k"), ("SECRETS_ENCRYPTION_KEY", "c2hvcnQ=")]),
+            env(&[
+                ("EXO_API__KEY", "k"),
+                ("SECRETS_ENCRYPTION_KEY", "c2hvcnQ="),
+            ]),
         )
         .unwrap();
         let e = c.validate().unwrap_err();

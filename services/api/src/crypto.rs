@@ -132,7 +132,11 @@ mod tests {
                 .unwrap(),
             "hello world"
         );
-        assert_eq!(c.decrypt("jbH_pVBwKmnVKU12JV04wisS8xvNXEsFlYHEcQ==").unwrap(), "");
+        assert_eq!(
+            c.decrypt("jbH_pVBwKmnVKU12JV04wisS8xvNXEsFlYHEcQ==")
+                .unwrap(),
+            ""
+        );
         assert_eq!(
             c.decrypt("5DFOLN8kkOb11jH8Q7wRh1HofZCbYWPpQd2cFMvWYdTpDwPMWiKZUdhfItg=")
                 .unwrap(),
@@ -142,7 +146,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_keys_and_ciphertexts() {
-        assert_eq!(SecretCipher::from_key("c2hvcnQ=").unwrap_err(), Error::BadKey);
+        assert_eq!(
+            SecretCipher::from_key("c2hvcnQ=").unwrap_err(),
+            Error::BadKey
+        );
         assert_eq!(SecretCipher::from_key("!!!").unwrap_err(), Error::BadKey);
         let c = SecretCipher::from_key(KEY).unwrap();
         let mut ct = c.encrypt("x").unwrap().into_bytes();

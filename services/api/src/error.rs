@@ -53,7 +53,9 @@ pub fn internal_response() -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            Self::Http(status, detail) => (status, Json(json!({ "detail": detail }))).into_response(),
+            Self::Http(status, detail) => {
+                (status, Json(json!({ "detail": detail }))).into_response()
+            }
             Self::Validation(items) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({ "detail": items })),

@@ -76,7 +76,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
                 internal_response()
             }
         };
-        tracing::info!(
+        tracing::debug!(
             status = response.status().as_u16(),
             response_time_ms = started.elapsed().as_secs_f64() * 1000.0,
             "Request processed."
@@ -126,11 +126,7 @@ pub async fn not_found(uri: Uri) -> Response {
             }
         }
     }
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"detail": "Not Found"})),
-    )
-        .into_response()
+    (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response()
 }
 
 /// Known path, wrong method.
@@ -217,9 +213,18 @@ mod tests {
 
     #[test]
     fn route_matching() {
-        assert!(matches_route("/v0/namespace/{ns}/nodes/", "/v0/namespace/a/nodes/"));
-        assert!(!matches_route("/v0/namespace/{ns}/nodes/", "/v0/namespace/a/nodes"));
-        assert!(!matches_route("/v0/namespace/{ns}/nodes/", "/v0/namespace//nodes/"));
+        assert!(matches_route(
+            "/v0/namespace/{ns}/nodes/",
+            "/v0/namespace/a/nodes/"
+        ));
+        assert!(!matches_route(
+            "/v0/namespace/{ns}/nodes/",
+            "/v0/namespace/a/nodes"
+        ));
+        assert!(!matches_route(
+            "/v0/namespace/{ns}/nodes/",
+            "/v0/namespace//nodes/"
+        ));
         assert!(matches_route("/v0/namespaces", "/v0/namespaces"));
     }
 }

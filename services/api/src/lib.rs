@@ -35,7 +35,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use exo_engine::Engine;
 use exo_service::admin::{self, Readiness};
 use tokio_util::sync::CancellationToken;
@@ -99,7 +99,11 @@ impl AppState {
 
     /// The dispatch consumer of (namespace, node), created on first use and
     /// then reused.
-    async fn dispatch_consumer(&self, ns: &str, node: &str) -> Result<PullConsumer, exo_bus::Error> {
+    async fn dispatch_consumer(
+        &self,
+        ns: &str,
+        node: &str,
+    ) -> Result<PullConsumer, exo_bus::Error> {
         let key = (ns.to_string(), node.to_string());
         if let Ok(map) = self.consumers.lock()
             && let Some(c) = map.get(&key)
@@ -144,7 +148,10 @@ pub fn app(state: AppState) -> Router {
             get(runs::node_details),
         )
         .route(&format!("{ns}/graphs/"), get(graphs::list))
-        .route(&format!("{ns}/nodes/"), get(nodes::list).put(nodes::register))
+        .route(
+            &format!("{ns}/nodes/"),
+            get(nodes::list).put(nodes::register),
+        )
         .route(&format!("{ns}/runs/{{page}}/{{size}}"), get(runs::list))
         .route(&format!("{ns}/run/{{run}}"), get(runs::get_run))
         .route(
@@ -152,7 +159,10 @@ pub fn app(state: AppState) -> Router {
             get(runs::graph_structure),
         )
         .route(&format!("{ns}/states/enqueue"), post(enqueue::enqueue))
-        .route(&format!("{ns}/state/{{id}}/executed"), post(states::executed))
+        .route(
+            &format!("{ns}/state/{{id}}/executed"),
+            post(states::executed),
+        )
         .route(&format!("{ns}/state/{{id}}/errored"), post(states::errored))
         .route(&format!("{ns}/state/{{id}}/prune"), post(states::prune))
         .route(

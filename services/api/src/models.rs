@@ -255,14 +255,13 @@ impl Model for RegisterNodes {
                     .required(&nloc, o, "secrets")
                     .and_then(|x| c.str_list(&at(&nloc, "secrets"), x));
                 match (name, inputs_schema, outputs_schema, secrets) {
-                    (Some(name), Some(inputs_schema), Some(outputs_schema), Some(secrets)) => {
-                        out.push(NodeRegistration {
+                    (Some(name), Some(inputs_schema), Some(outputs_schema), Some(secrets)) => out
+                        .push(NodeRegistration {
                             name,
                             inputs_schema,
                             outputs_schema,
                             secrets,
-                        })
-                    }
+                        }),
                     _ => ok = false,
                 }
             }
@@ -502,7 +501,10 @@ mod tests {
     #[test]
     fn signal_bodies() {
         assert!(check::<PruneBody>(json!({"data": null})).is_err());
-        assert_eq!(check::<PruneBody>(json!({"data": {}})).unwrap().data.len(), 0);
+        assert_eq!(
+            check::<PruneBody>(json!({"data": {}})).unwrap().data.len(),
+            0
+        );
         assert_eq!(
             check::<ReEnqueueBody>(json!({"enqueue_after": "5000"}))
                 .unwrap()
@@ -511,7 +513,12 @@ mod tests {
         );
         assert!(check::<ReEnqueueBody>(json!({"enqueue_after": 0})).is_err());
         assert!(check::<ManualRetryBody>(json!({"fanout_id": 3})).is_err());
-        assert_eq!(check::<ManualRetryBody>(json!({"fanout_id": ""})).unwrap().fanout_id, "");
+        assert_eq!(
+            check::<ManualRetryBody>(json!({"fanout_id": ""}))
+                .unwrap()
+                .fanout_id,
+            ""
+        );
         let e = check::<ExecutedBody>(json!({"outputs": [{"a": 1}, 2]})).unwrap_err();
         assert_eq!(e[0]["loc"], json!(["body", "outputs", 1]));
         let e = check::<ErroredBody>(json!([])).unwrap_err();

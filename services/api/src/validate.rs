@@ -114,7 +114,13 @@ impl Checker {
         match v {
             Value::String(s) => Some(s.clone()),
             _ => {
-                self.error("string_type", loc, "Input should be a valid string", v, None);
+                self.error(
+                    "string_type",
+                    loc,
+                    "Input should be a valid string",
+                    v,
+                    None,
+                );
                 None
             }
         }
@@ -224,7 +230,13 @@ impl Checker {
         match v {
             Value::Object(m) => Some(m),
             _ => {
-                self.error("dict_type", loc, "Input should be a valid dictionary", v, None);
+                self.error(
+                    "dict_type",
+                    loc,
+                    "Input should be a valid dictionary",
+                    v,
+                    None,
+                );
                 None
             }
         }
@@ -476,7 +488,11 @@ mod tests {
         assert_eq!(c.int(&l, &json!(1.5)), None);
         assert_eq!(c.int(&l, &json!("x")), None);
         assert_eq!(c.int(&l, &json!(null)), None);
-        let types: Vec<&str> = c.errors.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let types: Vec<&str> = c
+            .errors
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
         assert_eq!(types, ["int_from_float", "int_parsing", "int_type"]);
         let mut c = Checker::default();
         assert_eq!(c.int_gt(&l, &json!(0), 0), None);
@@ -490,9 +506,18 @@ mod tests {
     fn str_dict_reports_each_bad_value() {
         let mut c = Checker::default();
         let l = at(&body_loc(), "store");
-        assert!(c.str_dict(&l, &json!({"a": "x", "b": 1, "c": null})).is_none());
+        assert!(
+            c.str_dict(&l, &json!({"a": "x", "b": 1, "c": null}))
+                .is_none()
+        );
         let locs: Vec<&Value> = c.errors.iter().map(|e| &e["loc"]).collect();
-        assert_eq!(locs, [&json!(["body", "store", "b"]), &json!(["body", "store", "c"])]);
+        assert_eq!(
+            locs,
+            [
+                &json!(["body", "store", "b"]),
+                &json!(["body", "store", "c"])
+            ]
+        );
         assert_eq!(c.errors[0]["msg"], "Input should be a valid string");
     }
 
@@ -501,7 +526,10 @@ mod tests {
         assert_eq!(expected_list(&["A"]), "'A'");
         assert_eq!(expected_list(&["A", "B", "C"]), "'A', 'B' or 'C'");
         let mut c = Checker::default();
-        assert!(c.enumeration(&body_loc(), &json!("X"), &["A", "B"]).is_none());
+        assert!(
+            c.enumeration(&body_loc(), &json!("X"), &["A", "B"])
+                .is_none()
+        );
         assert_eq!(c.errors[0]["msg"], "Input should be 'A' or 'B'");
         assert_eq!(c.errors[0]["ctx"], json!({"expected": "'A' or 'B'"}));
     }
@@ -558,10 +586,7 @@ mod tests {
 
     #[test]
     fn python_reprs() {
-        assert_eq!(
-            python_set_repr(&["k1".into(), "k2".into()]),
-            "{'k1', 'k2'}"
-        );
+        assert_eq!(python_set_repr(&["k1".into(), "k2".into()]), "{'k1', 'k2'}");
         assert_eq!(python_set_repr(&[]), "set()");
         assert_eq!(python_str_repr("it's"), "\"it's\"");
         assert_eq!(python_str_repr("a'\"b"), "'a\\'\"b'");

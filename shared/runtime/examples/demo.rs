@@ -92,8 +92,17 @@ impl Node for Fan {
         vec!["text"]
     }
     async fn execute(&self, i: CountIn, _: &Context) -> Result<Output<Text>, NodeError> {
-        let n: usize = i.count.parse().map_err(|_| NodeError::new("count must be a number"))?;
-        Ok(Output::Many((0..n).map(|k| Text { text: k.to_string() }).collect()))
+        let n: usize = i
+            .count
+            .parse()
+            .map_err(|_| NodeError::new("count must be a number"))?;
+        Ok(Output::Many(
+            (0..n)
+                .map(|k| Text {
+                    text: k.to_string(),
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -132,15 +141,27 @@ impl Node for Report {
         vec!["text"]
     }
     async fn execute(&self, i: ReportIn, ctx: &Context) -> Result<Output<Text>, NodeError> {
-        let text = format!("{}: all {} branches done (run {})", i.greeting, i.width, ctx.run_id);
+        let text = format!(
+            "{}: all {} branches done (run {})",
+            i.greeting, i.width, ctx.run_id
+        );
         println!("  report node says: {text}");
         Ok(Output::One(Text { text }))
     }
 }
 
-async fn call(http: &reqwest::Client, cli: &Cli, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+async fn call(
+    http: &reqwest::Client,
+    cli: &Cli,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let mut req = http
-        .request(method, format!("{}/v0/namespace/{}{path}", cli.api, cli.namespace))
+        .request(
+            method,
+            format!("{}/v0/namespace/{}{path}", cli.api, cli.namespace),
+        )
         .header("x-api-key", &cli.key);
     if let Some(b) = body {
         req = req.json(&b);
@@ -179,7 +200,10 @@ async fn main() -> anyhow::Result<()> {
         if nodes["count"].as_u64().unwrap_or(0) >= 4 {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "runtime did not register its nodes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "runtime did not register its nodes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("==> runtime registered nodes Start, Fan, Work, Report in namespace {ns}");
@@ -196,10 +220,20 @@ async fn main() -> anyhow::Result<()> {
              "unites": {"identifier": "start", "strategy": "ALL_SUCCESS"}},
         ]
     });
-    call(&http, &cli, reqwest::Method::PUT, "/graph/demo-graph", Some(graph)).await?;
+    call(
+        &http,
+        &cli,
+        reqwest::Method::PUT,
+        "/graph/demo-graph",
+        Some(graph),
+    )
+    .await?;
     let g = call(&http, &cli, reqwest::Method::GET, "/graph/demo-graph", None).await?;
     anyhow::ensure!(g["validation_status"] == "VALID", "graph not valid: {g}");
-    println!("==> graph demo-graph is VALID: start -> fan (x{}) -> work -> report (unites start)", cli.width);
+    println!(
+        "==> graph demo-graph is VALID: start -> fan (x{}) -> work -> report (unites start)",
+        cli.width
+    );
     let t0 = Instant::now();
     let trig = call(
         &http,
@@ -213,7 +247,14 @@ async fn main() -> anyhow::Result<()> {
     println!("==> triggered run {run_id}");
     let final_status = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = call(&http, &cli, reqwest::Method::GET, &format!("/run/{run_id}"), None).await?;
+        let r = call(
+            &http,
+            &cli,
+            reqwest::Method::GET,
+            &format!("/run/{run_id}"),
+            None,
+        )
+        .await?;
         println!(
             "    {:>6.1}s  status={:<8} states={:<5} pending={:<5} success={:<5} errored={:<3} retried={}",
             t0.elapsed().as_secs_f64(),
@@ -225,12 +266,19 @@ async fn main() -> anyhow::Result<()> {
             r["retried_count"]
         );
         match r["status"].as_str() {
-            Some("SUCCESS") | Some("FAILED") => break r["status"].as_str().unwrap_or_default().to_string(),
-            _ if t0.elapsed() > Duration::from_secs(300) => anyhow::bail!("run did not finish in 300 s"),
+            Some("SUCCESS") | Some("FAILED") => {
+                break r["status"].as_str().unwrap_or_default().to_string();
+            }
+            _ if t0.elapsed() > Duration::from_secs(300) => {
+                anyhow::bail!("run did not finish in 300 s")
+            }
             _ => {}
         }
     };
-    println!("==> run {run_id} finished: {final_status} in {:.2}s", t0.elapsed().as_secs_f64());
+    println!(
+        "==> run {run_id} finished: {final_status} in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
     stop.cancel();
     let _ = rt.await;
     anyhow::ensure!(final_status == "SUCCESS", "run ended {final_status}");

@@ -1,0 +1,202 @@
+//! `POST /states/enqueue` (§2.2, §6): hands QUEUED states to HTTP runtimes.
+//!
+//! Work comes from the same per-(namespace, node) JetStream dispatch queues
+//! that NATS runtimes consume, so the two kinds of runtime share the load.
+//! For each dispatch taken, the state must still be QUEUED with the
+//! dispatch's attempt and not leased for that attempt; it is then leased to
+//! the caller (`lease_until`, Unix ms, and `lease_attempt`, both new State
+//! fields) and the dispatch is acked. Stale dispatches are
+//! acked and skipped. Nodes are served round-robin until `batch_size`
+//! states are found or every queue is empty; an empty queue is never an
+//! error.
+//!
+//! Deviations from upstream: `batch_size` is capped at [`MAX_BATCH`];
+//! invalid node names (not NATS subject tokens) are skipped; states are
+//! leased (upstream has no lease).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use axum::Json;
+use axum::extract::{Path, State};
+use exo_store::mongodb::bson::doc;
+use exo_types::messages::Dispatch;
+use exo_types::names::is_valid_token;
+use exo_types::status::StateStatus;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::models::EnqueueBody;
+use crate::render::{doc_json, iso, parse_oid};
+use crate::validate::ValidJson;
+
+/// Most states handed out per request.
+pub const MAX_BATCH: i64 = 1000;
+/// How long one fetch waits for messages.
+const FETCH_WAIT: Duration = Duration::from_millis(100);
+/// Upper bound on one fetch, whatever the server does.
+const FETCH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `POST /v0/namespace/{ns}/states/enqueue`.
+pub async fn enqueue(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    ValidJson(body): ValidJson<EnqueueBody>,
+) -> ApiResult<Json<Value>> {
+    let batch = usize::try_from(body.batch_size.clamp(0, MAX_BATCH)).unwrap_or(0);
+    let mut handed: Vec<Value> = Vec::new();
+    if batch > 0 && is_valid_token(&ns) {
+        let mut active: Vec<(String, PullConsumer)> = Vec::new();
+        for node in &body.nodes {
+            if !is_valid_token(node) || active.iter().any(|(n, _)| n == node) {
+                continue;
+            }
+            let consumer = state.dispatch_consumer(&ns, node).await?;
+            active.push((node.clone(), consumer));
+        }
+        while handed.len() < batch && !active.is_empty() {
+            let quota = (batch - handed.len()).div_ceil(active.len());
+            let mut still = Vec::with_capacity(active.len());
+            for (node, consumer) in active {
+                let want = quota.min(batch - handed.len());
+                if want == 0 {
+                    still.push((node, consumer));
+                    continue;
+                }
+                let msgs = match fetch(&consumer, want).await {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(exo.namespace = %ns, exo.node = %node, %error,
+                            "Could not fetch dispatches.");
+                        state.forget_consumer(&ns, &node);
+                        continue;
+                    }
+                };
+                let got = msgs.len();
+                for msg in msgs {
+                    if let Some(item) = take(&state, &ns, msg).await {
+                        handed.push(item);
+                    }
+                }
+                if got == want {
+                    still.push((node, consumer));
+                }
+            }
+            active = still;
+        }
+    }
+    Ok(Json(json!({
+        "count": handed.len(),
+        "namespace": ns,
+        "status": "QUEUED",
+        "states": handed,
+    })))
+}
+
+/// Fetches up to `n` messages, waiting briefly when none is ready.
+async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<jetstream::Message>, String> {
+    let run = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(n)
+            .expires(FETCH_WAIT)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(n);
+        while let Some(m) = batch.next().await {
+            match m {
+                Ok(m) => out.push(m),
+                Err(e) if out.is_empty() => return Err(e.to_string()),
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    };
+    match tokio::time::timeout(FETCH_DEADLINE, run).await {
+        Ok(r) => r,
+        Err(_) => Err("fetch timed out".into()),
+    }
+}
+
+async fn settle(msg: &jetstream::Message, kind: AckKind) {
+    let r = match kind {
+        AckKind::Ack => msg.double_ack().await,
+        other => msg.ack_with(other).await,
+    };
+    if let Err(error) = r {
+        tracing::warn!(%error, "Could not settle a dispatch.");
+    }
+}
+
+/// Leases the state of one dispatch and returns its description, or
+/// settles a stale dispatch and returns `None`.
+async fn take(state: &AppState, ns: &str, msg: jetstream::Message) -> Option<Value> {
+    let d: Dispatch = match serde_json::from_slice(&msg.payload) {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::warn!(subject = %msg.subject, %error, "Dropped a malformed dispatch.");
+            settle(&msg, AckKind::Term).await;
+            return None;
+        }
+    };
+    let Some(id) = parse_oid(&d.state_id) else {
+        tracing::warn!(state_id = %d.state_id, "Dropped a dispatch with a malformed state id.");
+        settle(&msg, AckKind::Term).await;
+        return None;
+    };
+    let store = &state.engine.store;
+    let st = match store.state(id).await {
+        Ok(Some(st)) => st,
+        Ok(None) => {
+            settle(&msg, AckKind::Ack).await;
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(%error, exo.state_id = %d.state_id, "Could not load a dispatched state.");
+            settle(&msg, AckKind::Nak(None)).await;
+            return None;
+        }
+    };
+    if st.status != StateStatus::Queued || st.attempt != i64::from(d.attempt) {
+        tracing::debug!(exo.state_id = %d.state_id, status = %st.status, "Skipped a stale dispatch.");
+        settle(&msg, AckKind::Ack).await;
+        return None;
+    }
+    let now = exo_types::time::now_ms();
+    let lease_until =
+        now.saturating_add(i64::try_from(state.settings.lease.as_millis()).unwrap_or(i64::MAX));
+    let claimed = store
+        .states()
+        .update_one(
+            doc! {
+                "_id": id, "status": "QUEUED", "attempt": st.attempt,
+                "$or": [{"lease_attempt": {"$ne": st.attempt}}, {"lease_until": {"$lte": now}}],
+            },
+            doc! {"$set": {"lease_until": lease_until, "lease_attempt": st.attempt}},
+        )
+        .await;
+    match claimed {
+        Ok(r) if r.matched_count == 1 => {}
+        Ok(_) => {
+            settle(&msg, AckKind::Ack).await;
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(%error, exo.state_id = %d.state_id, "Could not lease a dispatched state.");
+            settle(&msg, AckKind::Nak(None)).await;
+            return None;
+        }
+    }
+    settle(&msg, AckKind::Ack).await;
+    tracing::debug!(exo.namespace = %ns, exo.state_id = %d.state_id, "State handed out over HTTP.");
+    Some(json!({
+        "state_id": st.id.to_hex(),
+        "node_name": st.node_name,
+        "identifier": st.identifier,
+        "inputs": doc_json(&st.inputs),
+        "created_at": iso(st.created_at),
+    }))
+}

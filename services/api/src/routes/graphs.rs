@@ -1,0 +1,245 @@
+//! Graph templates: upsert (§2.9, §12), read (§2.10), list (§2.14).
+//!
+//! Deviations from upstream:
+//! - the upsert validates against the registered nodes synchronously and
+//!   stores VALID or INVALID at once (upstream: PENDING, then a background
+//!   task); the PUT answer still says `PENDING` with no errors;
+//! - namespaces, node names and node-template namespaces must be NATS subject
+//!   tokens (`[A-Za-z0-9_-]{1,64}`), else 400;
+//! - `GET /graph/{g}` returns the stored `retry_policy`, `store_config` and
+//!   `triggers` (upstream returns defaults).
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use exo_store::GraphTemplateDoc;
+use exo_store::mongodb::bson::{self, Bson, DateTime, doc};
+use exo_store::mongodb::options::ReturnDocument;
+use exo_types::graph::{
+    Graph, GraphSpec, RegisteredNodeSchema, validate_fields, verify_against_registry,
+};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::models::UpsertGraph;
+use crate::render::iso;
+use crate::routes::check_token;
+use crate::validate::{ValidJson, field_error_item};
+
+fn to_bson<T: serde::Serialize>(what: &str, v: &T) -> ApiResult<Bson> {
+    bson::to_bson(v).map_err(|e| ApiError::internal(what, e))
+}
+
+fn secret_names(secrets: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        secrets
+            .keys()
+            .map(|k| (k.clone(), Value::Bool(true)))
+            .collect(),
+    )
+}
+
+/// The upsert / get answer (`UpsertGraphTemplateResponse`).
+fn template_response(doc: &GraphTemplateDoc, status: &str, errors: &[String]) -> Value {
+    json!({
+        "nodes": doc.nodes,
+        "secrets": secret_names(&doc.secrets),
+        "retry_policy": doc.retry_policy,
+        "store_config": doc.store_config,
+        "triggers": doc.triggers,
+        "created_at": iso(doc.created_at),
+        "updated_at": iso(doc.updated_at),
+        "validation_status": status,
+        "validation_errors": errors,
+    })
+}
+
+/// Registered nodes for the template's (namespace, node name) pairs.
+async fn registry(
+    state: &AppState,
+    spec: &GraphSpec,
+) -> ApiResult<HashMap<(String, String), RegisteredNodeSchema>> {
+    let ors: Vec<_> = spec
+        .nodes
+        .iter()
+        .map(|n| doc! {"namespace": &n.namespace, "name": &n.node_name})
+        .collect();
+    let mut out = HashMap::new();
+    if ors.is_empty() {
+        return Ok(out);
+    }
+    let mut cur = state
+        .engine
+        .store
+        .registered_nodes()
+        .find(doc! {"$or": ors})
+        .await?;
+    while let Some(rn) = cur.try_next().await? {
+        out.insert(
+            (rn.namespace.clone(), rn.name.clone()),
+            RegisteredNodeSchema {
+                name: rn.name,
+                namespace: rn.namespace,
+                inputs_schema: rn.inputs_schema,
+                outputs_schema: rn.outputs_schema,
+                secrets: rn.secrets,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `PUT /v0/namespace/{ns}/graph/{graph}`.
+pub async fn upsert(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    ValidJson(body): ValidJson<UpsertGraph>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    check_token("namespace", &ns)?;
+    let field_errors = validate_fields(&body.spec);
+    if !field_errors.is_empty() {
+        return Err(ApiError::Validation(
+            field_errors
+                .iter()
+                .map(|e| field_error_item(&body.raw, e))
+                .collect(),
+        ));
+    }
+    let mut spec = body.spec;
+    spec.normalize();
+    for node in &spec.nodes {
+        check_token("node name", &node.node_name)?;
+        check_token("namespace", &node.namespace)?;
+    }
+    let graph = Graph::analyse(&spec).map_err(|errors| {
+        ApiError::bad_request(format!(
+            "Error validating graph template: {}",
+            errors.join("\n")
+        ))
+    })?;
+    let registered = registry(&state, &spec).await?;
+    let errors = verify_against_registry(&graph, |ns, node| {
+        registered.get(&(ns.to_string(), node.to_string())).cloned()
+    });
+    let status = if errors.is_empty() {
+        "VALID"
+    } else {
+        "INVALID"
+    };
+
+    let mut encrypted = BTreeMap::new();
+    if !spec.secrets.is_empty() {
+        let Some(cipher) = state.settings.cipher.as_ref() else {
+            tracing::error!(
+                exo.namespace = %ns,
+                exo.graph = %name,
+                "A graph with secrets was refused: SECRETS_ENCRYPTION_KEY is not configured."
+            );
+            return Err(ApiError::Http(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "SECRETS_ENCRYPTION_KEY is not configured on the server; graphs with secrets cannot be stored".into(),
+            ));
+        };
+        for (k, v) in &spec.secrets {
+            let ct = cipher
+                .encrypt(v)
+                .map_err(|e| ApiError::internal("encrypt secret", e))?;
+            encrypted.insert(k.clone(), ct);
+        }
+    }
+
+    let now = DateTime::from_millis(exo_types::time::now_ms());
+    let set = doc! {
+        "nodes": to_bson("nodes", &spec.nodes)?,
+        "validation_status": status,
+        "validation_errors": to_bson("validation errors", &errors)?,
+        "secrets": to_bson("secrets", &encrypted)?,
+        "triggers": to_bson("triggers", &spec.triggers)?,
+        "retry_policy": to_bson("retry policy", &spec.retry_policy)?,
+        "store_config": to_bson("store config", &spec.store_config)?,
+        "updated_at": now,
+    };
+    let filter = doc! {"name": &name, "namespace": &ns};
+    let update = doc! {"$set": set, "$setOnInsert": {"created_at": now}};
+    let coll = state.engine.store.graph_templates();
+    let mut attempt = 0;
+    let stored = loop {
+        let r = coll
+            .find_one_and_update(filter.clone(), update.clone())
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        match r {
+            Ok(Some(d)) => break d,
+            Ok(None) => return Err(ApiError::Internal("upsert returned no document".into())),
+            // Two first-time upserts raced on the unique index: the loser retries as an update.
+            Err(e) if exo_store::is_duplicate_key(&e) && attempt < 2 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    state.engine.graphs.invalidate(&ns, &name);
+    tracing::info!(
+        exo.namespace = %ns,
+        exo.graph = %name,
+        validation_status = status,
+        "Graph template stored."
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(template_response(&stored, "PENDING", &[])),
+    ))
+}
+
+/// `GET /v0/namespace/{ns}/graph/{graph}`.
+pub async fn get_graph(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let Some(doc) = state.engine.store.graph_template(&ns, &name).await? else {
+        return Err(ApiError::not_found(format!(
+            "Graph template {name} not found in namespace {ns}"
+        )));
+    };
+    Ok(Json(template_response(
+        &doc,
+        &doc.validation_status,
+        &doc.validation_errors,
+    )))
+}
+
+/// `GET /v0/namespace/{ns}/graphs/`: whole documents, ciphertexts included
+/// (as upstream).
+pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
+    let mut cur = state
+        .engine
+        .store
+        .graph_templates()
+        .find(doc! {"namespace": &ns})
+        .await?;
+    let mut templates = Vec::new();
+    while let Some(d) = cur.try_next().await? {
+        templates.push(json!({
+            "_id": d.id.map(|i| i.to_hex()),
+            "created_at": iso(d.created_at),
+            "updated_at": iso(d.updated_at),
+            "name": d.name,
+            "namespace": d.namespace,
+            "nodes": d.nodes,
+            "validation_status": d.validation_status,
+            "validation_errors": d.validation_errors,
+            "secrets": d.secrets,
+            "triggers": d.triggers,
+            "retry_policy": d.retry_policy,
+            "store_config": d.store_config,
+        }));
+    }
+    Ok(Json(json!({
+        "namespace": ns,
+        "count": templates.len(),
+        "templates": templates,
+    })))
+}

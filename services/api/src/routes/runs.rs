@@ -1,0 +1,366 @@
+//! Runs and observability (§2.16–§2.18, §14) plus the extension
+//! `GET /run/{run_id}`.
+//!
+//! Runs written by this implementation carry their status and counters
+//! (kept in the same transactions as the state transitions), so listing
+//! reads them directly; runs written by Exosphere (no `status` field) are
+//! aggregated from their states as upstream does.
+//!
+//! Deviation from upstream: `page` and `size` must be ≥ 1 (422 otherwise;
+//! upstream answers 500 for page 0 and returns everything for size 0).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use exo_store::mongodb::bson::{Document, doc};
+use exo_store::{RunDoc, StateDoc};
+use exo_types::status::{CounterGroup, StateStatus};
+use futures::TryStreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::render::{doc_json, iso, iso_opt, parents_json, parse_oid};
+use crate::validate::{Checker, at};
+
+fn ns_filter(ns: &str) -> Document {
+    doc! {"$or": [{"namespace_name": ns}, {"graph_namespace": ns}]}
+}
+
+/// Counters of one run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    total: i64,
+    pending: i64,
+    success: i64,
+    errored: i64,
+    retried: i64,
+}
+
+impl Counts {
+    fn add(&mut self, s: StateStatus) {
+        self.total += 1;
+        match s.group() {
+            CounterGroup::Pending => self.pending += 1,
+            CounterGroup::Success => self.success += 1,
+            CounterGroup::Errored => self.errored += 1,
+            CounterGroup::Retried => self.retried += 1,
+        }
+    }
+
+    /// Upstream's rule; a run without states is FAILED.
+    fn legacy_status(&self) -> &'static str {
+        if self.total == 0 {
+            "FAILED"
+        } else if self.pending > 0 {
+            "PENDING"
+        } else if self.errored > 0 {
+            "FAILED"
+        } else {
+            "SUCCESS"
+        }
+    }
+
+    fn of_run(r: &RunDoc) -> Self {
+        Self {
+            total: r.total_count,
+            pending: r.pending_count,
+            success: r.success_count,
+            errored: r.errored_count,
+            retried: r.retried_count,
+        }
+    }
+}
+
+/// Aggregates the states of legacy runs (those without a stored status).
+async fn legacy_counts(state: &AppState, run_ids: &[String]) -> ApiResult<HashMap<String, Counts>> {
+    let mut out: HashMap<String, Counts> = HashMap::new();
+    if run_ids.is_empty() {
+        return Ok(out);
+    }
+    let mut cur = state
+        .engine
+        .store
+        .states_raw()
+        .find(doc! {"run_id": {"$in": run_ids}})
+        .projection(doc! {"run_id": 1, "status": 1})
+        .await?;
+    while let Some(d) = cur.try_next().await? {
+        let (Ok(run), Ok(status)) = (d.get_str("run_id"), d.get_str("status")) else {
+            continue;
+        };
+        let entry = out.entry(run.to_string()).or_default();
+        match StateStatus::parse(status) {
+            Some(s) => entry.add(s),
+            None => entry.total += 1,
+        }
+    }
+    Ok(out)
+}
+
+/// Status and counters of a run document.
+async fn run_summary(state: &AppState, runs: &[RunDoc]) -> ApiResult<Vec<(String, Counts)>> {
+    let legacy: Vec<String> = runs
+        .iter()
+        .filter(|r| r.status.is_none())
+        .map(|r| r.run_id.clone())
+        .collect();
+    let counts = legacy_counts(state, &legacy).await?;
+    Ok(runs
+        .iter()
+        .map(|r| match &r.status {
+            Some(s) => (s.clone(), Counts::of_run(r)),
+            None => {
+                let c = counts.get(&r.run_id).copied().unwrap_or_default();
+                (c.legacy_status().to_string(), c)
+            }
+        })
+        .collect())
+}
+
+fn path_int(c: &mut Checker, name: &str, raw: &str) -> Option<i64> {
+    let loc = at(&[Value::from("path")], name);
+    c.int_ge(&loc, &Value::String(raw.to_string()), 1)
+}
+
+/// `GET /v0/namespace/{ns}/runs/{page}/{size}`.
+pub async fn list(
+    State(state): State<AppState>,
+    Path((ns, page, size)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let mut c = Checker::default();
+    let page = path_int(&mut c, "page", &page);
+    let size = path_int(&mut c, "size", &size);
+    let (Some(page), Some(size)) = (page, size) else {
+        return Err(ApiError::Validation(c.errors));
+    };
+    let store = &state.engine.store;
+    let filter = doc! {"namespace_name": &ns};
+    let total = store.runs().count_documents(filter.clone()).await?;
+    let skip = u64::try_from((page - 1).saturating_mul(size)).unwrap_or(u64::MAX);
+    let runs: Vec<RunDoc> = store
+        .runs()
+        .find(filter)
+        .sort(doc! {"created_at": -1})
+        .skip(skip)
+        .limit(size)
+        .await?
+        .try_collect()
+        .await?;
+    let summaries = run_summary(&state, &runs).await?;
+    let items: Vec<Value> = runs
+        .iter()
+        .zip(summaries)
+        .map(|(r, (status, c))| {
+            json!({
+                "run_id": r.run_id,
+                "graph_name": r.graph_name,
+                "success_count": c.success,
+                "pending_count": c.pending,
+                "errored_count": c.errored,
+                "retried_count": c.retried,
+                "total_count": c.total,
+                "status": status,
+                "created_at": iso(r.created_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "namespace": ns,
+        "total": total,
+        "page": page,
+        "size": size,
+        "runs": items,
+    })))
+}
+
+/// `GET /v0/namespace/{ns}/run/{run_id}` (extension): one run's status and
+/// counters.
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path((ns, run_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let Some(run) = state
+        .engine
+        .store
+        .runs()
+        .find_one(doc! {"run_id": &run_id, "namespace_name": &ns})
+        .await?
+    else {
+        return Err(ApiError::not_found(format!(
+            "Run {run_id} not found in namespace {ns}"
+        )));
+    };
+    let (status, c) = run_summary(&state, std::slice::from_ref(&run))
+        .await?
+        .pop()
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "run_id": run.run_id,
+        "graph_name": run.graph_name,
+        "status": status,
+        "total_count": c.total,
+        "pending_count": c.pending,
+        "success_count": c.success,
+        "errored_count": c.errored,
+        "retried_count": c.retried,
+        "created_at": iso(run.created_at),
+        "finished_at": iso_opt(run.finished_at),
+    })))
+}
+
+fn summary_template() -> Map<String, Value> {
+    StateStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), Value::from(0)))
+        .collect()
+}
+
+/// `GET /v0/namespace/{ns}/states/run/{run_id}/graph`.
+pub async fn graph_structure(
+    State(state): State<AppState>,
+    Path((ns, run_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let mut filter = ns_filter(&ns);
+    filter.insert("run_id", &run_id);
+    let states: Vec<StateDoc> = state
+        .engine
+        .store
+        .states()
+        .find(filter)
+        .await?
+        .try_collect()
+        .await?;
+    let mut summary = summary_template();
+    let ids: std::collections::HashSet<_> = states.iter().map(|s| s.id).collect();
+    let mut nodes = Vec::with_capacity(states.len());
+    let mut roots = Vec::new();
+    let mut edges = Vec::new();
+    for s in &states {
+        let node = json!({
+            "id": s.id.to_hex(),
+            "node_name": s.node_name,
+            "identifier": s.identifier,
+            "status": s.status.as_str(),
+            "error": s.error,
+        });
+        if let Some(n) = summary.get_mut(s.status.as_str()) {
+            *n = Value::from(n.as_i64().unwrap_or(0) + 1);
+        }
+        match s.parents.iter().last() {
+            None => roots.push(node.clone()),
+            Some((_, parent)) => {
+                if let Some(pid) = parent.as_object_id()
+                    && ids.contains(&pid)
+                {
+                    edges.push(json!({"source": pid.to_hex(), "target": s.id.to_hex()}));
+                }
+            }
+        }
+        nodes.push(node);
+    }
+    let graph_name = states
+        .first()
+        .map(|s| s.graph_name.clone())
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "root_states": roots,
+        "graph_name": graph_name,
+        "nodes": nodes,
+        "edges": edges,
+        "node_count": nodes.len(),
+        "edge_count": edges.len(),
+        "execution_summary": summary,
+    })))
+}
+
+/// `GET /v0/namespace/{ns}/graph/{graph}/run/{run_id}/node/{node_id}`.
+pub async fn node_details(
+    State(state): State<AppState>,
+    Path((ns, graph, run_id, node_id)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let Some(id) = parse_oid(&node_id) else {
+        return Err(ApiError::bad_request(format!(
+            "Invalid node ID format: {node_id}"
+        )));
+    };
+    let mut filter = ns_filter(&ns);
+    filter.insert("_id", id);
+    filter.insert("run_id", &run_id);
+    filter.insert("graph_name", &graph);
+    let found = state.engine.store.states().find_one(filter).await;
+    let st = match found {
+        Ok(Some(st)) => st,
+        Ok(None) => {
+            return Err(ApiError::not_found(format!(
+                "Node {node_id} not found in run {run_id} for graph {graph}"
+            )));
+        }
+        Err(error) => {
+            tracing::error!(%error, "Could not load node run details.");
+            return Err(ApiError::Http(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error while retrieving node details".into(),
+            ));
+        }
+    };
+    Ok(Json(json!({
+        "id": st.id.to_hex(),
+        "node_name": st.node_name,
+        "identifier": st.identifier,
+        "graph_name": st.graph_name,
+        "run_id": st.run_id,
+        "status": st.status.as_str(),
+        "inputs": doc_json(&st.inputs),
+        "outputs": doc_json(&st.outputs),
+        "error": st.error,
+        "parents": parents_json(&st),
+        "created_at": iso(st.created_at),
+        "updated_at": iso(st.updated_at),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_status_rules() {
+        let mut c = Counts::default();
+        assert_eq!(c.legacy_status(), "FAILED");
+        c.add(StateStatus::Success);
+        c.add(StateStatus::Pruned);
+        assert_eq!(c.legacy_status(), "SUCCESS");
+        c.add(StateStatus::Errored);
+        assert_eq!(c.legacy_status(), "FAILED");
+        c.add(StateStatus::Queued);
+        assert_eq!(c.legacy_status(), "PENDING");
+        c.add(StateStatus::RetryCreated);
+        assert_eq!(
+            c,
+            Counts {
+                total: 5,
+                pending: 1,
+                success: 2,
+                errored: 1,
+                retried: 1
+            }
+        );
+    }
+
+    #[test]
+    fn bad_pagination_is_a_422() {
+        let mut c = Checker::default();
+        assert_eq!(path_int(&mut c, "page", "0"), None);
+        assert_eq!(path_int(&mut c, "size", "x"), None);
+        assert_eq!(path_int(&mut c, "size", "10"), Some(10));
+        assert_eq!(
+            c.errors[0],
+            json!({"type":"greater_than_equal","loc":["path","page"],
+                   "msg":"Input should be greater than or equal to 1","input":"0","ctx":{"ge":1}})
+        );
+        assert_eq!(c.errors[1]["type"], "int_parsing");
+    }
+}

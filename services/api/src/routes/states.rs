@@ -1,0 +1,330 @@
+//! Runtime endpoints on one state (§2.4–§2.8, §2.12, §7.1, §8, §11).
+//!
+//! `executed`, `errored`, `prune` and `re-enqueue-after` check the state and
+//! then publish the result on `exo.v1.<ns>.result.<kind>` (deduplicated per
+//! state attempt); the completion and retry services apply it. The answer
+//! is sent once JetStream has stored the result.
+//!
+//! Deviations from upstream:
+//! - a malformed state id answers 404 "State not found" (upstream: 500);
+//! - the state must belong to the path namespace (its node's or its
+//!   graph's namespace), else 404 (upstream ignores the namespace here);
+//! - `re-enqueue-after` requires a QUEUED state (400 "State is not queued";
+//!   upstream has no precondition);
+//! - `errored` reads the retry policy of the state's graph in the graph's
+//!   namespace (upstream: the path namespace); `retry_created` is false when
+//!   that template is not VALID, as the retry service then ends the state
+//!   ERRORED;
+//! - `secrets` answers 404 for a missing state or template (upstream: 500);
+//! - outputs or prune data that MongoDB cannot store (e.g. integers above
+//!   `i64::MAX`) are refused with 400;
+//! - `manual-retry` writes the copy and the original's RETRY_CREATED in one
+//!   transaction that also updates the run counters, puts a finished run
+//!   back to PENDING, and hands the copy to the scheduler.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use exo_bus::Outgoing;
+use exo_engine::effects::{self, Effects, Update};
+use exo_engine::graphs::Unusable;
+use exo_store::StateDoc;
+use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
+use exo_types::messages::{self as m, Errored, Executed, Pruned, Requeue, StateCreated};
+use exo_types::status::{RunStatus, StateStatus};
+use exo_types::subjects::{self, ResultKind};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::models::{ErroredBody, ExecutedBody, ManualRetryBody, PruneBody, ReEnqueueBody};
+use crate::render::{in_namespace, parse_oid};
+use crate::routes::check_token;
+use crate::validate::ValidJson;
+
+fn state_not_found() -> ApiError {
+    ApiError::not_found("State not found")
+}
+
+/// Loads the state `id` of namespace `ns`, or 404 "State not found".
+async fn load_state(state: &AppState, ns: &str, id: &str) -> ApiResult<StateDoc> {
+    let oid = parse_oid(id).ok_or_else(state_not_found)?;
+    match state.engine.store.state(oid).await? {
+        Some(st) if in_namespace(&st, ns) => Ok(st),
+        _ => Err(state_not_found()),
+    }
+}
+
+fn attempt_of(st: &StateDoc) -> u32 {
+    u32::try_from(st.attempt).unwrap_or(u32::MAX)
+}
+
+/// Publishes a runtime result about `st` and waits for the ack.
+async fn publish_result<T: serde::Serialize>(
+    state: &AppState,
+    st: &StateDoc,
+    kind: ResultKind,
+    msg: &T,
+) -> ApiResult<()> {
+    check_token("namespace", &st.namespace_name)?;
+    state
+        .engine
+        .bus
+        .publish(Outgoing::json(
+            subjects::result(&st.namespace_name, kind),
+            m::result_msg_id(kind.token(), &st.id.to_hex(), attempt_of(st)),
+            msg,
+        )?)
+        .await?;
+    tracing::debug!(exo.state_id = %st.id, kind = kind.token(), "Result published.");
+    Ok(())
+}
+
+fn require_queued(st: &StateDoc) -> ApiResult<()> {
+    if st.status == StateStatus::Queued {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("State is not queued"))
+    }
+}
+
+/// 400 when a JSON object cannot be stored as a BSON document (e.g. an
+/// integer above `i64::MAX`), so that the result is refused here instead of
+/// being dead-lettered by the service that applies it.
+fn storable(what: &str, m: &Map<String, Value>) -> ApiResult<()> {
+    exo_store::mongodb::bson::to_document(m)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(format!("{what} cannot be stored: {e}")))
+}
+
+/// `POST /v0/namespace/{ns}/state/{id}/executed`.
+pub async fn executed(
+    State(state): State<AppState>,
+    Path((ns, id)): Path<(String, String)>,
+    ValidJson(body): ValidJson<ExecutedBody>,
+) -> ApiResult<Json<Value>> {
+    let st = load_state(&state, &ns, &id).await?;
+    require_queued(&st)?;
+    for o in &body.outputs {
+        storable("outputs", o)?;
+    }
+    let msg = Executed {
+        state_id: st.id.to_hex(),
+        attempt: attempt_of(&st),
+        outputs: body.outputs,
+    };
+    publish_result(&state, &st, ResultKind::Executed, &msg).await?;
+    Ok(Json(json!({"status": "EXECUTED"})))
+}
+
+/// `POST /v0/namespace/{ns}/state/{id}/errored`.
+pub async fn errored(
+    State(state): State<AppState>,
+    Path((ns, id)): Path<(String, String)>,
+    ValidJson(body): ValidJson<ErroredBody>,
+) -> ApiResult<Json<Value>> {
+    let st = load_state(&state, &ns, &id).await?;
+    match st.status {
+        StateStatus::Queued => {}
+        StateStatus::Executed => return Err(ApiError::bad_request("State is already executed")),
+        _ => return Err(ApiError::bad_request("State is not queued or executed")),
+    }
+    let retry_created = match state
+        .engine
+        .graphs
+        .get(st.graph_ns(), &st.graph_name)
+        .await?
+    {
+        Ok(g) => st.retry_count < g.doc.retry_policy.max_retries,
+        Err(Unusable::NotFound(..)) => return Err(ApiError::not_found("Graph template not found")),
+        Err(_) => false,
+    };
+    let msg = Errored {
+        state_id: st.id.to_hex(),
+        attempt: attempt_of(&st),
+        error: body.error,
+    };
+    publish_result(&state, &st, ResultKind::Errored, &msg).await?;
+    Ok(Json(
+        json!({"status": "ERRORED", "retry_created": retry_created}),
+    ))
+}
+
+/// `POST /v0/namespace/{ns}/state/{id}/prune`.
+pub async fn prune(
+    State(state): State<AppState>,
+    Path((ns, id)): Path<(String, String)>,
+    ValidJson(body): ValidJson<PruneBody>,
+) -> ApiResult<Json<Value>> {
+    let st = load_state(&state, &ns, &id).await?;
+    require_queued(&st)?;
+    storable("data", &body.data)?;
+    let msg = Pruned {
+        state_id: st.id.to_hex(),
+        attempt: attempt_of(&st),
+        data: body.data,
+    };
+    publish_result(&state, &st, ResultKind::Pruned, &msg).await?;
+    Ok(Json(
+        json!({"enqueue_after": st.enqueue_after, "status": "PRUNED"}),
+    ))
+}
+
+/// `POST /v0/namespace/{ns}/state/{id}/re-enqueue-after`.
+pub async fn re_enqueue_after(
+    State(state): State<AppState>,
+    Path((ns, id)): Path<(String, String)>,
+    ValidJson(body): ValidJson<ReEnqueueBody>,
+) -> ApiResult<Json<Value>> {
+    let st = load_state(&state, &ns, &id).await?;
+    require_queued(&st)?;
+    let msg = Requeue {
+        state_id: st.id.to_hex(),
+        attempt: attempt_of(&st),
+        delay_ms: body.enqueue_after,
+    };
+    let at = exo_types::time::now_ms().saturating_add(body.enqueue_after);
+    publish_result(&state, &st, ResultKind::Requeue, &msg).await?;
+    Ok(Json(json!({"enqueue_after": at, "status": "CREATED"})))
+}
+
+/// The manual-retry copy of `st` (spec §8.3).
+fn retry_copy(st: &StateDoc, fanout_id: &str, now_ms: i64) -> StateDoc {
+    let now = DateTime::from_millis(now_ms);
+    let mut copy = st.clone();
+    copy.id = ObjectId::new();
+    copy.status = StateStatus::Created;
+    copy.outputs = Document::new();
+    copy.data = Document::new();
+    copy.error = None;
+    copy.fanout_id = fanout_id.to_string();
+    copy.manual_retry_fanout_id = fanout_id.to_string();
+    copy.retry_count = 0;
+    copy.enqueue_after = now_ms;
+    copy.attempt = 0;
+    copy.requeue_gen = 0;
+    copy.created_at = now;
+    copy.updated_at = now;
+    copy.state_fingerprint = if copy.does_unites {
+        exo_engine::inputs::fingerprint(&copy)
+    } else {
+        String::new()
+    };
+    copy
+}
+
+/// `POST /v0/namespace/{ns}/state/{id}/manual-retry`.
+pub async fn manual_retry(
+    State(state): State<AppState>,
+    Path((ns, id)): Path<(String, String)>,
+    ValidJson(body): ValidJson<ManualRetryBody>,
+) -> ApiResult<Json<Value>> {
+    let store = &state.engine.store;
+    let mut tries = 0;
+    let (copy, created) = loop {
+        tries += 1;
+        let st = load_state(&state, &ns, &id).await?;
+        let now = exo_types::time::now_ms();
+        let copy = retry_copy(&st, &body.fanout_id, now);
+        let lg = state
+            .engine
+            .graphs
+            .get(st.graph_ns(), &st.graph_name)
+            .await?
+            .ok();
+        let mut fx = Effects::new(lg, &st.run_id);
+        fx.insert(copy.clone());
+        fx.transition(
+            &st,
+            st.status,
+            StateStatus::RetryCreated,
+            Update {
+                filter: doc! {"_id": st.id, "status": st.status.as_str()},
+                update: doc! {"$set": {"status": "RETRY_CREATED", "updated_at": DateTime::from_millis(now)}},
+                expect: 1,
+            },
+        );
+        match effects::apply(store, &fx, now).await {
+            Ok(Some(applied)) => break (copy, applied.created),
+            // The original moved on between the read and the write: read again.
+            Ok(None) if tries < 5 => continue,
+            Ok(None) => {
+                return Err(ApiError::Http(
+                    StatusCode::CONFLICT,
+                    "State changed concurrently, please retry".into(),
+                ));
+            }
+            Err(e) if exo_store::is_duplicate_key(&e) => {
+                return Err(ApiError::Http(
+                    StatusCode::CONFLICT,
+                    "Duplicate retry state detected".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // A finished run has work again.
+    store
+        .runs()
+        .update_one(
+            doc! {"run_id": &copy.run_id, "status": {"$exists": true, "$ne": RunStatus::Pending.as_str()}},
+            doc! {"$set": {"status": RunStatus::Pending.as_str()}, "$unset": {"finished_at": ""}},
+        )
+        .await?;
+    let msgs: Vec<Outgoing> = created
+        .iter()
+        .map(|s| {
+            Outgoing::json(
+                subjects::state_created(&s.namespace_name),
+                m::created_msg_id(&s.id.to_hex(), s.requeue_gen),
+                &StateCreated {
+                    state_id: s.id.to_hex(),
+                    run_id: s.run_id.clone(),
+                    node_name: s.node_name.clone(),
+                    enqueue_after: s.enqueue_after,
+                    generation: s.requeue_gen,
+                },
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    state.engine.bus.publish_batch(msgs).await?;
+    tracing::info!(exo.state_id = %id, exo.run_id = %copy.run_id, new_state = %copy.id, "Manual retry created.");
+    Ok(Json(json!({"id": copy.id.to_hex(), "status": "CREATED"})))
+}
+
+/// `GET /v0/namespace/{ns}/state/{id}/secrets`: every decrypted secret of
+/// the state's graph.
+pub async fn secrets(
+    State(state): State<AppState>,
+    Path((ns, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let st = load_state(&state, &ns, &id).await?;
+    let Some(graph) = state
+        .engine
+        .store
+        .graph_template(st.graph_ns(), &st.graph_name)
+        .await?
+    else {
+        return Err(ApiError::not_found("Graph template not found"));
+    };
+    let mut out = Map::new();
+    if !graph.secrets.is_empty() {
+        let Some(cipher) = state.settings.cipher.as_ref() else {
+            tracing::error!(
+                exo.graph = %st.graph_name,
+                "Secrets requested but SECRETS_ENCRYPTION_KEY is not configured."
+            );
+            return Err(ApiError::Http(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "SECRETS_ENCRYPTION_KEY is not configured on the server; secrets cannot be decrypted".into(),
+            ));
+        };
+        for (name, ct) in &graph.secrets {
+            let plain = cipher
+                .decrypt(ct)
+                .map_err(|e| ApiError::internal(&format!("decrypt secret {name}"), e))?;
+            out.insert(name.clone(), Value::String(plain));
+        }
+    }
+    Ok(Json(json!({"secrets": out})))
+}

@@ -1,0 +1,78 @@
+//! `POST /graph/{g}/trigger` (§2.3, §5.3).
+//!
+//! The request is checked here (template VALID, root inputs resolvable,
+//! required store keys present) with the same rules the trigger service
+//! applies, then published as a trigger command; the run, its store and its
+//! root state are created by `exo-trigger` right after. The answer is sent
+//! once JetStream has stored the command.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use exo_bus::Outgoing;
+use exo_engine::graphs::Unusable;
+use exo_engine::handlers::{RootError, root_inputs};
+use exo_types::messages::{TriggerCommand, trigger_msg_id};
+use exo_types::subjects;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::models::TriggerGraph;
+use crate::routes::check_token;
+use crate::validate::{ValidJson, python_set_repr};
+
+/// `POST /v0/namespace/{ns}/graph/{graph}/trigger`.
+pub async fn trigger(
+    State(state): State<AppState>,
+    Path((ns, graph)): Path<(String, String)>,
+    ValidJson(body): ValidJson<TriggerGraph>,
+) -> ApiResult<Json<Value>> {
+    let lg = match state.engine.graphs.get(&ns, &graph).await? {
+        Ok(lg) => lg,
+        Err(Unusable::NotFound(..)) => {
+            return Err(ApiError::not_found(format!(
+                "Graph template not found for namespace {ns} and graph {graph}"
+            )));
+        }
+        Err(Unusable::NotValid(_)) => {
+            return Err(ApiError::bad_request("Graph template is not valid"));
+        }
+        Err(Unusable::Analysis(reason)) => {
+            tracing::warn!(exo.namespace = %ns, exo.graph = %graph, %reason,
+                "A stored graph template does not analyse.");
+            return Err(ApiError::bad_request("Graph template is not valid"));
+        }
+    };
+    check_token("namespace", &ns)?;
+    let cmd = TriggerCommand {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        graph_name: graph.clone(),
+        inputs: body.inputs,
+        store: body.store,
+        start_delay_ms: u64::try_from(body.start_delay).unwrap_or(0),
+        requested_at_ms: Some(exo_types::time::now_ms()),
+    };
+    match root_inputs(&lg, &cmd) {
+        Ok(_) => {}
+        Err(RootError::InvalidInput(reason)) => {
+            return Err(ApiError::bad_request(format!("Invalid input: {reason}")));
+        }
+        Err(RootError::MissingStoreKeys(keys)) => {
+            return Err(ApiError::bad_request(format!(
+                "Missing store keys: {}",
+                python_set_repr(&keys)
+            )));
+        }
+    }
+    state
+        .engine
+        .bus
+        .publish(Outgoing::json(
+            subjects::trigger(&ns),
+            trigger_msg_id(&cmd.run_id),
+            &cmd,
+        )?)
+        .await?;
+    tracing::info!(exo.namespace = %ns, exo.graph = %graph, exo.run_id = %cmd.run_id, "Run requested.");
+    Ok(Json(json!({"status": "CREATED", "run_id": cmd.run_id})))
+}
