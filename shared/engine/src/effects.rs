@@ -547,6 +547,7 @@ mod tests {
             graph_namespace: None,
             attempt: 1,
             requeue_gen: 0,
+            result_digest: None,
         }
     }
 

@@ -422,6 +422,12 @@ impl Engine {
         {
             return Ok(Outcome::Stale(format!("state is {}", st.status)));
         }
+        let digest = result_digest(&msg.outputs);
+        if !fresh && st.result_digest.as_deref() != Some(digest.as_str()) {
+            return Ok(Outcome::Stale(
+                "a different result was already applied to this attempt".into(),
+            ));
+        }
         let mut outputs = msg.outputs;
         if outputs.is_empty() {
             outputs.push(Map::new());
@@ -811,6 +817,13 @@ impl Engine {
             None => Ok(Outcome::Stale("state moved on".into())),
         }
     }
+}
+
+/// SHA-256 (hex) of an executed result's outputs.
+fn result_digest(outputs: &[Map<String, Value>]) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(outputs).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
 }
 
 fn park(ms: i64) -> Duration {

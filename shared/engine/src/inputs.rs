@@ -205,6 +205,7 @@ pub fn new_state(
         graph_namespace: Some(place.graph_ns.to_string()),
         attempt: 0,
         requeue_gen: 0,
+        result_digest: None,
     };
     if does_unites {
         s.state_fingerprint = fingerprint(&s);

@@ -77,6 +77,11 @@ pub struct StateDoc {
     /// Number of re-queue cycles (ours); part of the hand-off dedup id.
     #[serde(default)]
     pub requeue_gen: i64,
+    /// SHA-256 of the executed result applied to this state (ours): a
+    /// redelivered result resumes its work, a different result for the same
+    /// attempt (a runtime that ran twice) is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_digest: Option<String>,
 }
 
 impl StateDoc {

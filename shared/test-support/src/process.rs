@@ -47,12 +47,11 @@ impl LogFile {
         self.read_from(0)
     }
 
-    /// The last `TAIL_LINES` lines written from `offset` on.
+    /// What a startup error should quote from the output written since `offset`: all of it
+    /// when short; else the lines that look like errors (so a cause printed before a long
+    /// backtrace is not lost) followed by the last `TAIL_LINES` lines.
     pub(crate) fn tail_from(&self, offset: u64) -> String {
-        let text = self.read_from(offset);
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(TAIL_LINES);
-        lines[start..].join("\n")
+        excerpt(&self.read_from(offset))
     }
 
     /// Opens the file for appending, writes a marker line, and returns two handles for a child's
@@ -68,6 +67,37 @@ impl LogFile {
         let err = out.try_clone()?;
         Ok((out, err))
     }
+}
+
+/// Most error-looking lines quoted by [`excerpt`].
+const MAX_ERROR_LINES: usize = 20;
+
+/// See [`LogFile::tail_from`].
+fn excerpt(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= TAIL_LINES + MAX_ERROR_LINES {
+        return lines.join("\n");
+    }
+    let tail_start = lines.len() - TAIL_LINES;
+    let errors: Vec<&str> = lines[..tail_start]
+        .iter()
+        .filter(|l| {
+            ["ERROR", "Error:", "error:", "Caused by", "panicked", "FTL"]
+                .iter()
+                .any(|m| l.contains(m))
+        })
+        .take(MAX_ERROR_LINES)
+        .copied()
+        .collect();
+    let mut out = String::new();
+    if !errors.is_empty() {
+        out.push_str("[error lines]\n");
+        out.push_str(&errors.join("\n"));
+        out.push('\n');
+    }
+    out.push_str(&format!("[last {TAIL_LINES} of {} lines]\n", lines.len()));
+    out.push_str(&lines[tail_start..].join("\n"));
+    out
 }
 
 /// Spawns `cmd` with stdin closed and stdout + stderr appended to `log`.
@@ -163,5 +193,18 @@ mod tests {
         let mongo = "secantusd-rs listening on 127.0.0.1:41687\n";
         assert_eq!(port_after(mongo, "listening on "), Some(41687));
         assert_eq!(port_after("nothing", "listening on "), None);
+    }
+
+    #[test]
+    fn excerpt_keeps_the_cause_before_a_long_backtrace() {
+        assert_eq!(excerpt("a\nb"), "a\nb");
+        let mut text = String::from("starting\nError: cannot connect to NATS\n");
+        for i in 0..200 {
+            text.push_str(&format!("  {i}: frame\n"));
+        }
+        let out = excerpt(&text);
+        assert!(out.contains("Error: cannot connect to NATS"), "{out}");
+        assert!(out.contains("199: frame"), "{out}");
+        assert!(!out.contains("  5: frame"), "{out}");
     }
 }

@@ -64,21 +64,33 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
         .expect("b")
         .clone();
 
-    // 1. The executed result of `a` and `b` delivered again (new msg ids, so
-    //    JetStream dedup does not hide them; only the engine's fencing can).
-    for (st, text) in [(&a, "other"), (&b, "other")] {
+    // 1. Executed results delivered again (new msg ids, so JetStream dedup
+    //    does not hide them; only the engine's fencing can): the identical
+    //    result (a true redelivery, which resumes and finds everything done)
+    //    and a different result for the same attempt (a runtime that ran
+    //    twice and fanned out differently, which must be ignored).
+    let same_b = vec![serde_json::from_value(
+        json!({"text": b.outputs.get_str("text")?}),
+    )?];
+    let two = |t: &str| -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        Ok(vec![
+            serde_json::from_value(json!({"text": t}))?,
+            serde_json::from_value(json!({"text": "fan"}))?,
+        ])
+    };
+    for (i, (st, outputs)) in [(&b, same_b), (&a, two("other")?), (&b, two("other")?)]
+        .into_iter()
+        .enumerate()
+    {
         let msg = Executed {
             state_id: st.id.to_hex(),
             attempt: st.attempt as u32,
-            outputs: vec![
-                serde_json::from_value(json!({"text": text}))?,
-                serde_json::from_value(json!({"text": "fan"}))?,
-            ],
+            outputs,
         };
         publish(
             &stack,
             subjects::result(ns, ResultKind::Executed),
-            &format!("replay-{}", st.id),
+            &format!("replay-{i}"),
             &msg,
         )
         .await?;
