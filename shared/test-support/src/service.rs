@@ -33,7 +33,8 @@ const SCRUBBED_ALIASES: &[&str] = &[
 /// The child gets the test's environment minus every inherited `EXO_*` variable (except
 /// `EXO_LOG_FORMAT`) and the Exosphere aliases (`MONGO_URI`, `NATS_URL`,
 /// `STATE_MANAGER_SECRET`, …), plus the `env` given to [`spawn`](Self::spawn), plus
-/// `RUST_LOG=info` when `RUST_LOG` is set neither there nor in the test's environment.
+/// `RUST_LOG=info` when `RUST_LOG` is set neither there nor in the test's environment, and
+/// `RUST_LIB_BACKTRACE=0` likewise (panics still print backtraces under `RUST_BACKTRACE`).
 /// On drop it gets SIGTERM, then SIGKILL after 5 s.
 #[derive(Debug)]
 pub struct ServiceProcess {
@@ -182,6 +183,13 @@ impl ServiceProcess {
         if std::env::var_os("RUST_LOG").is_none() && !self.env.iter().any(|(k, _)| k == "RUST_LOG")
         {
             cmd.env("RUST_LOG", "info");
+        }
+        // RUST_BACKTRACE=1 (common in CI) makes anyhow append a long backtrace to every error a
+        // service returns from main; keep panic backtraces but not those.
+        if std::env::var_os("RUST_LIB_BACKTRACE").is_none()
+            && !self.env.iter().any(|(k, _)| k == "RUST_LIB_BACKTRACE")
+        {
+            cmd.env("RUST_LIB_BACKTRACE", "0");
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.starts += 1;
