@@ -53,6 +53,12 @@ impl Stack {
     pub async fn start_with(services: &[&str]) -> anyhow::Result<Self> {
         exo_test_support::init_test_tracing();
         let servers = Servers::start().await?;
+        Self::start_on(servers, services).await
+    }
+
+    /// Starts the named services on already running servers.
+    pub async fn start_on(servers: Servers, services: &[&str]) -> anyhow::Result<Self> {
+        exo_test_support::init_test_tracing();
         let db = unique_db_name("e2e");
         let store = Store::connect(&servers.mongo.uri(), &db, "e2e").await?;
         let api_port = free_port();
@@ -105,6 +111,26 @@ impl Stack {
             .await
             .with_context(|| format!("start {name}"))?;
         self.services.insert(name.to_string(), p);
+        Ok(())
+    }
+
+    /// Starts the test runtime binary (`exo-test-runtime`) as a process, so
+    /// that it can be killed. `extra` adds `EXO_TEST_*` settings.
+    pub async fn spawn_runtime_process(
+        &mut self,
+        ns: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let mut env = self.env(free_port());
+        env.push(("EXO_TEST_NAMESPACE".into(), ns.into()));
+        env.push(("EXO_TEST_API".into(), self.api_url.clone()));
+        for (k, v) in extra {
+            env.push(((*k).to_string(), (*v).to_string()));
+        }
+        let p = ServiceProcess::spawn("exo-test-runtime", &env)
+            .await
+            .context("start exo-test-runtime")?;
+        self.services.insert("exo-test-runtime".into(), p);
         Ok(())
     }
 
@@ -229,21 +255,79 @@ impl Stack {
                 return Ok(run);
             }
             if Instant::now() > deadline {
+                self.print_problems();
+                self.print_consumers().await;
                 let states = self.states(run_id).await?;
-                let summary: Vec<String> = states
+                let stuck: Vec<&StateDoc> =
+                    states.iter().filter(|s| s.status.is_pending()).collect();
+                for s in &stuck {
+                    let id = s.id.to_hex();
+                    for (name, p) in &self.services {
+                        for line in p.log_contents().lines().filter(|l| l.contains(&id)) {
+                            eprintln!("[{name}] {line}");
+                        }
+                    }
+                }
+                let summary: Vec<String> = stuck
                     .iter()
                     .map(|s| {
                         format!(
-                            "{}:{}:{}",
-                            s.identifier,
-                            s.status,
-                            s.error.clone().unwrap_or_default()
+                            "{}:{}:{}:attempt={}:digest={:?}",
+                            s.identifier, s.status, s.id, s.attempt, s.result_digest
                         )
                     })
                     .collect();
                 bail!("run {run_id} did not finish in {timeout:?}; states: {summary:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Prints the WARN and ERROR lines of every service log (test diagnostics).
+    pub fn print_problems(&self) {
+        for (name, p) in &self.services {
+            for line in p
+                .log_contents()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            {
+                eprintln!("[{name}] {line}");
+            }
+        }
+    }
+
+    /// Prints the state of every service consumer (test diagnostics).
+    pub async fn print_consumers(&self) {
+        let Ok(client) = async_nats::connect(self.servers.nats.url()).await else {
+            return;
+        };
+        let js = async_nats::jetstream::new(client);
+        use exo_types::subjects as s;
+        for (stream, consumer) in [
+            (s::STREAM_COMMANDS, s::CONSUMER_TRIGGER),
+            (s::STREAM_STATES, s::CONSUMER_SCHEDULER),
+            (s::STREAM_RESULTS, s::CONSUMER_COMPLETION),
+            (s::STREAM_RESULTS, s::CONSUMER_RETRY),
+        ] {
+            let info = match js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    consumer, stream,
+                )
+                .await
+            {
+                Ok(mut c) => c
+                    .info()
+                    .await
+                    .map(|i| {
+                        format!(
+                            "pending={} ack_pending={} redelivered={} waiting={}",
+                            i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
+                        )
+                    })
+                    .unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("consumer {stream}/{consumer}: {info}");
         }
     }
 

@@ -144,7 +144,21 @@ where
         delivered,
         message: message.clone(),
     };
+    // Heartbeats keep the message while the handler works, so the ack wait
+    // can be short and a crashed service's messages come back quickly.
+    let heartbeat = {
+        let m = message.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::SERVICE_HEARTBEAT).await;
+                if m.ack_with(AckKind::Progress).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let disposition = handler(delivery).await;
+    heartbeat.abort();
     let result = match disposition {
         Disposition::Ack => message.ack().await,
         Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,

@@ -72,8 +72,11 @@ impl Outgoing {
     }
 }
 
-/// Transport-level redelivery settings of service consumers.
-pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Ack wait of service consumers: a message held by a crashed service is
+/// redelivered this long after its last heartbeat.
+pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(2);
+/// Interval of the progress acks sent while a service handles a message.
+pub const SERVICE_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Dedup window of the work streams.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Outstanding publish acks in [`Bus::publish_batch`].

@@ -428,6 +428,7 @@ impl Engine {
                 "a different result was already applied to this attempt".into(),
             ));
         }
+        tracing::debug!(exo.state_id = %st.id, fresh, attempt = msg.attempt, "Applying an executed result.");
         let mut outputs = msg.outputs;
         if outputs.is_empty() {
             outputs.push(Map::new());
@@ -480,8 +481,12 @@ impl Engine {
             let mut fx = Effects::new(Some(lg.clone()), &st.run_id);
             fx.update(Update {
                 filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
-                update: doc! {"$set": {"status": "EXECUTED", "outputs": out_docs[0].clone(),
-                "updated_at": DateTime::from_millis(now)}},
+                update: doc! {"$set": {
+                    "status": "EXECUTED",
+                    "outputs": out_docs[0].clone(),
+                    "result_digest": &digest,
+                    "updated_at": DateTime::from_millis(now),
+                }},
                 expect: 1,
             });
             for j in 1..end {
@@ -620,6 +625,7 @@ impl Engine {
                     }
                 }
             }
+            let ok_ids_len = ok_ids.len();
             if !ok_ids.is_empty() {
                 let count = ok_ids.len() as u64;
                 fx.update(Update {
@@ -628,9 +634,13 @@ impl Engine {
                     expect: count,
                 });
             }
-            if !fx.is_empty()
-                && let Some(a) = effects::apply(&self.store, &fx, now).await?
-            {
+            let applied = if fx.is_empty() {
+                None
+            } else {
+                effects::apply(&self.store, &fx, now).await?
+            };
+            tracing::debug!(exo.state_id = %st.id, chunk = j, advanced = ok_ids_len, applied = applied.is_some(), "Phase 2 chunk done.");
+            if let Some(a) = applied {
                 if a.finished.is_some() {
                     finished = a.finished;
                 }

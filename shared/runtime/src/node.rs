@@ -51,6 +51,10 @@ pub struct Context {
     /// Delivery count of the dispatch message (more than 1 after a runtime
     /// died or timed out while holding it).
     pub delivered: i64,
+    /// When JetStream stored the dispatch message (the server's clock), if
+    /// the delivery says so: `now - published` is how long the work waited
+    /// between the scheduler's hand-off and this execution.
+    pub published: Option<std::time::SystemTime>,
 }
 
 /// A graph node implemented in Rust. Exosphere's data model is string-only:

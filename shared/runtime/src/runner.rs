@@ -48,9 +48,19 @@ pub struct Builder {
     nodes: Vec<Arc<dyn DynNode>>,
     concurrency: usize,
     ack_wait: Duration,
+    max_deliveries: i64,
 }
 
 impl Builder {
+    /// Deliveries of one dispatch after which it is reported errored without
+    /// running it again (default 10): protects against a node that crashes
+    /// its runtime every time (a poison dispatch). The graph's retry policy
+    /// then decides.
+    pub fn max_deliveries(mut self, n: i64) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
     /// NATS URL (default `nats://127.0.0.1:4222`).
     pub fn nats_url(mut self, url: impl Into<String>) -> Self {
         self.nats_url = url.into();
@@ -110,12 +120,23 @@ impl Runtime {
             nodes: Vec::new(),
             concurrency: 8,
             ack_wait: Duration::from_secs(30),
+            max_deliveries: 10,
         }
     }
 
     /// Registers the nodes (when configured), then serves them until
     /// `shutdown` is cancelled; executions in flight finish first.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.run_with_ready(shutdown, || {}).await
+    }
+
+    /// Like [`Runtime::run`], calling `ready` once the nodes are registered
+    /// and every queue is being consumed.
+    pub async fn run_with_ready(
+        &self,
+        shutdown: CancellationToken,
+        ready: impl FnOnce(),
+    ) -> Result<(), Error> {
         let cfg = &self.cfg;
         exo_types::names::validate_token("namespace", &cfg.namespace)?;
         let mut seen = std::collections::HashSet::new();
@@ -144,6 +165,7 @@ impl Runtime {
             )));
         }
         tracing::info!(namespace = %cfg.namespace, runtime = %cfg.name, nodes = cfg.nodes.len(), "Runtime started.");
+        ready();
         for t in tasks {
             let _ = t.await;
         }
@@ -237,6 +259,7 @@ async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Me
         identifier: dispatch.identifier.clone(),
         attempt: dispatch.attempt,
         delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
+        published: msg.info().ok().map(|i| i.published.into()),
     };
     let heartbeat = {
         let every = cfg.ack_wait / 3;
@@ -250,7 +273,14 @@ async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Me
             }
         })
     };
-    let wire = node.run(dispatch.inputs, &ctx).await;
+    let wire = if ctx.delivered > cfg.max_deliveries {
+        Report::Errored(format!(
+            "dispatch delivered {} times without a result (the node crashed or hung its runtime)",
+            ctx.delivered
+        ))
+    } else {
+        node.run(dispatch.inputs, &ctx).await
+    };
     heartbeat.abort();
     let ns = &cfg.namespace;
     let id = ctx.state_id.clone();

@@ -2,7 +2,10 @@
 //! server and the five service binaries, drives them through the HTTP API and
 //! NATS, and checks the outcome by reading MongoDB and the API.
 
+mod api_contract;
 mod bad_input;
+mod faults;
 mod flows;
 mod nats_only;
+mod python_sdk;
 mod redelivery;

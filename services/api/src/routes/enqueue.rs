@@ -56,16 +56,33 @@ pub async fn enqueue(
             let consumer = state.dispatch_consumer(&ns, node).await?;
             active.push((node.clone(), consumer));
         }
+        // Start at a different queue on every request, so that small batches
+        // do not always favour the first node named.
+        if !active.is_empty() {
+            let offset = usize::try_from(exo_types::time::now_ms().unsigned_abs()).unwrap_or(0);
+            let start = offset % active.len();
+            active.rotate_left(start);
+        }
         while handed.len() < batch && !active.is_empty() {
-            let quota = (batch - handed.len()).div_ceil(active.len());
-            let mut still = Vec::with_capacity(active.len());
-            for (node, consumer) in active {
-                let want = quota.min(batch - handed.len());
-                if want == 0 {
-                    still.push((node, consumer));
-                    continue;
-                }
-                let msgs = match fetch(&consumer, want).await {
+            // Share what is left among the queues still holding work and
+            // fetch from all of them at once, so an idle poll costs one
+            // fetch wait whatever the number of nodes.
+            let shares = split_evenly(batch - handed.len(), active.len());
+            let rounds =
+                active
+                    .into_iter()
+                    .zip(shares)
+                    .map(|((node, consumer), want)| async move {
+                        let got = if want == 0 {
+                            Ok(Vec::new())
+                        } else {
+                            fetch(&consumer, want).await
+                        };
+                        (node, consumer, want, got)
+                    });
+            let mut still = Vec::new();
+            for (node, consumer, want, got) in futures::future::join_all(rounds).await {
+                let msgs = match got {
                     Ok(m) => m,
                     Err(error) => {
                         tracing::warn!(exo.namespace = %ns, exo.node = %node, %error,
@@ -74,13 +91,11 @@ pub async fn enqueue(
                         continue;
                     }
                 };
-                let got = msgs.len();
-                for msg in msgs {
-                    if let Some(item) = take(&state, &ns, msg).await {
-                        handed.push(item);
-                    }
-                }
-                if got == want {
+                let full = msgs.len() == want;
+                let taken =
+                    futures::future::join_all(msgs.into_iter().map(|m| take(&state, &ns, m))).await;
+                handed.extend(taken.into_iter().flatten());
+                if full {
                     still.push((node, consumer));
                 }
             }
@@ -93,6 +108,16 @@ pub async fn enqueue(
         "status": "QUEUED",
         "states": handed,
     })))
+}
+
+/// `total` split into `parts` shares differing by at most one, the larger
+/// first.
+fn split_evenly(total: usize, parts: usize) -> Vec<usize> {
+    if parts == 0 {
+        return Vec::new();
+    }
+    let (base, extra) = (total / parts, total % parts);
+    (0..parts).map(|i| base + usize::from(i < extra)).collect()
 }
 
 /// Fetches up to `n` messages, waiting briefly when none is ready.
@@ -199,4 +224,18 @@ async fn take(state: &AppState, ns: &str, msg: jetstream::Message) -> Option<Val
         "inputs": doc_json(&st.inputs),
         "created_at": iso(st.created_at),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_evenly;
+
+    #[test]
+    fn shares_differ_by_at_most_one() {
+        assert_eq!(split_evenly(16, 7), [3, 3, 2, 2, 2, 2, 2]);
+        assert_eq!(split_evenly(2, 4), [1, 1, 0, 0]);
+        assert_eq!(split_evenly(8, 1), [8]);
+        assert!(split_evenly(5, 0).is_empty());
+        assert_eq!(split_evenly(1000, 3).iter().sum::<usize>(), 1000);
+    }
 }

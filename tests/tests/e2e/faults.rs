@@ -1,0 +1,186 @@
+//! Crash safety: `kill -9` services, the runtime and the servers at random
+//! points of a wide fan-out with a unite, then prove by reading MongoDB that
+//! every state reached exactly one terminal outcome, nothing was created
+//! twice, and the run finished with the right counters.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use exo_e2e::{Stack, assert_run_consistent};
+use exo_store::StateDoc;
+use exo_test_support::{MongoOptions, MongoServer, NatsServer, Servers};
+use exo_types::status::StateStatus;
+use serde_json::json;
+
+const WIDTH: usize = 300;
+
+/// A tiny deterministic generator; the seed is printed so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn from_time() -> Self {
+        let seed = std::env::var("EXO_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(7)
+            });
+        eprintln!("fault seed: {seed} (set EXO_FAULT_SEED to replay)");
+        Self(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+}
+
+fn graph(ns: &str) -> serde_json::Value {
+    json!({
+        "secrets": {},
+        "retry_policy": {"max_retries": 2, "strategy": "FIXED", "backoff_factor": 50},
+        "nodes": [
+            {"node_name": "AppendA", "identifier": "start", "namespace": ns, "inputs": {"text": "go"}, "next_nodes": ["split"]},
+            {"node_name": "FanOut", "identifier": "split", "namespace": ns, "inputs": {"count": WIDTH.to_string()}, "next_nodes": ["work"]},
+            {"node_name": "Picky", "identifier": "work", "namespace": ns, "inputs": {"text": "${{ split.outputs.text }}"}, "next_nodes": ["merge"]},
+            {"node_name": "Join", "identifier": "merge", "namespace": ns,
+             "inputs": {"a": "${{ start.outputs.text }}", "b": "merged"},
+             "unites": {"identifier": "start", "strategy": "ALL_DONE"}},
+        ]
+    })
+}
+
+/// Checks the outcome of one fan-out run: every item has exactly one final
+/// attempt with the outcome its digit dictates, retries are as the policy
+/// says, one unite state, right counters.
+async fn check_fan_run(stack: &Stack, run_id: &str) -> anyhow::Result<()> {
+    let run = stack.wait_run(run_id, Duration::from_secs(240)).await?;
+    let states = assert_run_consistent(stack, &run).await?;
+    let mut by_item: HashMap<String, Vec<&StateDoc>> = HashMap::new();
+    for s in states.iter().filter(|s| s.identifier == "work") {
+        by_item
+            .entry(s.inputs.get_str("text")?.to_string())
+            .or_default()
+            .push(s);
+    }
+    assert_eq!(by_item.len(), WIDTH, "one work chain per item");
+    for (item, attempts) in &by_item {
+        let finals: Vec<_> = attempts
+            .iter()
+            .filter(|s| s.status != StateStatus::RetryCreated)
+            .collect();
+        assert_eq!(
+            finals.len(),
+            1,
+            "{item}: exactly one final attempt, got {attempts:?}"
+        );
+        let expected = match item.chars().last() {
+            Some('7') => (StateStatus::Errored, 3),
+            Some('3') => (StateStatus::Pruned, 1),
+            _ => (StateStatus::Success, 1),
+        };
+        assert_eq!((finals[0].status, attempts.len()), expected, "{item}");
+    }
+    let count = |id: &str| states.iter().filter(|s| s.identifier == id).count();
+    assert_eq!(
+        (count("start"), count("split"), count("merge")),
+        (1, WIDTH, 1)
+    );
+    assert_eq!(
+        run.status.as_deref(),
+        Some("FAILED"),
+        "items ending in 7 errored"
+    );
+    assert_eq!(run.errored_count, (WIDTH / 10) as i64);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_services_and_runtime_at_random_points() -> anyhow::Result<()> {
+    let ns = "chaos";
+    let mut stack = Stack::start().await?;
+    stack
+        .spawn_runtime_process(
+            ns,
+            &[
+                ("EXO_TEST_FAIL_DIGITS", "7"),
+                ("EXO_TEST_PRUNE_DIGITS", "3"),
+                ("EXO_TEST_DELAY_MS", "30"),
+                ("EXO_TEST_ACK_WAIT_SECS", "2"),
+                ("EXO_TEST_CONCURRENCY", "4"),
+            ],
+        )
+        .await?;
+    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let mut rng = Rng::from_time();
+    let victims = [
+        "exo-completion",
+        "exo-scheduler",
+        "exo-retry",
+        "exo-trigger",
+        "exo-test-runtime",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut kills = 0;
+    while Instant::now() < deadline {
+        if stack
+            .store
+            .run(&run_id)
+            .await?
+            .is_some_and(|r| r.status.as_deref() != Some("PENDING"))
+        {
+            break;
+        }
+        tokio::time::sleep(rng.ms(100, 600)).await;
+        let victim = victims[(rng.next() % victims.len() as u64) as usize];
+        stack.service(victim).kill9();
+        kills += 1;
+        tokio::time::sleep(rng.ms(10, 300)).await;
+        stack.service(victim).restart().await?;
+    }
+    eprintln!("killed {kills} processes");
+    assert!(kills > 0);
+    check_fan_run(&stack, &run_id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_nats_and_mongo_mid_run() -> anyhow::Result<()> {
+    let ns = "servers";
+    let (nats, mongo) = tokio::try_join!(
+        NatsServer::start(),
+        MongoServer::start_with(MongoOptions {
+            sync_on_commit: true
+        })
+    )?;
+    let mut stack = Stack::start_on(Servers { nats, mongo }, &exo_e2e::SERVICES).await?;
+    stack
+        .spawn_runtime_process(
+            ns,
+            &[
+                ("EXO_TEST_FAIL_DIGITS", "7"),
+                ("EXO_TEST_PRUNE_DIGITS", "3"),
+                ("EXO_TEST_DELAY_MS", "20"),
+                ("EXO_TEST_ACK_WAIT_SECS", "2"),
+            ],
+        )
+        .await?;
+    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let mut rng = Rng::from_time();
+    tokio::time::sleep(rng.ms(300, 900)).await;
+    stack.servers.nats.kill9();
+    tokio::time::sleep(rng.ms(100, 500)).await;
+    stack.servers.nats.start_again().await?;
+    tokio::time::sleep(rng.ms(300, 900)).await;
+    stack.servers.mongo.kill9();
+    tokio::time::sleep(rng.ms(100, 500)).await;
+    stack.servers.mongo.start_again().await?;
+    check_fan_run(&stack, &run_id).await
+}
