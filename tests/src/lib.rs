@@ -104,6 +104,24 @@ impl Stack {
         env
     }
 
+    /// Stops one service and starts it again with extra environment.
+    pub async fn respawn_with(&mut self, name: &str, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+        if let Some(mut old) = self.services.remove(name) {
+            old.terminate(Duration::from_secs(5)).await;
+        }
+        let mut env = self.env(free_port());
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+        );
+        let p = ServiceProcess::spawn(name, &env)
+            .await
+            .with_context(|| format!("start {name}"))?;
+        self.services.insert(name.to_string(), p);
+        Ok(())
+    }
+
     /// Starts (or replaces) one service.
     pub async fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
         let env = self.env(free_port());

@@ -119,6 +119,10 @@ fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> 
             })
         }
     };
+    let node_retry = match obj.get("retry_policy") {
+        None | Some(Value::Null) => Some(None),
+        Some(p) => retry_policy(&at(loc, "retry_policy"), p, c).map(Some),
+    };
     Some(NodeTemplate {
         node_name: node_name?,
         namespace: namespace?,
@@ -126,6 +130,7 @@ fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> 
         inputs: inputs?,
         next_nodes: next_nodes?,
         unites: unites?,
+        retry_policy: node_retry?,
     })
 }
 

@@ -72,7 +72,46 @@ async fn reconcile(engine: Engine, shutdown: CancellationToken) {
         if let Err(error) = reconcile_once(&engine).await {
             tracing::warn!(%error, "Reconciliation pass failed.");
         }
+        if let Err(error) = reap_leases(&engine).await {
+            tracing::warn!(%error, "Lease reaping failed.");
+        }
     }
+}
+
+/// Re-dispatches states handed out over HTTP (`POST /states/enqueue`) whose
+/// lease expired without a result (a dead Python runtime, upstream issue
+/// #444): the attempt is incremented and the state goes back on its node's
+/// queue. Returns how many were re-dispatched.
+pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
+    let now = time::now_ms();
+    let mut cur = engine
+        .store
+        .states()
+        .find(doc! {"lease_until": {"$lte": now}, "status": "QUEUED"})
+        .limit(1000)
+        .await?;
+    let mut expired = Vec::new();
+    while let Some(st) = cur.try_next().await? {
+        expired.push(st);
+    }
+    let mut n = 0;
+    for st in expired {
+        let claimed = engine
+            .store
+            .states()
+            .find_one_and_update(
+                doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt, "lease_until": {"$lte": now}},
+                doc! {"$inc": {"attempt": 1i64}, "$unset": {"lease_until": "", "lease_attempt": ""}},
+            )
+            .return_document(exo_store::mongodb::options::ReturnDocument::After)
+            .await?;
+        if let Some(st) = claimed {
+            tracing::info!(exo.state_id = %st.id, attempt = st.attempt, "Lease expired; dispatching again.");
+            engine.publish_dispatch(&st).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Re-announces CREATED states that have been due for longer than

@@ -734,7 +734,7 @@ impl Engine {
         let now = time::now_ms();
         let (lg, policy) = match graph {
             Ok(g) => {
-                let p = g.doc.retry_policy.clone();
+                let p = g.graph.spec().retry_policy_for(&st.identifier).clone();
                 (Some(g), Some(p))
             }
             Err(_) => (None, None),

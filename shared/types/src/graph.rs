@@ -100,6 +100,10 @@ pub struct NodeTemplate {
     /// Synchronisation clause, or `null`.
     #[serde(default)]
     pub unites: Option<Unites>,
+    /// Retry policy of this node, overriding the graph's (an extension:
+    /// Exosphere has only the per-graph policy). Omitted when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 impl NodeTemplate {
@@ -198,6 +202,15 @@ impl GraphSpec {
             .into_iter()
             .map(|(k, v)| (k.trim().to_owned(), v))
             .collect();
+    }
+
+    /// The retry policy of node `identifier`: its own, else the graph's.
+    pub fn retry_policy_for(&self, identifier: &str) -> &RetryPolicy {
+        self.nodes
+            .iter()
+            .find(|n| n.identifier == identifier)
+            .and_then(|n| n.retry_policy.as_ref())
+            .unwrap_or(&self.retry_policy)
     }
 
     /// The distinct cron expressions of the CRON triggers, in order.
@@ -376,6 +389,17 @@ pub fn validate_fields(spec: &GraphSpec) -> Vec<FieldError> {
             .into_iter()
             .map(|e| e.prefixed(["retry_policy".into()])),
     );
+    for (i, node) in spec.nodes.iter().enumerate() {
+        if let Some(p) = &node.retry_policy {
+            errors.extend(p.validate().into_iter().map(|e| {
+                e.prefixed([
+                    LocPart::Key("nodes".into()),
+                    LocPart::Index(i),
+                    LocPart::Key("retry_policy".into()),
+                ])
+            }));
+        }
+    }
 
     let required = store_key_problems(spec.store_config.required_keys.iter().map(String::as_str));
     if !required.is_empty() {
@@ -1420,6 +1444,43 @@ mod tests {
         let first = &validate_fields(&s)[0];
         assert_eq!(first.error_type(), "value_error");
         assert_eq!(first.ctx(), Some(json!({"error": {}})));
+    }
+
+    #[test]
+    fn node_retry_policy_overrides_the_graph_policy() {
+        let spec: GraphSpec = serde_json::from_value(json!({
+            "secrets": {},
+            "retry_policy": {"max_retries": 1},
+            "nodes": [
+                {"node_name": "A", "namespace": "ns", "identifier": "a", "inputs": {}, "next_nodes": ["b"],
+                 "retry_policy": {"max_retries": 7, "strategy": "LINEAR"}},
+                {"node_name": "B", "namespace": "ns", "identifier": "b", "inputs": {},
+                 "retry_policy": {"max_retries": -2}},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(spec.retry_policy_for("a").max_retries, 7);
+        assert_eq!(spec.retry_policy_for("zz").max_retries, 1);
+        let errs = validate_fields(&spec);
+        let locs: Vec<_> = errs
+            .iter()
+            .map(|e| serde_json::to_value(&e.loc).unwrap())
+            .collect();
+        assert!(
+            locs.contains(&json!(["nodes", 1, "retry_policy", "max_retries"])),
+            "{locs:?}"
+        );
+        // Unset node policies are not serialised (the upstream node shape).
+        let v = serde_json::to_value(&spec.nodes[1]).unwrap();
+        assert!(v.get("retry_policy").is_some());
+        let mut plain = spec.nodes[1].clone();
+        plain.retry_policy = None;
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("retry_policy")
+                .is_none()
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod api_contract;
 mod bad_input;
 mod faults;
 mod flows;
+mod leases;
 mod nats_only;
 mod python_sdk;
 mod redelivery;

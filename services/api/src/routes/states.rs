@@ -135,7 +135,7 @@ pub async fn errored(
         .get(st.graph_ns(), &st.graph_name)
         .await?
     {
-        Ok(g) => st.retry_count < g.doc.retry_policy.max_retries,
+        Ok(g) => st.retry_count < g.graph.spec().retry_policy_for(&st.identifier).max_retries,
         Err(Unusable::NotFound(..)) => return Err(ApiError::not_found("Graph template not found")),
         Err(_) => false,
     };
