@@ -268,7 +268,10 @@ impl Stack {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(run) = self.store.run(run_id).await?
-                && matches!(run.status.as_deref(), Some("SUCCESS") | Some("FAILED"))
+                && matches!(
+                    run.status.as_deref(),
+                    Some("SUCCESS") | Some("FAILED") | Some("CANCELLED")
+                )
             {
                 return Ok(run);
             }
@@ -402,6 +405,12 @@ pub async fn assert_run_consistent(stack: &Stack, run: &RunDoc) -> anyhow::Resul
         "retried {} != {}",
         run.retried_count,
         get(CounterGroup::Retried)
+    );
+    anyhow::ensure!(
+        run.cancelled_count == get(CounterGroup::Cancelled),
+        "cancelled {} != {}",
+        run.cancelled_count,
+        get(CounterGroup::Cancelled)
     );
     anyhow::ensure!(run.pending_count == 0, "finished run has pending states");
     let mut fingerprints = std::collections::HashSet::new();

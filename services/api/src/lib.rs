@@ -154,6 +154,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(&format!("{ns}/runs/{{page}}/{{size}}"), get(runs::list))
         .route(&format!("{ns}/run/{{run}}"), get(runs::get_run))
+        .route(&format!("{ns}/run/{{run}}/cancel"), post(runs::cancel))
         .route(
             &format!("{ns}/states/run/{{run}}/graph"),
             get(runs::graph_structure),

@@ -1,13 +1,15 @@
 //! `exo-trigger`: starts runs.
 //!
-//! Consumes trigger commands (`exo.v1.<ns>.run.trigger`, published by the
-//! `api` service or by any integration), writes the run, its store entries and
-//! its root state in one transaction (deterministic ids: a redelivered command
-//! creates nothing twice), then hands the root state to the scheduler.
+//! Consumes run commands published by the `api` service or by any
+//! integration. `exo.v1.<ns>.run.trigger` writes the run, its store entries
+//! and its root state in one transaction (deterministic ids: a redelivered
+//! command creates nothing twice), then hands the root state to the
+//! scheduler. `exo.v1.<ns>.run.cancel` cancels a run (see
+//! [`exo_engine::Engine::on_cancel`]).
 
 use exo_engine::worker::{self, WorkerSpec};
 use exo_service::config::CommonConfig;
-use exo_types::messages::TriggerCommand;
+use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             let Some(ns) = subjects::namespace_of(&d.subject).map(str::to_string) else {
                 return exo_bus::Disposition::Reject(format!("unexpected subject {}", d.subject));
             };
+            if d.subject.ends_with(".run.cancel") {
+                return match worker::decode::<CancelCommand>(&d) {
+                    Ok(cmd) => worker::disposition(engine.on_cancel(&ns, cmd).await),
+                    Err(disposition) => disposition,
+                };
+            }
             let cmd: TriggerCommand = match worker::decode(&d) {
                 Ok(c) => c,
                 Err(disposition) => return disposition,

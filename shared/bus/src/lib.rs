@@ -149,10 +149,30 @@ impl Bus {
             ),
         ];
         for cfg in configs {
-            self.js
-                .get_or_create_stream(cfg)
-                .await
-                .map_err(|e| Error::js("stream provisioning", e))?;
+            // Create, or bring an existing stream's configuration up to date
+            // (e.g. subjects added by a newer version).
+            match self.js.get_stream(&cfg.name).await {
+                Ok(mut existing) => {
+                    let current = existing
+                        .info()
+                        .await
+                        .map_err(|e| Error::js("stream info", e))?
+                        .config
+                        .clone();
+                    if current.subjects != cfg.subjects {
+                        self.js
+                            .update_stream(&cfg)
+                            .await
+                            .map_err(|e| Error::js("stream update", e))?;
+                    }
+                }
+                Err(_) => {
+                    self.js
+                        .get_or_create_stream(cfg)
+                        .await
+                        .map_err(|e| Error::js("stream provisioning", e))?;
+                }
+            }
         }
         Ok(())
     }

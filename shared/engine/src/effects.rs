@@ -35,7 +35,7 @@ use crate::graphs::LoadedGraph;
 use crate::inputs;
 
 /// Returned (as a custom driver error) when a conditional update matched no
-/// document: another delivery already applied it.
+/// document: another delivery already applied it, or the run was cancelled.
 #[derive(Debug, Clone, Copy)]
 pub struct AlreadyApplied;
 
@@ -52,6 +52,8 @@ pub struct Counters {
     pub errored: i64,
     /// Change of RETRY_CREATED.
     pub retried: i64,
+    /// Change of CANCELLED.
+    pub cancelled: i64,
 }
 
 impl Counters {
@@ -61,6 +63,7 @@ impl Counters {
             CounterGroup::Success => &mut self.success,
             CounterGroup::Errored => &mut self.errored,
             CounterGroup::Retried => &mut self.retried,
+            CounterGroup::Cancelled => &mut self.cancelled,
         }
     }
 
@@ -354,19 +357,31 @@ async fn apply_in(
         let after = store
             .runs()
             .find_one_and_update(
-                doc! {"run_id": &fx.run_id},
+                doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}},
                 doc! {"$inc": {
                     "total_count": counters.total,
                     "pending_count": counters.pending,
                     "success_count": counters.success,
                     "errored_count": counters.errored,
                     "retried_count": counters.retried,
+                    "cancelled_count": counters.cancelled,
                     "failed_unites": failed_unites,
                 }},
             )
             .return_document(ReturnDocument::After)
             .session(&mut *s)
             .await?;
+        if after.is_none()
+            && store
+                .runs()
+                .find_one(doc! {"run_id": &fx.run_id})
+                .session(&mut *s)
+                .await?
+                .is_some()
+        {
+            // The run was cancelled: nothing more happens in it.
+            return Err(MongoError::custom(AlreadyApplied));
+        }
         if let Some(run) = after
             && run.pending_count == 0
             && run.status.as_deref() == Some(RunStatus::Pending.as_str())
@@ -566,7 +581,8 @@ mod tests {
                 pending: 0,
                 success: 1,
                 errored: 0,
-                retried: 0
+                retried: 0,
+                cancelled: 0
             }
         );
         // The target's own group is armed and holds the child.

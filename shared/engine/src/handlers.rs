@@ -10,7 +10,8 @@ use exo_store::mongodb::options::ReturnDocument;
 use exo_store::{RunDoc, StateDoc, StoreDoc, oid};
 use exo_types::graph::NodeTemplate;
 use exo_types::messages::{
-    self as m, Dispatch, Errored, Executed, Pruned, Requeue, RunEvent, StateCreated, TriggerCommand,
+    self as m, CancelCommand, Dispatch, Errored, Executed, Pruned, Requeue, RunEvent, StateCreated,
+    TriggerCommand,
 };
 use exo_types::placeholder::{Dependency, DependentString};
 use exo_types::status::{RunStatus, StateStatus};
@@ -253,6 +254,7 @@ impl Engine {
             success_count: 0,
             errored_count: 0,
             retried_count: 0,
+            cancelled_count: 0,
             failed_unites: 0,
             finished_at: None,
         };
@@ -306,6 +308,72 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         self.publish_created(std::slice::from_ref(&root)).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// `trigger`: cancels a run. In one transaction the run becomes CANCELLED
+    /// and every pending state (CREATED, QUEUED, EXECUTED) becomes CANCELLED,
+    /// so nothing more is dispatched and late results are fenced out; then
+    /// `exo.v1.<ns>.event.run.cancelled` tells runtimes to stop executions
+    /// of the run.
+    pub async fn on_cancel(&self, ns: &str, cmd: CancelCommand) -> Result<Outcome, Error> {
+        let now = time::now_ms();
+        let ctx = (self.store.clone(), cmd.run_id.clone(), now);
+        let result = exo_store::transaction(&self.store, &ctx, |s, (store, run_id, now)| {
+            Box::pin(async move {
+                let stamp = DateTime::from_millis(*now);
+                let run = store
+                    .runs()
+                    .find_one_and_update(
+                        doc! {"run_id": run_id.as_str(), "status": RunStatus::Pending.as_str()},
+                        doc! {"$set": {"status": RunStatus::Cancelled.as_str(), "finished_at": stamp}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                if run.is_none() {
+                    return Ok(None);
+                }
+                let r = store
+                    .states()
+                    .update_many(
+                        doc! {"run_id": run_id.as_str(), "status": {"$in": ["CREATED", "QUEUED", "EXECUTED"]}},
+                        doc! {"$set": {"status": "CANCELLED", "error": "run cancelled", "updated_at": stamp}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                let n = r.modified_count as i64;
+                store
+                    .runs()
+                    .update_one(
+                        doc! {"run_id": run_id.as_str()},
+                        doc! {"$inc": {"pending_count": -n, "cancelled_count": n}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                Ok(Some(n))
+            })
+        })
+        .await?;
+        let Some(n) = result else {
+            return Ok(match self.store.run(&cmd.run_id).await? {
+                Some(run) => Outcome::Stale(format!("run is {}", run.status.unwrap_or_default())),
+                None => Outcome::Reject(format!("run {} not found", cmd.run_id)),
+            });
+        };
+        tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
+        let ev = RunEvent {
+            run_id: cmd.run_id.clone(),
+            graph_name: String::new(),
+            status: RunStatus::Cancelled.as_str().to_string(),
+            at_ms: now,
+        };
+        self.bus
+            .publish(Outgoing::json(
+                subjects::event(ns, "run", "cancelled"),
+                format!("run:{}:cancelled", cmd.run_id),
+                &ev,
+            )?)
+            .await?;
         Ok(Outcome::Done)
     }
 

@@ -8,7 +8,71 @@ use exo_bus::{Bus, Outgoing};
 use exo_types::messages::{self as m, Dispatch, Errored, Executed, Pruned, Requeue};
 use exo_types::subjects::{self, ResultKind};
 use futures::StreamExt;
+use futures::future::{AbortHandle, Abortable};
 use tokio_util::sync::CancellationToken;
+
+/// How many cancelled run ids a runtime remembers.
+const CANCELLED_MEMORY: usize = 10_000;
+
+/// Executions in flight by run id, so a run cancellation can stop them, and
+/// the recently cancelled runs, whose queued dispatches are dropped unrun.
+#[derive(Default)]
+struct Inflight {
+    next: std::sync::atomic::AtomicU64,
+    by_run: std::sync::Mutex<std::collections::HashMap<String, Vec<(u64, AbortHandle)>>>,
+    cancelled: std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+impl Inflight {
+    fn is_cancelled(&self, run_id: &str) -> bool {
+        self.cancelled.lock().is_ok_and(|c| c.0.contains(run_id))
+    }
+
+    fn register(&self, run_id: &str, handle: AbortHandle) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.by_run.lock() {
+            m.entry(run_id.to_string()).or_default().push((id, handle));
+        }
+        id
+    }
+
+    fn remove(&self, run_id: &str, id: u64) {
+        if let Ok(mut m) = self.by_run.lock()
+            && let Some(v) = m.get_mut(run_id)
+        {
+            v.retain(|(i, _)| *i != id);
+            if v.is_empty() {
+                m.remove(run_id);
+            }
+        }
+    }
+
+    fn abort_run(&self, run_id: &str) -> usize {
+        if let Ok(mut c) = self.cancelled.lock()
+            && c.0.insert(run_id.to_string())
+        {
+            c.1.push_back(run_id.to_string());
+            if c.1.len() > CANCELLED_MEMORY
+                && let Some(old) = c.1.pop_front()
+            {
+                c.0.remove(&old);
+            }
+        }
+        let handles = self
+            .by_run
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(run_id))
+            .unwrap_or_default();
+        for (_, h) in &handles {
+            h.abort();
+        }
+        handles.len()
+    }
+}
 
 use crate::node::{Context, DynNode, Report};
 
@@ -151,6 +215,31 @@ impl Runtime {
         }
         let bus = Bus::connect(&cfg.nats_url, &format!("exo-runtime-{}", cfg.name)).await?;
         bus.provision().await?;
+        let inflight = Arc::new(Inflight::default());
+        // Run cancellations stop the executions of that run.
+        let mut cancels = bus
+            .client()
+            .subscribe(subjects::event(&cfg.namespace, "run", "cancelled"))
+            .await
+            .map_err(|e| Error::Register(format!("subscribe to cancellations: {e}")))?;
+        {
+            let inflight = inflight.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let msg = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        m = cancels.next() => match m { Some(m) => m, None => return },
+                    };
+                    if let Ok(ev) =
+                        serde_json::from_slice::<exo_types::messages::RunEvent>(&msg.payload)
+                    {
+                        let n = inflight.abort_run(&ev.run_id);
+                        tracing::info!(exo.run_id = %ev.run_id, stopped = n, "Run cancelled; executions stopped.");
+                    }
+                }
+            });
+        }
         let mut tasks = Vec::new();
         for node in &cfg.nodes {
             let consumer = bus
@@ -162,6 +251,7 @@ impl Runtime {
                 node.clone(),
                 consumer,
                 shutdown.clone(),
+                inflight.clone(),
             )));
         }
         tracing::info!(namespace = %cfg.namespace, runtime = %cfg.name, nodes = cfg.nodes.len(), "Runtime started.");
@@ -208,6 +298,7 @@ async fn serve_node(
     node: Arc<dyn DynNode>,
     consumer: jetstream::consumer::PullConsumer,
     shutdown: CancellationToken,
+    inflight: Arc<Inflight>,
 ) {
     while !shutdown.is_cancelled() {
         let messages = consumer
@@ -232,9 +323,10 @@ async fn serve_node(
                 let bus = bus.clone();
                 let node = node.clone();
                 let cfg = cfg.clone();
+                let inflight = inflight.clone();
                 async move {
                     match item {
-                        Ok(msg) => handle(&bus, &cfg, &*node, msg).await,
+                        Ok(msg) => handle(&bus, &cfg, &*node, &inflight, msg).await,
                         Err(error) => tracing::debug!(%error, "Pull stream error."),
                     }
                 }
@@ -243,7 +335,13 @@ async fn serve_node(
     }
 }
 
-async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Message) {
+async fn handle(
+    bus: &Bus,
+    cfg: &Builder,
+    node: &dyn DynNode,
+    inflight: &Inflight,
+    msg: jetstream::Message,
+) {
     let dispatch: Dispatch = match serde_json::from_slice(&msg.payload) {
         Ok(d) => d,
         Err(error) => {
@@ -252,6 +350,11 @@ async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Me
             return;
         }
     };
+    if inflight.is_cancelled(&dispatch.run_id) {
+        tracing::debug!(state_id = %dispatch.state_id, "Dropping a dispatch of a cancelled run.");
+        let _ = msg.ack().await;
+        return;
+    }
     let ctx = Context {
         state_id: dispatch.state_id.clone(),
         run_id: dispatch.run_id.clone(),
@@ -279,7 +382,20 @@ async fn handle(bus: &Bus, cfg: &Builder, node: &dyn DynNode, msg: jetstream::Me
             ctx.delivered
         ))
     } else {
-        node.run(dispatch.inputs, &ctx).await
+        let (handle, registration) = AbortHandle::new_pair();
+        let id = inflight.register(&ctx.run_id, handle);
+        let result = Abortable::new(node.run(dispatch.inputs, &ctx), registration).await;
+        inflight.remove(&ctx.run_id, id);
+        match result {
+            Ok(report) => report,
+            Err(_aborted) => {
+                heartbeat.abort();
+                // The state is already CANCELLED; there is nothing to report.
+                tracing::debug!(state_id = %ctx.state_id, "Execution stopped by a run cancellation.");
+                let _ = msg.ack().await;
+                return;
+            }
+        }
     };
     heartbeat.abort();
     let ns = &cfg.namespace;

@@ -218,6 +218,9 @@ pub struct RunDoc {
     /// RETRY_CREATED.
     #[serde(default)]
     pub retried_count: i64,
+    /// States stopped by a cancellation (ours).
+    #[serde(default)]
+    pub cancelled_count: i64,
     /// Unite groups that closed with failures under ALL_SUCCESS.
     #[serde(default)]
     pub failed_unites: i64,

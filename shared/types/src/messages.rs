@@ -35,6 +35,13 @@ pub struct TriggerCommand {
     pub requested_at_ms: Option<i64>,
 }
 
+/// Command that cancels a run (`exo.v1.<ns>.run.cancel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelCommand {
+    /// Run to cancel.
+    pub run_id: String,
+}
+
 /// Hand-off from a writer to the scheduler: a state now exists in CREATED
 /// (`exo.v1.<ns>.state.created`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

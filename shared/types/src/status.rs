@@ -23,10 +23,14 @@ pub enum StateStatus {
     Pruned,
     /// Failed and replaced by a retry attempt.
     RetryCreated,
+    /// Stopped because its run was cancelled (ours; Exosphere's dashboard
+    /// type already lists it).
+    Cancelled,
 }
 
 impl StateStatus {
-    /// All eight statuses, in spec order.
+    /// Exosphere's eight statuses, in spec order (the keys of a run graph's
+    /// `execution_summary`).
     pub const ALL: [StateStatus; 8] = [
         Self::Created,
         Self::Queued,
@@ -49,12 +53,16 @@ impl StateStatus {
             Self::Success => "SUCCESS",
             Self::Pruned => "PRUNED",
             Self::RetryCreated => "RETRY_CREATED",
+            Self::Cancelled => "CANCELLED",
         }
     }
 
     /// Parses the database and wire string.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .chain([Self::Cancelled])
+            .find(|st| st.as_str() == s)
     }
 
     /// The run-counter group this status belongs to (spec §14.1).
@@ -64,6 +72,7 @@ impl StateStatus {
             Self::Errored | Self::NextCreatedError => CounterGroup::Errored,
             Self::Success | Self::Pruned => CounterGroup::Success,
             Self::RetryCreated => CounterGroup::Retried,
+            Self::Cancelled => CounterGroup::Cancelled,
         }
     }
 
@@ -75,7 +84,10 @@ impl StateStatus {
     /// True when the state ended without success: it counts as a failure for
     /// an `ALL_SUCCESS` unite group.
     pub fn is_failure(self) -> bool {
-        matches!(self, Self::Errored | Self::NextCreatedError | Self::Pruned)
+        matches!(
+            self,
+            Self::Errored | Self::NextCreatedError | Self::Pruned | Self::Cancelled
+        )
     }
 }
 
@@ -96,6 +108,8 @@ pub enum CounterGroup {
     Errored,
     /// RETRY_CREATED.
     Retried,
+    /// CANCELLED (ours).
+    Cancelled,
 }
 
 impl CounterGroup {
@@ -106,6 +120,7 @@ impl CounterGroup {
             Self::Success => "success_count",
             Self::Errored => "errored_count",
             Self::Retried => "retried_count",
+            Self::Cancelled => "cancelled_count",
         }
     }
 }
@@ -120,6 +135,8 @@ pub enum RunStatus {
     Success,
     /// Every state ended and something failed.
     Failed,
+    /// The run was cancelled (ours).
+    Cancelled,
 }
 
 impl RunStatus {
@@ -129,6 +146,7 @@ impl RunStatus {
             Self::Pending => "PENDING",
             Self::Success => "SUCCESS",
             Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
         }
     }
 
@@ -150,6 +168,12 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", s.as_str()));
         }
         assert_eq!(StateStatus::parse("DONE"), None);
+        assert_eq!(
+            StateStatus::parse("CANCELLED"),
+            Some(StateStatus::Cancelled)
+        );
+        assert_eq!(StateStatus::Cancelled.group(), CounterGroup::Cancelled);
+        assert!(!StateStatus::Cancelled.is_pending());
     }
 
     #[test]

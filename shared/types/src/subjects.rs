@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 /// Version prefix of every subject.
 pub const PREFIX: &str = "exo.v1";
 
-/// Work-queue stream of trigger commands (`exo.v1.<ns>.run.trigger`).
+/// Work-queue stream of run commands (`exo.v1.<ns>.run.trigger`,
+/// `exo.v1.<ns>.run.cancel`).
 pub const STREAM_COMMANDS: &str = "EXO_COMMANDS";
 /// Work-queue stream of "state created" hand-offs (`exo.v1.<ns>.state.created`).
 pub const STREAM_STATES: &str = "EXO_STATES";
@@ -32,7 +33,7 @@ pub const CONSUMER_COMPLETION: &str = "completion";
 pub const CONSUMER_RETRY: &str = "retry";
 
 /// Subject filters of [`STREAM_COMMANDS`].
-pub const COMMANDS_SUBJECTS: &str = "exo.v1.*.run.trigger";
+pub const COMMANDS_SUBJECTS: &str = "exo.v1.*.run.*";
 /// Subject filters of [`STREAM_STATES`].
 pub const STATES_SUBJECTS: &str = "exo.v1.*.state.created";
 /// Subject filters of [`STREAM_RESULTS`].
@@ -84,6 +85,11 @@ impl ResultKind {
 /// `exo.v1.<ns>.run.trigger`
 pub fn trigger(ns: &str) -> String {
     format!("{PREFIX}.{ns}.run.trigger")
+}
+
+/// `exo.v1.<ns>.run.cancel`
+pub fn cancel(ns: &str) -> String {
+    format!("{PREFIX}.{ns}.run.cancel")
 }
 
 /// `exo.v1.<ns>.state.created`

@@ -342,3 +342,80 @@ async fn heartbeats_keep_a_long_execution_with_its_runtime() -> anyhow::Result<(
     s2.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_stops_dispatch_and_running_work() -> anyhow::Result<()> {
+    let ns = "cancel";
+    let stack = Stack::start().await?;
+    let calls = counter();
+    let (stop, _) = stack
+        .start_runtime(
+            stack
+                .runtime(ns, "rt")
+                .concurrency(4)
+                .node(Append {
+                    name: "AppendA",
+                    suffix: "a",
+                    calls: counter(),
+                })
+                .node(FanOut)
+                .node(Picky {
+                    fail_digits: "",
+                    prune_digits: "",
+                    delay: Duration::from_secs(3),
+                    calls: calls.clone(),
+                })
+                .node(Join { name: "Join" }),
+        )
+        .await?;
+    stack
+        .upsert_valid_graph(ns, "g", &fan_graph(ns, "ALL_DONE", 50, 0))
+        .await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    // Wait until work is running, then cancel.
+    let deadline = std::time::Instant::now() + WAIT;
+    while calls.load(Ordering::SeqCst) == 0 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "work never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/run/{run_id}/cancel"),
+            &json!({}),
+        )
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let run = stack.wait_run(&run_id, WAIT).await?;
+    assert_eq!(run.status.as_deref(), Some("CANCELLED"));
+    let started = calls.load(Ordering::SeqCst);
+    assert!(
+        started <= 8,
+        "at most the in-flight executions started ({started})"
+    );
+    let states = assert_run_consistent(&stack, &run).await?;
+    let cancelled = states
+        .iter()
+        .filter(|s| s.status == StateStatus::Cancelled)
+        .count();
+    assert!(cancelled >= 46, "pending work was cancelled ({cancelled})");
+    assert!(states.iter().all(|s| s.identifier != "merge"));
+    // Nothing more starts, and running executions were stopped without a result.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), started);
+    let after = stack.store.run(&run_id).await?.expect("run");
+    assert_eq!(after, run, "a cancelled run does not change");
+    // A second cancel conflicts; an unknown run is not found.
+    let (status, _) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/run/{run_id}/cancel"),
+            &json!({}),
+        )
+        .await?;
+    assert_eq!(status, 409);
+    let (status, _) = stack
+        .post(&format!("/v0/namespace/{ns}/run/nope/cancel"), &json!({}))
+        .await?;
+    assert_eq!(status, 404);
+    stop.cancel();
+    Ok(())
+}

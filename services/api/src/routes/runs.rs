@@ -37,6 +37,7 @@ struct Counts {
     success: i64,
     errored: i64,
     retried: i64,
+    cancelled: i64,
 }
 
 impl Counts {
@@ -47,6 +48,7 @@ impl Counts {
             CounterGroup::Success => self.success += 1,
             CounterGroup::Errored => self.errored += 1,
             CounterGroup::Retried => self.retried += 1,
+            CounterGroup::Cancelled => self.cancelled += 1,
         }
     }
 
@@ -70,6 +72,7 @@ impl Counts {
             success: r.success_count,
             errored: r.errored_count,
             retried: r.retried_count,
+            cancelled: r.cancelled_count,
         }
     }
 }
@@ -206,9 +209,55 @@ pub async fn get_run(
         "success_count": c.success,
         "errored_count": c.errored,
         "retried_count": c.retried,
+        "cancelled_count": c.cancelled,
         "created_at": iso(run.created_at),
         "finished_at": iso_opt(run.finished_at),
     })))
+}
+
+/// `POST /v0/namespace/{ns}/run/{run_id}/cancel` (extension): asks the
+/// `trigger` service to cancel a pending run. 202 `{"run_id", "status":
+/// "CANCELLING"}`; 404 for an unknown run; 409 when it already ended.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path((ns, run_id)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Some(run) = state
+        .engine
+        .store
+        .runs()
+        .find_one(doc! {"run_id": &run_id, "namespace_name": &ns})
+        .await?
+    else {
+        return Err(ApiError::not_found(format!(
+            "Run {run_id} not found in namespace {ns}"
+        )));
+    };
+    if let Some(status) = run.status.as_deref()
+        && status != "PENDING"
+    {
+        return Err(ApiError::Http(
+            StatusCode::CONFLICT,
+            format!("Run {run_id} already ended with status {status}"),
+        ));
+    }
+    let cmd = exo_types::messages::CancelCommand {
+        run_id: run_id.clone(),
+    };
+    state
+        .engine
+        .bus
+        .publish(exo_bus::Outgoing::json(
+            exo_types::subjects::cancel(&ns),
+            format!("cancel:{run_id}"),
+            &cmd,
+        )?)
+        .await?;
+    tracing::info!(exo.namespace = %ns, exo.run_id = %run_id, "Run cancellation requested.");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": run_id, "status": "CANCELLING"})),
+    ))
 }
 
 fn summary_template() -> Map<String, Value> {
@@ -345,7 +394,8 @@ mod tests {
                 pending: 1,
                 success: 2,
                 errored: 1,
-                retried: 1
+                retried: 1,
+                cancelled: 0
             }
         );
     }
