@@ -5,7 +5,8 @@
 //! and its root state in one transaction (deterministic ids: a redelivered
 //! command creates nothing twice), then hands the root state to the
 //! scheduler. `exo.v1.<ns>.run.cancel` cancels a run (see
-//! [`exo_engine::Engine::on_cancel`]).
+//! [`exo_engine::Engine::on_cancel`]). It also fires the graphs' CRON
+//! triggers (see [`exo_engine::cron`]).
 
 use exo_engine::worker::{self, WorkerSpec};
 use exo_service::config::CommonConfig;
@@ -54,7 +55,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             };
             worker::disposition(engine.on_trigger(&ns, cmd).await)
         },
-        worker::nothing,
+        cron_loop,
     )
     .await
+}
+
+/// Fires due CRON occurrences every second until shutdown.
+async fn cron_loop(engine: exo_engine::Engine, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Err(error) = exo_engine::cron::fire_due(&engine).await {
+            tracing::warn!(%error, "Firing cron triggers failed.");
+        }
+    }
 }

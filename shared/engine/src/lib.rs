@@ -13,6 +13,7 @@
 //!   the same transaction as the state writes they describe;
 //! - [`handlers`]: one function per message kind.
 
+pub mod cron;
 pub mod effects;
 pub mod graphs;
 pub mod handlers;

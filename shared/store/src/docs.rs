@@ -260,3 +260,37 @@ pub struct UniteGroupDoc {
 pub fn unite_group_id(target: &ObjectId, identifier: &str) -> String {
     format!("{}:{identifier}", target.to_hex())
 }
+
+/// One scheduled occurrence of a CRON trigger (collection `DatabaseTriggers`,
+/// Exosphere's shape plus `claimed_at`, `run_id` and `error`, ours).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerDoc {
+    /// Document id.
+    #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ObjectId>,
+    /// Always `CRON`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Cron expression.
+    pub expression: Option<String>,
+    /// Graph name.
+    pub graph_name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// When this occurrence is due (UTC).
+    pub trigger_time: DateTime,
+    /// `PENDING`, `TRIGGERING`, `TRIGGERED` or `FAILED`.
+    pub trigger_status: String,
+    /// Retention anchor (TTL index for TRIGGERED and FAILED).
+    #[serde(default)]
+    pub expires_at: Option<DateTime>,
+    /// When a trigger service claimed it (ours; a stale claim is retaken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<DateTime>,
+    /// Run started by this occurrence (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Why it failed (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

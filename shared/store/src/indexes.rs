@@ -16,6 +16,14 @@ fn index(keys: Document, name: &str, unique: bool, partial: Option<Document>) ->
     IndexModel::builder().keys(keys).options(opts).build()
 }
 
+fn ttl_index(keys: Document, name: &str) -> IndexModel {
+    let opts = IndexOptions::builder()
+        .name(name.to_string())
+        .expire_after(std::time::Duration::ZERO)
+        .build();
+    IndexModel::builder().keys(keys).options(opts).build()
+}
+
 /// Creates every index this implementation relies on.
 pub async fn ensure(store: &Store) -> Result<(), Error> {
     let db = store.db();
@@ -85,6 +93,19 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
                     doc! {"namespace_name": 1, "created_at": -1},
                     "namespace_created_at_index",
                     false,
+                    None,
+                ),
+            ],
+        ),
+        (
+            crate::TRIGGERS,
+            vec![
+                index(doc! {"trigger_time": -1}, "idx_trigger_time", false, None),
+                ttl_index(doc! {"expires_at": 1}, "ttl_expires_at_exo"),
+                index(
+                    doc! {"type": 1, "expression": 1, "graph_name": 1, "namespace": 1, "trigger_time": 1},
+                    "uniq_graph_type_expr_time",
+                    true,
                     None,
                 ),
             ],

@@ -12,7 +12,9 @@ pub mod indexes;
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::{Client, Collection, Database};
 
-pub use docs::{GraphTemplateDoc, RegisteredNodeDoc, RunDoc, StateDoc, StoreDoc, UniteGroupDoc};
+pub use docs::{
+    GraphTemplateDoc, RegisteredNodeDoc, RunDoc, StateDoc, StoreDoc, TriggerDoc, UniteGroupDoc,
+};
 pub use mongodb;
 
 /// Collection of state attempts.
@@ -136,6 +138,11 @@ impl Store {
     /// `runs` collection.
     pub fn runs(&self) -> Collection<RunDoc> {
         self.db.collection(RUNS)
+    }
+
+    /// `DatabaseTriggers` collection.
+    pub fn triggers(&self) -> Collection<TriggerDoc> {
+        self.db.collection(TRIGGERS)
     }
 
     /// `UniteGroup` collection.

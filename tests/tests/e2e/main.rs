@@ -4,6 +4,7 @@
 
 mod api_contract;
 mod bad_input;
+mod cron;
 mod faults;
 mod flows;
 mod leases;

@@ -182,6 +182,15 @@ pub async fn upsert(
         }
     };
     state.engine.graphs.invalidate(&ns, &name);
+    exo_engine::cron::reschedule(
+        &state.engine.store,
+        &ns,
+        &name,
+        &spec.cron_expressions(),
+        status == "VALID",
+    )
+    .await
+    .map_err(|e| ApiError::internal("schedule cron triggers", e))?;
     tracing::info!(
         exo.namespace = %ns,
         exo.graph = %name,

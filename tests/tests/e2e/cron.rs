@@ -1,0 +1,90 @@
+//! CRON triggers fire runs from the `trigger` service.
+
+use std::time::{Duration, Instant};
+
+use exo_e2e::Stack;
+use exo_e2e::nodes::{Append, counter};
+use exo_store::mongodb::bson::doc;
+use futures::TryStreamExt;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_triggers_start_runs_until_removed() -> anyhow::Result<()> {
+    let ns = "cron";
+    let stack = Stack::start().await?;
+    let (stop, _) = stack
+        .start_runtime(stack.runtime(ns, "rt").node(Append {
+            name: "AppendA",
+            suffix: "a",
+            calls: counter(),
+        }))
+        .await?;
+    let node = json!({"node_name": "AppendA", "identifier": "a", "namespace": ns, "inputs": {"text": "tick"}});
+    // Six fields, croniter style: the sixth is seconds, so this fires every second.
+    let graph = json!({"secrets": {}, "nodes": [node], "triggers": [{"type": "CRON", "value": {"expression": "* * * * * *"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = stack
+            .store
+            .runs()
+            .count_documents(doc! {"namespace_name": ns, "status": "SUCCESS"})
+            .await?;
+        if done >= 2 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "cron runs did not complete ({done})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fired: Vec<exo_store::TriggerDoc> = stack
+        .store
+        .triggers()
+        .find(doc! {"namespace": ns, "trigger_status": "TRIGGERED"})
+        .await?
+        .try_collect()
+        .await?;
+    assert!(fired.len() >= 2);
+    for t in &fired {
+        let run_id = t.run_id.as_deref().expect("fired occurrence names its run");
+        assert!(
+            stack.store.run(run_id).await?.is_some(),
+            "run {run_id} exists"
+        );
+    }
+    let pending = stack
+        .store
+        .triggers()
+        .count_documents(doc! {"namespace": ns, "trigger_status": "PENDING"})
+        .await?;
+    assert_eq!(pending, 1, "exactly one next occurrence is scheduled");
+
+    // Removing the trigger stops the schedule.
+    let graph = json!({"secrets": {}, "nodes": [node]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = stack
+        .store
+        .runs()
+        .count_documents(doc! {"namespace_name": ns})
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = stack
+        .store
+        .runs()
+        .count_documents(doc! {"namespace_name": ns})
+        .await?;
+    assert_eq!(before, after, "no run after the trigger was removed");
+    assert_eq!(
+        stack
+            .store
+            .triggers()
+            .count_documents(doc! {"namespace": ns, "trigger_status": "PENDING"})
+            .await?,
+        0
+    );
+    stop.cancel();
+    Ok(())
+}
