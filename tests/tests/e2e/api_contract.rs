@@ -1248,6 +1248,7 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
             "success_count",
             "errored_count",
             "retried_count",
+            "cancelled_count",
             "created_at",
             "finished_at"
         ])
