@@ -19,6 +19,8 @@ export EXO_API__ADDR="${EXO_API__ADDR:-127.0.0.1:8000}"
 export EXO_API__KEY="${EXO_API__KEY:-${STATE_MANAGER_SECRET:-exo-demo-key}}"
 export EXO_API__SECRETS_ENCRYPTION_KEY="${EXO_API__SECRETS_ENCRYPTION_KEY:-${SECRETS_ENCRYPTION_KEY:-YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=}}"
 export EXO_MONGO__DATABASE="${EXO_MONGO__DATABASE:-exosphere-demo}"
+# Transactions abandoned by a killed service hold their locks until this limit.
+export EXO_MONGO__TRANSACTION_LIFETIME_SECS="${EXO_MONGO__TRANSACTION_LIFETIME_SECS:-2}"
 
 up() {
     local port=9101

@@ -97,6 +97,10 @@ impl Stack {
                 "YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=".to_string(),
             ),
             ("EXO_SHUTDOWN_GRACE_SECS".to_string(), "5".to_string()),
+            (
+                "EXO_MONGO__TRANSACTION_LIFETIME_SECS".to_string(),
+                "2".to_string(),
+            ),
         ];
         if std::env::var("RUST_LOG").is_err() {
             env.push(("RUST_LOG".into(), "info,exo_engine=debug".into()));

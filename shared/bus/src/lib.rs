@@ -74,9 +74,9 @@ impl Outgoing {
 
 /// Ack wait of service consumers: a message held by a crashed service is
 /// redelivered this long after its last heartbeat.
-pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(2);
+pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(1);
 /// Interval of the progress acks sent while a service handles a message.
-pub const SERVICE_HEARTBEAT: Duration = Duration::from_millis(500);
+pub const SERVICE_HEARTBEAT: Duration = Duration::from_millis(300);
 /// Dedup window of the work streams.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Outstanding publish acks in [`Bus::publish_batch`].

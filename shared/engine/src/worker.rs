@@ -35,6 +35,15 @@ pub async fn connect(common: &CommonConfig, service: &str) -> anyhow::Result<Eng
         .await
         .context("connect to MongoDB")?;
     store.ping().await.context("ping MongoDB")?;
+    if let Some(secs) = common.mongo.transaction_lifetime_secs {
+        let cmd = exo_store::mongodb::bson::doc! {"setParameter": 1, "transactionLifetimeLimitSeconds": i64::from(secs)};
+        match store.client().database("admin").run_command(cmd).await {
+            Ok(_) => tracing::info!(secs, "Set the server's transaction lifetime limit."),
+            Err(error) => {
+                tracing::warn!(%error, "Could not set transactionLifetimeLimitSeconds; abandoned transactions hold locks for the server default.")
+            }
+        }
+    }
     store
         .ensure_indexes()
         .await

@@ -51,6 +51,12 @@ pub struct MongoConfig {
     pub uri: String,
     /// Database name (Exosphere's default is `exosphere-state-manager`).
     pub database: String,
+    /// When set, services set the server's `transactionLifetimeLimitSeconds`
+    /// at start-up (needs the privilege; best effort). A transaction left
+    /// open by a killed process holds its locks until this limit (MongoDB's
+    /// default is 60 s), stalling the runs it touched; ours last
+    /// milliseconds, so a few seconds is plenty.
+    pub transaction_lifetime_secs: Option<u32>,
 }
 
 impl Default for MongoConfig {
@@ -58,6 +64,7 @@ impl Default for MongoConfig {
         Self {
             uri: "mongodb://127.0.0.1:27017".into(),
             database: "exosphere-state-manager".into(),
+            transaction_lifetime_secs: None,
         }
     }
 }

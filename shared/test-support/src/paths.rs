@@ -114,10 +114,11 @@ pub fn mongo_server_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The path of a workspace binary built in the debug profile: `<target>/debug/<name>`.
+/// The path of a built workspace binary: `<target>/<profile>/<name>`.
 ///
 /// `<target>` is `CARGO_TARGET_DIR` when set (relative paths are taken from the workspace
-/// root), else `<root>/target`.
+/// root), else `<root>/target`; `<profile>` is `EXO_BIN_PROFILE` when set (e.g. `release`
+/// for benchmarks), else `debug`.
 ///
 /// # Errors
 ///
@@ -128,7 +129,11 @@ pub fn service_bin(name: &str) -> anyhow::Result<PathBuf> {
         Some(dir) => root.join(dir),
         None => root.join("target"),
     };
-    let bin = target.join("debug").join(name);
+    let profile = std::env::var("EXO_BIN_PROFILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "debug".to_string());
+    let bin = target.join(profile).join(name);
     if !is_executable(&bin) {
         bail!(
             "service binary {} not found; run `cargo build --workspace --bins` first",
