@@ -178,13 +178,22 @@ impl Stack {
         let runtime = builder.build();
         let token = CancellationToken::new();
         let t = token.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(async move {
-            if let Err(error) = runtime.run(t).await {
+            if let Err(error) = runtime
+                .run_with_ready(t, move || {
+                    let _ = ready_tx.send(());
+                })
+                .await
+            {
                 panic!("runtime failed: {error}");
             }
         });
-        // Registration happens first; wait until the API lists at least one node.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Registered and consuming every queue, or the task ended early.
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .context("runtime not ready within 30 s")?
+            .context("runtime stopped before it was ready")?;
         Ok((token, handle))
     }
 
