@@ -92,6 +92,7 @@ pub struct Update {
 }
 
 /// Everything one transaction does to one run.
+#[derive(Clone)]
 pub struct Effects {
     graph: Option<Arc<LoadedGraph>>,
     run_id: String,
@@ -123,6 +124,31 @@ impl Effects {
             updates: Vec::new(),
             inserts: Vec::new(),
         }
+    }
+
+    /// Adds `other` (effects on the same run) to these.
+    fn merge(&mut self, other: &Effects) {
+        if self.graph.is_none() {
+            self.graph = other.graph.clone();
+        }
+        self.counters.total += other.counters.total;
+        self.counters.pending += other.counters.pending;
+        self.counters.success += other.counters.success;
+        self.counters.errored += other.counters.errored;
+        self.counters.retried += other.counters.retried;
+        self.counters.cancelled += other.counters.cancelled;
+        for (k, d) in &other.groups {
+            let g = self.groups.entry(k.clone()).or_insert_with(|| GroupDelta {
+                target: d.target,
+                unite: d.unite.clone(),
+                open: 0,
+                failed: 0,
+            });
+            g.open += d.open;
+            g.failed += d.failed;
+        }
+        self.updates.extend(other.updates.iter().cloned());
+        self.inserts.extend(other.inserts.iter().cloned());
     }
 
     /// True when nothing would be written.
@@ -218,9 +244,86 @@ impl Effects {
     }
 }
 
-/// Applies `effects` in one transaction (retried on transient errors).
-/// Returns `Ok(None)` when a conditional update found the work already done.
+/// Group commit: concurrent [`apply`] calls for the same run in this process
+/// queue here; whoever holds the run's commit lock applies everything queued
+/// in one transaction. Without it, every completion of a wide fan-out would
+/// write the same run and unite-group documents in its own transaction, and
+/// they would abort each other on write conflicts.
+struct RunQueue {
+    pending: std::sync::Mutex<Vec<Waiter>>,
+    commit: tokio::sync::Mutex<()>,
+}
+
+struct Waiter {
+    fx: Effects,
+    now_ms: i64,
+    tx: tokio::sync::oneshot::Sender<Result<Option<Applied>, MongoError>>,
+}
+
+/// Most transactions merged into one.
+const MAX_BATCH: usize = 64;
+
+static QUEUES: std::sync::LazyLock<std::sync::Mutex<HashMap<String, Arc<RunQueue>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Applies `effects` in one transaction (retried on transient errors),
+/// possibly merged with concurrent effects on the same run. Returns
+/// `Ok(None)` when a conditional update found the work already done (or the
+/// run cancelled).
 pub async fn apply(
+    store: &Store,
+    effects: &Effects,
+    now_ms: i64,
+) -> Result<Option<Applied>, MongoError> {
+    let queue = {
+        let mut map = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(effects.run_id.clone())
+            .or_insert_with(|| {
+                Arc::new(RunQueue {
+                    pending: std::sync::Mutex::new(Vec::new()),
+                    commit: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    queue
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Waiter {
+            fx: effects.clone(),
+            now_ms,
+            tx,
+        });
+    {
+        let _leader = queue.commit.lock().await;
+        loop {
+            let batch: Vec<Waiter> = {
+                let mut p = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let n = p.len().min(MAX_BATCH);
+                p.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            commit_batch(store, batch).await;
+        }
+    }
+    {
+        // Forget idle queues (the map holds one reference, this call one).
+        let mut map = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&queue) == 2
+            && queue.pending.lock().map(|p| p.is_empty()).unwrap_or(false)
+        {
+            map.remove(&effects.run_id);
+        }
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(MongoError::custom("transaction batch dropped")))
+}
+
+async fn apply_one(
     store: &Store,
     effects: &Effects,
     now_ms: i64,
@@ -234,6 +337,51 @@ pub async fn apply(
         Ok(a) => Ok(Some(a)),
         Err(e) if e.get_custom::<AlreadyApplied>().is_some() => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Applies a batch merged; if the merged transaction cannot commit (one of
+/// the effects was already applied, a duplicate, ...), applies each alone so
+/// one cannot fail the others.
+async fn commit_batch(store: &Store, mut batch: Vec<Waiter>) {
+    if batch.len() > 1 {
+        let now_ms = batch.iter().map(|w| w.now_ms).max().unwrap_or_default();
+        let mut merged = batch[0].fx.clone();
+        for w in &batch[1..] {
+            merged.merge(&w.fx);
+        }
+        if let Ok(Some(applied)) = apply_one(store, &merged, now_ms).await {
+            // Each caller gets the states it inserted; the first also gets
+            // what the transaction added (unite states) and the run's end.
+            let mut extras: Vec<StateDoc> = applied
+                .created
+                .into_iter()
+                .filter(|c| {
+                    !batch
+                        .iter()
+                        .any(|w| w.fx.inserts.iter().any(|i| i.id == c.id))
+                })
+                .collect();
+            let mut finished = applied.finished;
+            for w in batch.drain(..) {
+                let mut created: Vec<StateDoc> =
+                    w.fx.inserts
+                        .iter()
+                        .filter(|st| st.status == StateStatus::Created)
+                        .cloned()
+                        .collect();
+                created.append(&mut extras);
+                let _ = w.tx.send(Ok(Some(Applied {
+                    created,
+                    finished: finished.take(),
+                })));
+            }
+            return;
+        }
+    }
+    for w in batch {
+        let r = apply_one(store, &w.fx, w.now_ms).await;
+        let _ = w.tx.send(r);
     }
 }
 
