@@ -15,12 +15,10 @@ use std::time::Duration;
 use exo_bus::Outgoing;
 use exo_engine::Engine;
 use exo_engine::worker::{self, WorkerSpec};
-use exo_service::config::CommonConfig;
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::{self as m, StateCreated};
 use exo_types::{subjects, time};
 use futures::TryStreamExt;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// How long a due state may stay CREATED before the reconciler re-announces it.
@@ -28,16 +26,7 @@ pub const RECONCILE_AFTER: Duration = Duration::from_secs(20);
 /// How often the reconciler looks.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
-/// Service configuration (`EXO_*` environment variables).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// Connections and admin endpoint.
-    #[serde(flatten)]
-    pub common: CommonConfig,
-    /// Hand-offs handled at once (`EXO_CONCURRENCY`).
-    pub concurrency: Option<usize>,
-}
+pub use exo_engine::worker::Config;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -9,22 +9,11 @@
 //! triggers (see [`exo_engine::cron`]).
 
 use exo_engine::worker::{self, WorkerSpec};
-use exo_service::config::CommonConfig;
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-/// Service configuration (`EXO_*` environment variables).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Config {
-    /// Connections and admin endpoint.
-    #[serde(flatten)]
-    pub common: CommonConfig,
-    /// Commands handled at once (`EXO_CONCURRENCY`).
-    pub concurrency: Option<usize>,
-}
+pub use exo_engine::worker::Config;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -14,6 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Engine, Error, Outcome};
 
+/// Configuration of a consuming service (`EXO_*` environment variables).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections and admin endpoint.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Messages handled at once (`EXO_CONCURRENCY`); each service has its
+    /// own default.
+    pub concurrency: Option<usize>,
+}
+
 /// What a consuming service consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
