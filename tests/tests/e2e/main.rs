@@ -8,6 +8,7 @@ mod cron;
 mod faults;
 mod flows;
 mod leases;
+mod legacy_db;
 mod nats_only;
 mod python_sdk;
 mod redelivery;
