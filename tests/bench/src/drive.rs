@@ -124,7 +124,7 @@ impl Env {
             let mut out = String::new();
             for (svc, p) in &self.stack.proxies {
                 for e in p.events() {
-                    out.push_str(&json!({"service": svc, "command": e.command, "sent_us": e.sent_us, "replied_us": e.replied_us}).to_string());
+                    out.push_str(&json!({"service": svc, "command": e.command, "sent_us": e.sent_us, "replied_us": e.replied_us, "conn": e.conn}).to_string());
                     out.push('\n');
                 }
             }

@@ -42,6 +42,8 @@ pub struct Event {
     pub sent_us: i64,
     /// Reply passed the proxy.
     pub replied_us: i64,
+    /// Connection number (per proxy).
+    pub conn: u64,
 }
 
 /// Most events kept per proxy (the oldest are dropped first).
@@ -77,11 +79,13 @@ impl MongoProxy {
         let events: Events = Arc::default();
         let (s2, e2) = (stats.clone(), events.clone());
         let task = tokio::spawn(async move {
+            let mut conn = 0u64;
             while let Ok((client, _)) = listener.accept().await {
+                conn += 1;
                 let (stats, events) = (s2.clone(), e2.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await {
-                        relay(client, server, stats, events).await;
+                        relay(client, server, stats, events, conn).await;
                     }
                 });
             }
@@ -212,7 +216,7 @@ fn error_of(msg: &[u8]) -> Option<String> {
     Some(format!("writeError {code}"))
 }
 
-async fn relay(client: TcpStream, server: TcpStream, stats: Stats, events: Events) {
+async fn relay(client: TcpStream, server: TcpStream, stats: Stats, events: Events, conn: u64) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
@@ -257,6 +261,7 @@ async fn relay(client: TcpStream, server: TcpStream, stats: Stats, events: Event
                         command: name.clone(),
                         sent_us: sent,
                         replied_us: sent + us as i64,
+                        conn,
                     });
                 }
                 if let Ok(mut s) = stats.lock() {
