@@ -172,7 +172,10 @@ up_nats() {
     prune_old_data nats
     mkdir -p "$data"
     echo "$data" >"$RUN/nats.dir"
-    spawn nats "$bin" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -js -sd "$data"
+    # A wide fan-out reports all its outputs in one result message: allow
+    # payloads up to 64 MiB (the default is 1 MiB).
+    printf 'max_payload: 64MB\n' >"$data.conf"
+    spawn nats "$bin" -c "$data.conf" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON_PORT" -js -sd "$data"
     wait_until 20 nats "$(cat "$RUN/nats.pid")" nats_ready || { stop nats; die "nats-server did not become ready"; }
     echo "$NATS_URL_OUT" >"$RUN/nats.url"
     log "nats-server ready on $NATS_URL_OUT (monitor http://127.0.0.1:$NATS_MON_PORT, data $data)"
