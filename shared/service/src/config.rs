@@ -157,10 +157,11 @@ pub fn load_from<T: DeserializeOwned>(
             env.insert((*canonical).to_string(), v);
         }
     }
-    // Only EXO_ keys take part; aliases were copied above.
+    // Only EXO_ keys take part (top-level ones such as EXO_CONCURRENCY too);
+    // aliases were copied above. Keys no section knows are ignored.
     let env: HashMap<String, String> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("EXO_") && k.contains("__"))
+        .filter(|(k, _)| k.starts_with("EXO_"))
         .collect();
     let mut builder = config::Config::builder();
     if let Some(f) = file {
@@ -252,6 +253,28 @@ mod tests {
         assert_eq!(c.common.mongo.database, "db1");
         assert_eq!(c.api.key.as_deref(), Some("k"));
         assert_eq!(c.api.port, Some(8080));
+    }
+
+    #[test]
+    fn top_level_keys_are_read() {
+        #[derive(Debug, Deserialize, Default)]
+        #[serde(default)]
+        struct Top {
+            #[serde(flatten)]
+            common: CommonConfig,
+            concurrency: Option<usize>,
+        }
+        let c: Top = load_from(
+            None,
+            env(&[
+                ("EXO_CONCURRENCY", "3"),
+                ("EXO_SHUTDOWN_GRACE_SECS", "7"),
+                ("EXO_LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.concurrency, Some(3));
+        assert_eq!(c.common.shutdown_grace(), std::time::Duration::from_secs(7));
     }
 
     #[test]
