@@ -377,62 +377,12 @@ impl Stack {
     }
 }
 
-/// Checks the invariants every finished run must satisfy, by reading MongoDB:
-/// counters equal the states' statuses, nothing pending, no duplicate
-/// (identifier, lineage) among non-retry states, at most one state per unite
-/// fingerprint.
+/// Checks the invariants every settled run must satisfy (the one checker,
+/// [`exo_test_support::invariants::check_run`]) and returns its states.
 pub async fn assert_run_consistent(stack: &Stack, run: &RunDoc) -> anyhow::Result<Vec<StateDoc>> {
-    use exo_types::status::CounterGroup;
-    let states = stack.states(&run.run_id).await?;
-    let mut counts: HashMap<CounterGroup, i64> = HashMap::new();
-    for s in &states {
-        *counts.entry(s.status.group()).or_default() += 1;
-    }
-    let get = |g| counts.get(&g).copied().unwrap_or(0);
-    anyhow::ensure!(
-        run.total_count == states.len() as i64,
-        "total {} != {}",
-        run.total_count,
-        states.len()
-    );
-    anyhow::ensure!(
-        run.pending_count == get(CounterGroup::Pending),
-        "pending {} != {}",
-        run.pending_count,
-        get(CounterGroup::Pending)
-    );
-    anyhow::ensure!(
-        run.success_count == get(CounterGroup::Success),
-        "success {} != {}",
-        run.success_count,
-        get(CounterGroup::Success)
-    );
-    anyhow::ensure!(
-        run.errored_count == get(CounterGroup::Errored),
-        "errored {} != {}",
-        run.errored_count,
-        get(CounterGroup::Errored)
-    );
-    anyhow::ensure!(
-        run.retried_count == get(CounterGroup::Retried),
-        "retried {} != {}",
-        run.retried_count,
-        get(CounterGroup::Retried)
-    );
-    anyhow::ensure!(
-        run.cancelled_count == get(CounterGroup::Cancelled),
-        "cancelled {} != {}",
-        run.cancelled_count,
-        get(CounterGroup::Cancelled)
-    );
-    anyhow::ensure!(run.pending_count == 0, "finished run has pending states");
-    let mut fingerprints = std::collections::HashSet::new();
-    for s in states.iter().filter(|s| s.does_unites) {
-        anyhow::ensure!(
-            fingerprints.insert(s.state_fingerprint.clone()),
-            "duplicate unite state {}",
-            s.identifier
-        );
-    }
-    Ok(states)
+    Ok(
+        exo_test_support::invariants::check_run(&stack.store, &run.run_id)
+            .await?
+            .states,
+    )
 }

@@ -43,7 +43,8 @@ impl Node for Append {
     fn output_fields(&self) -> Vec<&str> {
         vec!["text"]
     }
-    async fn execute(&self, i: TextIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+    async fn execute(&self, i: TextIn, ctx: &Context) -> Result<Output<TextOut>, NodeError> {
+        record_execution(ctx);
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(Output::One(TextOut {
             text: format!("{}+{}", i.text, self.suffix),
@@ -73,7 +74,8 @@ impl Node for FanOut {
     fn output_fields(&self) -> Vec<&str> {
         vec!["text"]
     }
-    async fn execute(&self, i: FanIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+    async fn execute(&self, i: FanIn, ctx: &Context) -> Result<Output<TextOut>, NodeError> {
+        record_execution(ctx);
         let n: usize = i
             .count
             .parse()
@@ -113,7 +115,8 @@ impl Node for Picky {
     fn output_fields(&self) -> Vec<&str> {
         vec!["text"]
     }
-    async fn execute(&self, i: TextIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+    async fn execute(&self, i: TextIn, ctx: &Context) -> Result<Output<TextOut>, NodeError> {
+        record_execution(ctx);
         self.calls.fetch_add(1, Ordering::SeqCst);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -158,7 +161,8 @@ impl Node for Join {
     fn output_fields(&self) -> Vec<&str> {
         vec!["text"]
     }
-    async fn execute(&self, i: JoinIn, _: &Context) -> Result<Output<TextOut>, NodeError> {
+    async fn execute(&self, i: JoinIn, ctx: &Context) -> Result<Output<TextOut>, NodeError> {
+        record_execution(ctx);
         Ok(Output::One(TextOut {
             text: format!("{}|{}", i.a, i.b),
         }))
@@ -168,4 +172,42 @@ impl Node for Join {
 /// A counter handle.
 pub fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
+}
+
+/// Appends `<run> <state> <attempt>` to the file named by
+/// `EXO_TEST_EXEC_LOG`, if set: the execution log the invariant checker
+/// reads to prove that user code ran once per state attempt.
+pub fn record_execution(ctx: &Context) {
+    use std::io::Write as _;
+    static LOG: std::sync::LazyLock<Option<std::sync::Mutex<std::fs::File>>> =
+        std::sync::LazyLock::new(|| {
+            let path = std::env::var("EXO_TEST_EXEC_LOG").ok()?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+                .map(std::sync::Mutex::new)
+        });
+    if let Some(file) = LOG.as_ref()
+        && let Ok(mut f) = file.lock()
+    {
+        let _ = writeln!(f, "{} {} {}", ctx.run_id, ctx.state_id, ctx.attempt);
+    }
+}
+
+/// The executions of `run_id` in an execution log (see [`record_execution`]).
+pub fn executions_of(log: &std::path::Path, run_id: &str) -> Vec<(String, i64)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (run, state, attempt) = (parts.next()?, parts.next()?, parts.next()?);
+            if run != run_id {
+                return None;
+            }
+            Some((state.to_string(), attempt.parse().ok()?))
+        })
+        .collect()
 }

@@ -191,6 +191,9 @@ pub fn app(state: AppState) -> Router {
 
 /// Runs the API until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if exo_faults::init_from_env() {
+        tracing::warn!("Fail points are live (FAILPOINTS / EXO_FAILPOINTS_TRACE): a test build.");
+    }
     let readiness = Readiness::default();
     let admin = admin::serve(&cfg.common.admin.addr, readiness.clone(), shutdown.clone())
         .await

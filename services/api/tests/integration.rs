@@ -114,7 +114,8 @@ impl Env {
                     .unwrap();
                 while let Some(Ok(msg)) = batch.next().await {
                     handled += 1;
-                    let outcome = self.handle(&msg.subject, &msg.payload).await;
+                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let outcome = self.handle(&msg.subject, &msg.payload, seq).await;
                     match outcome {
                         Outcome::Delay(d) => msg.ack_with(AckKind::Nak(Some(d))).await.unwrap(),
                         Outcome::Reject(r) => panic!("rejected {}: {r}", msg.subject),
@@ -128,15 +129,18 @@ impl Env {
         }
     }
 
-    async fn handle(&self, subject: &str, payload: &[u8]) -> Outcome {
+    async fn handle(&self, subject: &str, payload: &[u8], seq: u64) -> Outcome {
         let e = &self.engine;
         let r = if subject.ends_with(".run.trigger") {
             let ns = subjects::namespace_of(subject).unwrap().to_string();
             let cmd: TriggerCommand = serde_json::from_slice(payload).unwrap();
             e.on_trigger(&ns, cmd).await
         } else if subject.ends_with(".state.created") {
-            e.on_created(serde_json::from_slice::<StateCreated>(payload).unwrap())
-                .await
+            e.on_created(
+                serde_json::from_slice::<StateCreated>(payload).unwrap(),
+                seq,
+            )
+            .await
         } else {
             match subjects::result_kind_of(subject).unwrap() {
                 ResultKind::Executed => {

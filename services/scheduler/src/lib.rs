@@ -12,11 +12,12 @@
 
 use std::time::Duration;
 
-use exo_bus::Outgoing;
 use exo_engine::Engine;
+use exo_engine::handlers::created_msg;
 use exo_engine::worker::{self, WorkerSpec};
 use exo_store::mongodb::bson::doc;
-use exo_types::messages::{self as m, StateCreated};
+use exo_types::messages::StateCreated;
+use exo_types::status::StateStatus;
 use exo_types::{subjects, time};
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 pub const RECONCILE_AFTER: Duration = Duration::from_secs(20);
 /// How often the reconciler looks.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How often parked states that fell due are looked for.
+pub const DUE_EVERY: Duration = Duration::from_millis(200);
+/// Parked states announced per pass.
+pub const DUE_BATCH: i64 = 1000;
 
 pub use exo_engine::worker::Config;
 
@@ -43,7 +48,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         spec,
         |engine, d| async move {
             match worker::decode::<StateCreated>(&d) {
-                Ok(msg) => worker::disposition(engine.on_created(msg).await),
+                Ok(msg) => worker::disposition(engine.on_created(msg, d.seq).await),
                 Err(disposition) => disposition,
             }
         },
@@ -53,9 +58,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 async fn reconcile(engine: Engine, shutdown: CancellationToken) {
+    let due = tokio::spawn(announce_due_loop(engine.clone(), shutdown.clone()));
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
         if let Err(error) = reconcile_once(&engine).await {
@@ -65,18 +71,48 @@ async fn reconcile(engine: Engine, shutdown: CancellationToken) {
             tracing::warn!(%error, "Lease reaping failed.");
         }
     }
+    let _ = due.await;
 }
+
+/// Announces parked states as they fall due (see `Engine::on_created`):
+/// every [`DUE_EVERY`], in batches of [`DUE_BATCH`], at once again while a
+/// batch comes back full.
+async fn announce_due_loop(engine: Engine, shutdown: CancellationToken) {
+    loop {
+        let n = match engine.announce_due(DUE_BATCH).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "Announcing due states failed.");
+                0
+            }
+        };
+        if n as i64 >= DUE_BATCH {
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DUE_EVERY) => {}
+        }
+    }
+}
+
+/// How long a re-dispatched lease is kept, so that a failed publish is
+/// retried by a later pass instead of stranding the state.
+pub const REAP_RETRY: Duration = Duration::from_secs(30);
 
 /// Re-dispatches states handed out over HTTP (`POST /states/enqueue`) whose
 /// lease expired without a result (a dead Python runtime, upstream issue
 /// #444): the attempt is incremented and the state goes back on its node's
-/// queue. Returns how many were re-dispatched.
+/// queue. The claim keeps a short lease ([`REAP_RETRY`]) that is removed once
+/// the dispatch is published, so a crash or a failed publish in between is
+/// retried by a later pass. Returns how many were re-dispatched.
 pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
     let now = time::now_ms();
+    let queued = StateStatus::Queued.as_str();
     let mut cur = engine
         .store
         .states()
-        .find(doc! {"lease_until": {"$lte": now}, "status": "QUEUED"})
+        .find(doc! {"lease_until": {"$lte": now}, "status": queued})
         .limit(1000)
         .await?;
     let mut expired = Vec::new();
@@ -84,19 +120,30 @@ pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
         expired.push(st);
     }
     let mut n = 0;
+    let retry_at = now + REAP_RETRY.as_millis() as i64;
     for st in expired {
         let claimed = engine
             .store
             .states()
             .find_one_and_update(
-                doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt, "lease_until": {"$lte": now}},
-                doc! {"$inc": {"attempt": 1i64}, "$unset": {"lease_until": "", "lease_attempt": ""}},
+                doc! {"_id": st.id, "status": queued, "attempt": st.attempt, "lease_until": {"$lte": now}},
+                doc! {"$inc": {"attempt": 1i64}, "$set": {"lease_until": retry_at}, "$unset": {"lease_attempt": ""}},
             )
             .return_document(exo_store::mongodb::options::ReturnDocument::After)
             .await?;
         if let Some(st) = claimed {
+            exo_faults::point("store.write")?;
             tracing::info!(exo.state_id = %st.id, attempt = st.attempt, "Lease expired; dispatching again.");
             engine.publish_dispatch(&st).await?;
+            engine
+                .store
+                .states()
+                .update_one(
+                    doc! {"_id": st.id, "attempt": st.attempt, "lease_until": retry_at},
+                    doc! {"$unset": {"lease_until": ""}},
+                )
+                .await?;
+            exo_faults::point("store.write")?;
             n += 1;
         }
     }
@@ -110,23 +157,12 @@ pub async fn reconcile_once(engine: &Engine) -> anyhow::Result<usize> {
     let mut cur = engine
         .store
         .states()
-        .find(doc! {"enqueue_after": {"$lte": horizon}, "status": "CREATED"})
+        .find(doc! {"status": StateStatus::Created.as_str(), "enqueue_after": {"$lte": horizon}})
         .limit(1000)
         .await?;
     let mut out = Vec::new();
     while let Some(st) = cur.try_next().await? {
-        let msg = StateCreated {
-            state_id: st.id.to_hex(),
-            run_id: st.run_id.clone(),
-            node_name: st.node_name.clone(),
-            enqueue_after: st.enqueue_after,
-            generation: st.requeue_gen,
-        };
-        out.push(Outgoing::json(
-            subjects::state_created(&st.namespace_name),
-            m::created_msg_id(&msg.state_id, st.requeue_gen),
-            &msg,
-        )?);
+        out.push(created_msg(&st)?);
     }
     let n = out.len();
     if n > 0 {

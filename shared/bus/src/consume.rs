@@ -17,8 +17,9 @@ pub enum Disposition {
     Ack,
     /// Not now: redeliver after the delay (scheduling, not failure).
     Delay(Duration),
-    /// A transient failure: redeliver after a backoff. After
-    /// [`ConsumeOptions::max_failures`] deliveries the message is dead-lettered.
+    /// A transient (infrastructure) failure: redeliver after a capped
+    /// exponential backoff, for as long as it takes. Such a message is never
+    /// dead-lettered: losing it would strand its state.
     Retry(String),
     /// The message can never be handled: dead-letter it with the reason and
     /// stop redelivery.
@@ -33,6 +34,8 @@ pub struct Delivery {
     pub payload: Bytes,
     /// Delivery count (1 on first delivery).
     pub delivered: i64,
+    /// Stream sequence of the message (the same on every redelivery).
+    pub seq: u64,
     message: Arc<jetstream::Message>,
 }
 
@@ -65,13 +68,16 @@ pub struct ConsumeOptions {
     pub concurrency: usize,
     /// Messages requested per pull.
     pub batch: usize,
-    /// Deliveries after which a failing message is dead-lettered.
-    pub max_failures: i64,
 }
 
-fn backoff(delivered: i64) -> Duration {
-    let exp = delivered.clamp(1, 6) as u32;
-    Duration::from_millis(250 * 2u64.pow(exp - 1))
+/// Longest backoff between two deliveries of a message whose handler failed.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Backoff before the next delivery of a message whose handler failed
+/// `delivered` times: 250 ms doubling, capped at [`MAX_BACKOFF`].
+pub fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 16) as u32;
+    Duration::from_millis(250u64.saturating_mul(2u64.pow(exp - 1))).min(MAX_BACKOFF)
 }
 
 /// Runs until `shutdown` is cancelled: pulls messages, hands each to
@@ -137,11 +143,13 @@ where
     F: std::future::Future<Output = Disposition>,
 {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let seq = seq_of(&message);
     let message = Arc::new(message);
     let delivery = Delivery {
         subject: message.subject.to_string(),
         payload: message.payload.clone(),
         delivered,
+        seq,
         message: message.clone(),
     };
     // Heartbeats keep the message while the handler works, so the ack wait
@@ -159,24 +167,17 @@ where
     };
     let disposition = handler(delivery).await;
     heartbeat.abort();
+    if exo_faults::point("bus.settle").is_err() {
+        // Injected: leave the message unsettled; it comes back after the ack wait.
+        return;
+    }
     let result = match disposition {
         Disposition::Ack => message.ack().await,
         Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,
-        Disposition::Retry(reason) if delivered >= opts.max_failures => {
-            reject(
-                bus,
-                opts,
-                &message,
-                format!("gave up after {delivered} deliveries: {reason}"),
-            )
-            .await;
-            Ok(())
-        }
         Disposition::Retry(reason) => {
-            tracing::warn!(subject = %message.subject, delivered, %reason, "Handler failed; will redeliver.");
-            message
-                .ack_with(AckKind::Nak(Some(backoff(delivered))))
-                .await
+            let next = backoff(delivered);
+            tracing::warn!(subject = %message.subject, delivered, next_ms = next.as_millis() as u64, %reason, "Handler failed; will redeliver.");
+            message.ack_with(AckKind::Nak(Some(next))).await
         }
         Disposition::Reject(reason) => {
             reject(bus, opts, &message, reason).await;
@@ -217,4 +218,18 @@ async fn reject(bus: &Bus, opts: &ConsumeOptions, message: &jetstream::Message, 
 
 fn seq_of(message: &jetstream::Message) -> u64 {
     message.info().map(|i| i.stream_sequence).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_250_ms_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(7), Duration::from_millis(16_000));
+        assert_eq!(backoff(8), MAX_BACKOFF);
+        assert_eq!(backoff(10_000), MAX_BACKOFF);
+    }
 }

@@ -39,6 +39,9 @@ pub enum Error {
     /// A message could not be serialised.
     #[error("could not encode message: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A fault injected by a test at a crash point.
+    #[error(transparent)]
+    Injected(#[from] exo_faults::Injected),
 }
 
 impl Error {
@@ -254,6 +257,7 @@ impl Bus {
             .await
             .map_err(|e| Error::js("publish", e))?;
         fut.await.map_err(|e| Error::js("publish ack", e))?;
+        exo_faults::point("bus.publish")?;
         Ok(())
     }
 
@@ -270,6 +274,7 @@ impl Bus {
             {
                 let fut: jetstream::context::PublishAckFuture = fut;
                 fut.await.map_err(|e| Error::js("publish ack", e))?;
+                exo_faults::point("bus.publish")?;
             }
             let fut = self
                 .js
@@ -286,6 +291,7 @@ impl Bus {
         }
         for fut in pending {
             fut.await.map_err(|e| Error::js("publish ack", e))?;
+            exo_faults::point("bus.publish")?;
         }
         Ok(())
     }

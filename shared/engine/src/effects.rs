@@ -100,6 +100,7 @@ pub struct Effects {
     groups: BTreeMap<String, GroupDelta>,
     updates: Vec<Update>,
     inserts: Vec<StateDoc>,
+    reopen: bool,
 }
 
 /// What a committed transaction produced.
@@ -123,7 +124,15 @@ impl Effects {
             groups: BTreeMap::new(),
             updates: Vec::new(),
             inserts: Vec::new(),
+            reopen: false,
         }
+    }
+
+    /// Brings a finished (SUCCESS or FAILED) run back to PENDING in the same
+    /// transaction (a manual retry). A cancelled run stays cancelled and the
+    /// transaction is not applied.
+    pub fn reopen_run(&mut self) {
+        self.reopen = true;
     }
 
     /// Adds `other` (effects on the same run) to these.
@@ -149,6 +158,7 @@ impl Effects {
         }
         self.updates.extend(other.updates.iter().cloned());
         self.inserts.extend(other.inserts.iter().cloned());
+        self.reopen |= other.reopen;
     }
 
     /// True when nothing would be written.
@@ -286,7 +296,7 @@ pub async fn apply(
             })
             .clone()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
     queue
         .pending
         .lock()
@@ -296,9 +306,18 @@ pub async fn apply(
             now_ms,
             tx,
         });
+    let mut mine = None;
     {
+        // The holder of the lock commits what is queued, until its own
+        // effects are committed: then it hands the lock on (every other
+        // queued caller waits for it), so no caller leads forever under
+        // sustained load.
         let _leader = queue.commit.lock().await;
         loop {
+            if let Ok(r) = rx.try_recv() {
+                mine = Some(r);
+                break;
+            }
             let batch: Vec<Waiter> = {
                 let mut p = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
                 let n = p.len().min(MAX_BATCH);
@@ -319,8 +338,12 @@ pub async fn apply(
             map.remove(&effects.run_id);
         }
     }
-    rx.await
-        .unwrap_or_else(|_| Err(MongoError::custom("transaction batch dropped")))
+    match mine {
+        Some(r) => r,
+        None => rx
+            .await
+            .unwrap_or_else(|_| Err(MongoError::custom("transaction batch dropped"))),
+    }
 }
 
 async fn apply_one(
@@ -353,14 +376,14 @@ async fn commit_batch(store: &Store, mut batch: Vec<Waiter>) {
         if let Ok(Some(applied)) = apply_one(store, &merged, now_ms).await {
             // Each caller gets the states it inserted; the first also gets
             // what the transaction added (unite states) and the run's end.
+            let inserted: std::collections::HashSet<ObjectId> = batch
+                .iter()
+                .flat_map(|w| w.fx.inserts.iter().map(|i| i.id))
+                .collect();
             let mut extras: Vec<StateDoc> = applied
                 .created
                 .into_iter()
-                .filter(|c| {
-                    !batch
-                        .iter()
-                        .any(|w| w.fx.inserts.iter().any(|i| i.id == c.id))
-                })
+                .filter(|c| !inserted.contains(&c.id))
                 .collect();
             let mut finished = applied.finished;
             for w in batch.drain(..) {
@@ -500,6 +523,16 @@ async fn apply_in(
                 .await?;
         }
         applied.created.extend(unite_states);
+    }
+    if fx.reopen {
+        store
+            .runs()
+            .update_one(
+                doc! {"run_id": &fx.run_id, "status": {"$in": [RunStatus::Success.as_str(), RunStatus::Failed.as_str()]}},
+                doc! {"$set": {"status": RunStatus::Pending.as_str()}, "$unset": {"finished_at": ""}},
+            )
+            .session(&mut *s)
+            .await?;
     }
     if !counters.is_zero() || failed_unites != 0 {
         let after = store

@@ -23,10 +23,30 @@ use crate::effects::{self, Effects, Update};
 use crate::graphs::{LoadedGraph, Unusable};
 use crate::{Engine, Error, inputs};
 
-/// States written per transaction when a result fans out.
+/// States written per transaction when a result fans out (default of
+/// `EXO_FANOUT_CHUNK`).
 pub const CHUNK: usize = 256;
+
+/// States written per fan-out transaction: `EXO_FANOUT_CHUNK` (at least 1),
+/// else [`CHUNK`]. Tests use small chunks to cross chunk boundaries with few
+/// states.
+pub fn fanout_chunk() -> usize {
+    static CHUNK_SIZE: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::env::var("EXO_FANOUT_CHUNK")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(CHUNK)
+    });
+    *CHUNK_SIZE
+}
+/// Pending states cancelled per transaction when a run is cancelled.
+pub const CANCEL_BATCH: i64 = 1000;
 /// Longest single delay the scheduler parks a message for.
 pub const MAX_PARK: Duration = Duration::from_secs(3600);
+/// Longest delay parked on the stream itself (nak with delay); longer delays
+/// are parked in MongoDB so they never hold the consumer's ack-pending slots.
+pub const NAK_PARK_LIMIT: Duration = Duration::from_secs(2);
 
 /// How a handled message should be settled.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,14 +139,20 @@ pub fn root_inputs(
     Ok(out)
 }
 
-fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
-    let msg = StateCreated {
+/// The `state.created` announcement of a state.
+pub fn created_payload(st: &StateDoc) -> StateCreated {
+    StateCreated {
         state_id: st.id.to_hex(),
         run_id: st.run_id.clone(),
         node_name: st.node_name.clone(),
         enqueue_after: st.enqueue_after,
         generation: st.requeue_gen,
-    };
+    }
+}
+
+/// The `state.created` message of a state (`crt:<state>:<generation>`).
+pub fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
+    let msg = created_payload(st);
     Ok(Outgoing::json(
         subjects::state_created(&st.namespace_name),
         m::created_msg_id(&msg.state_id, st.requeue_gen),
@@ -196,6 +222,25 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// After a fresh result lost the race for its state's first transition:
+    /// the state moved on. If it was this very result that moved it (a
+    /// concurrent delivery), the caller's work is done by that delivery or
+    /// will be by a redelivery; anything else makes this result stale.
+    async fn after_lost_race(&self, st: &StateDoc, digest: &str) -> Result<Outcome, Error> {
+        let now = self.store.state(st.id).await?;
+        Ok(match now {
+            Some(cur)
+                if cur.attempt == st.attempt && cur.result_digest.as_deref() == Some(digest) =>
+            {
+                // The same result is being applied by another delivery; ask for a
+                // redelivery so that this one resumes whatever that one leaves.
+                Outcome::Delay(Duration::from_secs(1))
+            }
+            Some(cur) => Outcome::Stale(format!("state is {}", cur.status)),
+            None => Outcome::Reject(format!("state {} not found", st.id)),
+        })
     }
 
     /// `trigger`: creates the run, its store and its root state, then hands the
@@ -311,55 +356,54 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
-    /// `trigger`: cancels a run. In one transaction the run becomes CANCELLED
-    /// and every pending state (CREATED, QUEUED, EXECUTED) becomes CANCELLED,
-    /// so nothing more is dispatched and late results are fenced out; then
+    /// `trigger`: cancels a run. First the run alone becomes CANCELLED (one
+    /// small transaction): from then on every transaction of the run finds it
+    /// cancelled and aborts, so nothing more is created or counted. Then its
+    /// pending states (CREATED, QUEUED, EXECUTED) become CANCELLED in batches
+    /// of [`CANCEL_BATCH`], each batch with its counter change in one
+    /// transaction, so a run of any width is cancelled within bounded
+    /// transactions and its counters match its states after every batch. A
+    /// crash in between is finished by the redelivery (the run is found
+    /// CANCELLED with states still pending). Finally
     /// `exo.v1.<ns>.event.run.cancelled` tells runtimes to stop executions
     /// of the run.
     pub async fn on_cancel(&self, ns: &str, cmd: CancelCommand) -> Result<Outcome, Error> {
         let now = time::now_ms();
-        let ctx = (self.store.clone(), cmd.run_id.clone(), now);
-        let result = exo_store::transaction(&self.store, &ctx, |s, (store, run_id, now)| {
-            Box::pin(async move {
-                let stamp = DateTime::from_millis(*now);
-                let run = store
-                    .runs()
-                    .find_one_and_update(
-                        doc! {"run_id": run_id.as_str(), "status": RunStatus::Pending.as_str()},
-                        doc! {"$set": {"status": RunStatus::Cancelled.as_str(), "finished_at": stamp}},
-                    )
-                    .session(&mut *s)
-                    .await?;
-                if run.is_none() {
-                    return Ok(None);
-                }
-                let r = store
-                    .states()
-                    .update_many(
-                        doc! {"run_id": run_id.as_str(), "status": {"$in": ["CREATED", "QUEUED", "EXECUTED"]}},
-                        doc! {"$set": {"status": "CANCELLED", "error": "run cancelled", "updated_at": stamp}},
-                    )
-                    .session(&mut *s)
-                    .await?;
-                let n = r.modified_count as i64;
-                store
-                    .runs()
-                    .update_one(
-                        doc! {"run_id": run_id.as_str()},
-                        doc! {"$inc": {"pending_count": -n, "cancelled_count": n}},
-                    )
-                    .session(&mut *s)
-                    .await?;
-                Ok(Some(n))
-            })
-        })
-        .await?;
-        let Some(n) = result else {
-            return Ok(match self.store.run(&cmd.run_id).await? {
-                Some(run) => Outcome::Stale(format!("run is {}", run.status.unwrap_or_default())),
-                None => Outcome::Reject(format!("run {} not found", cmd.run_id)),
-            });
-        };
+        let stamp = DateTime::from_millis(now);
+        let cancelled_now = self
+            .store
+            .runs()
+            .find_one_and_update(
+                doc! {"run_id": cmd.run_id.as_str(), "status": RunStatus::Pending.as_str()},
+                doc! {"$set": {"status": RunStatus::Cancelled.as_str(), "finished_at": stamp}},
+            )
+            .await
+            .map_err(exo_store::Error::from)?
+            .is_some();
+        if cancelled_now {
+            exo_faults::point("store.write")?;
+        }
+        match self.store.run(&cmd.run_id).await? {
+            None => return Ok(Outcome::Reject(format!("run {} not found", cmd.run_id))),
+            Some(run) if run.status.as_deref() != Some(RunStatus::Cancelled.as_str()) => {
+                return Ok(Outcome::Stale(format!(
+                    "run is {}",
+                    run.status.unwrap_or_default()
+                )));
+            }
+            Some(run) if !cancelled_now && run.pending_count == 0 => {
+                return Ok(Outcome::Stale("run is CANCELLED".into()));
+            }
+            Some(_) => {}
+        }
+        let mut n = 0u64;
+        loop {
+            let swept = self.cancel_batch(&cmd.run_id, stamp).await?;
+            n += swept;
+            if swept == 0 {
+                break;
+            }
+        }
         tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
         let ev = RunEvent {
             run_id: cmd.run_id.clone(),
@@ -377,9 +421,68 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
+    /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and
+    /// moves its counters by as many, in one transaction. Returns how many.
+    async fn cancel_batch(&self, run_id: &str, stamp: DateTime) -> Result<u64, Error> {
+        let mut cur = self
+            .store
+            .states_raw()
+            .find(doc! {"run_id": run_id, "status": {"$in": pending_statuses()}})
+            .projection(doc! {"_id": 1})
+            .limit(CANCEL_BATCH)
+            .await
+            .map_err(exo_store::Error::from)?;
+        let mut ids = Vec::new();
+        while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+            if let Ok(id) = d.get_object_id("_id") {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ctx = (self.store.clone(), run_id.to_string(), ids, stamp);
+        let n = exo_store::transaction(&self.store, &ctx, |s, (store, run_id, ids, stamp)| {
+            Box::pin(async move {
+                let r = store
+                    .states()
+                    .update_many(
+                        doc! {"_id": {"$in": ids.as_slice()}, "status": {"$in": pending_statuses()}},
+                        doc! {"$set": {"status": StateStatus::Cancelled.as_str(), "error": "run cancelled", "updated_at": *stamp}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                let n = r.modified_count as i64;
+                store
+                    .runs()
+                    .update_one(
+                        doc! {"run_id": run_id.as_str()},
+                        doc! {"$inc": {"pending_count": -n, "cancelled_count": n}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                Ok(n)
+            })
+        })
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0).max(1))
+    }
+
     /// `scheduler`: moves a due CREATED state to QUEUED and publishes its
-    /// dispatch; parks states that are not due.
-    pub async fn on_created(&self, msg: StateCreated) -> Result<Outcome, Error> {
+    /// dispatch. `seq` is the stream sequence of the `state.created` message
+    /// being handled: the claim records it, and a state found QUEUED is
+    /// dispatched again only by a redelivery of the very message that claimed
+    /// it (which may have died before publishing). Any other copy (a
+    /// reconciler announcement, a re-announcement by a resumed fan-out) finds
+    /// the state QUEUED under another sequence and is stale, so a state that
+    /// is executing is never dispatched twice.
+    ///
+    /// A state due within [`NAK_PARK_LIMIT`] is parked on the stream (nak
+    /// with the remaining delay); a state due later is marked `parked` in
+    /// MongoDB and the message acked, so delayed work never holds the
+    /// consumer's ack-pending slots: [`Engine::announce_due`] announces it
+    /// again when it falls due.
+    pub async fn on_created(&self, msg: StateCreated, seq: u64) -> Result<Outcome, Error> {
         let Some(id) = parse_id(&msg.state_id) else {
             return Ok(Outcome::Reject(format!(
                 "invalid state_id {:?}",
@@ -388,29 +491,38 @@ impl Engine {
         };
         let now = time::now_ms();
         if msg.enqueue_after > now {
-            return Ok(Outcome::Delay(park(msg.enqueue_after - now)));
+            return self.park(id, &msg, msg.enqueue_after - now).await;
         }
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let claimed = self
             .store
             .states()
             .find_one_and_update(
-                doc! {"_id": id, "status": "CREATED", "enqueue_after": {"$lte": now}},
-                doc! {"$set": {"status": "QUEUED"}, "$inc": {"attempt": 1i64}},
+                doc! {"_id": id, "status": StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}},
+                doc! {"$set": {"status": StateStatus::Queued.as_str(), "claim_seq": seq},
+                      "$unset": {"parked": ""},
+                      "$inc": {"attempt": 1i64}},
             )
             .return_document(ReturnDocument::After)
             .await
             .map_err(exo_store::Error::from)?;
+        if claimed.is_some() {
+            exo_faults::point("store.write")?;
+        }
         let st = match claimed {
             Some(st) => st,
             None => match self.store.state(id).await? {
                 None => return Ok(Outcome::Reject(format!("state {} not found", msg.state_id))),
                 Some(st) if st.status == StateStatus::Created && st.enqueue_after > now => {
-                    return Ok(Outcome::Delay(park(st.enqueue_after - now)));
+                    return self.park(id, &msg, st.enqueue_after - now).await;
                 }
-                // Claimed by an earlier delivery that may have died before publishing.
                 Some(st)
-                    if st.status == StateStatus::Queued && st.requeue_gen == msg.generation =>
+                    if st.status == StateStatus::Queued
+                        && st.requeue_gen == msg.generation
+                        && self.claimed_by(id, seq).await? =>
                 {
+                    // Claimed by an earlier delivery of this message, which may
+                    // have died before publishing (the dispatch id deduplicates).
                     st
                 }
                 Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
@@ -418,6 +530,62 @@ impl Engine {
         };
         self.publish_dispatch(&st).await?;
         Ok(Outcome::Done)
+    }
+
+    async fn claimed_by(&self, id: ObjectId, seq: i64) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .states_raw()
+            .find_one(doc! {"_id": id, "claim_seq": seq})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(exo_store::Error::from)?
+            .is_some())
+    }
+
+    /// Parks a state that is not due for `ms`: on the stream when short, in
+    /// MongoDB (`parked: true`, announced by [`Engine::announce_due`]) when long.
+    async fn park(&self, id: ObjectId, msg: &StateCreated, ms: i64) -> Result<Outcome, Error> {
+        if ms <= NAK_PARK_LIMIT.as_millis() as i64 {
+            return Ok(Outcome::Delay(park(ms)));
+        }
+        self.store
+            .states()
+            .update_one(
+                doc! {"_id": id, "status": StateStatus::Created.as_str(), "requeue_gen": msg.generation},
+                doc! {"$set": {"parked": true}},
+            )
+            .await
+            .map_err(exo_store::Error::from)?;
+        exo_faults::point("store.write")?;
+        Ok(Outcome::Done)
+    }
+
+    /// `scheduler`: announces parked states that fell due (at most `limit`),
+    /// with `Nats-Msg-Id = due:<state>:<generation>`. Returns how many.
+    pub async fn announce_due(&self, limit: i64) -> Result<usize, Error> {
+        let now = time::now_ms();
+        let mut cur = self
+            .store
+            .states()
+            .find(doc! {"status": StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}, "parked": true})
+            .limit(limit)
+            .await
+            .map_err(exo_store::Error::from)?;
+        let mut out = Vec::new();
+        while let Some(st) = cur.try_next().await.map_err(exo_store::Error::from)? {
+            let msg = created_payload(&st);
+            out.push(Outgoing::json(
+                subjects::state_created(&st.namespace_name),
+                m::due_msg_id(&msg.state_id, st.requeue_gen),
+                &msg,
+            )?);
+        }
+        let n = out.len();
+        if n > 0 {
+            self.bus.publish_batch(out).await?;
+        }
+        Ok(n)
     }
 
     /// Publishes the dispatch of a QUEUED state.
@@ -482,6 +650,8 @@ impl Engine {
             Ok(x) => x,
             Err(o) => return Ok(o),
         };
+        // Between reading the state and the first write (tests widen it).
+        exo_faults::point("completion.executed.loaded")?;
         if !fresh
             && !matches!(
                 st.status,
@@ -542,10 +712,14 @@ impl Engine {
         };
 
         // Phase 1: S becomes EXECUTED and every sibling exists (EXECUTED), so
-        // all of them are counted before any is counted out.
-        let mut start = 1;
+        // all of them are counted before any is counted out. The chunks lie on
+        // a fixed grid, [c*chunk, (c+1)*chunk) with index 0 being S itself, so
+        // every delivery of this result cuts the same chunks; each chunk is one
+        // transaction, so it exists entirely or not at all, and a redelivery
+        // skips exactly the chunks whose first state exists.
+        let chunk = fanout_chunk();
         if fresh {
-            let end = n.min(CHUNK);
+            let end = n.min(chunk);
             let mut fx = Effects::new(Some(lg.clone()), &st.run_id);
             fx.update(Update {
                 filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
@@ -560,19 +734,41 @@ impl Engine {
             for j in 1..end {
                 fx.insert(state_at(j));
             }
-            effects::apply(&self.store, &fx, now).await?;
-            start = end;
+            let applied = effects::apply(&self.store, &fx, now).await?;
+            if applied.is_none() {
+                // Another delivery, an `errored` report of the same attempt or a
+                // cancellation moved S first: continue only if it is this very
+                // result that was applied.
+                return self.after_lost_race(&st, &digest).await;
+            }
+            self.after_apply(&st, applied).await?;
+            progress().await;
         }
-        let mut j = start;
+        let mut j = chunk;
         while j < n {
-            let end = n.min(j + CHUNK);
+            let end = n.min(j + chunk);
             let first = oid(ids::fanout_sibling_id(&st.id.to_hex(), j));
             if self.store.state(first).await?.is_none() {
                 let mut fx = Effects::new(Some(lg.clone()), &st.run_id);
+                // Fence: S still holds this attempt's result (not cancelled, not
+                // replaced by a different result of a second execution).
+                fx.update(Update {
+                    filter: doc! {"_id": st.id, "status": "EXECUTED", "attempt": st.attempt,
+                    "result_digest": &digest},
+                    update: doc! {"$set": {"updated_at": DateTime::from_millis(now)}},
+                    expect: 1,
+                });
                 for k in j..end {
                     fx.insert(state_at(k));
                 }
-                effects::apply(&self.store, &fx, now).await?;
+                let applied = effects::apply(&self.store, &fx, now).await?;
+                if applied.is_none() {
+                    return Ok(Outcome::Stale(format!(
+                        "fan-out of state {} stopped: it no longer holds this result",
+                        st.id
+                    )));
+                }
+                self.after_apply(&st, applied).await?;
                 progress().await;
             }
             j = end;
@@ -614,7 +810,7 @@ impl Engine {
         let mut finished = None;
         let mut j = 0;
         while j < n {
-            let end = n.min(j + CHUNK);
+            let end = n.min(j + chunk);
             let chunk_ids: Vec<ObjectId> = (j..end)
                 .map(|k| {
                     if k == 0 {
@@ -902,6 +1098,18 @@ fn result_digest(outputs: &[Map<String, Value>]) -> String {
     use sha2::{Digest, Sha256};
     let bytes = serde_json::to_vec(outputs).unwrap_or_default();
     hex::encode(Sha256::digest(&bytes))
+}
+
+/// The statuses counted as pending, as stored.
+fn pending_statuses() -> Vec<&'static str> {
+    [
+        StateStatus::Created,
+        StateStatus::Queued,
+        StateStatus::Executed,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect()
 }
 
 fn park(ms: i64) -> Duration {

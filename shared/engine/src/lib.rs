@@ -33,6 +33,9 @@ pub enum Error {
     /// NATS failed; the message should be redelivered.
     #[error(transparent)]
     Bus(#[from] exo_bus::Error),
+    /// A fault injected by a test at a crash point.
+    #[error(transparent)]
+    Injected(#[from] exo_faults::Injected),
 }
 
 impl From<mongodb::error::Error> for Error {

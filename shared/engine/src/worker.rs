@@ -104,6 +104,12 @@ where
     X: FnOnce(Engine, CancellationToken) -> XF,
     XF: Future<Output = ()> + Send + 'static,
 {
+    if exo_faults::init_from_env() {
+        tracing::warn!(
+            exo.service = spec.service,
+            "Fail points are live (FAILPOINTS / EXO_FAILPOINTS_TRACE): a test build."
+        );
+    }
     let readiness = Readiness::default();
     let admin = admin::serve(&common.admin.addr, readiness.clone(), shutdown.clone())
         .await
@@ -129,7 +135,6 @@ where
         consumer: spec.consumer.to_string(),
         concurrency: spec.concurrency,
         batch: spec.concurrency.max(16) * 2,
-        max_failures: 20,
     };
     let e2 = engine.clone();
     let handler = Arc::new(handler);

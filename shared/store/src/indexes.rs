@@ -56,6 +56,20 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
                     false,
                     None,
                 ),
+                // Bounds the scheduler's sweeps (due parked states, CREATED
+                // states whose hand-off was lost) to the CREATED range.
+                index(
+                    doc! {"status": 1, "enqueue_after": 1},
+                    "status_enqueue_after_index",
+                    false,
+                    None,
+                ),
+                index(
+                    doc! {"lease_until": 1},
+                    "lease_until_index",
+                    false,
+                    Some(doc! {"lease_until": {"$exists": true}}),
+                ),
             ],
         ),
         (

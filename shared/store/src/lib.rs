@@ -216,7 +216,10 @@ pub async fn transaction<C: Sync, R>(
         };
         loop {
             match session.commit_transaction().await {
-                Ok(()) => return Ok(value),
+                Ok(()) => {
+                    exo_faults::point("store.commit").map_err(mongodb::error::Error::custom)?;
+                    return Ok(value);
+                }
                 Err(e)
                     if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
                         && std::time::Instant::now() < deadline => {}

@@ -160,6 +160,11 @@ pub fn created_msg_id(state_id: &str, generation: i64) -> String {
     format!("crt:{state_id}:{generation}")
 }
 
+/// Nats-Msg-Id of the announcement of a parked state that fell due.
+pub fn due_msg_id(state_id: &str, generation: i64) -> String {
+    format!("due:{state_id}:{generation}")
+}
+
 /// Nats-Msg-Id of a dispatch.
 pub fn dispatch_msg_id(state_id: &str, attempt: u32) -> String {
     format!("dsp:{state_id}:{attempt}")

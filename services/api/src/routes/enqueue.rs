@@ -120,74 +120,102 @@ fn split_evenly(total: usize, parts: usize) -> Vec<usize> {
     (0..parts).map(|i| base + usize::from(i < extra)).collect()
 }
 
-/// Fetches up to `n` messages, waiting briefly when none is ready.
-async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<jetstream::Message>, String> {
-    let run = async {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(n)
-            .expires(FETCH_WAIT)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::with_capacity(n);
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => out.push(m),
-                Err(e) if out.is_empty() => return Err(e.to_string()),
-                Err(_) => break,
-            }
+/// A fetched dispatch not yet settled. If it is dropped unsettled (the
+/// request failed or its client went away mid-way), it is given back at
+/// once (nak) instead of staying invisible for the consumer's ack wait.
+struct Held(Option<jetstream::Message>);
+
+impl Held {
+    fn message(&self) -> Option<&jetstream::Message> {
+        self.0.as_ref()
+    }
+
+    async fn settle(&mut self, kind: AckKind) {
+        let Some(msg) = self.0.take() else { return };
+        let r = match kind {
+            AckKind::Ack => msg.double_ack().await,
+            other => msg.ack_with(other).await,
+        };
+        if let Err(error) = r {
+            tracing::warn!(%error, "Could not settle a dispatch.");
         }
-        Ok(out)
-    };
-    match tokio::time::timeout(FETCH_DEADLINE, run).await {
-        Ok(r) => r,
-        Err(_) => Err("fetch timed out".into()),
     }
 }
 
-async fn settle(msg: &jetstream::Message, kind: AckKind) {
-    let r = match kind {
-        AckKind::Ack => msg.double_ack().await,
-        other => msg.ack_with(other).await,
-    };
-    if let Err(error) = r {
-        tracing::warn!(%error, "Could not settle a dispatch.");
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(msg) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            });
+        }
     }
+}
+
+/// Fetches up to `n` messages, waiting briefly when none is ready. What was
+/// received before the deadline is kept (and handed out or given back).
+async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<Held>, String> {
+    let deadline = tokio::time::Instant::now() + FETCH_DEADLINE;
+    let mut batch = match tokio::time::timeout_at(
+        deadline,
+        consumer
+            .fetch()
+            .max_messages(n)
+            .expires(FETCH_WAIT)
+            .messages(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("fetch timed out".into()),
+    };
+    let mut out = Vec::with_capacity(n);
+    loop {
+        match tokio::time::timeout_at(deadline, batch.next()).await {
+            Ok(Some(Ok(m))) => out.push(Held(Some(m))),
+            Ok(Some(Err(e))) if out.is_empty() => return Err(e.to_string()),
+            Ok(Some(Err(_)) | None) | Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 /// Leases the state of one dispatch and returns its description, or
 /// settles a stale dispatch and returns `None`.
-async fn take(state: &AppState, ns: &str, msg: jetstream::Message) -> Option<Value> {
+async fn take(state: &AppState, ns: &str, mut held: Held) -> Option<Value> {
+    let msg = held.message()?;
     let d: Dispatch = match serde_json::from_slice(&msg.payload) {
         Ok(d) => d,
         Err(error) => {
             tracing::warn!(subject = %msg.subject, %error, "Dropped a malformed dispatch.");
-            settle(&msg, AckKind::Term).await;
+            held.settle(AckKind::Term).await;
             return None;
         }
     };
     let Some(id) = parse_oid(&d.state_id) else {
         tracing::warn!(state_id = %d.state_id, "Dropped a dispatch with a malformed state id.");
-        settle(&msg, AckKind::Term).await;
+        held.settle(AckKind::Term).await;
         return None;
     };
     let store = &state.engine.store;
     let st = match store.state(id).await {
         Ok(Some(st)) => st,
         Ok(None) => {
-            settle(&msg, AckKind::Ack).await;
+            held.settle(AckKind::Ack).await;
             return None;
         }
         Err(error) => {
             tracing::warn!(%error, exo.state_id = %d.state_id, "Could not load a dispatched state.");
-            settle(&msg, AckKind::Nak(None)).await;
+            held.settle(AckKind::Nak(None)).await;
             return None;
         }
     };
     if st.status != StateStatus::Queued || st.attempt != i64::from(d.attempt) {
         tracing::debug!(exo.state_id = %d.state_id, status = %st.status, "Skipped a stale dispatch.");
-        settle(&msg, AckKind::Ack).await;
+        held.settle(AckKind::Ack).await;
         return None;
     }
     let now = exo_types::time::now_ms();
@@ -206,16 +234,16 @@ async fn take(state: &AppState, ns: &str, msg: jetstream::Message) -> Option<Val
     match claimed {
         Ok(r) if r.matched_count == 1 => {}
         Ok(_) => {
-            settle(&msg, AckKind::Ack).await;
+            held.settle(AckKind::Ack).await;
             return None;
         }
         Err(error) => {
             tracing::warn!(%error, exo.state_id = %d.state_id, "Could not lease a dispatched state.");
-            settle(&msg, AckKind::Nak(None)).await;
+            held.settle(AckKind::Nak(None)).await;
             return None;
         }
     }
-    settle(&msg, AckKind::Ack).await;
+    held.settle(AckKind::Ack).await;
     tracing::debug!(exo.namespace = %ns, exo.state_id = %d.state_id, "State handed out over HTTP.");
     Some(json!({
         "state_id": st.id.to_hex(),

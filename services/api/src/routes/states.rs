@@ -30,8 +30,8 @@ use exo_engine::effects::{self, Effects, Update};
 use exo_engine::graphs::Unusable;
 use exo_store::StateDoc;
 use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
-use exo_types::messages::{self as m, Errored, Executed, Pruned, Requeue, StateCreated};
-use exo_types::status::{RunStatus, StateStatus};
+use exo_types::messages::{self as m, Errored, Executed, Pruned, Requeue};
+use exo_types::status::StateStatus;
 use exo_types::subjects::{self, ResultKind};
 use serde_json::{Map, Value, json};
 
@@ -233,6 +233,9 @@ pub async fn manual_retry(
             .await?
             .ok();
         let mut fx = Effects::new(lg, &st.run_id);
+        // A finished run has work again: reopened in the same transaction, so
+        // a cancellation in between cannot leave it PENDING with nothing to do.
+        fx.reopen_run();
         fx.insert(copy.clone());
         fx.transition(
             &st,
@@ -263,29 +266,9 @@ pub async fn manual_retry(
             Err(e) => return Err(e.into()),
         }
     };
-    // A finished run has work again.
-    store
-        .runs()
-        .update_one(
-            doc! {"run_id": &copy.run_id, "status": {"$exists": true, "$ne": RunStatus::Pending.as_str()}},
-            doc! {"$set": {"status": RunStatus::Pending.as_str()}, "$unset": {"finished_at": ""}},
-        )
-        .await?;
     let msgs: Vec<Outgoing> = created
         .iter()
-        .map(|s| {
-            Outgoing::json(
-                subjects::state_created(&s.namespace_name),
-                m::created_msg_id(&s.id.to_hex(), s.requeue_gen),
-                &StateCreated {
-                    state_id: s.id.to_hex(),
-                    run_id: s.run_id.clone(),
-                    node_name: s.node_name.clone(),
-                    enqueue_after: s.enqueue_after,
-                    generation: s.requeue_gen,
-                },
-            )
-        })
+        .map(exo_engine::handlers::created_msg)
         .collect::<Result<_, _>>()?;
     state.engine.bus.publish_batch(msgs).await?;
     tracing::info!(exo.state_id = %id, exo.run_id = %copy.run_id, new_state = %copy.id, "Manual retry created.");
