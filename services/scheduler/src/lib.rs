@@ -2,13 +2,15 @@
 //!
 //! Consumes `exo.v1.<ns>.state.created`. A due state moves CREATED → QUEUED
 //! (its attempt incremented) and is published on
-//! `exo.v1.<ns>.dispatch.<node>` with `Nats-Msg-Id = dsp:<state>:<attempt>`;
-//! a state that is not due yet is parked on the stream itself (nak with the
-//! remaining delay), so delays survive restarts without polling MongoDB.
+//! `exo.v1.<ns>.dispatch.<node>` with `Nats-Msg-Id = dsp:<state>:<attempt>`.
+//! A state due within 2 s is parked on the stream (nak with the remaining
+//! delay); a later one is marked `parked` in MongoDB and its message acked,
+//! and a sweep every [`DUE_EVERY`] announces parked states that fell due, so
+//! delayed work never holds the consumer's ack-pending slots.
 //!
 //! A reconciler re-announces CREATED states whose hand-off was lost (a writer
-//! that crashed between its commit and its publish): it reads only the small
-//! index range of states due for longer than [`RECONCILE_AFTER`].
+//! that crashed between its commit and its publish): it reads only the
+//! CREATED range of states due for longer than [`RECONCILE_AFTER`].
 
 use std::time::Duration;
 

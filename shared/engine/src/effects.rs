@@ -538,7 +538,7 @@ async fn apply_in(
         let after = store
             .runs()
             .find_one_and_update(
-                doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}},
+                doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}, "cancelling": {"$ne": true}},
                 doc! {"$inc": {
                     "total_count": counters.total,
                     "pending_count": counters.pending,

@@ -356,45 +356,51 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
-    /// `trigger`: cancels a run. First the run alone becomes CANCELLED (one
-    /// small transaction): from then on every transaction of the run finds it
-    /// cancelled and aborts, so nothing more is created or counted. Then its
+    /// `trigger`: cancels a run. First the run alone is fenced (`cancelling`,
+    /// one document): from then on every transaction of the run finds it
+    /// fenced and aborts, so nothing more is created or counted. Then its
     /// pending states (CREATED, QUEUED, EXECUTED) become CANCELLED in batches
     /// of [`CANCEL_BATCH`], each batch with its counter change in one
     /// transaction, so a run of any width is cancelled within bounded
-    /// transactions and its counters match its states after every batch. A
-    /// crash in between is finished by the redelivery (the run is found
-    /// CANCELLED with states still pending). Finally
+    /// transactions and its counters match its states after every batch;
+    /// then the run reads CANCELLED. A crash in between is finished by the
+    /// redelivery (the run is found fenced and still PENDING). Finally
     /// `exo.v1.<ns>.event.run.cancelled` tells runtimes to stop executions
     /// of the run.
     pub async fn on_cancel(&self, ns: &str, cmd: CancelCommand) -> Result<Outcome, Error> {
         let now = time::now_ms();
         let stamp = DateTime::from_millis(now);
-        let cancelled_now = self
+        let fenced_now = self
             .store
             .runs()
             .find_one_and_update(
-                doc! {"run_id": cmd.run_id.as_str(), "status": RunStatus::Pending.as_str()},
-                doc! {"$set": {"status": RunStatus::Cancelled.as_str(), "finished_at": stamp}},
+                doc! {"run_id": cmd.run_id.as_str(), "status": RunStatus::Pending.as_str(), "cancelling": {"$ne": true}},
+                doc! {"$set": {"cancelling": true}},
             )
             .await
             .map_err(exo_store::Error::from)?
             .is_some();
-        if cancelled_now {
+        if fenced_now {
             exo_faults::point("store.write")?;
         }
-        match self.store.run(&cmd.run_id).await? {
-            None => return Ok(Outcome::Reject(format!("run {} not found", cmd.run_id))),
-            Some(run) if run.status.as_deref() != Some(RunStatus::Cancelled.as_str()) => {
-                return Ok(Outcome::Stale(format!(
-                    "run is {}",
-                    run.status.unwrap_or_default()
-                )));
+        let run = self
+            .store
+            .runs_raw()
+            .find_one(doc! {"run_id": cmd.run_id.as_str()})
+            .await
+            .map_err(exo_store::Error::from)?;
+        let Some(run) = run else {
+            return Ok(Outcome::Reject(format!("run {} not found", cmd.run_id)));
+        };
+        let status = run.get_str("status").unwrap_or_default().to_string();
+        let cancelling = run.get_bool("cancelling").unwrap_or(false);
+        if status != RunStatus::Pending.as_str() || !cancelling {
+            if status == RunStatus::Cancelled.as_str() && cancelling {
+                // Finished by an earlier delivery: tell runtimes again (deduplicated).
+                self.publish_cancelled(ns, &cmd.run_id, now).await?;
+                return Ok(Outcome::Done);
             }
-            Some(run) if !cancelled_now && run.pending_count == 0 => {
-                return Ok(Outcome::Stale("run is CANCELLED".into()));
-            }
-            Some(_) => {}
+            return Ok(Outcome::Stale(format!("run is {status}")));
         }
         let mut n = 0u64;
         loop {
@@ -404,9 +410,23 @@ impl Engine {
                 break;
             }
         }
+        self.store
+            .runs()
+            .update_one(
+                doc! {"run_id": cmd.run_id.as_str(), "status": RunStatus::Pending.as_str()},
+                doc! {"$set": {"status": RunStatus::Cancelled.as_str(), "finished_at": stamp}},
+            )
+            .await
+            .map_err(exo_store::Error::from)?;
+        exo_faults::point("store.write")?;
         tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
+        self.publish_cancelled(ns, &cmd.run_id, now).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn publish_cancelled(&self, ns: &str, run_id: &str, now: i64) -> Result<(), Error> {
         let ev = RunEvent {
-            run_id: cmd.run_id.clone(),
+            run_id: run_id.to_string(),
             graph_name: String::new(),
             status: RunStatus::Cancelled.as_str().to_string(),
             at_ms: now,
@@ -414,11 +434,11 @@ impl Engine {
         self.bus
             .publish(Outgoing::json(
                 subjects::event(ns, "run", "cancelled"),
-                format!("run:{}:cancelled", cmd.run_id),
+                format!("run:{run_id}:cancelled"),
                 &ev,
             )?)
             .await?;
-        Ok(Outcome::Done)
+        Ok(())
     }
 
     /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and

@@ -120,6 +120,11 @@ impl Store {
         self.db.collection(STATES)
     }
 
+    /// `runs` collection as raw documents (fields of ours not in [`RunDoc`]).
+    pub fn runs_raw(&self) -> Collection<Document> {
+        self.db.collection(RUNS)
+    }
+
     /// `GraphTemplate` collection.
     pub fn graph_templates(&self) -> Collection<GraphTemplateDoc> {
         self.db.collection(GRAPH_TEMPLATES)

@@ -11,7 +11,8 @@
 //!    siblings are exactly the deterministic ids `H("fanout", O, 1..=m)`,
 //!    with no gap, and no other state has the shape of one of its siblings.
 //! 4. **Unites exactly once, after all members.** Every unite group is
-//!    closed with no open member; its `failed` count equals the failed
+//!    closed with no open member (in a cancelled run, a group may stay open
+//!    and then has not fired); its `failed` count equals the failed
 //!    descendants of its target; it fired if and only if exactly one unite
 //!    state with its deterministic id exists; no two unite states share a
 //!    fingerprint.
@@ -208,7 +209,22 @@ fn check_unites(c: &CheckedRun) -> anyhow::Result<()> {
         );
     }
     let mut group_of_unite: HashSet<ObjectId> = HashSet::new();
+    let cancelled = c.status() == RunStatus::Cancelled.as_str();
     for g in &c.groups {
+        if cancelled && !g.closed {
+            // Cancellation stops the bookkeeping: an open group stays open
+            // and must not have fired.
+            let unite_id = oid(ids::unite_state_id(
+                &g.target_id.to_hex(),
+                &g.unite_identifier,
+            ));
+            ensure!(
+                !g.fired && !by_id.contains_key(&unite_id),
+                "unite group {} of a cancelled run is open but fired",
+                g.id
+            );
+            continue;
+        }
         ensure!(
             g.closed,
             "unite group {} never closed (open {}, failed {})",

@@ -86,7 +86,7 @@ impl Flow {
                 anyhow::ensure!(c.status() == "SUCCESS", "chain ended {}", c.status());
                 anyhow::ensure!((n("start"), n("mid"), n("end")) == (1, 1, 1));
                 let end = c.with_identifier("end")[0];
-                anyhow::ensure!(end.outputs.get_str("text")? == "goaaa");
+                anyhow::ensure!(end.outputs.get_str("text")? == "go+a+a+a");
             }
             Flow::FanOutAllDone | Flow::FanOutAllSuccess => {
                 anyhow::ensure!(
@@ -188,6 +188,37 @@ impl Driver {
         env
     }
 
+    /// Waits until no service consumer holds or has pending messages, so a
+    /// case's crash point is hit by its own run, not by leftovers.
+    async fn wait_quiet(&self) -> anyhow::Result<()> {
+        use async_nats::jetstream::consumer::pull::Config;
+        use exo_types::subjects as s;
+        let js =
+            async_nats::jetstream::new(async_nats::connect(self.stack.servers.nats.url()).await?);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut busy = 0;
+            for (stream, consumer) in [
+                (s::STREAM_COMMANDS, s::CONSUMER_TRIGGER),
+                (s::STREAM_STATES, s::CONSUMER_SCHEDULER),
+                (s::STREAM_RESULTS, s::CONSUMER_COMPLETION),
+                (s::STREAM_RESULTS, s::CONSUMER_RETRY),
+            ] {
+                if let Ok(mut c) = js
+                    .get_consumer_from_stream::<Config, _, _>(consumer, stream)
+                    .await
+                    && let Ok(i) = c.info().await
+                {
+                    busy += i.num_pending + i.num_ack_pending as u64;
+                }
+            }
+            if busy == 0 || Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn respawn(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
         let env = Self::env(extra);
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -205,6 +236,7 @@ impl Driver {
 
     /// A fault-free run with tracing: the hits per crash point.
     async fn trace(&mut self) -> anyhow::Result<BTreeMap<String, usize>> {
+        self.wait_quiet().await?;
         self.respawn(&[("EXO_FAILPOINTS_TRACE", "1".into())])
             .await?;
         let run_id = self.stack.trigger(&self.ns, "g", &json!({})).await?;
@@ -230,6 +262,7 @@ impl Driver {
         } else {
             format!("{}*off->return", k - 1)
         };
+        self.wait_quiet().await?;
         self.respawn(&[("FAILPOINTS", format!("{point}={actions}"))])
             .await?;
         let run_id = self.stack.trigger(&self.ns, "g", &json!({})).await?;
