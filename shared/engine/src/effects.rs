@@ -710,6 +710,7 @@ mod tests {
             doc,
             graph,
             nodes: HashMap::new(),
+            version: "ns:g:test".into(),
         })
     }
 
@@ -741,6 +742,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             graph_namespace: None,
+            graph_version: None,
             attempt: 1,
             requeue_gen: 0,
             result_digest: None,

@@ -32,6 +32,8 @@ pub struct LoadedGraph {
     pub graph: Graph,
     /// Registered nodes keyed by (namespace, node name).
     pub nodes: HashMap<(String, String), NodeSchema>,
+    /// Version id ([`version_of`]); runs record it and keep executing it.
+    pub version: String,
 }
 
 /// Why a template cannot be used. These are permanent for the message at hand.
@@ -58,6 +60,27 @@ type Entries = HashMap<(String, String), (Instant, Arc<LoadedGraph>)>;
 pub struct GraphCache {
     store: Store,
     entries: Arc<Mutex<Entries>>,
+    versions: Arc<Mutex<HashMap<String, Arc<LoadedGraph>>>>,
+    pinned: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Template versions cached at once.
+pub const MAX_VERSIONS: usize = 256;
+
+/// The version id of a template: `<namespace>:<name>:<sha-256 of what
+/// executes>` (nodes, retry policy, store config).
+pub fn version_of(doc: &GraphTemplateDoc) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&doc.nodes).unwrap_or_default());
+    h.update(serde_json::to_vec(&doc.retry_policy).unwrap_or_default());
+    h.update(serde_json::to_vec(&doc.store_config).unwrap_or_default());
+    format!(
+        "{}:{}:{}",
+        doc.namespace,
+        doc.name,
+        &hex::encode(h.finalize())[..32]
+    )
 }
 
 impl GraphCache {
@@ -66,10 +89,12 @@ impl GraphCache {
         Self {
             store,
             entries: Arc::default(),
+            versions: Arc::default(),
+            pinned: Arc::default(),
         }
     }
 
-    /// Loads (or reuses) the VALID template `namespace`/`name`.
+    /// The current template `namespace`/`name` (cached for [`CACHE_TTL`]).
     pub async fn get(&self, namespace: &str, name: &str) -> Loaded {
         let key = (namespace.to_string(), name.to_string());
         if let Ok(map) = self.entries.lock()
@@ -81,6 +106,89 @@ impl GraphCache {
         let Some(doc) = self.store.graph_template(namespace, name).await? else {
             return Ok(Err(Unusable::NotFound(namespace.into(), name.into())));
         };
+        let loaded = match self.load(doc).await? {
+            Ok(l) => l,
+            Err(u) => return Ok(Err(u)),
+        };
+        if let Ok(mut map) = self.entries.lock() {
+            map.insert(key, (Instant::now(), loaded.clone()));
+        }
+        Ok(Ok(loaded))
+    }
+
+    /// The template version a run was started with (see
+    /// [`GraphCache::pin`]); versions are immutable, so they are cached
+    /// without expiry (at most [`MAX_VERSIONS`] at once). A version that is
+    /// not stored (a database written before versions existed) falls back to
+    /// the current template.
+    pub async fn get_version(&self, namespace: &str, name: &str, version: &str) -> Loaded {
+        if let Ok(map) = self.versions.lock()
+            && let Some(g) = map.get(version)
+        {
+            return Ok(Ok(g.clone()));
+        }
+        let found = self
+            .store
+            .graph_versions()
+            .find_one(doc! {"_id": version})
+            .await
+            .map_err(exo_store::Error::from)?;
+        let Some(template) = found.and_then(|d| d.get_document("template").ok().cloned()) else {
+            return self.get(namespace, name).await;
+        };
+        let doc: GraphTemplateDoc = exo_store::mongodb::bson::from_document(template)
+            .map_err(|e| exo_store::Error::Bson(e.to_string()))?;
+        let loaded = match self.load(doc).await? {
+            Ok(l) => l,
+            Err(u) => return Ok(Err(u)),
+        };
+        if let Ok(mut map) = self.versions.lock() {
+            if map.len() >= MAX_VERSIONS {
+                map.clear();
+            }
+            map.insert(version.to_string(), loaded.clone());
+        }
+        Ok(Ok(loaded))
+    }
+
+    /// Stores `graph`'s version (once per process and version), so runs
+    /// started with it keep executing it after the template is replaced.
+    pub async fn pin(&self, graph: &LoadedGraph) -> Result<(), exo_store::Error> {
+        if self
+            .pinned
+            .lock()
+            .map(|p| p.contains(&graph.version))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let mut template = graph.doc.clone();
+        template.id = None;
+        let template = exo_store::mongodb::bson::to_document(&template)
+            .map_err(|e| exo_store::Error::Bson(e.to_string()))?;
+        self.store
+            .graph_versions()
+            .update_one(
+                doc! {"_id": &graph.version},
+                doc! {"$setOnInsert": {"template": template, "namespace": &graph.doc.namespace,
+                "name": &graph.doc.name}},
+            )
+            .upsert(true)
+            .await
+            .map_err(exo_store::Error::from)?;
+        if let Ok(mut p) = self.pinned.lock() {
+            if p.len() >= MAX_VERSIONS {
+                p.clear();
+            }
+            p.insert(graph.version.clone());
+        }
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        doc: GraphTemplateDoc,
+    ) -> Result<Result<Arc<LoadedGraph>, Unusable>, exo_store::Error> {
         if doc.validation_status != "VALID" {
             return Ok(Err(Unusable::NotValid(doc.validation_status.clone())));
         }
@@ -118,11 +226,13 @@ impl GraphCache {
                 );
             }
         }
-        let loaded = Arc::new(LoadedGraph { doc, graph, nodes });
-        if let Ok(mut map) = self.entries.lock() {
-            map.insert(key, (Instant::now(), loaded.clone()));
-        }
-        Ok(Ok(loaded))
+        let version = version_of(&doc);
+        Ok(Ok(Arc::new(LoadedGraph {
+            doc,
+            graph,
+            nodes,
+            version,
+        })))
     }
 
     /// Drops a cached entry (after an upsert in the same process).

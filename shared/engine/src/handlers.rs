@@ -262,6 +262,8 @@ impl Engine {
             Ok(i) => i,
             Err(e) => return Ok(Outcome::Reject(e.to_string())),
         };
+        // The run executes this version even if the template is replaced.
+        self.graphs.pin(&lg).await?;
         let requested = cmd.requested_at_ms.unwrap_or_else(time::now_ms);
         let root_id = oid(ids::root_state_id(&cmd.run_id));
         let tmpl = lg.graph.root();
@@ -276,6 +278,7 @@ impl Engine {
                 graph_ns: ns,
                 run_id: &cmd.run_id,
                 graph_name: &cmd.graph_name,
+                graph_version: Some(&lg.version),
             },
             inputs_doc,
             Document::new(),
@@ -655,8 +658,20 @@ impl Engine {
         Ok(Ok((st, fresh)))
     }
 
-    async fn graph_for(&self, st: &StateDoc) -> Result<Result<Arc<LoadedGraph>, Unusable>, Error> {
-        Ok(self.graphs.get(st.graph_ns(), &st.graph_name).await?)
+    /// The template version `st`'s run executes (the current template for
+    /// states written before versions).
+    pub async fn graph_for(
+        &self,
+        st: &StateDoc,
+    ) -> Result<Result<Arc<LoadedGraph>, Unusable>, Error> {
+        Ok(match st.graph_version.as_deref() {
+            Some(v) => {
+                self.graphs
+                    .get_version(st.graph_ns(), &st.graph_name, v)
+                    .await?
+            }
+            None => self.graphs.get(st.graph_ns(), &st.graph_name).await?,
+        })
     }
 
     /// `completion`: records outputs, fans out, creates successors, marks

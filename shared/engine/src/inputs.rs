@@ -157,6 +157,8 @@ pub struct Placement<'a> {
     pub run_id: &'a str,
     /// Graph name.
     pub graph_name: &'a str,
+    /// Template version the run executes.
+    pub graph_version: Option<&'a str>,
 }
 
 impl<'a> Placement<'a> {
@@ -166,6 +168,7 @@ impl<'a> Placement<'a> {
             graph_ns: state.graph_ns(),
             run_id: &state.run_id,
             graph_name: &state.graph_name,
+            graph_version: state.graph_version.as_deref(),
         }
     }
 }
@@ -203,6 +206,7 @@ pub fn new_state(
         created_at: now,
         updated_at: now,
         graph_namespace: Some(place.graph_ns.to_string()),
+        graph_version: place.graph_version.map(str::to_string),
         attempt: 0,
         requeue_gen: 0,
         result_digest: None,

@@ -70,6 +70,11 @@ pub struct StateDoc {
     /// equals `namespace_name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_namespace: Option<String>,
+    /// Version of the template the run executes (ours; see `GraphVersions`).
+    /// Absent on documents written before versions, which use the current
+    /// template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_version: Option<String>,
     /// Dispatch attempt (ours): incremented on every CREATED → QUEUED, echoed
     /// by runtimes, and used to fence late results.
     #[serde(default)]

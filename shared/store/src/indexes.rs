@@ -125,6 +125,15 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
             ],
         ),
         (
+            crate::GRAPH_VERSIONS,
+            vec![index(
+                doc! {"namespace": 1, "name": 1},
+                "namespace_name_index",
+                false,
+                None,
+            )],
+        ),
+        (
             crate::UNITE_GROUPS,
             vec![index(doc! {"run_id": 1}, "run_id_index", false, None)],
         ),

@@ -31,6 +31,8 @@ pub const RUNS: &str = "runs";
 pub const TRIGGERS: &str = "DatabaseTriggers";
 /// Collection of unite group bookkeeping (ours).
 pub const UNITE_GROUPS: &str = "UniteGroup";
+/// Collection of template versions that runs execute (ours).
+pub const GRAPH_VERSIONS: &str = "GraphVersions";
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,11 @@ impl Store {
     /// `State` collection as raw documents.
     pub fn states_raw(&self) -> Collection<Document> {
         self.db.collection(STATES)
+    }
+
+    /// `GraphVersions` collection (ours): `{_id: version, template, namespace, name}`.
+    pub fn graph_versions(&self) -> Collection<Document> {
+        self.db.collection(GRAPH_VERSIONS)
     }
 
     /// `runs` collection as raw documents (fields of ours not in [`RunDoc`]).

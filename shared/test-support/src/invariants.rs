@@ -164,6 +164,7 @@ fn check_fanouts(c: &CheckedRun) -> anyhow::Result<()> {
             .iter()
             .filter(|s| {
                 s.id != o.id
+                    && s.status != StateStatus::RetryCreated
                     && s.fanout_id == s.id.to_hex()
                     && s.identifier == o.identifier
                     && s.parents == o.parents

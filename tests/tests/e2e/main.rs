@@ -11,5 +11,6 @@ mod flows;
 mod leases;
 mod legacy_db;
 mod nats_only;
+mod pinning;
 mod python_sdk;
 mod redelivery;

@@ -129,12 +129,7 @@ pub async fn errored(
         StateStatus::Executed => return Err(ApiError::bad_request("State is already executed")),
         _ => return Err(ApiError::bad_request("State is not queued or executed")),
     }
-    let retry_created = match state
-        .engine
-        .graphs
-        .get(st.graph_ns(), &st.graph_name)
-        .await?
-    {
+    let retry_created = match state.engine.graph_for(&st).await? {
         Ok(g) => st.retry_count < g.graph.spec().retry_policy_for(&st.identifier).max_retries,
         Err(Unusable::NotFound(..)) => return Err(ApiError::not_found("Graph template not found")),
         Err(_) => false,
@@ -226,12 +221,7 @@ pub async fn manual_retry(
         let st = load_state(&state, &ns, &id).await?;
         let now = exo_types::time::now_ms();
         let copy = retry_copy(&st, &body.fanout_id, now);
-        let lg = state
-            .engine
-            .graphs
-            .get(st.graph_ns(), &st.graph_name)
-            .await?
-            .ok();
+        let lg = state.engine.graph_for(&st).await?.ok();
         let mut fx = Effects::new(lg, &st.run_id);
         // A finished run has work again: reopened in the same transaction, so
         // a cancellation in between cannot leave it PENDING with nothing to do.
