@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use exo_bus::Bus;
+use exo_engine::effects::{self, Effects, Update};
 use exo_engine::{Engine, Outcome};
 use exo_store::mongodb::bson::{DateTime, doc};
 use exo_store::{GraphTemplateDoc, RegisteredNodeDoc, Store};
+use exo_test_support::invariants::check_run;
 use exo_test_support::{Servers, unique_db_name};
 use exo_types::graph::GraphSpec;
 use exo_types::messages::{Errored, Executed, StateCreated, TriggerCommand};
@@ -28,6 +30,10 @@ struct Env {
 }
 
 async fn env(nodes: Value) -> anyhow::Result<Env> {
+    env_with(nodes, json!({})).await
+}
+
+async fn env_with(nodes: Value, retry_policy: Value) -> anyhow::Result<Env> {
     exo_test_support::init_test_tracing();
     let servers = Servers::start().await?;
     let store = Store::connect(&servers.mongo.uri(), &unique_db_name("h"), "handlers").await?;
@@ -47,7 +53,7 @@ async fn env(nodes: Value) -> anyhow::Result<Env> {
             validation_errors: vec![],
             secrets: Default::default(),
             triggers: vec![],
-            retry_policy: Default::default(),
+            retry_policy: serde_json::from_value(retry_policy)?,
             store_config: Default::default(),
             created_at: now,
             updated_at: now,
@@ -316,5 +322,136 @@ async fn long_delays_are_parked_in_mongodb_and_announced_when_due() -> anyhow::R
         .on_created(e.created(&root, time::now_ms() + 1_000), 2)
         .await?;
     assert!(matches!(short, Outcome::Delay(_)), "{short:?}");
+    Ok(())
+}
+
+/// Finding 8: cancelling a wide run works in bounded batches, and a crash
+/// between two batches is finished by the redelivery of the cancel command,
+/// with counters equal to the states after every batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_wide_run_resumes_after_a_crash_between_batches() -> anyhow::Result<()> {
+    let e = env(split_work()).await?;
+    let root = e.queued_root("r8").await?;
+    let msg = Executed {
+        state_id: root,
+        attempt: 1,
+        outputs: outputs(2500),
+    };
+    assert_eq!(e.engine.on_executed(msg, || async {}).await?, Outcome::Done);
+    assert_eq!(e.count("r8", "work").await?, 2500);
+    let cmd = exo_types::messages::CancelCommand {
+        run_id: "r8".into(),
+    };
+    // The second batch commits, then the handler dies.
+    exo_faults::configure("store.commit", "1*off->return(error)").map_err(anyhow::Error::msg)?;
+    assert!(e.engine.on_cancel(NS, cmd.clone()).await.is_err());
+    exo_faults::clear("store.commit");
+    let run = e.engine.store.run("r8").await?.expect("run");
+    assert_eq!(
+        (
+            run.status.as_deref(),
+            run.cancelled_count,
+            run.pending_count
+        ),
+        (Some("PENDING"), 2000, 500),
+        "fenced, two batches applied with their counters, still PENDING"
+    );
+    assert_eq!(e.engine.on_cancel(NS, cmd.clone()).await?, Outcome::Done);
+    let c = check_run(&e.engine.store, "r8").await?;
+    assert_eq!(c.status(), "CANCELLED");
+    assert_eq!(c.run.cancelled_count, 2500);
+    // A later delivery changes nothing.
+    assert_eq!(e.engine.on_cancel(NS, cmd).await?, Outcome::Done);
+    assert_eq!(check_run(&e.engine.store, "r8").await?.run, c.run);
+    Ok(())
+}
+
+/// Finding 7: a manual retry reopens a finished run in the same transaction
+/// that creates the retry state (so completion cannot finish the copy while
+/// the run still reads FAILED and leave it PENDING forever), and a cancelled
+/// run stays cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_retry_reopens_the_run_in_its_transaction() -> anyhow::Result<()> {
+    let e = env_with(split_work(), json!({"max_retries": 0})).await?;
+    let root = e.queued_root("r7").await?;
+    let errored = Errored {
+        state_id: root.clone(),
+        attempt: 1,
+        error: "boom".into(),
+    };
+    assert_eq!(e.engine.on_errored(errored).await?, Outcome::Done);
+    assert_eq!(check_run(&e.engine.store, "r7").await?.status(), "FAILED");
+    let original = e
+        .engine
+        .store
+        .state(exo_store::oid(ids::root_state_id("r7")))
+        .await?
+        .expect("root");
+    let retry = |st: &exo_store::StateDoc| {
+        let mut copy = st.clone();
+        copy.id = exo_store::mongodb::bson::oid::ObjectId::new();
+        copy.status = StateStatus::Created;
+        copy.attempt = 0;
+        copy.manual_retry_fanout_id = "m1".into();
+        copy.fanout_id = "m1".into();
+        copy
+    };
+    let lg = e.engine.graph_for(&original).await?.ok();
+    let mut fx = Effects::new(lg.clone(), "r7");
+    fx.reopen_run();
+    fx.insert(retry(&original));
+    fx.transition(
+        &original,
+        StateStatus::Errored,
+        StateStatus::RetryCreated,
+        Update {
+            filter: doc! {"_id": original.id, "status": "ERRORED"},
+            update: doc! {"$set": {"status": "RETRY_CREATED"}},
+            expect: 1,
+        },
+    );
+    let applied = effects::apply(&e.engine.store, &fx, time::now_ms()).await?;
+    assert!(applied.is_some());
+    let run = e.engine.store.run("r7").await?.expect("run");
+    assert_eq!(
+        (run.status.as_deref(), run.pending_count, run.finished_at),
+        (Some("PENDING"), 1, None),
+        "reopened by the same commit"
+    );
+    // Cancelled now: a further manual retry is not applied.
+    let cmd = exo_types::messages::CancelCommand {
+        run_id: "r7".into(),
+    };
+    assert_eq!(e.engine.on_cancel(NS, cmd).await?, Outcome::Done);
+    let copy_doc = e
+        .engine
+        .store
+        .states()
+        .find_one(doc! {"run_id": "r7", "manual_retry_fanout_id": "m1"})
+        .await?
+        .expect("copy");
+    let mut fx = Effects::new(lg, "r7");
+    fx.reopen_run();
+    let mut again = retry(&copy_doc);
+    again.manual_retry_fanout_id = "m2".into();
+    again.fanout_id = "m2".into();
+    fx.insert(again);
+    fx.transition(
+        &copy_doc,
+        StateStatus::Cancelled,
+        StateStatus::RetryCreated,
+        Update {
+            filter: doc! {"_id": copy_doc.id, "status": "CANCELLED"},
+            update: doc! {"$set": {"status": "RETRY_CREATED"}},
+            expect: 1,
+        },
+    );
+    assert!(
+        effects::apply(&e.engine.store, &fx, time::now_ms())
+            .await?
+            .is_none()
+    );
+    let c = check_run(&e.engine.store, "r7").await?;
+    assert_eq!(c.status(), "CANCELLED");
     Ok(())
 }
