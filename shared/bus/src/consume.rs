@@ -80,9 +80,18 @@ pub fn backoff(delivered: i64) -> Duration {
     Duration::from_millis(250u64.saturating_mul(2u64.pow(exp - 1))).min(MAX_BACKOFF)
 }
 
+/// How long one pull request waits for messages.
+pub const PULL_EXPIRES: Duration = Duration::from_millis(500);
+
 /// Runs until `shutdown` is cancelled: pulls messages, hands each to
 /// `handler` (up to `concurrency` at once) and settles it by the returned
 /// [`Disposition`]. Messages in flight at shutdown finish first.
+///
+/// Flow control: a pull request asks for at most as many messages as there
+/// are free handler slots, so every delivered message starts at once and is
+/// kept alive by progress acks from the moment it arrives; nothing waits in
+/// a client-side buffer while its 1 s ack wait runs out (which would have it
+/// delivered a second time while the first copy is still queued).
 pub async fn consume<H, F>(
     bus: Bus,
     consumer: PullConsumer,
@@ -94,47 +103,62 @@ where
     H: Fn(Delivery) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = Disposition> + Send,
 {
+    use futures::stream::FuturesUnordered;
     let handler = Arc::new(handler);
-    loop {
-        if shutdown.is_cancelled() {
-            return Ok(());
+    let concurrency = opts.concurrency.max(1);
+    // Pull again only once a quarter of the slots are free (or nothing runs),
+    // so a busy service does not send one pull request per message.
+    let low_water = (concurrency / 4).max(1);
+    let mut inflight = FuturesUnordered::new();
+    while !shutdown.is_cancelled() {
+        let free = concurrency - inflight.len();
+        if free < low_water {
+            inflight.next().await;
+            continue;
         }
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(opts.batch)
-            .heartbeat(Duration::from_secs(5))
+        let want = free.min(opts.batch.max(1));
+        let batch = consumer
+            .batch()
+            .max_messages(want)
+            .expires(PULL_EXPIRES)
             .messages()
             .await;
-        let messages = match messages {
-            Ok(m) => m,
+        let batch = match batch {
+            Ok(b) => b,
             Err(error) => {
-                tracing::warn!(%error, consumer = %opts.consumer, "Could not start pulling; retrying.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                tracing::warn!(%error, consumer = %opts.consumer, "Could not pull; retrying.");
+                let pause = tokio::time::sleep(Duration::from_secs(1));
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = &mut pause => break,
+                        Some(()) = inflight.next(), if !inflight.is_empty() => {}
+                    }
                 }
+                continue;
             }
         };
-        let stream = messages.take_until(shutdown.clone().cancelled_owned());
-        stream
-            .for_each_concurrent(opts.concurrency, |item| {
-                let handler = handler.clone();
-                let bus = bus.clone();
-                let opts = opts.clone();
-                async move {
-                    let message = match item {
-                        Ok(m) => m,
-                        Err(error) => {
-                            tracing::debug!(%error, "Pull stream error.");
-                            return;
-                        }
-                    };
-                    settle(&bus, &opts, message, &*handler).await;
-                }
-            })
-            .await;
-        // The pull stream ended (shutdown or a terminal stream error): loop.
+        let batch = batch.take_until(shutdown.clone().cancelled_owned());
+        tokio::pin!(batch);
+        // The server ends a pull request at its expiry; a request whose end
+        // never arrives (a lost connection) is abandoned a little later.
+        let abandon = tokio::time::sleep(PULL_EXPIRES + Duration::from_secs(2));
+        tokio::pin!(abandon);
+        loop {
+            tokio::select! {
+                _ = &mut abandon => break,
+                item = batch.next() => match item {
+                    Some(Ok(message)) => inflight.push(settle(&bus, &opts, message, &*handler)),
+                    Some(Err(error)) => tracing::debug!(%error, "Pull error."),
+                    None => break,
+                },
+                Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            }
+        }
     }
+    while inflight.next().await.is_some() {}
+    Ok(())
 }
 
 async fn settle<H, F>(bus: &Bus, opts: &ConsumeOptions, message: jetstream::Message, handler: &H)
