@@ -95,6 +95,15 @@ pub async fn reschedule(
     Ok(())
 }
 
+/// True when the current template of `ns`/`graph` is VALID and still
+/// declares the CRON expression `expr`.
+async fn still_scheduled(store: &Store, ns: &str, graph: &str, expr: &str) -> Result<bool, Error> {
+    Ok(store.graph_template(ns, graph).await?.is_some_and(|g| {
+        g.validation_status == "VALID"
+            && g.triggers.iter().any(|t| t.cron_expression() == Some(expr))
+    }))
+}
+
 /// The run id of an occurrence: a UUID (version 8, name-based) derived from
 /// the namespace, graph, expression and fire time.
 pub fn occurrence_run_id(t: &TriggerDoc) -> String {
@@ -166,7 +175,26 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, Error> {
         if let Some(expr) = &t.expression
             && let Some(d) = next_doc(&t.namespace, &t.graph_name, expr, now)
         {
+            let next_time = d.trigger_time;
             insert_ignoring_duplicates(&engine.store, d).await?;
+            // An upsert writes the template, then replaces the PENDING
+            // occurrences. If it removed this expression meanwhile, the
+            // occurrence just inserted may have missed its delete: read the
+            // template after the insert and withdraw the occurrence.
+            if !still_scheduled(&engine.store, &t.namespace, &t.graph_name, expr).await? {
+                engine
+                    .store
+                    .triggers()
+                    .delete_one(
+                        doc! {"namespace": &t.namespace, "graph_name": &t.graph_name,
+                        "type": "CRON", "expression": expr.as_str(),
+                        "trigger_time": next_time, "trigger_status": "PENDING"},
+                    )
+                    .await
+                    .map_err(exo_store::Error::from)?;
+                tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, expression = %expr,
+                    "Cron expression removed by an upsert; not scheduled again.");
+            }
         }
         let expires = DateTime::from_millis(now.timestamp_millis() + RETENTION.as_millis() as i64);
         engine

@@ -455,3 +455,80 @@ async fn manual_retry_reopens_the_run_in_its_transaction() -> anyhow::Result<()>
     assert_eq!(c.status(), "CANCELLED");
     Ok(())
 }
+
+/// Finding 9 (CRON claims racing a graph upsert): an occurrence fired while
+/// an upsert removes its expression must not schedule the expression again.
+/// Here the template no longer declares the expression (the upsert wrote it)
+/// but the due occurrence was not yet deleted (the upsert's reschedule had
+/// not run): firing starts the run and leaves no next occurrence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_occurrence_fired_during_an_upsert_that_removed_it_is_not_rescheduled()
+-> anyhow::Result<()> {
+    let e = env(split_work()).await?;
+    let due = DateTime::from_millis(time::now_ms() - 1_000);
+    e.engine
+        .store
+        .triggers()
+        .insert_one(exo_store::TriggerDoc {
+            id: None,
+            kind: "CRON".into(),
+            expression: Some("* * * * *".into()),
+            graph_name: "g".into(),
+            namespace: NS.into(),
+            trigger_time: due,
+            trigger_status: "PENDING".into(),
+            expires_at: None,
+            claimed_at: None,
+            run_id: None,
+            error: None,
+        })
+        .await?;
+    assert_eq!(exo_engine::cron::fire_due(&e.engine).await?, 1);
+    let pending = e
+        .engine
+        .store
+        .triggers()
+        .count_documents(doc! {"trigger_status": "PENDING"})
+        .await?;
+    assert_eq!(pending, 0, "the removed expression is not scheduled again");
+    let fired = e
+        .engine
+        .store
+        .triggers()
+        .find_one(doc! {"trigger_status": "TRIGGERED"})
+        .await?
+        .expect("the due occurrence fired");
+    assert!(
+        e.engine
+            .store
+            .run(&fired.run_id.expect("run id"))
+            .await?
+            .is_some()
+    );
+    // With the expression still declared, the next occurrence is scheduled.
+    e.engine
+        .store
+        .graph_templates()
+        .update_one(
+            doc! {"name": "g", "namespace": NS},
+            doc! {"$set": {"triggers": [{"type": "CRON", "value": {"expression": "* * * * *"}}]}},
+        )
+        .await?;
+    e.engine
+        .store
+        .triggers()
+        .update_one(
+            doc! {"trigger_status": "TRIGGERED"},
+            doc! {"$set": {"trigger_status": "PENDING", "trigger_time": DateTime::from_millis(time::now_ms() - 500)}},
+        )
+        .await?;
+    assert_eq!(exo_engine::cron::fire_due(&e.engine).await?, 1);
+    let pending = e
+        .engine
+        .store
+        .triggers()
+        .count_documents(doc! {"trigger_status": "PENDING"})
+        .await?;
+    assert_eq!(pending, 1, "a declared expression keeps its schedule");
+    Ok(())
+}
