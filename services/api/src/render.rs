@@ -16,7 +16,7 @@ pub fn iso_opt(dt: Option<DateTime>) -> Value {
 
 /// A BSON document as a JSON object (relaxed extended JSON).
 pub fn doc_json(d: &Document) -> Value {
-    Value::Object(exo_engine::handlers::to_json_map(d))
+    Value::Object(exo_engine::common::to_json_map(d))
 }
 
 /// Parses a 24-hex state id.

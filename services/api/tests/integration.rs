@@ -134,9 +134,10 @@ impl Env {
         let r = if subject.ends_with(".run.trigger") {
             let ns = subjects::namespace_of(subject).unwrap().to_string();
             let cmd: TriggerCommand = serde_json::from_slice(payload).unwrap();
-            e.on_trigger(&ns, cmd).await
+            exo_trigger::handlers::on_trigger(e, &ns, cmd).await
         } else if subject.ends_with(".state.created") {
-            e.on_created(
+            exo_scheduler::handlers::on_created(
+                e,
                 serde_json::from_slice::<StateCreated>(payload).unwrap(),
                 seq,
             )
@@ -145,19 +146,28 @@ impl Env {
             match subjects::result_kind_of(subject).unwrap() {
                 ResultKind::Executed => {
                     let m: Executed = serde_json::from_slice(payload).unwrap();
-                    e.on_executed(m, || async {}).await
+                    exo_completion::handlers::on_executed(e, m, || async {}).await
                 }
                 ResultKind::Pruned => {
-                    e.on_pruned(serde_json::from_slice::<Pruned>(payload).unwrap())
-                        .await
+                    exo_completion::handlers::on_pruned(
+                        e,
+                        serde_json::from_slice::<Pruned>(payload).unwrap(),
+                    )
+                    .await
                 }
                 ResultKind::Errored => {
-                    e.on_errored(serde_json::from_slice::<Errored>(payload).unwrap())
-                        .await
+                    exo_retry::handlers::on_errored(
+                        e,
+                        serde_json::from_slice::<Errored>(payload).unwrap(),
+                    )
+                    .await
                 }
                 ResultKind::Requeue => {
-                    e.on_requeue(serde_json::from_slice::<Requeue>(payload).unwrap())
-                        .await
+                    exo_retry::handlers::on_requeue(
+                        e,
+                        serde_json::from_slice::<Requeue>(payload).unwrap(),
+                    )
+                    .await
                 }
             }
         };

@@ -7,6 +7,8 @@
 //! and the run's counters and status, all in transactions fenced by the
 //! state's status and attempt; then it hands new states to the scheduler.
 
+pub mod handlers;
+
 use exo_bus::Disposition;
 use exo_engine::worker::{self, WorkerSpec};
 use exo_types::subjects::{self, ResultKind};
@@ -30,11 +32,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         |engine, d| async move {
             match subjects::result_kind_of(&d.subject) {
                 Some(ResultKind::Executed) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(engine.on_executed(msg, || d.progress()).await),
+                    Ok(msg) => worker::disposition(
+                        handlers::on_executed(&engine, msg, || d.progress()).await,
+                    ),
                     Err(disposition) => disposition,
                 },
                 Some(ResultKind::Pruned) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(engine.on_pruned(msg).await),
+                    Ok(msg) => worker::disposition(handlers::on_pruned(&engine, msg).await),
                     Err(disposition) => disposition,
                 },
                 _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),

@@ -7,6 +7,8 @@
 //! runs end FAILED instead of hanging). A re-queued state goes back to
 //! CREATED with a new `enqueue_after`.
 
+pub mod handlers;
+
 use exo_bus::Disposition;
 use exo_engine::worker::{self, WorkerSpec};
 use exo_types::subjects::{self, ResultKind};
@@ -30,11 +32,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         |engine, d| async move {
             match subjects::result_kind_of(&d.subject) {
                 Some(ResultKind::Errored) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(engine.on_errored(msg).await),
+                    Ok(msg) => worker::disposition(handlers::on_errored(&engine, msg).await),
                     Err(disposition) => disposition,
                 },
                 Some(ResultKind::Requeue) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(engine.on_requeue(msg).await),
+                    Ok(msg) => worker::disposition(handlers::on_requeue(&engine, msg).await),
                     Err(disposition) => disposition,
                 },
                 _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),

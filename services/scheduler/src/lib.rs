@@ -12,10 +12,12 @@
 //! that crashed between its commit and its publish): it reads only the
 //! CREATED range of states due for longer than [`RECONCILE_AFTER`].
 
+pub mod handlers;
+
 use std::time::Duration;
 
 use exo_engine::Engine;
-use exo_engine::handlers::created_msg;
+use exo_engine::common::created_msg;
 use exo_engine::worker::{self, WorkerSpec};
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::StateCreated;
@@ -50,7 +52,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         spec,
         |engine, d| async move {
             match worker::decode::<StateCreated>(&d) {
-                Ok(msg) => worker::disposition(engine.on_created(msg, d.seq).await),
+                Ok(msg) => worker::disposition(handlers::on_created(&engine, msg, d.seq).await),
                 Err(disposition) => disposition,
             }
         },
@@ -81,7 +83,7 @@ async fn reconcile(engine: Engine, shutdown: CancellationToken) {
 /// batch comes back full.
 async fn announce_due_loop(engine: Engine, shutdown: CancellationToken) {
     loop {
-        let n = match engine.announce_due(DUE_BATCH).await {
+        let n = match handlers::announce_due(&engine, DUE_BATCH).await {
             Ok(n) => n,
             Err(error) => {
                 tracing::warn!(%error, "Announcing due states failed.");

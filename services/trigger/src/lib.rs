@@ -8,6 +8,8 @@
 //! [`exo_engine::Engine::on_cancel`]). It also fires the graphs' CRON
 //! triggers (see [`exo_engine::cron`]).
 
+pub mod handlers;
+
 use exo_engine::worker::{self, WorkerSpec};
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
@@ -34,7 +36,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             };
             if d.subject.ends_with(".run.cancel") {
                 return match worker::decode::<CancelCommand>(&d) {
-                    Ok(cmd) => worker::disposition(engine.on_cancel(&ns, cmd).await),
+                    Ok(cmd) => worker::disposition(handlers::on_cancel(&engine, &ns, cmd).await),
                     Err(disposition) => disposition,
                 };
             }
@@ -42,7 +44,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 Ok(c) => c,
                 Err(disposition) => return disposition,
             };
-            worker::disposition(engine.on_trigger(&ns, cmd).await)
+            worker::disposition(handlers::on_trigger(&engine, &ns, cmd).await)
         },
         cron_loop,
     )
@@ -56,7 +58,7 @@ async fn cron_loop(engine: exo_engine::Engine, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
-        if let Err(error) = exo_engine::cron::fire_due(&engine).await {
+        if let Err(error) = handlers::fire_due(&engine).await {
             tracing::warn!(%error, "Firing cron triggers failed.");
         }
     }

@@ -6,7 +6,8 @@
 //!   PENDING occurrences and, when the graph is VALID, inserts the next
 //!   occurrence of each distinct expression (the unique index
 //!   `uniq_graph_type_expr_time` dedups concurrent upserts).
-//! - [`fire_due`] runs in the `trigger` service every second: it claims one
+//! - [`fire_due`] runs in the `trigger` service every second (which passes
+//!   its run-starting handler): it claims one
 //!   due occurrence at a time (PENDING → TRIGGERING, or a TRIGGERING claim
 //!   older than [`STALE_CLAIM`] left by a crashed service), starts the run
 //!   with a run id derived from the occurrence (so a re-fire after a crash
@@ -134,7 +135,11 @@ pub fn occurrence_run_id(t: &TriggerDoc) -> String {
 }
 
 /// Fires every due occurrence, one claim at a time. Returns how many fired.
-pub async fn fire_due(engine: &Engine) -> Result<usize, Error> {
+pub async fn fire_due<S, Fut>(engine: &Engine, start: S) -> Result<usize, Error>
+where
+    S: Fn(String, TriggerCommand) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, Error>>,
+{
     let mut fired = 0;
     loop {
         let now = chrono::Utc::now();
@@ -164,7 +169,7 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, Error> {
             start_delay_ms: 0,
             requested_at_ms: Some(t.trigger_time.timestamp_millis()),
         };
-        let (status, error) = match engine.on_trigger(&t.namespace, cmd).await? {
+        let (status, error) = match start(t.namespace.clone(), cmd).await? {
             Outcome::Done => ("TRIGGERED", None),
             Outcome::Reject(reason) | Outcome::Stale(reason) => ("FAILED", Some(reason)),
             Outcome::Delay(_) => ("FAILED", Some("unexpected delay".to_string())),

@@ -11,18 +11,22 @@
 //! - [`inputs`]: building successor states and resolving their inputs;
 //! - [`effects`]: run counters, unite groups and run completion, applied in
 //!   the same transaction as the state writes they describe;
-//! - [`handlers`]: one function per message kind.
+//! - [`attempts`]: new attempts of a state (automatic and manual retries,
+//!   fan-out siblings);
+//! - [`common`]: what every handler shares (outcomes, hand-offs, the result
+//!   fence); the handlers live in the service crates.
 
+pub mod attempts;
+pub mod common;
 pub mod cron;
 pub mod effects;
 pub mod graphs;
-pub mod handlers;
 pub mod inputs;
 
 use exo_bus::Bus;
 use exo_store::Store;
 
-pub use handlers::Outcome;
+pub use common::Outcome;
 
 /// Engine errors.
 #[derive(Debug, thiserror::Error)]

@@ -56,13 +56,21 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
                     false,
                     None,
                 ),
-                // Bounds the scheduler's sweeps (due parked states, CREATED
-                // states whose hand-off was lost) to the CREATED range.
+                // Bound the scheduler's sweeps. Partial, so a state costs an
+                // index entry only while it is CREATED (resp. parked): the
+                // reconciler reads CREATED states due long ago, the due sweep
+                // reads parked states that fell due.
                 index(
-                    doc! {"status": 1, "enqueue_after": 1},
-                    "status_enqueue_after_index",
+                    doc! {"enqueue_after": 1},
+                    "created_due_index",
                     false,
-                    None,
+                    Some(doc! {"status": "CREATED"}),
+                ),
+                index(
+                    doc! {"enqueue_after": 1},
+                    "parked_due_index",
+                    false,
+                    Some(doc! {"parked": true}),
                 ),
                 index(
                     doc! {"lease_until": 1},

@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod handlers;
 pub mod invariants;
 mod mongo;
 mod names;

@@ -26,10 +26,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use exo_bus::Outgoing;
-use exo_engine::effects::{self, Effects, Update};
+use exo_engine::effects::{self};
 use exo_engine::graphs::Unusable;
 use exo_store::StateDoc;
-use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
 use exo_types::messages::{self as m, Errored, Executed, Pruned, Requeue};
 use exo_types::status::StateStatus;
 use exo_types::subjects::{self, ResultKind};
@@ -183,31 +182,6 @@ pub async fn re_enqueue_after(
     Ok(Json(json!({"enqueue_after": at, "status": "CREATED"})))
 }
 
-/// The manual-retry copy of `st` (spec §8.3).
-fn retry_copy(st: &StateDoc, fanout_id: &str, now_ms: i64) -> StateDoc {
-    let now = DateTime::from_millis(now_ms);
-    let mut copy = st.clone();
-    copy.id = ObjectId::new();
-    copy.status = StateStatus::Created;
-    copy.outputs = Document::new();
-    copy.data = Document::new();
-    copy.error = None;
-    copy.fanout_id = fanout_id.to_string();
-    copy.manual_retry_fanout_id = fanout_id.to_string();
-    copy.retry_count = 0;
-    copy.enqueue_after = now_ms;
-    copy.attempt = 0;
-    copy.requeue_gen = 0;
-    copy.created_at = now;
-    copy.updated_at = now;
-    copy.state_fingerprint = if copy.does_unites {
-        exo_engine::inputs::fingerprint(&copy)
-    } else {
-        String::new()
-    };
-    copy
-}
-
 /// `POST /v0/namespace/{ns}/state/{id}/manual-retry`.
 pub async fn manual_retry(
     State(state): State<AppState>,
@@ -220,23 +194,10 @@ pub async fn manual_retry(
         tries += 1;
         let st = load_state(&state, &ns, &id).await?;
         let now = exo_types::time::now_ms();
-        let copy = retry_copy(&st, &body.fanout_id, now);
         let lg = state.engine.graph_for(&st).await?.ok();
-        let mut fx = Effects::new(lg, &st.run_id);
         // A finished run has work again: reopened in the same transaction, so
         // a cancellation in between cannot leave it PENDING with nothing to do.
-        fx.reopen_run();
-        fx.insert(copy.clone());
-        fx.transition(
-            &st,
-            st.status,
-            StateStatus::RetryCreated,
-            Update {
-                filter: doc! {"_id": st.id, "status": st.status.as_str()},
-                update: doc! {"$set": {"status": "RETRY_CREATED", "updated_at": DateTime::from_millis(now)}},
-                expect: 1,
-            },
-        );
+        let (copy, fx) = exo_engine::attempts::manual_retry(&st, &body.fanout_id, lg, now);
         match effects::apply(store, &fx, now).await {
             Ok(Some(applied)) => break (copy, applied.created),
             // The original moved on between the read and the write: read again.
@@ -258,7 +219,7 @@ pub async fn manual_retry(
     };
     let msgs: Vec<Outgoing> = created
         .iter()
-        .map(exo_engine::handlers::created_msg)
+        .map(exo_engine::common::created_msg)
         .collect::<Result<_, _>>()?;
     state.engine.bus.publish_batch(msgs).await?;
     tracing::info!(exo.state_id = %id, exo.run_id = %copy.run_id, new_state = %copy.id, "Manual retry created.");

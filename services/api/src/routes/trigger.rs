@@ -9,8 +9,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use exo_bus::Outgoing;
+use exo_engine::common::{RootError, root_inputs};
 use exo_engine::graphs::Unusable;
-use exo_engine::handlers::{RootError, root_inputs};
 use exo_types::messages::{TriggerCommand, trigger_msg_id};
 use exo_types::subjects;
 use serde_json::{Value, json};

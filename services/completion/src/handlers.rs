@@ -1,0 +1,460 @@
+//! The `completion` service's handlers: an executed result is applied in
+//! two phases ([`phase1`]: the state and its fan-out siblings EXECUTED;
+//! [`phase2`]: successors created, states SUCCESS), chunk by chunk on a
+//! fixed grid; a pruned result ends its branch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use exo_engine::common::json_to_doc;
+use exo_engine::effects::{self, Effects, Update};
+use exo_engine::graphs::LoadedGraph;
+use exo_engine::{Engine, Error, Outcome, attempts, inputs};
+use exo_store::mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+use exo_store::{StateDoc, oid};
+use exo_types::graph::NodeTemplate;
+use exo_types::messages::{Executed, Pruned};
+use exo_types::status::StateStatus;
+use exo_types::{ids, time};
+use futures::TryStreamExt;
+use serde_json::{Map, Value};
+
+/// States written per transaction when a result fans out (default of
+/// `EXO_FANOUT_CHUNK`).
+pub const CHUNK: usize = 256;
+
+/// States written per fan-out transaction: `EXO_FANOUT_CHUNK` (at least 1),
+/// else [`CHUNK`]. Tests use small chunks to cross chunk boundaries with few
+/// states.
+pub fn fanout_chunk() -> usize {
+    static CHUNK_SIZE: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::env::var("EXO_FANOUT_CHUNK")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(CHUNK)
+    });
+    *CHUNK_SIZE
+}
+
+/// SHA-256 (hex) of an executed result's outputs.
+fn result_digest(outputs: &[Map<String, Value>]) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(outputs).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// `completion`: records outputs, fans out, creates successors, marks
+/// SUCCESS and lets unite groups close.
+pub async fn on_executed<P, F>(
+    engine: &Engine,
+    msg: Executed,
+    progress: P,
+) -> Result<Outcome, Error>
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let (st, fresh) = match engine.fenced(&msg.state_id, msg.attempt).await? {
+        Ok(x) => x,
+        Err(o) => return Ok(o),
+    };
+    // Between reading the state and the first write (tests widen it).
+    exo_faults::point("completion.executed.loaded")?;
+    if !fresh
+        && !matches!(
+            st.status,
+            StateStatus::Executed | StateStatus::Success | StateStatus::NextCreatedError
+        )
+    {
+        return Ok(Outcome::Stale(format!("state is {}", st.status)));
+    }
+    let digest = result_digest(&msg.outputs);
+    if !fresh && st.result_digest.as_deref() != Some(digest.as_str()) {
+        return Ok(Outcome::Stale(
+            "a different result was already applied to this attempt".into(),
+        ));
+    }
+    tracing::debug!(exo.state_id = %st.id, fresh, attempt = msg.attempt, "Applying an executed result.");
+    let mut outputs = msg.outputs;
+    if outputs.is_empty() {
+        outputs.push(Map::new());
+    }
+    let mut out_docs = Vec::with_capacity(outputs.len());
+    for o in &outputs {
+        match json_to_doc(o) {
+            Ok(d) => out_docs.push(d),
+            Err(e) => return Ok(Outcome::Reject(e)),
+        }
+    }
+    drop(outputs);
+    let lg = match engine.graph_for(&st).await? {
+        Ok(g) => g,
+        Err(u) => {
+            if fresh {
+                fail_next_created(engine, &st, &out_docs[0], &u.to_string()).await?;
+            }
+            return Ok(Outcome::Done);
+        }
+    };
+    let r = Applying {
+        st,
+        out_docs,
+        digest,
+        now: time::now_ms(),
+    };
+    if let Some(outcome) = phase1(engine, &r, &lg, fresh, &progress).await? {
+        return Ok(outcome);
+    }
+    phase2(engine, &r, &lg, &progress).await
+}
+
+/// An executed result being applied to its state `st`: one output per
+/// fan-out index (index 0 is `st` itself).
+struct Applying {
+    st: StateDoc,
+    out_docs: Vec<Document>,
+    digest: String,
+    now: i64,
+}
+
+impl Applying {
+    fn len(&self) -> usize {
+        self.out_docs.len()
+    }
+
+    /// The state at fan-out index `j`: `st` itself for 0, else its sibling
+    /// (a new attempt with a deterministic id), EXECUTED with output `j`.
+    fn state(&self, j: usize) -> StateDoc {
+        let mut s = if j == 0 {
+            self.st.clone()
+        } else {
+            let id = oid(ids::fanout_sibling_id(&self.st.id.to_hex(), j));
+            let mut s = attempts::new_attempt(&self.st, id, self.now);
+            s.fanout_id = id.to_hex();
+            s.retry_count = 0;
+            s.does_unites = false;
+            s.state_fingerprint = String::new();
+            s.manual_retry_fanout_id = String::new();
+            s.attempt = self.st.attempt;
+            s.result_digest = self.st.result_digest.clone();
+            s
+        };
+        s.status = StateStatus::Executed;
+        s.outputs = self.out_docs[j].clone();
+        s.error = None;
+        s
+    }
+}
+
+/// Phase 1: the state becomes EXECUTED and every sibling exists (EXECUTED),
+/// chunk by chunk, so all of them are counted before any is counted out.
+/// Returns an outcome when the result must stop here.
+async fn phase1<P, F>(
+    engine: &Engine,
+    r: &Applying,
+    lg: &Arc<LoadedGraph>,
+    fresh: bool,
+    progress: &P,
+) -> Result<Option<Outcome>, Error>
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    // Phase 1: S becomes EXECUTED and every sibling exists (EXECUTED), so
+    // all of them are counted before any is counted out. The chunks lie on
+    // a fixed grid, [c*chunk, (c+1)*chunk) with index 0 being S itself, so
+    // every delivery of this result cuts the same chunks; each chunk is one
+    // transaction, so it exists entirely or not at all, and a redelivery
+    // skips exactly the chunks whose first state exists.
+    let chunk = fanout_chunk();
+    if fresh {
+        let end = r.len().min(chunk);
+        let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
+        fx.update(Update {
+            filter: doc! {"_id": r.st.id, "status": "QUEUED", "attempt": r.st.attempt},
+            update: doc! {"$set": {
+                "status": "EXECUTED",
+                "outputs": r.out_docs[0].clone(),
+                "result_digest": &r.digest,
+                "updated_at": DateTime::from_millis(r.now),
+            }},
+            expect: 1,
+        });
+        for j in 1..end {
+            fx.insert(r.state(j));
+        }
+        let applied = effects::apply(&engine.store, &fx, r.now).await?;
+        if applied.is_none() {
+            // Another delivery, an `errored` report of the same attempt or a
+            // cancellation moved S first: continue only if it is this very
+            // result that was applied.
+            return after_lost_race(engine, &r.st, &r.digest).await.map(Some);
+        }
+        engine.after_apply(&r.st, applied).await?;
+        progress().await;
+    }
+    let mut j = chunk;
+    while j < r.len() {
+        let end = r.len().min(j + chunk);
+        let first = oid(ids::fanout_sibling_id(&r.st.id.to_hex(), j));
+        if engine.store.state(first).await?.is_none() {
+            let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
+            // Fence: S still holds this attempt's result (not cancelled, not
+            // replaced by a different result of a second execution).
+            fx.update(Update {
+                filter: doc! {"_id": r.st.id, "status": "EXECUTED", "attempt": r.st.attempt,
+                "result_digest": &r.digest},
+                update: doc! {"$set": {"updated_at": DateTime::from_millis(r.now)}},
+                expect: 1,
+            });
+            for k in j..end {
+                fx.insert(r.state(k));
+            }
+            let applied = effects::apply(&engine.store, &fx, r.now).await?;
+            if applied.is_none() {
+                return Ok(Some(Outcome::Stale(format!(
+                    "fan-out of state {} stopped: it no longer holds this result",
+                    r.st.id
+                ))));
+            }
+            engine.after_apply(&r.st, applied).await?;
+            progress().await;
+        }
+        j = end;
+    }
+    Ok(None)
+}
+
+/// Phase 2: successors are created and the states marked SUCCESS (or
+/// NEXT_CREATED_ERROR), chunk by chunk; a chunk already advanced by an
+/// earlier delivery only has its children announced again.
+async fn phase2<P, F>(
+    engine: &Engine,
+    r: &Applying,
+    lg: &Arc<LoadedGraph>,
+    progress: &P,
+) -> Result<Outcome, Error>
+where
+    P: Fn() -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let chunk = fanout_chunk();
+    // Phase 2: successors and SUCCESS, chunk by chunk.
+    let next: Vec<&NodeTemplate> = lg
+        .graph
+        .next_nodes(&r.st.identifier)
+        .iter()
+        .filter_map(|id| lg.graph.node(id))
+        .filter(|t| t.unites.is_none())
+        .collect();
+    let wanted = inputs::referenced_ancestors(next.iter().copied(), &r.st.identifier);
+    let ancestor_ids: Vec<ObjectId> = wanted
+        .iter()
+        .filter_map(|i| r.st.parents.get(i).and_then(Bson::as_object_id))
+        .collect();
+    let mut ancestors = HashMap::new();
+    if !ancestor_ids.is_empty() {
+        let mut cur = engine
+            .store
+            .states()
+            .find(doc! {"_id": {"$in": ancestor_ids}})
+            .await
+            .map_err(exo_store::Error::from)?;
+        while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+            ancestors.insert(d.id, d);
+        }
+    }
+    let store_values = effects::load_store_values(&engine.store, None, &r.st)
+        .await
+        .map_err(exo_store::Error::from)?;
+    let src = inputs::Sources {
+        graph: lg,
+        store: &store_values,
+        ancestors: &ancestors,
+    };
+    let mut finished = None;
+    let mut j = 0;
+    while j < r.len() {
+        let end = r.len().min(j + chunk);
+        let chunk_ids: Vec<ObjectId> = (j..end)
+            .map(|k| {
+                if k == 0 {
+                    r.st.id
+                } else {
+                    oid(ids::fanout_sibling_id(&r.st.id.to_hex(), k))
+                }
+            })
+            .collect();
+        let mut still: HashSet<ObjectId> = HashSet::new();
+        let mut cur = engine
+            .store
+            .states_raw()
+            .find(doc! {"_id": {"$in": &chunk_ids}, "status": "EXECUTED", "attempt": r.st.attempt})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(exo_store::Error::from)?;
+        while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+            if let Ok(id) = d.get_object_id("_id") {
+                still.insert(id);
+            }
+        }
+        let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
+        let mut children: Vec<StateDoc> = Vec::new();
+        let mut ok_ids = Vec::new();
+        for k in j..end {
+            let state = r.state(k);
+            let mut kids = Vec::with_capacity(next.len());
+            let mut failure = None;
+            for t in &next {
+                match inputs::resolve_inputs(&src, t, &state) {
+                    Ok(inp) => kids.push(inputs::new_state(
+                        oid(ids::child_state_id(&state.id.to_hex(), &t.identifier)),
+                        t,
+                        &inputs::Placement::of(&r.st),
+                        inp,
+                        inputs::lineage(&state),
+                        false,
+                        r.now,
+                    )),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !still.contains(&state.id) {
+                // Already advanced by an earlier delivery: re-announce its
+                // children (deduplicated by the bus and the scheduler).
+                if failure.is_none() {
+                    children.extend(kids);
+                }
+                continue;
+            }
+            match failure {
+                None => {
+                    ok_ids.push(state.id);
+                    fx.count_transition(&state, StateStatus::Executed, StateStatus::Success);
+                    for kid in kids {
+                        fx.insert(kid);
+                    }
+                }
+                Some(error) => {
+                    fx.transition(
+                        &state,
+                        StateStatus::Executed,
+                        StateStatus::NextCreatedError,
+                        Update {
+                            filter: doc! {"_id": state.id, "status": "EXECUTED"},
+                            update: doc! {"$set": {"status": "NEXT_CREATED_ERROR", "error": error}},
+                            expect: 1,
+                        },
+                    );
+                }
+            }
+        }
+        let ok_ids_len = ok_ids.len();
+        if !ok_ids.is_empty() {
+            let count = ok_ids.len() as u64;
+            fx.update(Update {
+                filter: doc! {"_id": {"$in": ok_ids}, "status": "EXECUTED"},
+                update: doc! {"$set": {"status": "SUCCESS"}},
+                expect: count,
+            });
+        }
+        let applied = if fx.is_empty() {
+            None
+        } else {
+            effects::apply(&engine.store, &fx, r.now).await?
+        };
+        tracing::debug!(exo.state_id = %r.st.id, chunk = j, advanced = ok_ids_len, applied = applied.is_some(), "Phase 2 chunk done.");
+        if let Some(a) = applied {
+            if a.finished.is_some() {
+                finished = a.finished;
+            }
+            engine.publish_created(&a.created).await?;
+        }
+        if !children.is_empty() {
+            engine.publish_created(&children).await?;
+        }
+        progress().await;
+        j = end;
+    }
+    if let Some(status) = finished {
+        engine
+            .publish_finished(r.st.graph_ns(), &r.st.run_id, &r.st.graph_name, status)
+            .await?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// After a fresh result lost the race for its state's first transition:
+/// the state moved on. If it was this very result that moved it (a
+/// concurrent delivery), the caller's work is done by that delivery or
+/// will be by a redelivery; anything else makes this result stale.
+async fn after_lost_race(engine: &Engine, st: &StateDoc, digest: &str) -> Result<Outcome, Error> {
+    let now = engine.store.state(st.id).await?;
+    Ok(match now {
+        Some(cur) if cur.attempt == st.attempt && cur.result_digest.as_deref() == Some(digest) => {
+            // The same result is being applied by another delivery; ask for a
+            // redelivery so that this one resumes whatever that one leaves.
+            Outcome::Delay(Duration::from_secs(1))
+        }
+        Some(cur) => Outcome::Stale(format!("state is {}", cur.status)),
+        None => Outcome::Reject(format!("state {} not found", st.id)),
+    })
+}
+
+async fn fail_next_created(
+    engine: &Engine,
+    st: &StateDoc,
+    outputs: &Document,
+    error: &str,
+) -> Result<(), Error> {
+    // Without a usable template there are no unite groups to count.
+    let mut fx = Effects::new(None, &st.run_id);
+    fx.transition(
+        st,
+        StateStatus::Queued,
+        StateStatus::NextCreatedError,
+        Update {
+            filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+            update: doc! {"$set": {"status": "NEXT_CREATED_ERROR", "outputs": outputs.clone(), "error": error}},
+            expect: 1,
+        },
+    );
+    let applied = effects::apply(&engine.store, &fx, time::now_ms()).await?;
+    engine.after_apply(st, applied).await
+}
+
+/// `completion`: ends a branch with PRUNED.
+pub async fn on_pruned(engine: &Engine, msg: Pruned) -> Result<Outcome, Error> {
+    let (st, fresh) = match engine.fenced(&msg.state_id, msg.attempt).await? {
+        Ok(x) => x,
+        Err(o) => return Ok(o),
+    };
+    if !fresh {
+        return Ok(Outcome::Stale(format!("state is {}", st.status)));
+    }
+    let data = match json_to_doc(&msg.data) {
+        Ok(d) => d,
+        Err(e) => return Ok(Outcome::Reject(e)),
+    };
+    let lg = engine.graph_for(&st).await?.ok();
+    let mut fx = Effects::new(lg, &st.run_id);
+    fx.transition(
+        &st,
+        StateStatus::Queued,
+        StateStatus::Pruned,
+        Update {
+            filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
+            update: doc! {"$set": {"status": "PRUNED", "data": data,
+            "updated_at": DateTime::from_millis(time::now_ms())}},
+            expect: 1,
+        },
+    );
+    let applied = effects::apply(&engine.store, &fx, time::now_ms()).await?;
+    engine.after_apply(&st, applied).await?;
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,119 @@
+//! Handler-level tests of the `completion` service against a real nats-server
+//! and a real MongoDB-wire server: each reproduces a crash-safety finding
+//! by calling the handlers directly, with fail points to cut a handler at a
+//! boundary or to widen a race window. Every test runs in its own process
+//! (nextest), so fail point configuration does not leak between tests.
+
+use std::time::Duration;
+
+use exo_completion::handlers::on_executed;
+use exo_engine::Outcome;
+use exo_retry::handlers::on_errored;
+use exo_test_support::handlers::{HandlerEnv, hex, outputs, split_work};
+use exo_types::ids;
+use exo_types::messages::{Errored, Executed};
+use exo_types::status::StateStatus;
+
+/// Finding 0: a crash between two fan-out chunks, then a redelivery, must
+/// leave every output as exactly one state. The first delivery committed
+/// chunks [0,256) and [256,512); the redelivery used to walk a grid shifted
+/// by one and never insert sibling 512.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_redelivery_after_a_crash_between_chunks_loses_nothing() -> anyhow::Result<()> {
+    let e = HandlerEnv::start(split_work()).await?;
+    let root = e.seed_root("r1", StateStatus::Queued, 0).await?;
+    let msg = Executed {
+        state_id: root.clone(),
+        attempt: 1,
+        outputs: outputs(600),
+    };
+    // The second commit of this delivery (chunk [256,512)) commits, then the
+    // handler fails as if the process died right after it.
+    exo_faults::configure("store.commit", "1*off->return(error)").map_err(anyhow::Error::msg)?;
+    let first = on_executed(&e.engine, msg.clone(), || async {}).await;
+    assert!(
+        first.is_err(),
+        "the injected failure stops the first delivery"
+    );
+    exo_faults::clear("store.commit");
+    assert_eq!(e.count("r1", "split").await?, 512);
+    assert_eq!(
+        on_executed(&e.engine, msg, || async {}).await?,
+        Outcome::Done
+    );
+    assert_eq!(
+        e.count("r1", "split").await?,
+        600,
+        "every output is a state"
+    );
+    assert_eq!(
+        e.count("r1", "work").await?,
+        600,
+        "every output has its successor"
+    );
+    let sibling = hex(ids::fanout_sibling_id(&root, 512));
+    assert_eq!(e.status(&sibling).await?, StateStatus::Success);
+    Ok(())
+}
+
+/// Finding 1: the same attempt reported `errored` by one copy and
+/// `executed` with many outputs by another, racing. Whichever wins the first
+/// transition, the state must not both retry and fan out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
+    let e = HandlerEnv::start(split_work()).await?;
+    let root = e.seed_root("r2", StateStatus::Queued, 0).await?;
+    // Hold the executed handler after it read the state QUEUED.
+    exo_faults::configure("completion.executed.loaded", "1*sleep(1500)")
+        .map_err(anyhow::Error::msg)?;
+    let engine = e.engine.clone();
+    let msg = Executed {
+        state_id: root.clone(),
+        attempt: 1,
+        outputs: outputs(600),
+    };
+    let executed = tokio::spawn(async move { on_executed(&engine, msg, || async {}).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let errored = on_errored(
+        &e.engine,
+        Errored {
+            state_id: root.clone(),
+            attempt: 1,
+            error: "boom".into(),
+        },
+    )
+    .await?;
+    assert_eq!(errored, Outcome::Done);
+    let outcome = executed.await??;
+    let status = e.status(&root).await?;
+    let retry = exo_store::oid(ids::retry_state_id(&root));
+    let retried = e.engine.store.state(retry).await?.is_some();
+    let sibling = exo_store::oid(ids::fanout_sibling_id(&root, 300));
+    let fanned = e.engine.store.state(sibling).await?.is_some();
+    if matches!(outcome, Outcome::Stale(_)) {
+        // The intended order: errored won the first transition.
+        assert!(matches!(
+            status,
+            StateStatus::RetryCreated | StateStatus::Errored
+        ));
+        for j in [1, 255, 256, 300, 599] {
+            let sibling = exo_store::oid(ids::fanout_sibling_id(&root, j));
+            assert!(
+                e.engine.store.state(sibling).await?.is_none(),
+                "no fan-out sibling {j} of an errored attempt"
+            );
+        }
+        assert_eq!(e.count("r2", "work").await?, 0);
+    } else {
+        // A slow machine let executed commit first: then nothing may retry.
+        assert_eq!(outcome, Outcome::Done);
+        assert_eq!(status, StateStatus::Success);
+        assert!(fanned && !retried, "fanned out {fanned}, retried {retried}");
+        return Ok(());
+    }
+    assert!(
+        !(fanned && retried),
+        "an attempt both fanned out and retried"
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Handler-level tests of the `retry` service against a real nats-server
+//! and a real MongoDB-wire server: each reproduces a crash-safety finding
+//! by calling the handlers directly, with fail points to cut a handler at a
+//! boundary or to widen a race window. Every test runs in its own process
+//! (nextest), so fail point configuration does not leak between tests.
+
+use exo_engine::effects;
+use exo_engine::{Outcome, attempts};
+use exo_retry::handlers::on_errored;
+use exo_store::mongodb::bson::doc;
+use exo_test_support::handlers::{HandlerEnv, NS, split_work};
+use exo_test_support::invariants::check_run;
+use exo_trigger::handlers::on_cancel;
+use exo_types::messages::Errored;
+use exo_types::status::StateStatus;
+use exo_types::{ids, time};
+use serde_json::json;
+
+/// Finding 7: a manual retry reopens a finished run in the same transaction
+/// that creates the retry state (so completion cannot finish the copy while
+/// the run still reads FAILED and leave it PENDING forever), and a cancelled
+/// run stays cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_retry_reopens_the_run_in_its_transaction() -> anyhow::Result<()> {
+    let e = HandlerEnv::start_with(split_work(), json!({"max_retries": 0})).await?;
+    let root = e.seed_root("r7", StateStatus::Queued, 0).await?;
+    let errored = Errored {
+        state_id: root.clone(),
+        attempt: 1,
+        error: "boom".into(),
+    };
+    assert_eq!(on_errored(&e.engine, errored).await?, Outcome::Done);
+    assert_eq!(check_run(&e.engine.store, "r7").await?.status(), "FAILED");
+    let original = e
+        .engine
+        .store
+        .state(exo_store::oid(ids::root_state_id("r7")))
+        .await?
+        .expect("root");
+    let lg = e.engine.graph_for(&original).await?.ok();
+    let (_, fx) = attempts::manual_retry(&original, "m1", lg.clone(), time::now_ms());
+    let applied = effects::apply(&e.engine.store, &fx, time::now_ms()).await?;
+    assert!(applied.is_some());
+    let run = e.engine.store.run("r7").await?.expect("run");
+    assert_eq!(
+        (run.status.as_deref(), run.pending_count, run.finished_at),
+        (Some("PENDING"), 1, None),
+        "reopened by the same commit"
+    );
+    // Cancelled now: a further manual retry is not applied.
+    let cmd = exo_types::messages::CancelCommand {
+        run_id: "r7".into(),
+    };
+    assert_eq!(on_cancel(&e.engine, NS, cmd).await?, Outcome::Done);
+    let copy_doc = e
+        .engine
+        .store
+        .states()
+        .find_one(doc! {"run_id": "r7", "manual_retry_fanout_id": "m1"})
+        .await?
+        .expect("copy");
+    let (_, fx) = attempts::manual_retry(&copy_doc, "m2", lg, time::now_ms());
+    assert!(
+        effects::apply(&e.engine.store, &fx, time::now_ms())
+            .await?
+            .is_none()
+    );
+    let c = check_run(&e.engine.store, "r7").await?;
+    assert_eq!(c.status(), "CANCELLED");
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The `scheduler` service's handlers: claim a due state and dispatch it,
+//! park states that are not due, announce parked states that fell due.
+
+use std::time::Duration;
+
+use exo_bus::Outgoing;
+use exo_engine::common::{created_payload, parse_id};
+use exo_engine::{Engine, Error, Outcome};
+use exo_store::mongodb::bson::{doc, oid::ObjectId};
+use exo_store::mongodb::options::ReturnDocument;
+use exo_types::messages::{self as m, StateCreated};
+use exo_types::status::StateStatus;
+use exo_types::{subjects, time};
+use futures::TryStreamExt;
+
+/// Longest single delay the scheduler parks a message for.
+pub const MAX_PARK: Duration = Duration::from_secs(3600);
+/// Longest delay parked on the stream itself (nak with delay); longer delays
+/// are parked in MongoDB so they never hold the consumer's ack-pending slots.
+pub const NAK_PARK_LIMIT: Duration = Duration::from_secs(2);
+
+fn park(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_PARK)
+}
+
+/// `scheduler`: moves a due CREATED state to QUEUED and publishes its
+/// dispatch. `seq` is the stream sequence of the `state.created` message
+/// being handled: the claim records it, and a state found QUEUED is
+/// dispatched again only by a redelivery of the very message that claimed
+/// it (which may have died before publishing). Any other copy (a
+/// reconciler announcement, a re-announcement by a resumed fan-out) finds
+/// the state QUEUED under another sequence and is stale, so a state that
+/// is executing is never dispatched twice.
+///
+/// A state due within [`NAK_PARK_LIMIT`] is parked on the stream (nak
+/// with the remaining delay); a state due later is marked `parked` in
+/// MongoDB and the message acked, so delayed work never holds the
+/// consumer's ack-pending slots: [`announce_due`] announces it
+/// again when it falls due.
+pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<Outcome, Error> {
+    let Some(id) = parse_id(&msg.state_id) else {
+        return Ok(Outcome::Reject(format!(
+            "invalid state_id {:?}",
+            msg.state_id
+        )));
+    };
+    let now = time::now_ms();
+    if msg.enqueue_after > now {
+        return park_state(engine, id, &msg, msg.enqueue_after - now).await;
+    }
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let claimed = engine
+        .store
+        .states()
+        .find_one_and_update(
+            doc! {"_id": id, "status": StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}},
+            doc! {"$set": {"status": StateStatus::Queued.as_str(), "claim_seq": seq},
+                  "$unset": {"parked": ""},
+                  "$inc": {"attempt": 1i64}},
+        )
+        .return_document(ReturnDocument::After)
+        .await
+        .map_err(exo_store::Error::from)?;
+    if claimed.is_some() {
+        exo_faults::point("store.write")?;
+    }
+    let st = match claimed {
+        Some(st) => st,
+        None => match engine.store.state(id).await? {
+            None => return Ok(Outcome::Reject(format!("state {} not found", msg.state_id))),
+            Some(st) if st.status == StateStatus::Created && st.enqueue_after > now => {
+                return park_state(engine, id, &msg, st.enqueue_after - now).await;
+            }
+            Some(st)
+                if st.status == StateStatus::Queued
+                    && st.requeue_gen == msg.generation
+                    && claimed_by(engine, id, seq).await? =>
+            {
+                // Claimed by an earlier delivery of this message, which may
+                // have died before publishing (the dispatch id deduplicates).
+                st
+            }
+            Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
+        },
+    };
+    engine.publish_dispatch(&st).await?;
+    Ok(Outcome::Done)
+}
+
+async fn claimed_by(engine: &Engine, id: ObjectId, seq: i64) -> Result<bool, Error> {
+    Ok(engine
+        .store
+        .states_raw()
+        .find_one(doc! {"_id": id, "claim_seq": seq})
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(exo_store::Error::from)?
+        .is_some())
+}
+
+/// Parks a state that is not due for `ms`: on the stream when short, in
+/// MongoDB (`parked: true`, announced by [`announce_due`]) when long.
+async fn park_state(
+    engine: &Engine,
+    id: ObjectId,
+    msg: &StateCreated,
+    ms: i64,
+) -> Result<Outcome, Error> {
+    if ms <= NAK_PARK_LIMIT.as_millis() as i64 {
+        return Ok(Outcome::Delay(park(ms)));
+    }
+    engine.store
+        .states()
+        .update_one(
+            doc! {"_id": id, "status": StateStatus::Created.as_str(), "requeue_gen": msg.generation},
+            doc! {"$set": {"parked": true}},
+        )
+        .await
+        .map_err(exo_store::Error::from)?;
+    exo_faults::point("store.write")?;
+    Ok(Outcome::Done)
+}
+
+/// `scheduler`: announces parked states that fell due (at most `limit`),
+/// with `Nats-Msg-Id = due:<state>:<generation>`. Returns how many.
+pub async fn announce_due(engine: &Engine, limit: i64) -> Result<usize, Error> {
+    let now = time::now_ms();
+    let mut cur = engine
+        .store
+        .states()
+        .find(doc! {"status": StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}, "parked": true})
+        .limit(limit)
+        .await
+        .map_err(exo_store::Error::from)?;
+    let mut out = Vec::new();
+    while let Some(st) = cur.try_next().await.map_err(exo_store::Error::from)? {
+        let msg = created_payload(&st);
+        out.push(Outgoing::json(
+            subjects::state_created(&st.namespace_name),
+            m::due_msg_id(&msg.state_id, st.requeue_gen),
+            &msg,
+        )?);
+    }
+    let n = out.len();
+    if n > 0 {
+        engine.bus.publish_batch(out).await?;
+    }
+    Ok(n)
+}

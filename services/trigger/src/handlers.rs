@@ -1,0 +1,286 @@
+//! The `trigger` service's handlers: start a run (one transaction: run,
+//! store, root state), cancel a run (fence, then bounded batches), and fire
+//! due CRON occurrences.
+
+use exo_bus::Outgoing;
+use exo_engine::common::{json_to_doc, root_inputs};
+use exo_engine::{Engine, Error, Outcome, cron, inputs};
+use exo_store::mongodb::bson::{DateTime, Document, doc};
+use exo_store::{RunDoc, StoreDoc, oid};
+use exo_types::messages::{CancelCommand, RunEvent, TriggerCommand};
+use exo_types::status::{RunStatus, StateStatus};
+use exo_types::{ids, subjects, time};
+use futures::TryStreamExt;
+
+/// Pending states cancelled per transaction when a run is cancelled.
+pub const CANCEL_BATCH: i64 = 1000;
+
+/// The statuses counted as pending, as stored.
+fn pending_statuses() -> Vec<&'static str> {
+    [
+        StateStatus::Created,
+        StateStatus::Queued,
+        StateStatus::Executed,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect()
+}
+
+/// `trigger`: creates the run, its store and its root state, then hands the
+/// root to the scheduler.
+pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Result<Outcome, Error> {
+    if let Err(e) = exo_types::names::validate_token("namespace", ns) {
+        return Ok(Outcome::Reject(e.to_string()));
+    }
+    if cmd.run_id.is_empty() || cmd.run_id.len() > 128 {
+        return Ok(Outcome::Reject(
+            "run_id must have 1 to 128 characters".into(),
+        ));
+    }
+    let lg = match engine.graphs.get(ns, &cmd.graph_name).await? {
+        Ok(g) => g,
+        Err(u) => return Ok(Outcome::Reject(u.to_string())),
+    };
+    let root_inputs = match root_inputs(&lg, &cmd) {
+        Ok(i) => i,
+        Err(e) => return Ok(Outcome::Reject(e.to_string())),
+    };
+    // The run executes this version even if the template is replaced.
+    engine.graphs.pin(&lg).await?;
+    let requested = cmd.requested_at_ms.unwrap_or_else(time::now_ms);
+    let root_id = oid(ids::root_state_id(&cmd.run_id));
+    let tmpl = lg.graph.root();
+    let inputs_doc = match json_to_doc(&root_inputs) {
+        Ok(d) => d,
+        Err(e) => return Ok(Outcome::Reject(e)),
+    };
+    let mut root = inputs::new_state(
+        root_id,
+        tmpl,
+        &inputs::Placement {
+            graph_ns: ns,
+            run_id: &cmd.run_id,
+            graph_name: &cmd.graph_name,
+            graph_version: Some(&lg.version),
+        },
+        inputs_doc,
+        Document::new(),
+        false,
+        requested,
+    );
+    // The root takes the graph's namespace (spec §5.3).
+    root.namespace_name = ns.to_string();
+    root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
+    let now = DateTime::from_millis(requested);
+    let run = RunDoc {
+        id: None,
+        run_id: cmd.run_id.clone(),
+        graph_name: cmd.graph_name.clone(),
+        namespace_name: ns.to_string(),
+        created_at: now,
+        status: Some(RunStatus::Pending.as_str().to_string()),
+        total_count: 1,
+        pending_count: 1,
+        success_count: 0,
+        errored_count: 0,
+        retried_count: 0,
+        cancelled_count: 0,
+        failed_unites: 0,
+        finished_at: None,
+    };
+    let store_docs: Vec<StoreDoc> = cmd
+        .store
+        .iter()
+        .map(|(k, v)| StoreDoc {
+            run_id: cmd.run_id.clone(),
+            namespace: ns.to_string(),
+            graph_name: cmd.graph_name.clone(),
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    let ctx = (engine.store.clone(), run, store_docs, root.clone());
+    let result =
+        exo_store::transaction(&engine.store, &ctx, |s, (store, run, store_docs, root)| {
+            Box::pin(async move {
+                store.runs().insert_one(run).session(&mut *s).await?;
+                if !store_docs.is_empty() {
+                    store
+                        .store_entries()
+                        .insert_many(store_docs)
+                        .session(&mut *s)
+                        .await?;
+                }
+                store.states().insert_one(root).session(&mut *s).await?;
+                Ok(())
+            })
+        })
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.graph_name, "Run created.");
+        }
+        Err(e) if exo_store::is_duplicate_key(&e) => {
+            // Created by an earlier delivery; fall through to re-publish.
+            match engine.store.state(root_id).await? {
+                Some(existing) => root = existing,
+                None => {
+                    return Ok(Outcome::Reject(format!(
+                        "run_id {} is already used",
+                        cmd.run_id
+                    )));
+                }
+            }
+            if root.status != StateStatus::Created {
+                return Ok(Outcome::Done);
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    engine.publish_created(std::slice::from_ref(&root)).await?;
+    Ok(Outcome::Done)
+}
+
+/// `trigger`: cancels a run. First the run alone is fenced (`cancelling`,
+/// one document): from then on every transaction of the run finds it
+/// fenced and aborts, so nothing more is created or counted. Then its
+/// pending states (CREATED, QUEUED, EXECUTED) become CANCELLED in batches
+/// of [`CANCEL_BATCH`], each batch with its counter change in one
+/// transaction, so a run of any width is cancelled within bounded
+/// transactions and its counters match its states after every batch;
+/// then the run reads CANCELLED. A crash in between is finished by the
+/// redelivery (the run is found fenced and still PENDING). Finally
+/// `exo.v1.<ns>.event.run.cancelled` tells runtimes to stop executions
+/// of the run.
+pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<Outcome, Error> {
+    let now = time::now_ms();
+    let stamp = DateTime::from_millis(now);
+    let fenced_now = engine
+        .store
+        .runs()
+        .find_one_and_update(
+            doc! {"run_id": cmd.run_id.as_str(), "status": RunStatus::Pending.as_str(), "cancelling": {"$ne": true}},
+            doc! {"$set": {"cancelling": true}},
+        )
+        .await
+        .map_err(exo_store::Error::from)?
+        .is_some();
+    if fenced_now {
+        exo_faults::point("store.write")?;
+    }
+    let run = engine
+        .store
+        .runs_raw()
+        .find_one(doc! {"run_id": cmd.run_id.as_str()})
+        .await
+        .map_err(exo_store::Error::from)?;
+    let Some(run) = run else {
+        return Ok(Outcome::Reject(format!("run {} not found", cmd.run_id)));
+    };
+    let status = run.get_str("status").unwrap_or_default().to_string();
+    let cancelling = run.get_bool("cancelling").unwrap_or(false);
+    if status != RunStatus::Pending.as_str() || !cancelling {
+        if status == RunStatus::Cancelled.as_str() && cancelling {
+            // Finished by an earlier delivery: tell runtimes again (deduplicated).
+            publish_cancelled(engine, ns, &cmd.run_id, now).await?;
+            return Ok(Outcome::Done);
+        }
+        return Ok(Outcome::Stale(format!("run is {status}")));
+    }
+    let mut n = 0u64;
+    loop {
+        let swept = cancel_batch(engine, &cmd.run_id, stamp).await?;
+        n += swept;
+        if swept == 0 {
+            break;
+        }
+    }
+    engine
+        .store
+        .runs()
+        .update_one(
+            doc! {"run_id": cmd.run_id.as_str(), "status": RunStatus::Pending.as_str()},
+            doc! {"$set": {"status": RunStatus::Cancelled.as_str(), "finished_at": stamp}},
+        )
+        .await
+        .map_err(exo_store::Error::from)?;
+    exo_faults::point("store.write")?;
+    tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
+    publish_cancelled(engine, ns, &cmd.run_id, now).await?;
+    Ok(Outcome::Done)
+}
+
+async fn publish_cancelled(engine: &Engine, ns: &str, run_id: &str, now: i64) -> Result<(), Error> {
+    let ev = RunEvent {
+        run_id: run_id.to_string(),
+        graph_name: String::new(),
+        status: RunStatus::Cancelled.as_str().to_string(),
+        at_ms: now,
+    };
+    engine
+        .bus
+        .publish(Outgoing::json(
+            subjects::event(ns, "run", "cancelled"),
+            format!("run:{run_id}:cancelled"),
+            &ev,
+        )?)
+        .await?;
+    Ok(())
+}
+
+/// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and
+/// moves its counters by as many, in one transaction. Returns how many.
+async fn cancel_batch(engine: &Engine, run_id: &str, stamp: DateTime) -> Result<u64, Error> {
+    let mut cur = engine
+        .store
+        .states_raw()
+        .find(doc! {"run_id": run_id, "status": {"$in": pending_statuses()}})
+        .projection(doc! {"_id": 1})
+        .limit(CANCEL_BATCH)
+        .await
+        .map_err(exo_store::Error::from)?;
+    let mut ids = Vec::new();
+    while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+        if let Ok(id) = d.get_object_id("_id") {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ctx = (engine.store.clone(), run_id.to_string(), ids, stamp);
+    let n = exo_store::transaction(&engine.store, &ctx, |s, (store, run_id, ids, stamp)| {
+        Box::pin(async move {
+            let r = store
+                .states()
+                .update_many(
+                    doc! {"_id": {"$in": ids.as_slice()}, "status": {"$in": pending_statuses()}},
+                    doc! {"$set": {"status": StateStatus::Cancelled.as_str(), "error": "run cancelled", "updated_at": *stamp}},
+                )
+                .session(&mut *s)
+                .await?;
+            let n = r.modified_count as i64;
+            store
+                .runs()
+                .update_one(
+                    doc! {"run_id": run_id.as_str()},
+                    doc! {"$inc": {"pending_count": -n, "cancelled_count": n}},
+                )
+                .session(&mut *s)
+                .await?;
+            Ok(n)
+        })
+    })
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0).max(1))
+}
+
+/// Fires every due CRON occurrence ([`cron::fire_due`]), starting each run
+/// with [`on_trigger`]. Returns how many fired.
+pub async fn fire_due(engine: &Engine) -> Result<usize, Error> {
+    cron::fire_due(engine, |ns, cmd| async move {
+        on_trigger(engine, &ns, cmd).await
+    })
+    .await
+}

@@ -1,0 +1,271 @@
+//! What every handler shares: how a handled message is settled
+//! ([`Outcome`]), the root's inputs (the `api` checks them synchronously,
+//! the `trigger` service uses them), the hand-off and event messages, and the
+//! fence every result goes through. The handlers themselves live in their
+//! service crates (`exo-trigger`, `exo-scheduler`, `exo-completion`,
+//! `exo-retry`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exo_bus::Outgoing;
+use exo_store::StateDoc;
+use exo_store::mongodb::bson::{self, Bson, Document, oid::ObjectId};
+use exo_types::messages::{self as m, Dispatch, RunEvent, StateCreated, TriggerCommand};
+use exo_types::placeholder::{Dependency, DependentString};
+use exo_types::status::{RunStatus, StateStatus};
+use exo_types::{ids, subjects, time};
+use serde_json::{Map, Value};
+
+use crate::effects::{self};
+use crate::graphs::{LoadedGraph, Unusable};
+use crate::{Engine, Error};
+
+/// How a handled message should be settled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Effects applied (or found already applied): ack.
+    Done,
+    /// Not due yet: redeliver after the delay.
+    Delay(Duration),
+    /// A duplicate or late message for work that moved on: ack, nothing to do.
+    Stale(String),
+    /// The message can never be handled: dead-letter it with this reason.
+    Reject(String),
+}
+
+/// Why a trigger cannot start a run (the API maps these to HTTP 400).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RootError {
+    /// A root input placeholder cannot be resolved.
+    #[error("Invalid input: {0}")]
+    InvalidInput(String),
+    /// Required store keys are absent.
+    #[error("Missing store keys: {0:?}")]
+    MissingStoreKeys(Vec<String>),
+}
+
+/// Builds the root state's inputs for a trigger (spec §5.3): template inputs
+/// overridden by the request's, placeholders resolved from the request store
+/// then the store defaults, then the required keys checked.
+pub fn root_inputs(
+    lg: &LoadedGraph,
+    cmd: &TriggerCommand,
+) -> Result<Map<String, Value>, RootError> {
+    let root = lg.graph.root();
+    let mut out = Map::new();
+    for (key, tvalue) in &root.inputs {
+        let raw = match cmd.inputs.get(key) {
+            Some(v) => v.clone(),
+            None => match tvalue.as_str() {
+                Some(s) => s.to_string(),
+                None => {
+                    return Err(RootError::InvalidInput(format!(
+                        "Input {key} is not a string"
+                    )));
+                }
+            },
+        };
+        let ds =
+            DependentString::parse(&raw).map_err(|e| RootError::InvalidInput(e.to_string()))?;
+        let mut failure = None;
+        let rendered = ds.render(|d| match d {
+            Dependency::Store { key: k } => cmd
+                .store
+                .get(k)
+                .or_else(|| lg.doc.store_config.default_values.get(k))
+                .cloned()
+                .or_else(|| {
+                    failure.get_or_insert(format!(
+                        "Dependent {k} not found in store for root node {}",
+                        root.identifier
+                    ));
+                    None
+                }),
+            Dependency::Output { identifier, .. } => {
+                failure.get_or_insert(format!(
+                    "400: Root node can have only store identifier as dependent but got {identifier}"
+                ));
+                None
+            }
+        });
+        match (rendered, failure) {
+            (_, Some(f)) => return Err(RootError::InvalidInput(f)),
+            (Err(e), None) => return Err(RootError::InvalidInput(e.to_string())),
+            (Ok(v), None) => {
+                out.insert(key.clone(), Value::String(v));
+            }
+        }
+    }
+    let mut missing: Vec<String> = lg
+        .doc
+        .store_config
+        .required_keys
+        .iter()
+        .filter(|k| !cmd.store.contains_key(*k))
+        .cloned()
+        .collect();
+    missing.sort();
+    if !missing.is_empty() {
+        return Err(RootError::MissingStoreKeys(missing));
+    }
+    Ok(out)
+}
+
+/// The `state.created` announcement of a state.
+pub fn created_payload(st: &StateDoc) -> StateCreated {
+    StateCreated {
+        state_id: st.id.to_hex(),
+        run_id: st.run_id.clone(),
+        node_name: st.node_name.clone(),
+        enqueue_after: st.enqueue_after,
+        generation: st.requeue_gen,
+    }
+}
+
+/// The `state.created` message of a state (`crt:<state>:<generation>`).
+pub fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
+    let msg = created_payload(st);
+    Ok(Outgoing::json(
+        subjects::state_created(&st.namespace_name),
+        m::created_msg_id(&msg.state_id, st.requeue_gen),
+        &msg,
+    )?)
+}
+
+/// Converts a BSON document to a JSON object (relaxed extended JSON).
+pub fn to_json_map(d: &Document) -> Map<String, Value> {
+    match Bson::Document(d.clone()).into_relaxed_extjson() {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Converts a JSON object to a BSON document, or says why it cannot be stored.
+pub fn json_to_doc(m: &Map<String, Value>) -> Result<Document, String> {
+    bson::to_document(m).map_err(|e| format!("outputs cannot be stored: {e}"))
+}
+
+/// Parses a 24-hex state id.
+pub fn parse_id(s: &str) -> Option<ObjectId> {
+    ids::parse_hex(s).map(ObjectId::from_bytes)
+}
+
+impl Engine {
+    /// Hands new CREATED states to the scheduler (`crt:` ids).
+    pub async fn publish_created(&self, states: &[StateDoc]) -> Result<(), Error> {
+        let msgs: Vec<Outgoing> = states.iter().map(created_msg).collect::<Result<_, _>>()?;
+        if !msgs.is_empty() {
+            self.bus.publish_batch(msgs).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `event.run.finished` for a run that just ended.
+    pub async fn publish_finished(
+        &self,
+        ns: &str,
+        run_id: &str,
+        graph_name: &str,
+        status: RunStatus,
+    ) -> Result<(), Error> {
+        let ev = RunEvent {
+            run_id: run_id.to_string(),
+            graph_name: graph_name.to_string(),
+            status: status.as_str().to_string(),
+            at_ms: time::now_ms(),
+        };
+        tracing::info!(exo.run_id = %run_id, exo.graph = %graph_name, status = status.as_str(), "Run finished.");
+        self.bus
+            .publish(Outgoing::json(
+                subjects::event(ns, "run", "finished"),
+                format!("run:{run_id}:finished"),
+                &ev,
+            )?)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes what a committed transaction produced: its new states
+    /// and, when it ended the run, the run's end.
+    pub async fn after_apply(
+        &self,
+        st: &StateDoc,
+        applied: Option<effects::Applied>,
+    ) -> Result<(), Error> {
+        if let Some(a) = applied {
+            self.publish_created(&a.created).await?;
+            if let Some(status) = a.finished {
+                self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the dispatch of a QUEUED state.
+    pub async fn publish_dispatch(&self, st: &StateDoc) -> Result<(), Error> {
+        let attempt = u32::try_from(st.attempt).unwrap_or(u32::MAX);
+        let d = Dispatch {
+            state_id: st.id.to_hex(),
+            attempt,
+            run_id: st.run_id.clone(),
+            graph_name: st.graph_name.clone(),
+            node_name: st.node_name.clone(),
+            identifier: st.identifier.clone(),
+            inputs: to_json_map(&st.inputs),
+        };
+        self.bus
+            .publish(Outgoing::json(
+                subjects::dispatch(&st.namespace_name, &st.node_name),
+                m::dispatch_msg_id(&d.state_id, attempt),
+                &d,
+            )?)
+            .await?;
+        Ok(())
+    }
+
+    /// Loads the state a result is about and checks its attempt fence.
+    /// Returns the state and whether it is still QUEUED for this attempt.
+    /// Loads the state a result is about and checks its attempt fence:
+    /// `Ok(Ok((state, fresh)))` where fresh means still QUEUED for this
+    /// attempt; `Ok(Err(outcome))` for results that are stale or invalid.
+    pub async fn fenced(
+        &self,
+        state_id: &str,
+        attempt: u32,
+    ) -> Result<Result<(StateDoc, bool), Outcome>, Error> {
+        let Some(id) = parse_id(state_id) else {
+            return Ok(Err(Outcome::Reject(format!(
+                "invalid state_id {state_id:?}"
+            ))));
+        };
+        let Some(st) = self.store.state(id).await? else {
+            return Ok(Err(Outcome::Reject(format!("state {state_id} not found"))));
+        };
+        if st.attempt != i64::from(attempt) {
+            return Ok(Err(Outcome::Stale(format!(
+                "attempt {attempt} is not the current attempt {}",
+                st.attempt
+            ))));
+        }
+        let fresh = st.status == StateStatus::Queued;
+        Ok(Ok((st, fresh)))
+    }
+
+    /// The template version `st`'s run executes (the current template for
+    /// states written before versions).
+    pub async fn graph_for(
+        &self,
+        st: &StateDoc,
+    ) -> Result<Result<Arc<LoadedGraph>, Unusable>, Error> {
+        Ok(match st.graph_version.as_deref() {
+            Some(v) => {
+                self.graphs
+                    .get_version(st.graph_ns(), &st.graph_name, v)
+                    .await?
+            }
+            None => self.graphs.get(st.graph_ns(), &st.graph_name).await?,
+        })
+    }
+}
