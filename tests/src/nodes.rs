@@ -169,6 +169,34 @@ impl Node for Join {
     }
 }
 
+/// Asks to run again after `delay` on its first dispatch attempt
+/// (Exosphere's `ReQueueAfterSignal`), then echoes its text.
+pub struct Requeuer {
+    /// Re-queue delay.
+    pub delay: Duration,
+}
+
+impl Node for Requeuer {
+    type Inputs = TextIn;
+    type Outputs = TextOut;
+    fn name(&self) -> &str {
+        "Requeuer"
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(&self, i: TextIn, ctx: &Context) -> Result<Output<TextOut>, NodeError> {
+        record_execution(ctx);
+        if ctx.attempt <= 1 {
+            return Ok(Output::RequeueAfter(self.delay));
+        }
+        Ok(Output::One(TextOut { text: i.text }))
+    }
+}
+
 /// A counter handle.
 pub fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))

@@ -104,6 +104,9 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
         .return_document(ReturnDocument::After)
         .await
         .map_err(exo_store::Error::from)?;
+    if after.is_some() {
+        exo_faults::point("store.write")?;
+    }
     match after {
         Some(s) => {
             engine.publish_created(&[s]).await?;

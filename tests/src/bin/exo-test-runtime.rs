@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use exo_e2e::nodes::{Append, FanOut, Join, Picky, counter};
+use exo_e2e::nodes::{Append, FanOut, Join, Picky, Requeuer, counter};
 use exo_service::admin::{self, Readiness};
 
 fn var(name: &str) -> Option<String> {
@@ -56,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
             delay,
             calls: counter(),
         })
-        .node(Join { name: "Join" });
+        .node(Join { name: "Join" })
+        .node(Requeuer {
+            delay: Duration::from_millis(100),
+        });
     if let (Some(api), Some(key)) = (var("EXO_TEST_API"), var("EXO_API__KEY")) {
         b = b.register_with(api, key);
     }

@@ -39,6 +39,10 @@ enum Flow {
     FanOutAllSuccess,
     /// start → work failing twice then ERRORED (retry with backoff).
     Retry,
+    /// start → wait (re-queues itself once, ReQueueAfter 100 ms) → end.
+    Requeue,
+    /// start → split (×7) → slow work, cancelled while work runs.
+    Cancel,
 }
 
 impl Flow {
@@ -65,8 +69,16 @@ impl Flow {
                     {"node_name": "AppendA", "identifier": "end", "namespace": ns, "inputs": {"text": "${{ mid.outputs.text }}"}},
                 ]
             }),
-            Flow::FanOutAllDone => fan("ALL_DONE"),
+            Flow::FanOutAllDone | Flow::Cancel => fan("ALL_DONE"),
             Flow::FanOutAllSuccess => fan("ALL_SUCCESS"),
+            Flow::Requeue => json!({
+                "secrets": {},
+                "nodes": [
+                    {"node_name": "AppendA", "identifier": "start", "namespace": ns, "inputs": {"text": "go"}, "next_nodes": ["wait"]},
+                    {"node_name": "Requeuer", "identifier": "wait", "namespace": ns, "inputs": {"text": "${{ start.outputs.text }}"}, "next_nodes": ["end"]},
+                    {"node_name": "AppendA", "identifier": "end", "namespace": ns, "inputs": {"text": "${{ wait.outputs.text }}"}},
+                ]
+            }),
             Flow::Retry => json!({
                 "secrets": {},
                 "retry_policy": {"max_retries": 2, "strategy": "FIXED", "backoff_factor": 50},
@@ -75,6 +87,41 @@ impl Flow {
                     {"node_name": "Picky", "identifier": "work", "namespace": ns, "inputs": {"text": "x7"}},
                 ]
             }),
+        }
+    }
+
+    /// Extra settings of the test runtime for this flow.
+    fn runtime_env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Flow::Cancel => &[("EXO_TEST_DELAY_MS", "400"), ("EXO_TEST_CONCURRENCY", "2")],
+            _ => &[],
+        }
+    }
+
+    /// Whether the run needs a step from outside once it is under way, and
+    /// takes it (cancel: once a `work` state is QUEUED). Returns true once
+    /// taken.
+    async fn drive(self, stack: &Stack, ns: &str, run_id: &str) -> anyhow::Result<bool> {
+        match self {
+            Flow::Cancel => {
+                let working = stack
+                    .states(run_id)
+                    .await?
+                    .iter()
+                    .any(|s| s.identifier == "work" && s.status == StateStatus::Queued);
+                if !working {
+                    return Ok(false);
+                }
+                let (status, body) = stack
+                    .post(
+                        &format!("/v0/namespace/{ns}/run/{run_id}/cancel"),
+                        &json!({}),
+                    )
+                    .await?;
+                anyhow::ensure!(status == 202, "cancel answered {status}: {body}");
+                Ok(true)
+            }
+            _ => Ok(true),
         }
     }
 
@@ -117,6 +164,27 @@ impl Flow {
                     anyhow::ensure!(c.run.failed_unites == 1);
                 }
             }
+            Flow::Requeue => {
+                anyhow::ensure!(c.status() == "SUCCESS", "requeue flow ended {}", c.status());
+                anyhow::ensure!((n("start"), n("wait"), n("end")) == (1, 1, 1));
+                let wait = c.with_identifier("wait")[0];
+                anyhow::ensure!(
+                    wait.attempt == 2 && wait.requeue_gen == 1,
+                    "re-queued once: attempt {} generation {}",
+                    wait.attempt,
+                    wait.requeue_gen
+                );
+                anyhow::ensure!(c.with_identifier("end")[0].outputs.get_str("text")? == "go+a+a");
+            }
+            Flow::Cancel => {
+                anyhow::ensure!(
+                    c.status() == "CANCELLED",
+                    "cancel flow ended {}",
+                    c.status()
+                );
+                anyhow::ensure!(n("merge") == 0, "no unite after a cancel");
+                anyhow::ensure!(c.run.cancelled_count > 0, "pending states were cancelled");
+            }
             Flow::Retry => {
                 let work = c.with_identifier("work");
                 anyhow::ensure!(work.len() == 3, "three attempts, got {}", work.len());
@@ -146,6 +214,7 @@ fn count_hits(log: &str) -> BTreeMap<String, usize> {
 
 struct Driver {
     stack: Stack,
+    crash_log: String,
     exec_log: tempfile::TempPath,
     ns: String,
     flow: Flow,
@@ -158,20 +227,18 @@ impl Driver {
         let mut stack = Stack::start().await?;
         let exec_log = tempfile::NamedTempFile::new()?.into_temp_path();
         let log_path = exec_log.to_string_lossy().to_string();
-        stack
-            .spawn_runtime_process(
-                &ns,
-                &[
-                    ("EXO_TEST_FAIL_DIGITS", "7"),
-                    ("EXO_TEST_PRUNE_DIGITS", "3"),
-                    ("EXO_TEST_ACK_WAIT_SECS", "2"),
-                    ("EXO_TEST_EXEC_LOG", log_path.as_str()),
-                ],
-            )
-            .await?;
+        let mut runtime_env = vec![
+            ("EXO_TEST_FAIL_DIGITS", "7"),
+            ("EXO_TEST_PRUNE_DIGITS", "3"),
+            ("EXO_TEST_ACK_WAIT_SECS", "2"),
+            ("EXO_TEST_EXEC_LOG", log_path.as_str()),
+        ];
+        runtime_env.extend_from_slice(flow.runtime_env());
+        stack.spawn_runtime_process(&ns, &runtime_env).await?;
         stack.upsert_valid_graph(&ns, "g", &flow.graph(&ns)).await?;
         Ok(Self {
             stack,
+            crash_log: String::new(),
             exec_log,
             ns,
             flow,
@@ -225,6 +292,37 @@ impl Driver {
         self.stack.respawn_with(self.service, &refs).await
     }
 
+    /// Lets the run proceed until it ends: takes the flow's outside step
+    /// when due, and restarts the service clean once if it crashed (at
+    /// `point`). Returns whether it crashed.
+    async fn run_through(&mut self, run_id: &str, point: Option<&str>) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut driven = false;
+        let mut crashed = false;
+        loop {
+            if !crashed && !self.stack.service(self.service).is_running() {
+                anyhow::ensure!(point.is_some(), "{} died in a fault-free run", self.service);
+                crashed = true;
+                self.crash_log = self.stack.service(self.service).log_contents();
+                self.respawn(&[]).await?;
+            }
+            if !driven {
+                driven = self.flow.drive(&self.stack, &self.ns, run_id).await?;
+            }
+            if driven
+                && let Some(run) = self.stack.store.run(run_id).await?
+                && run.status.as_deref().is_some_and(|s| s != "PENDING")
+            {
+                return Ok(crashed);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{point:?}: the run did not end within 90 s (crashed: {crashed}, driven: {driven})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn settle(&self, run_id: &str) -> anyhow::Result<CheckedRun> {
         self.stack.wait_run(run_id, Duration::from_secs(90)).await?;
         // Let late work (a unite after the run's end would be a bug) land.
@@ -240,6 +338,7 @@ impl Driver {
         self.respawn(&[("EXO_FAILPOINTS_TRACE", "1".into())])
             .await?;
         let run_id = self.stack.trigger(&self.ns, "g", &json!({})).await?;
+        self.run_through(&run_id, None).await?;
         let checked = self.settle(&run_id).await?;
         // Without faults, user code ran exactly once per state attempt.
         let executions = exo_e2e::nodes::executions_of(&self.exec_log, &run_id);
@@ -266,33 +365,28 @@ impl Driver {
         self.respawn(&[("FAILPOINTS", format!("{point}={actions}"))])
             .await?;
         let run_id = self.stack.trigger(&self.ns, "g", &json!({})).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let crashed = loop {
+        let mut crashed = self.run_through(&run_id, Some(point)).await?;
+        if !crashed {
+            // The point may come right after the write that ends the run
+            // (the run's end is visible a moment before the abort).
+            tokio::time::sleep(Duration::from_millis(200)).await;
             if !self.stack.service(self.service).is_running() {
-                break true;
+                crashed = true;
+                self.crash_log = self.stack.service(self.service).log_contents();
+                self.respawn(&[]).await?;
             }
-            if let Some(run) = self.stack.store.run(&run_id).await?
-                && run.status.as_deref().is_some_and(|s| s != "PENDING")
-            {
-                break false;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{point}#{k}: neither a crash nor the run's end within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        }
         if crashed {
             anyhow::ensure!(
-                self.stack
-                    .service(self.service)
-                    .log_contents()
+                self.crash_log
                     .contains(&format!("exo-failpoint {point}: crashing")),
                 "{} exited, but not at {point}",
                 self.service
             );
+        } else {
+            // Not reached: drop the fail point configuration.
+            self.respawn(&[]).await?;
         }
-        self.respawn(&[]).await?;
         self.settle(&run_id)
             .await
             .map_err(|e| e.context(format!("after a crash of {} at {point}#{k}", self.service)))?;
@@ -320,8 +414,11 @@ async fn enumerate(flow: Flow, service: &'static str) -> anyhow::Result<()> {
         "{flow:?} / {service}: all {total} crash points pass ({crashed} crashed, {} not reached)",
         total - crashed
     );
+    // Timing decides how much work a cancelled run holds, so its hit
+    // sequence varies more between runs.
+    let reproducible = if matches!(flow, Flow::Cancel) { 5 } else { 9 };
     anyhow::ensure!(
-        crashed * 10 >= total * 9,
+        crashed * 10 >= total * reproducible,
         "only {crashed} of {total} crash points were reached: the hit sequence is not reproducible"
     );
     Ok(())
@@ -357,4 +454,8 @@ full_matrix! {
     crash_points_retry_retry: Flow::Retry, "exo-retry";
     crash_points_retry_scheduler: Flow::Retry, "exo-scheduler";
     crash_points_retry_completion: Flow::Retry, "exo-completion";
+    crash_points_requeue_retry: Flow::Requeue, "exo-retry";
+    crash_points_requeue_scheduler: Flow::Requeue, "exo-scheduler";
+    crash_points_cancel_trigger: Flow::Cancel, "exo-trigger";
+    crash_points_cancel_completion: Flow::Cancel, "exo-completion";
 }
