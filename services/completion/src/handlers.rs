@@ -98,11 +98,17 @@ where
             return Ok(Outcome::Done);
         }
     };
+    let chunk = st
+        .fanout_chunk
+        .and_then(|c| usize::try_from(c).ok())
+        .filter(|&c| c >= 1)
+        .unwrap_or_else(fanout_chunk);
     let r = Applying {
         st,
         out_docs,
         digest,
         now: time::now_ms(),
+        chunk,
     };
     if let Some(outcome) = phase1(engine, &r, &lg, fresh, &progress).await? {
         return Ok(outcome);
@@ -117,6 +123,9 @@ struct Applying {
     out_docs: Vec<Document>,
     digest: String,
     now: i64,
+    /// States per transaction: the size recorded with the state when the
+    /// result was first applied, else this replica's.
+    chunk: usize,
 }
 
 impl Applying {
@@ -168,7 +177,7 @@ where
     // every delivery of this result cuts the same chunks; each chunk is one
     // transaction, so it exists entirely or not at all, and a redelivery
     // skips exactly the chunks whose first state exists.
-    let chunk = fanout_chunk();
+    let chunk = r.chunk;
     if fresh {
         let end = r.len().min(chunk);
         let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
@@ -178,6 +187,7 @@ where
                 "status": "EXECUTED",
                 "outputs": r.out_docs[0].clone(),
                 "result_digest": &r.digest,
+                "fanout_chunk": r.chunk as i64,
                 "updated_at": DateTime::from_millis(r.now),
             }},
             expect: 1,
@@ -240,7 +250,7 @@ where
     P: Fn() -> F,
     F: std::future::Future<Output = ()>,
 {
-    let chunk = fanout_chunk();
+    let chunk = r.chunk;
     // Phase 2: successors and SUCCESS, chunk by chunk.
     let next: Vec<&NodeTemplate> = lg
         .graph

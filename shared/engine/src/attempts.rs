@@ -26,6 +26,7 @@ pub fn new_attempt(st: &StateDoc, id: ObjectId, now_ms: i64) -> StateDoc {
     s.attempt = 0;
     s.requeue_gen = 0;
     s.result_digest = None;
+    s.fanout_chunk = None;
     s.created_at = now;
     s.updated_at = now;
     s.state_fingerprint = if s.does_unites {
@@ -120,6 +121,7 @@ mod tests {
             attempt: 3,
             requeue_gen: 2,
             result_digest: Some("d".into()),
+            fanout_chunk: None,
         }
     }
 

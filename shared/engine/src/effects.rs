@@ -746,6 +746,7 @@ mod tests {
             attempt: 1,
             requeue_gen: 0,
             result_digest: None,
+            fanout_chunk: None,
         }
     }
 

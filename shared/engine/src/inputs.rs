@@ -210,6 +210,7 @@ pub fn new_state(
         attempt: 0,
         requeue_gen: 0,
         result_digest: None,
+        fanout_chunk: None,
     };
     if does_unites {
         s.state_fingerprint = fingerprint(&s);

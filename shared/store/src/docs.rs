@@ -87,6 +87,11 @@ pub struct StateDoc {
     /// attempt (a runtime that ran twice) is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_digest: Option<String>,
+    /// States per fan-out transaction used when this state's result was
+    /// first applied (ours): every later delivery cuts the same chunk grid,
+    /// whatever `EXO_FANOUT_CHUNK` the replica handling it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout_chunk: Option<i64>,
 }
 
 impl StateDoc {

@@ -43,6 +43,10 @@ enum Flow {
     Requeue,
     /// start → split (×7) → slow work, cancelled while work runs.
     Cancel,
+    /// The ALL_DONE fan-out with a second `exo-completion` replica that
+    /// never crashes: the two share the consumer and group-commit each
+    /// their own part of the run.
+    TwoCompletions,
 }
 
 impl Flow {
@@ -69,7 +73,7 @@ impl Flow {
                     {"node_name": "AppendA", "identifier": "end", "namespace": ns, "inputs": {"text": "${{ mid.outputs.text }}"}},
                 ]
             }),
-            Flow::FanOutAllDone | Flow::Cancel => fan("ALL_DONE"),
+            Flow::FanOutAllDone | Flow::Cancel | Flow::TwoCompletions => fan("ALL_DONE"),
             Flow::FanOutAllSuccess => fan("ALL_SUCCESS"),
             Flow::Requeue => json!({
                 "secrets": {},
@@ -135,7 +139,7 @@ impl Flow {
                 let end = c.with_identifier("end")[0];
                 anyhow::ensure!(end.outputs.get_str("text")? == "go+a+a+a");
             }
-            Flow::FanOutAllDone | Flow::FanOutAllSuccess => {
+            Flow::FanOutAllDone | Flow::FanOutAllSuccess | Flow::TwoCompletions => {
                 anyhow::ensure!(
                     (n("start"), n("split"), n("work")) == (1, WIDTH, WIDTH),
                     "widths: start {} split {} work {}",
@@ -157,7 +161,7 @@ impl Flow {
                 items.sort();
                 items.dedup();
                 anyhow::ensure!(items.len() == WIDTH, "items {items:?}");
-                if matches!(self, Flow::FanOutAllDone) {
+                if matches!(self, Flow::FanOutAllDone | Flow::TwoCompletions) {
                     anyhow::ensure!(n("merge") == 1 && c.status() == "SUCCESS");
                 } else {
                     anyhow::ensure!(n("merge") == 0 && c.status() == "FAILED");
@@ -235,6 +239,15 @@ impl Driver {
         ];
         runtime_env.extend_from_slice(flow.runtime_env());
         stack.spawn_runtime_process(&ns, &runtime_env).await?;
+        if matches!(flow, Flow::TwoCompletions) {
+            // Another chunk size on purpose: a result first applied by one
+            // replica is resumed on the grid it recorded, by either.
+            let mut env = stack.env(exo_test_support::free_port());
+            env.push(("EXO_CONCURRENCY".into(), "4".into()));
+            env.push(("EXO_FANOUT_CHUNK".into(), "2".into()));
+            let b = exo_test_support::ServiceProcess::spawn("exo-completion", &env).await?;
+            stack.services.insert("exo-completion-b".into(), b);
+        }
         stack.upsert_valid_graph(&ns, "g", &flow.graph(&ns)).await?;
         Ok(Self {
             stack,
@@ -416,7 +429,11 @@ async fn enumerate(flow: Flow, service: &'static str) -> anyhow::Result<()> {
     );
     // Timing decides how much work a cancelled run holds, so its hit
     // sequence varies more between runs.
-    let reproducible = if matches!(flow, Flow::Cancel) { 5 } else { 9 };
+    let reproducible = if matches!(flow, Flow::Cancel | Flow::TwoCompletions) {
+        5
+    } else {
+        9
+    };
     anyhow::ensure!(
         crashed * 10 >= total * reproducible,
         "only {crashed} of {total} crash points were reached: the hit sequence is not reproducible"
@@ -458,4 +475,5 @@ full_matrix! {
     crash_points_requeue_scheduler: Flow::Requeue, "exo-scheduler";
     crash_points_cancel_trigger: Flow::Cancel, "exo-trigger";
     crash_points_cancel_completion: Flow::Cancel, "exo-completion";
+    crash_points_two_completions: Flow::TwoCompletions, "exo-completion";
 }
