@@ -12,9 +12,9 @@
 //! hold. The service runs with `EXO_CONCURRENCY=1` so the hit sequence of a
 //! run is the same every time.
 //!
-//! `.ci/run` runs the fan-out flow against `exo-completion` and the chain
-//! against `exo-scheduler`; the whole matrix (every flow × every consuming
-//! service) is behind `#[ignore]`:
+//! `.ci/run` runs the fan-out flow against `exo-completion`, the chain and
+//! ReQueueAfter against `exo-scheduler` and the cancel against
+//! `exo-trigger`; the rest of the matrix is behind `#[ignore]`:
 //! `cargo nextest run -p exo-e2e --run-ignored only -E 'test(crash_points)'`.
 
 use std::collections::BTreeMap;
@@ -451,6 +451,16 @@ async fn crash_points_chain_scheduler() -> anyhow::Result<()> {
     enumerate(Flow::Chain, "exo-scheduler").await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_requeue_scheduler() -> anyhow::Result<()> {
+    enumerate(Flow::Requeue, "exo-scheduler").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_cancel_trigger() -> anyhow::Result<()> {
+    enumerate(Flow::Cancel, "exo-trigger").await
+}
+
 macro_rules! full_matrix {
     ($($name:ident: $flow:expr, $svc:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,8 +482,6 @@ full_matrix! {
     crash_points_retry_scheduler: Flow::Retry, "exo-scheduler";
     crash_points_retry_completion: Flow::Retry, "exo-completion";
     crash_points_requeue_retry: Flow::Requeue, "exo-retry";
-    crash_points_requeue_scheduler: Flow::Requeue, "exo-scheduler";
-    crash_points_cancel_trigger: Flow::Cancel, "exo-trigger";
     crash_points_cancel_completion: Flow::Cancel, "exo-completion";
     crash_points_two_completions: Flow::TwoCompletions, "exo-completion";
 }
