@@ -73,22 +73,7 @@ pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Resul
     root.namespace_name = ns.to_string();
     root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
     let now = DateTime::from_millis(requested);
-    let run = RunDoc {
-        id: None,
-        run_id: cmd.run_id.clone(),
-        graph_name: cmd.graph_name.clone(),
-        namespace_name: ns.to_string(),
-        created_at: now,
-        status: Some(RunStatus::Pending.as_str().to_string()),
-        total_count: 1,
-        pending_count: 1,
-        success_count: 0,
-        errored_count: 0,
-        retried_count: 0,
-        cancelled_count: 0,
-        failed_unites: 0,
-        finished_at: None,
-    };
+    let run = RunDoc::pending(&cmd.run_id, &cmd.graph_name, ns, now);
     let store_docs: Vec<StoreDoc> = cmd
         .store
         .iter()
@@ -222,7 +207,7 @@ async fn publish_cancelled(engine: &Engine, ns: &str, run_id: &str, now: i64) ->
         .bus
         .publish(Outgoing::json(
             subjects::event(ns, "run", "cancelled"),
-            format!("run:{run_id}:cancelled"),
+            exo_types::messages::cancelled_event_msg_id(run_id),
             &ev,
         )?)
         .await?;

@@ -216,7 +216,7 @@ where
 /// Copies a message to the dead-letter stream with `reason`, then stops its
 /// redelivery. If the copy fails, the message is redelivered instead.
 async fn reject(bus: &Bus, opts: &ConsumeOptions, message: &jetstream::Message, reason: String) {
-    let id = format!("dlq:{}:{}", opts.consumer, seq_of(message));
+    let id = exo_types::messages::dead_letter_msg_id(&opts.consumer, seq_of(message));
     if let Err(error) = bus
         .dead_letter(
             &opts.stream,

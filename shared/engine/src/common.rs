@@ -179,7 +179,7 @@ impl Engine {
         self.bus
             .publish(Outgoing::json(
                 subjects::event(ns, "run", "finished"),
-                format!("run:{run_id}:finished"),
+                m::finished_event_msg_id(run_id),
                 &ev,
             )?)
             .await?;

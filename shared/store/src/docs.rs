@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use exo_types::graph::{NodeTemplate, StoreConfig, Trigger};
 use exo_types::retry::RetryPolicy;
-use exo_types::status::StateStatus;
+use exo_types::status::{RunStatus, StateStatus};
 use mongodb::bson::{DateTime, Document, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
@@ -237,6 +237,29 @@ pub struct RunDoc {
     /// When the run reached a terminal status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime>,
+}
+
+impl RunDoc {
+    /// A new PENDING run holding one pending state (its root), as the
+    /// trigger creates it.
+    pub fn pending(run_id: &str, graph_name: &str, namespace: &str, created_at: DateTime) -> Self {
+        Self {
+            id: None,
+            run_id: run_id.to_string(),
+            graph_name: graph_name.to_string(),
+            namespace_name: namespace.to_string(),
+            created_at,
+            status: Some(RunStatus::Pending.as_str().to_string()),
+            total_count: 1,
+            pending_count: 1,
+            success_count: 0,
+            errored_count: 0,
+            retried_count: 0,
+            cancelled_count: 0,
+            failed_unites: 0,
+            finished_at: None,
+        }
+    }
 }
 
 /// Bookkeeping of one unite group (collection `UniteGroup`, ours): the open

@@ -9,7 +9,7 @@ use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{GraphTemplateDoc, RegisteredNodeDoc, RunDoc, Store, oid};
 use exo_types::graph::GraphSpec;
 use exo_types::messages::StateCreated;
-use exo_types::status::{RunStatus, StateStatus};
+use exo_types::status::StateStatus;
 use exo_types::{ids, time};
 use serde_json::{Map, Value, json};
 
@@ -149,22 +149,7 @@ impl HandlerEnv {
         self.engine
             .store
             .runs()
-            .insert_one(RunDoc {
-                id: None,
-                run_id: run_id.into(),
-                graph_name: "g".into(),
-                namespace_name: NS.into(),
-                created_at: DateTime::from_millis(now),
-                status: Some(RunStatus::Pending.as_str().into()),
-                total_count: 1,
-                pending_count: 1,
-                success_count: 0,
-                errored_count: 0,
-                retried_count: 0,
-                cancelled_count: 0,
-                failed_unites: 0,
-                finished_at: None,
-            })
+            .insert_one(RunDoc::pending(run_id, "g", NS, DateTime::from_millis(now)))
             .await?;
         self.engine.store.states().insert_one(&root).await?;
         Ok(root.id.to_hex())

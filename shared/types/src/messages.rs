@@ -170,6 +170,27 @@ pub fn dispatch_msg_id(state_id: &str, attempt: u32) -> String {
     format!("dsp:{state_id}:{attempt}")
 }
 
+/// Nats-Msg-Id of a cancel command.
+pub fn cancel_msg_id(run_id: &str) -> String {
+    format!("cancel:{run_id}")
+}
+
+/// Nats-Msg-Id of the `run.finished` event.
+pub fn finished_event_msg_id(run_id: &str) -> String {
+    format!("run:{run_id}:finished")
+}
+
+/// Nats-Msg-Id of the `run.cancelled` event.
+pub fn cancelled_event_msg_id(run_id: &str) -> String {
+    format!("run:{run_id}:cancelled")
+}
+
+/// Nats-Msg-Id of a dead letter: the consumer and the stream sequence of the
+/// rejected message.
+pub fn dead_letter_msg_id(consumer: &str, stream_sequence: u64) -> String {
+    format!("dlq:{consumer}:{stream_sequence}")
+}
+
 /// Nats-Msg-Id of a runtime result.
 pub fn result_msg_id(kind: &str, state_id: &str, attempt: u32) -> String {
     format!("res:{kind}:{state_id}:{attempt}")

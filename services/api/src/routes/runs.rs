@@ -249,7 +249,7 @@ pub async fn cancel(
         .bus
         .publish(exo_bus::Outgoing::json(
             exo_types::subjects::cancel(&ns),
-            format!("cancel:{run_id}"),
+            exo_types::messages::cancel_msg_id(&run_id),
             &cmd,
         )?)
         .await?;
