@@ -477,7 +477,7 @@ full_matrix! {
     crash_points_fanout_all_done_scheduler: Flow::FanOutAllDone, "exo-scheduler";
     crash_points_fanout_all_done_trigger: Flow::FanOutAllDone, "exo-trigger";
     crash_points_fanout_all_success_completion: Flow::FanOutAllSuccess, "exo-completion";
-    crash_points_fanout_all_success_retry: Flow::FanOutAllSuccess, "exo-retry";
+    crash_points_fanout_all_success_scheduler: Flow::FanOutAllSuccess, "exo-scheduler";
     crash_points_retry_retry: Flow::Retry, "exo-retry";
     crash_points_retry_scheduler: Flow::Retry, "exo-scheduler";
     crash_points_retry_completion: Flow::Retry, "exo-completion";
