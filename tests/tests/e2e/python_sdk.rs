@@ -51,6 +51,21 @@ async fn sdk_python() -> anyhow::Result<PathBuf> {
 /// Runs `tests/python/<module>` against `stack` with namespaces prefixed
 /// `ns_prefix`; fails with pytest's output and the tail of the API log.
 async fn run_module(stack: &mut Stack, module: &str, ns_prefix: &str) -> anyhow::Result<()> {
+    run_module_with(stack, module, ns_prefix, &[], None)
+        .await
+        .map(|_| ())
+}
+
+/// As [`run_module`], with extra environment for pytest; when `restart` names
+/// a service, that service is restarted (clean) if it exits during the
+/// module, and its log up to the exit is returned.
+async fn run_module_with(
+    stack: &mut Stack,
+    module: &str,
+    ns_prefix: &str,
+    env: &[(&str, &str)],
+    restart: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     let python = sdk_python().await?;
     let dir = workspace_root().join("tests/python");
     let started = Instant::now();
@@ -70,15 +85,30 @@ async fn run_module(stack: &mut Stack, module: &str, ns_prefix: &str) -> anyhow:
         .env("EXO_TEST_NAMESPACE", ns_prefix)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("start {}", python.display()))?;
-    let out = match tokio::time::timeout(MODULE_TIMEOUT, child.wait_with_output()).await {
-        Ok(r) => r?,
-        Err(_) => bail!("{module} did not finish in {MODULE_TIMEOUT:?}"),
+    let mut waiting = tokio::spawn(child.wait_with_output());
+    let deadline = tokio::time::Instant::now() + MODULE_TIMEOUT;
+    let mut crash_log = None;
+    let out = loop {
+        tokio::select! {
+            r = &mut waiting => break r??,
+            _ = tokio::time::sleep_until(deadline) => bail!("{module} did not finish in {MODULE_TIMEOUT:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if let Some(svc) = restart
+                    && crash_log.is_none()
+                    && !stack.service(svc).is_running()
+                {
+                    crash_log = Some(stack.service(svc).log_contents());
+                    stack.respawn_with(svc, &[]).await?;
+                }
+            }
+        }
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -97,7 +127,7 @@ async fn run_module(stack: &mut Stack, module: &str, ns_prefix: &str) -> anyhow:
     for s in exo_e2e::SERVICES {
         anyhow::ensure!(stack.service(s).is_running(), "{s} exited during {module}");
     }
-    Ok(())
+    Ok(crash_log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,4 +158,34 @@ async fn sdk_errored_retries_and_manual_retry() -> anyhow::Result<()> {
 async fn sdk_contract_edges() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     run_module(&mut stack, "test_sdk_edges.py", "py-edges").await
+}
+
+/// The crash that once lost a fan-out output, as a user hit it: the real
+/// SDK fans out 1 000 items, `exo-completion` dies right after committing
+/// the second 256-state chunk (its 4th commit: two for the root, then
+/// `[0,256)` and `[256,512)`), restarts, and the run must still end with
+/// every item worked once and one unite (the module's own assertions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_wide_fan_out_survives_a_completion_crash_between_chunks() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack
+        .respawn_with(
+            "exo-completion",
+            &[("FAILPOINTS", "store.commit=3*off->return")],
+        )
+        .await?;
+    let crash_log = run_module_with(
+        &mut stack,
+        "test_sdk_fanout.py",
+        "py-crash",
+        &[("EXO_TEST_FAN_WIDTH", "1000")],
+        Some("exo-completion"),
+    )
+    .await?;
+    let log = crash_log.context("exo-completion never crashed")?;
+    anyhow::ensure!(
+        log.contains("exo-failpoint store.commit: crashing"),
+        "exo-completion exited, but not at its crash point"
+    );
+    Ok(())
 }
