@@ -159,6 +159,10 @@ impl Applying {
 
 /// Phase 1: the state becomes EXECUTED and every sibling exists (EXECUTED),
 /// chunk by chunk, so all of them are counted before any is counted out.
+/// The chunks lie on a fixed grid, `[c*chunk, (c+1)*chunk)` with index 0
+/// being the state itself, so every delivery of this result cuts the same
+/// chunks; each chunk is one transaction, so it exists entirely or not at
+/// all, and a redelivery skips exactly the chunks whose first state exists.
 /// Returns an outcome when the result must stop here.
 async fn phase1<P, F>(
     engine: &Engine,
@@ -171,12 +175,6 @@ where
     P: Fn() -> F,
     F: std::future::Future<Output = ()>,
 {
-    // Phase 1: S becomes EXECUTED and every sibling exists (EXECUTED), so
-    // all of them are counted before any is counted out. The chunks lie on
-    // a fixed grid, [c*chunk, (c+1)*chunk) with index 0 being S itself, so
-    // every delivery of this result cuts the same chunks; each chunk is one
-    // transaction, so it exists entirely or not at all, and a redelivery
-    // skips exactly the chunks whose first state exists.
     let chunk = r.chunk;
     if fresh {
         let end = r.len().min(chunk);
@@ -203,7 +201,9 @@ where
             return after_lost_race(engine, &r.st, &r.digest).await.map(Some);
         }
         engine.after_apply(&r.st, applied).await?;
-        progress().await;
+        if r.len() > chunk {
+            progress().await;
+        }
     }
     let mut j = chunk;
     while j < r.len() {
@@ -251,7 +251,6 @@ where
     F: std::future::Future<Output = ()>,
 {
     let chunk = r.chunk;
-    // Phase 2: successors and SUCCESS, chunk by chunk.
     let next: Vec<&NodeTemplate> = lg
         .graph
         .next_nodes(&r.st.identifier)

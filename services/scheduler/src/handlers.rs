@@ -74,7 +74,7 @@ pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<
             Some(st)
                 if st.status == StateStatus::Queued
                     && st.requeue_gen == msg.generation
-                    && claimed_by(engine, id, seq).await? =>
+                    && st.claim_seq == Some(seq) =>
             {
                 // Claimed by an earlier delivery of this message, which may
                 // have died before publishing (the dispatch id deduplicates).
@@ -85,17 +85,6 @@ pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<
     };
     engine.publish_dispatch(&st).await?;
     Ok(Outcome::Done)
-}
-
-async fn claimed_by(engine: &Engine, id: ObjectId, seq: i64) -> Result<bool, Error> {
-    Ok(engine
-        .store
-        .states_raw()
-        .find_one(doc! {"_id": id, "claim_seq": seq})
-        .projection(doc! {"_id": 1})
-        .await
-        .map_err(exo_store::Error::from)?
-        .is_some())
 }
 
 /// Parks a state that is not due for `ms`: on the stream when short, in

@@ -174,12 +174,8 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
         return Ok(Outcome::Stale(format!("run is {status}")));
     }
     let mut n = 0u64;
-    loop {
-        let swept = cancel_batch(engine, &cmd.run_id, stamp).await?;
+    while let Some(swept) = cancel_batch(engine, &cmd.run_id, stamp).await? {
         n += swept;
-        if swept == 0 {
-            break;
-        }
     }
     engine
         .store
@@ -215,8 +211,13 @@ async fn publish_cancelled(engine: &Engine, ns: &str, run_id: &str, now: i64) ->
 }
 
 /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and
-/// moves its counters by as many, in one transaction. Returns how many.
-async fn cancel_batch(engine: &Engine, run_id: &str, stamp: DateTime) -> Result<u64, Error> {
+/// moves its counters by as many, in one transaction. Returns how many it
+/// cancelled, or `None` when the run has no pending state left.
+async fn cancel_batch(
+    engine: &Engine,
+    run_id: &str,
+    stamp: DateTime,
+) -> Result<Option<u64>, Error> {
     let mut cur = engine
         .store
         .states_raw()
@@ -232,7 +233,7 @@ async fn cancel_batch(engine: &Engine, run_id: &str, stamp: DateTime) -> Result<
         }
     }
     if ids.is_empty() {
-        return Ok(0);
+        return Ok(None);
     }
     let ctx = (engine.store.clone(), run_id.to_string(), ids, stamp);
     let n = exo_store::transaction(&engine.store, &ctx, |s, (store, run_id, ids, stamp)| {
@@ -258,7 +259,7 @@ async fn cancel_batch(engine: &Engine, run_id: &str, stamp: DateTime) -> Result<
         })
     })
     .await?;
-    Ok(u64::try_from(n).unwrap_or(0).max(1))
+    Ok(Some(u64::try_from(n).unwrap_or(0)))
 }
 
 /// Fires every due CRON occurrence ([`cron::fire_due`]), starting each run

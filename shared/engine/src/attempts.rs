@@ -27,6 +27,7 @@ pub fn new_attempt(st: &StateDoc, id: ObjectId, now_ms: i64) -> StateDoc {
     s.requeue_gen = 0;
     s.result_digest = None;
     s.fanout_chunk = None;
+    s.claim_seq = None;
     s.created_at = now;
     s.updated_at = now;
     s.state_fingerprint = if s.does_unites {
@@ -122,6 +123,7 @@ mod tests {
             requeue_gen: 2,
             result_digest: Some("d".into()),
             fanout_chunk: None,
+            claim_seq: None,
         }
     }
 

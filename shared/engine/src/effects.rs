@@ -747,6 +747,7 @@ mod tests {
             requeue_gen: 0,
             result_digest: None,
             fanout_chunk: None,
+            claim_seq: None,
         }
     }
 

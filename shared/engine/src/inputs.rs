@@ -211,6 +211,7 @@ pub fn new_state(
         requeue_gen: 0,
         result_digest: None,
         fanout_chunk: None,
+        claim_seq: None,
     };
     if does_unites {
         s.state_fingerprint = fingerprint(&s);

@@ -92,6 +92,10 @@ pub struct StateDoc {
     /// whatever `EXO_FANOUT_CHUNK` the replica handling it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fanout_chunk: Option<i64>,
+    /// Stream sequence of the `state.created` message whose delivery claimed
+    /// this attempt (ours): only that message may dispatch it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_seq: Option<i64>,
 }
 
 impl StateDoc {
