@@ -263,9 +263,10 @@ async fn cancel_batch(
 }
 
 /// Fires every due CRON occurrence ([`cron::fire_due`]), starting each run
-/// with [`on_trigger`]. Returns how many fired.
-pub async fn fire_due(engine: &Engine) -> Result<usize, Error> {
-    cron::fire_due(engine, |ns, cmd| async move {
+/// with [`on_trigger`]; claims older than `claim_timeout` are taken over.
+/// Returns how many fired.
+pub async fn fire_due(engine: &Engine, claim_timeout: std::time::Duration) -> Result<usize, Error> {
+    cron::fire_due(engine, claim_timeout, |ns, cmd| async move {
         on_trigger(engine, &ns, cmd).await
     })
     .await

@@ -10,15 +10,41 @@
 
 pub mod handlers;
 
+use std::time::Duration;
+
 use exo_engine::worker::{self, WorkerSpec};
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
 use tokio_util::sync::CancellationToken;
 
-pub use exo_engine::worker::Config;
+/// Configuration of the `trigger` service.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Connections, admin endpoint and concurrency.
+    #[serde(flatten)]
+    pub worker: worker::Config,
+    /// How long a CRON occurrence claimed by a replica that then died stays
+    /// claimed before another replica fires it
+    /// (`EXO_CRON_CLAIM_TIMEOUT_SECS`, default
+    /// [`exo_engine::cron::STALE_CLAIM`]). The run id is derived from the
+    /// occurrence, so a take-over never starts a second run; keep it above
+    /// the time a fire takes.
+    pub cron_claim_timeout_secs: Option<u64>,
+}
+
+impl Config {
+    /// The CRON claim timeout in effect.
+    pub fn cron_claim_timeout(&self) -> Duration {
+        self.cron_claim_timeout_secs
+            .map_or(exo_engine::cron::STALE_CLAIM, Duration::from_secs)
+    }
+}
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let claim_timeout = cfg.cron_claim_timeout();
+    let cfg = cfg.worker;
     let spec = WorkerSpec {
         service: "exo-trigger",
         stream: subjects::STREAM_COMMANDS,
@@ -46,19 +72,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             };
             worker::disposition(handlers::on_trigger(&engine, &ns, cmd).await)
         },
-        cron_loop,
+        move |engine, shutdown| cron_loop(engine, claim_timeout, shutdown),
     )
     .await
 }
 
 /// Fires due CRON occurrences every second until shutdown.
-async fn cron_loop(engine: exo_engine::Engine, shutdown: CancellationToken) {
+async fn cron_loop(
+    engine: exo_engine::Engine,
+    claim_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if let Err(error) = handlers::fire_due(&engine).await {
+        if let Err(error) = handlers::fire_due(&engine, claim_timeout).await {
             tracing::warn!(%error, "Firing cron triggers failed.");
         }
     }

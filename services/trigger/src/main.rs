@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg: exo_trigger::Config =
         exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_trigger::Config| {
-            c.common.validate()
+            c.worker.common.validate()
         });
     exo_service::telemetry::init("exo-trigger");
     let shutdown = exo_service::shutdown::signal_token();

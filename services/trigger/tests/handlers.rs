@@ -85,7 +85,7 @@ async fn a_cron_occurrence_fired_during_an_upsert_that_removed_it_is_not_resched
             error: None,
         })
         .await?;
-    assert_eq!(fire_due(&e.engine).await?, 1);
+    assert_eq!(fire_due(&e.engine, exo_engine::cron::STALE_CLAIM).await?, 1);
     let pending = e
         .engine
         .store
@@ -124,7 +124,7 @@ async fn a_cron_occurrence_fired_during_an_upsert_that_removed_it_is_not_resched
             doc! {"$set": {"trigger_status": "PENDING", "trigger_time": DateTime::from_millis(time::now_ms() - 500)}},
         )
         .await?;
-    assert_eq!(fire_due(&e.engine).await?, 1);
+    assert_eq!(fire_due(&e.engine, exo_engine::cron::STALE_CLAIM).await?, 1);
     let pending = e
         .engine
         .store

@@ -243,17 +243,20 @@ impl Bus {
         h
     }
 
+    /// A JetStream publication with the protocol header and `Nats-Msg-Id`.
+    /// The id is set after the header map, which `headers` replaces whole.
+    fn publication(payload: Bytes, msg_id: &str) -> Publish {
+        Publish::build()
+            .payload(payload)
+            .headers(Self::headers())
+            .message_id(msg_id)
+    }
+
     /// Publishes one message and waits for its JetStream ack.
     pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
         let fut = self
             .js
-            .send_publish(
-                msg.subject,
-                Publish::build()
-                    .payload(msg.payload)
-                    .message_id(msg.msg_id)
-                    .headers(Self::headers()),
-            )
+            .send_publish(msg.subject, Self::publication(msg.payload, &msg.msg_id))
             .await
             .map_err(|e| Error::js("publish", e))?;
         fut.await.map_err(|e| Error::js("publish ack", e))?;
@@ -278,13 +281,7 @@ impl Bus {
             }
             let fut = self
                 .js
-                .send_publish(
-                    msg.subject,
-                    Publish::build()
-                        .payload(msg.payload)
-                        .message_id(msg.msg_id)
-                        .headers(Self::headers()),
-                )
+                .send_publish(msg.subject, Self::publication(msg.payload, &msg.msg_id))
                 .await
                 .map_err(|e| Error::js("publish", e))?;
             pending.push_back(fut);

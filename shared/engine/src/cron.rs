@@ -31,7 +31,8 @@ use sha2::{Digest, Sha256};
 
 use crate::{Engine, Error, Outcome};
 
-/// A TRIGGERING claim older than this is taken over.
+/// By default, a TRIGGERING claim older than this is taken over (the
+/// `trigger` service's `EXO_CRON_CLAIM_TIMEOUT_SECS`).
 pub const STALE_CLAIM: Duration = Duration::from_secs(60);
 /// How long TRIGGERED and FAILED occurrences are kept (Exosphere's
 /// `TRIGGER_RETENTION_HOURS` default, 720 h).
@@ -134,8 +135,13 @@ pub fn occurrence_run_id(t: &TriggerDoc) -> String {
     )
 }
 
-/// Fires every due occurrence, one claim at a time. Returns how many fired.
-pub async fn fire_due<S, Fut>(engine: &Engine, start: S) -> Result<usize, Error>
+/// Fires every due occurrence, one claim at a time; a claim older than
+/// `stale_claim` (its holder crashed) is taken over. Returns how many fired.
+pub async fn fire_due<S, Fut>(
+    engine: &Engine,
+    stale_claim: Duration,
+    start: S,
+) -> Result<usize, Error>
 where
     S: Fn(String, TriggerCommand) -> Fut,
     Fut: std::future::Future<Output = Result<Outcome, Error>>,
@@ -144,7 +150,7 @@ where
     loop {
         let now = chrono::Utc::now();
         let now_b = to_bson_time(now);
-        let stale = DateTime::from_millis(now.timestamp_millis() - STALE_CLAIM.as_millis() as i64);
+        let stale = DateTime::from_millis(now.timestamp_millis() - stale_claim.as_millis() as i64);
         let claimed = engine
             .store
             .triggers()
@@ -160,6 +166,7 @@ where
             .await
             .map_err(exo_store::Error::from)?;
         let Some(t) = claimed else { return Ok(fired) };
+        exo_faults::point("store.write")?;
         let run_id = occurrence_run_id(&t);
         let cmd = TriggerCommand {
             run_id: run_id.clone(),
@@ -182,6 +189,7 @@ where
         {
             let next_time = d.trigger_time;
             insert_ignoring_duplicates(&engine.store, d).await?;
+            exo_faults::point("store.write")?;
             // An upsert writes the template, then replaces the PENDING
             // occurrences. If it removed this expression meanwhile, the
             // occurrence just inserted may have missed its delete: read the
@@ -197,6 +205,7 @@ where
                     )
                     .await
                     .map_err(exo_store::Error::from)?;
+                exo_faults::point("store.write")?;
                 tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, expression = %expr,
                     "Cron expression removed by an upsert; not scheduled again.");
             }
@@ -211,6 +220,7 @@ where
             )
             .await
             .map_err(exo_store::Error::from)?;
+        exo_faults::point("store.write")?;
         fired += 1;
     }
 }

@@ -47,6 +47,19 @@ enum Flow {
     /// never crashes: the two share the consumer and group-commit each
     /// their own part of the run.
     TwoCompletions,
+    /// start → work (fails, no retry policy: run FAILED); then a manual
+    /// retry of work, which reopens the run; the copy fails again. The
+    /// service is armed only once the run has FAILED, so the crash points
+    /// are those of the manual retry and what follows it.
+    ManualRetry,
+    /// start → lease, where `lease` is a node served over HTTP by the
+    /// driver: handed out, never reported, handed out again by the
+    /// scheduler's lease reaper once its 1 s lease expired, then reported.
+    LeaseExpiry,
+    /// One node started by a CRON occurrence (a one-shot expression a few
+    /// seconds ahead, then next year): the occurrence starts exactly one
+    /// run and the schedule goes on.
+    Cron,
 }
 
 impl Flow {
@@ -83,6 +96,27 @@ impl Flow {
                     {"node_name": "AppendA", "identifier": "end", "namespace": ns, "inputs": {"text": "${{ wait.outputs.text }}"}},
                 ]
             }),
+            Flow::ManualRetry => json!({
+                "secrets": {},
+                "retry_policy": {"max_retries": 0, "strategy": "FIXED", "backoff_factor": 50},
+                "nodes": [
+                    {"node_name": "AppendA", "identifier": "start", "namespace": ns, "inputs": {"text": "go"}, "next_nodes": ["work"]},
+                    {"node_name": "Picky", "identifier": "work", "namespace": ns, "inputs": {"text": "x7"}},
+                ]
+            }),
+            Flow::LeaseExpiry => json!({
+                "secrets": {},
+                "nodes": [
+                    {"node_name": "AppendA", "identifier": "start", "namespace": ns, "inputs": {"text": "go"}, "next_nodes": ["lease"]},
+                    {"node_name": "Echo", "identifier": "lease", "namespace": ns, "inputs": {"text": "${{ start.outputs.text }}"}},
+                ]
+            }),
+            Flow::Cron => json!({
+                "secrets": {},
+                "nodes": [
+                    {"node_name": "AppendA", "identifier": "tick", "namespace": ns, "inputs": {"text": "go"}},
+                ]
+            }),
             Flow::Retry => json!({
                 "secrets": {},
                 "retry_policy": {"max_retries": 2, "strategy": "FIXED", "backoff_factor": 50},
@@ -102,6 +136,102 @@ impl Flow {
         }
     }
 
+    /// Extra settings per service: `(service, key, value)`, for the
+    /// service under test and for the others.
+    fn service_env(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self {
+            Flow::LeaseExpiry => &[("exo-api", "EXO_API__LEASE_SECS", "1")],
+            // A crashed fire is taken over after 3 s instead of a minute.
+            Flow::Cron => &[("exo-trigger", "EXO_CRON_CLAIM_TIMEOUT_SECS", "3")],
+            _ => &[],
+        }
+    }
+
+    /// Whether the service is armed (crash point or trace) only once the
+    /// run reached [`Driver::armed_from`], rather than before it starts.
+    fn arms_late(self) -> bool {
+        matches!(self, Flow::ManualRetry)
+    }
+}
+
+/// What the driver, as a user, does to a run once it is under way.
+impl Driver {
+    /// Whether the run reached the point where a late-armed flow arms.
+    async fn armed_from(&self, run_id: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .stack
+            .store
+            .run(run_id)
+            .await?
+            .is_some_and(|r| r.status.as_deref() == Some("FAILED")))
+    }
+
+    /// Takes the flow's step from outside when it is due (cancel: once a
+    /// `work` state is QUEUED; manual retry: once the run FAILED; lease:
+    /// take the state, drop it, take it again and report it). Returns true
+    /// once taken; an api that is down (crashed) is asked again later.
+    async fn drive(&mut self, run_id: &str) -> anyhow::Result<bool> {
+        let (stack, ns) = (&self.stack, self.ns.as_str());
+        match self.flow {
+            Flow::ManualRetry => {
+                if self.held.is_none() {
+                    if !self.armed_from(run_id).await? {
+                        return Ok(false);
+                    }
+                    let states = stack.states(run_id).await?;
+                    let errored = states
+                        .iter()
+                        .find(|s| s.identifier == "work" && s.status == StateStatus::Errored);
+                    self.held = errored.map(|s| s.id.to_hex());
+                }
+                let Some(id) = &self.held else {
+                    return Ok(false);
+                };
+                let path = format!("/v0/namespace/{ns}/state/{id}/manual-retry");
+                match stack.post(&path, &json!({"fanout_id": "again"})).await {
+                    Err(_) => Ok(false),
+                    Ok((200, _)) => Ok(true),
+                    // The request before the api crashed had committed.
+                    Ok((409, body)) if body.to_string().contains("Duplicate") => Ok(true),
+                    Ok((status, body)) => anyhow::bail!("manual retry answered {status}: {body}"),
+                }
+            }
+            Flow::LeaseExpiry => {
+                let (status, body) = stack
+                    .post(
+                        &format!("/v0/namespace/{ns}/states/enqueue"),
+                        &json!({"nodes": ["Echo"], "batch_size": 1}),
+                    )
+                    .await?;
+                anyhow::ensure!(status == 200, "enqueue answered {status}: {body}");
+                let Some(got) = body["states"][0]["state_id"].as_str() else {
+                    return Ok(false);
+                };
+                match &self.held {
+                    // First hand-out: the holder "dies" without reporting.
+                    None => {
+                        self.held = Some(got.to_string());
+                        Ok(false)
+                    }
+                    Some(held) => {
+                        anyhow::ensure!(held == got, "another state was handed out: {got}");
+                        let (status, body) = stack
+                            .post(
+                                &format!("/v0/namespace/{ns}/state/{got}/executed"),
+                                &json!({"outputs": [{"text": "leased"}]}),
+                            )
+                            .await?;
+                        anyhow::ensure!(status == 200, "executed answered {status}: {body}");
+                        Ok(true)
+                    }
+                }
+            }
+            flow => flow.drive(stack, ns, run_id).await,
+        }
+    }
+}
+
+impl Flow {
     /// Whether the run needs a step from outside once it is under way, and
     /// takes it (cancel: once a `work` state is QUEUED). Returns true once
     /// taken.
@@ -189,6 +319,44 @@ impl Flow {
                 anyhow::ensure!(n("merge") == 0, "no unite after a cancel");
                 anyhow::ensure!(c.run.cancelled_count > 0, "pending states were cancelled");
             }
+            Flow::ManualRetry => {
+                let work = c.with_identifier("work");
+                anyhow::ensure!(work.len() == 2, "original and copy, got {}", work.len());
+                let original = work.iter().find(|s| s.fanout_id != "again");
+                anyhow::ensure!(
+                    original.is_some_and(|s| s.status == StateStatus::RetryCreated),
+                    "the original is RETRY_CREATED: {original:?}"
+                );
+                let finals = c.finals("work");
+                anyhow::ensure!(
+                    finals.len() == 1
+                        && finals[0].status == StateStatus::Errored
+                        && finals[0].fanout_id == "again",
+                    "the copy ran and failed again"
+                );
+                anyhow::ensure!(
+                    c.status() == "FAILED",
+                    "manual retry flow ended {}",
+                    c.status()
+                );
+            }
+            Flow::LeaseExpiry => {
+                anyhow::ensure!(c.status() == "SUCCESS", "lease flow ended {}", c.status());
+                let lease = c.with_identifier("lease");
+                anyhow::ensure!(lease.len() == 1, "one lease state, got {}", lease.len());
+                // Attempt 2 is the reaper's re-dispatch; a reaper that died
+                // between its claim and clearing the claim cannot know whether
+                // it published, so its next pass takes one more attempt.
+                anyhow::ensure!(
+                    lease[0].attempt >= 2 && lease[0].outputs.get_str("text")? == "leased",
+                    "handed out twice (attempt {}), then reported",
+                    lease[0].attempt
+                );
+            }
+            Flow::Cron => {
+                anyhow::ensure!(c.status() == "SUCCESS", "cron flow ended {}", c.status());
+                anyhow::ensure!(n("tick") == 1);
+            }
             Flow::Retry => {
                 let work = c.with_identifier("work");
                 anyhow::ensure!(work.len() == 3, "three attempts, got {}", work.len());
@@ -223,6 +391,11 @@ struct Driver {
     ns: String,
     flow: Flow,
     service: &'static str,
+    /// The state the flow's outside step holds (manual retry: the original;
+    /// lease: the state handed out and dropped).
+    held: Option<String>,
+    /// The CRON expression of the current case.
+    cron: Option<String>,
 }
 
 impl Driver {
@@ -248,6 +421,28 @@ impl Driver {
             let b = exo_test_support::ServiceProcess::spawn("exo-completion", &env).await?;
             stack.services.insert("exo-completion-b".into(), b);
         }
+        for (svc, _, _) in flow.service_env() {
+            if *svc != service {
+                let env: Vec<(&str, &str)> = flow
+                    .service_env()
+                    .iter()
+                    .filter(|(s, _, _)| s == svc)
+                    .map(|(_, k, v)| (*k, *v))
+                    .collect();
+                stack.respawn_with(svc, &env).await?;
+            }
+        }
+        if matches!(flow, Flow::LeaseExpiry) {
+            let schema = exo_runtime::string_object_schema("Inputs", &["text"]);
+            let (status, body) = stack
+                .put(
+                    &format!("/v0/namespace/{ns}/nodes/"),
+                    &json!({"runtime_name": "http", "nodes": [
+                        {"name": "Echo", "inputs_schema": schema, "outputs_schema": schema, "secrets": []}]}),
+                )
+                .await?;
+            anyhow::ensure!(status == 200, "register Echo: {status} {body}");
+        }
         stack.upsert_valid_graph(&ns, "g", &flow.graph(&ns)).await?;
         Ok(Self {
             stack,
@@ -256,16 +451,100 @@ impl Driver {
             ns,
             flow,
             service,
+            held: None,
+            cron: None,
         })
     }
 
-    fn env(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    fn env(&self, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
         let mut env = vec![
             ("EXO_CONCURRENCY", "1".to_string()),
             ("EXO_FANOUT_CHUNK", CHUNK.to_string()),
         ];
+        for (svc, k, v) in self.flow.service_env() {
+            if *svc == self.service {
+                env.push((k, v.to_string()));
+            }
+        }
         env.extend(extra.iter().cloned());
         env
+    }
+
+    /// Starts the case's run and returns its id: a trigger over HTTP, or,
+    /// for CRON, an upsert adding a one-shot occurrence a few seconds ahead
+    /// (its run id is derived from the occurrence).
+    async fn start_run(&mut self) -> anyhow::Result<String> {
+        self.held = None;
+        if !matches!(self.flow, Flow::Cron) {
+            return self.stack.trigger(&self.ns, "g", &json!({})).await;
+        }
+        use chrono::{Datelike, Timelike};
+        let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+        // croniter's six fields: minute hour day month weekday second.
+        let expr = format!(
+            "{} {} {} {} * {}",
+            at.minute(),
+            at.hour(),
+            at.day(),
+            at.month(),
+            at.second()
+        );
+        let mut graph = self.flow.graph(&self.ns);
+        graph["triggers"] = json!([{"type": "CRON", "value": {"expression": expr}}]);
+        self.stack.upsert_valid_graph(&self.ns, "g", &graph).await?;
+        let occurrence = self
+            .stack
+            .store
+            .triggers()
+            .find_one(exo_store::mongodb::bson::doc! {
+                "namespace": &self.ns, "graph_name": "g", "expression": &expr, "trigger_status": "PENDING"})
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no occurrence scheduled for {expr}"))?;
+        self.cron = Some(expr);
+        Ok(exo_engine::cron::occurrence_run_id(&occurrence))
+    }
+
+    /// Checks outside the run: a CRON occurrence fired exactly once (its
+    /// run) and the schedule goes on (the next occurrence is PENDING). A
+    /// fire that crashed after starting its run is finished by a take-over
+    /// once its claim times out, so this waits for it.
+    async fn expect_outside(&self, run_id: &str) -> anyhow::Result<()> {
+        let Some(expr) = &self.cron else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.occurrence_fired(expr, run_id).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn occurrence_fired(&self, expr: &str, run_id: &str) -> anyhow::Result<()> {
+        let docs: Vec<exo_store::TriggerDoc> = futures::TryStreamExt::try_collect(
+            self.stack
+                .store
+                .triggers()
+                .find(exo_store::mongodb::bson::doc! {"namespace": &self.ns, "graph_name": "g", "expression": expr})
+                .await?,
+        )
+        .await?;
+        let statuses: Vec<&str> = docs.iter().map(|d| d.trigger_status.as_str()).collect();
+        let fired: Vec<_> = docs
+            .iter()
+            .filter(|d| d.trigger_status == "TRIGGERED")
+            .collect();
+        anyhow::ensure!(
+            fired.len() == 1 && fired[0].run_id.as_deref() == Some(run_id),
+            "the occurrence fired once, as {run_id}: {statuses:?}"
+        );
+        anyhow::ensure!(
+            docs.len() == 2 && statuses.contains(&"PENDING"),
+            "the next occurrence is scheduled: {statuses:?}"
+        );
+        Ok(())
     }
 
     /// Waits until no service consumer holds or has pending messages, so a
@@ -300,7 +579,7 @@ impl Driver {
     }
 
     async fn respawn(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<()> {
-        let env = Self::env(extra);
+        let env = self.env(extra);
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.stack.respawn_with(self.service, &refs).await
     }
@@ -320,7 +599,7 @@ impl Driver {
                 self.respawn(&[]).await?;
             }
             if !driven {
-                driven = self.flow.drive(&self.stack, &self.ns, run_id).await?;
+                driven = self.drive(run_id).await?;
             }
             if driven
                 && let Some(run) = self.stack.store.run(run_id).await?
@@ -342,15 +621,37 @@ impl Driver {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let c = check_run(&self.stack.store, run_id).await?;
         self.flow.expect(&c)?;
+        self.expect_outside(run_id).await?;
         Ok(c)
+    }
+
+    /// Starts a run with the service restarted with `extra` (before the run
+    /// starts, or once it reached [`Driver::armed_from`] for a late-armed
+    /// flow). Returns the run id.
+    async fn arm(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<String> {
+        self.wait_quiet().await?;
+        if !self.flow.arms_late() {
+            self.respawn(extra).await?;
+            return self.start_run().await;
+        }
+        self.respawn(&[]).await?;
+        let run_id = self.start_run().await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.armed_from(&run_id).await? {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{run_id} never reached the arming point"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.wait_quiet().await?;
+        self.respawn(extra).await?;
+        Ok(run_id)
     }
 
     /// A fault-free run with tracing: the hits per crash point.
     async fn trace(&mut self) -> anyhow::Result<BTreeMap<String, usize>> {
-        self.wait_quiet().await?;
-        self.respawn(&[("EXO_FAILPOINTS_TRACE", "1".into())])
-            .await?;
-        let run_id = self.stack.trigger(&self.ns, "g", &json!({})).await?;
+        let run_id = self.arm(&[("EXO_FAILPOINTS_TRACE", "1".into())]).await?;
         self.run_through(&run_id, None).await?;
         let checked = self.settle(&run_id).await?;
         // Without faults, user code ran exactly once per state attempt.
@@ -374,10 +675,9 @@ impl Driver {
         } else {
             format!("{}*off->return", k - 1)
         };
-        self.wait_quiet().await?;
-        self.respawn(&[("FAILPOINTS", format!("{point}={actions}"))])
+        let run_id = self
+            .arm(&[("FAILPOINTS", format!("{point}={actions}"))])
             .await?;
-        let run_id = self.stack.trigger(&self.ns, "g", &json!({})).await?;
         let mut crashed = self.run_through(&run_id, Some(point)).await?;
         if !crashed {
             // The point may come right after the write that ends the run
@@ -414,9 +714,24 @@ async fn enumerate(flow: Flow, service: &'static str) -> anyhow::Result<()> {
     let total: usize = hits.values().sum();
     eprintln!("{flow:?} / {service}: {total} crash points {hits:?}");
     let mut crashed = 0;
+    // `EXO_CRASH_ONLY=point#k` runs one case (debugging a failure).
+    let only = std::env::var("EXO_CRASH_ONLY").ok();
     for (point, &n) in &hits {
         for k in 1..=n {
-            if d.crash_at(point, k).await? {
+            if only.as_ref().is_some_and(|o| *o != format!("{point}#{k}")) {
+                crashed += 1;
+                continue;
+            }
+            let case = d.crash_at(point, k).await;
+            if case.is_err() && std::env::var("EXO_CRASH_LOGS").is_ok() {
+                for (name, p) in &d.stack.services {
+                    for line in p.log_contents().lines() {
+                        eprintln!("[{name}] {line}");
+                    }
+                }
+                eprintln!("[crash log] {}", d.crash_log);
+            }
+            if case? {
                 crashed += 1;
             } else {
                 eprintln!("{flow:?} / {service}: {point}#{k} was not reached in this run");
@@ -461,6 +776,21 @@ async fn crash_points_cancel_trigger() -> anyhow::Result<()> {
     enumerate(Flow::Cancel, "exo-trigger").await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_manual_retry_api() -> anyhow::Result<()> {
+    enumerate(Flow::ManualRetry, "exo-api").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_lease_expiry_scheduler() -> anyhow::Result<()> {
+    enumerate(Flow::LeaseExpiry, "exo-scheduler").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_cron_trigger() -> anyhow::Result<()> {
+    enumerate(Flow::Cron, "exo-trigger").await
+}
+
 macro_rules! full_matrix {
     ($($name:ident: $flow:expr, $svc:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,4 +814,8 @@ full_matrix! {
     crash_points_requeue_retry: Flow::Requeue, "exo-retry";
     crash_points_cancel_completion: Flow::Cancel, "exo-completion";
     crash_points_two_completions: Flow::TwoCompletions, "exo-completion";
+    crash_points_manual_retry_scheduler: Flow::ManualRetry, "exo-scheduler";
+    crash_points_manual_retry_completion: Flow::ManualRetry, "exo-completion";
+    crash_points_manual_retry_retry: Flow::ManualRetry, "exo-retry";
+    crash_points_lease_expiry_api: Flow::LeaseExpiry, "exo-api";
 }
