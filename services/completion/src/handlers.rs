@@ -11,6 +11,7 @@ use exo_engine::common::json_to_doc;
 use exo_engine::effects::{self, Effects, Update};
 use exo_engine::graphs::LoadedGraph;
 use exo_engine::{Engine, Error, Outcome, attempts, inputs};
+use exo_store::filters::{state_at, state_in, states_in};
 use exo_store::mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use exo_store::{StateDoc, oid};
 use exo_types::graph::NodeTemplate;
@@ -180,9 +181,9 @@ where
         let end = r.len().min(chunk);
         let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
         fx.update(Update {
-            filter: doc! {"_id": r.st.id, "status": "QUEUED", "attempt": r.st.attempt},
+            filter: state_at(r.st.id, StateStatus::Queued, r.st.attempt),
             update: doc! {"$set": {
-                "status": "EXECUTED",
+                "status": StateStatus::Executed.as_str(),
                 "outputs": r.out_docs[0].clone(),
                 "result_digest": &r.digest,
                 "fanout_chunk": r.chunk as i64,
@@ -214,7 +215,7 @@ where
             // Fence: S still holds this attempt's result (not cancelled, not
             // replaced by a different result of a second execution).
             fx.update(Update {
-                filter: doc! {"_id": r.st.id, "status": "EXECUTED", "attempt": r.st.attempt,
+                filter: doc! {"_id": r.st.id, "status": StateStatus::Executed.as_str(), "attempt": r.st.attempt,
                 "result_digest": &r.digest},
                 update: doc! {"$set": {"updated_at": DateTime::from_millis(r.now)}},
                 expect: 1,
@@ -300,7 +301,7 @@ where
         let mut cur = engine
             .store
             .states_raw()
-            .find(doc! {"_id": {"$in": &chunk_ids}, "status": "EXECUTED", "attempt": r.st.attempt})
+            .find(doc! {"_id": {"$in": &chunk_ids}, "status": StateStatus::Executed.as_str(), "attempt": r.st.attempt})
             .projection(doc! {"_id": 1})
             .await
             .map_err(exo_store::Error::from)?;
@@ -355,8 +356,8 @@ where
                         StateStatus::Executed,
                         StateStatus::NextCreatedError,
                         Update {
-                            filter: doc! {"_id": state.id, "status": "EXECUTED"},
-                            update: doc! {"$set": {"status": "NEXT_CREATED_ERROR", "error": error}},
+                            filter: state_in(state.id, StateStatus::Executed),
+                            update: doc! {"$set": {"status": StateStatus::NextCreatedError.as_str(), "error": error}},
                             expect: 1,
                         },
                     );
@@ -367,8 +368,8 @@ where
         if !ok_ids.is_empty() {
             let count = ok_ids.len() as u64;
             fx.update(Update {
-                filter: doc! {"_id": {"$in": ok_ids}, "status": "EXECUTED"},
-                update: doc! {"$set": {"status": "SUCCESS"}},
+                filter: states_in(&ok_ids, StateStatus::Executed),
+                update: doc! {"$set": {"status": StateStatus::Success.as_str()}},
                 expect: count,
             });
         }
@@ -428,8 +429,8 @@ async fn fail_next_created(
         StateStatus::Queued,
         StateStatus::NextCreatedError,
         Update {
-            filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
-            update: doc! {"$set": {"status": "NEXT_CREATED_ERROR", "outputs": outputs.clone(), "error": error}},
+            filter: state_at(st.id, StateStatus::Queued, st.attempt),
+            update: doc! {"$set": {"status": StateStatus::NextCreatedError.as_str(), "outputs": outputs.clone(), "error": error}},
             expect: 1,
         },
     );
@@ -457,8 +458,8 @@ pub async fn on_pruned(engine: &Engine, msg: Pruned) -> Result<Outcome, Error> {
         StateStatus::Queued,
         StateStatus::Pruned,
         Update {
-            filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
-            update: doc! {"$set": {"status": "PRUNED", "data": data,
+            filter: state_at(st.id, StateStatus::Queued, st.attempt),
+            update: doc! {"$set": {"status": StateStatus::Pruned.as_str(), "data": data,
             "updated_at": DateTime::from_millis(time::now_ms())}},
             expect: 1,
         },

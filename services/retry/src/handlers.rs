@@ -5,6 +5,7 @@
 
 use exo_engine::effects::{self, Effects, Update};
 use exo_engine::{Engine, Error, Outcome, attempts};
+use exo_store::filters::state_at;
 use exo_store::mongodb::bson::{DateTime, doc};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::oid;
@@ -49,8 +50,8 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
                 StateStatus::Queued,
                 StateStatus::RetryCreated,
                 Update {
-                    filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
-                    update: doc! {"$set": {"status": "RETRY_CREATED", "error": &msg.error, "updated_at": stamp}},
+                    filter: state_at(st.id, StateStatus::Queued, st.attempt),
+                    update: doc! {"$set": {"status": StateStatus::RetryCreated.as_str(), "error": &msg.error, "updated_at": stamp}},
                     expect: 1,
                 },
             );
@@ -61,8 +62,8 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
             StateStatus::Queued,
             StateStatus::Errored,
             Update {
-                filter: doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
-                update: doc! {"$set": {"status": "ERRORED", "error": &msg.error, "updated_at": stamp}},
+                filter: state_at(st.id, StateStatus::Queued, st.attempt),
+                update: doc! {"$set": {"status": StateStatus::Errored.as_str(), "error": &msg.error, "updated_at": stamp}},
                 expect: 1,
             },
         ),
@@ -96,8 +97,8 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
         .store
         .states()
         .find_one_and_update(
-            doc! {"_id": st.id, "status": "QUEUED", "attempt": st.attempt},
-            doc! {"$set": {"status": "CREATED", "enqueue_after": now.saturating_add(msg.delay_ms),
+            state_at(st.id, StateStatus::Queued, st.attempt),
+            doc! {"$set": {"status": StateStatus::Created.as_str(), "enqueue_after": now.saturating_add(msg.delay_ms),
                      "updated_at": DateTime::from_millis(now)},
             "$inc": {"requeue_gen": 1i64}},
         )

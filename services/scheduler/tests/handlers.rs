@@ -76,3 +76,77 @@ async fn long_delays_are_parked_in_mongodb_and_announced_when_due() -> anyhow::R
     assert!(matches!(short, Outcome::Delay(_)), "{short:?}");
     Ok(())
 }
+
+/// Finding 5: the lease reaper claims a new attempt before it publishes; a
+/// publish that fails leaves the claim's short lease on the state, so a
+/// later pass dispatches it instead of the state being stranded QUEUED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lease_re_dispatch_is_retried_by_a_later_pass() -> anyhow::Result<()> {
+    use exo_scheduler::{REAP_RETRY, reap_leases};
+    let e = HandlerEnv::start(split_work()).await?;
+    let root = e.seed_root("r5", StateStatus::Created, 0).await?;
+    assert_eq!(
+        on_created(&e.engine, e.created(&root, 0), 1).await?,
+        Outcome::Done
+    );
+    let id = exo_store::oid(ids::root_state_id("r5"));
+    // Handed out over HTTP for attempt 1; the lease ran out.
+    let expired = time::now_ms() - 1;
+    e.engine
+        .store
+        .states_raw()
+        .update_one(
+            doc! {"_id": id},
+            doc! {"$set": {"lease_until": expired, "lease_attempt": 1i64}},
+        )
+        .await?;
+
+    exo_faults::configure("bus.publish", "return(error)").map_err(anyhow::Error::msg)?;
+    let before = time::now_ms();
+    assert!(reap_leases(&e.engine).await.is_err(), "the publish failed");
+    exo_faults::clear("bus.publish");
+    let st = e.engine.store.state(id).await?.expect("state");
+    assert_eq!(
+        (st.status, st.attempt),
+        (StateStatus::Queued, 2),
+        "claimed a new attempt"
+    );
+    let raw = e
+        .engine
+        .store
+        .states_raw()
+        .find_one(doc! {"_id": id})
+        .await?
+        .expect("raw");
+    let lease = raw.get_i64("lease_until")?;
+    assert!(
+        lease >= before + REAP_RETRY.as_millis() as i64,
+        "the claim keeps a retry lease ({lease}), so the state is not stranded"
+    );
+    // Nothing is due before the retry lease runs out ...
+    assert_eq!(reap_leases(&e.engine).await?, 0);
+    // ... and once it has, a later pass dispatches a new attempt.
+    e.engine
+        .store
+        .states_raw()
+        .update_one(
+            doc! {"_id": id},
+            doc! {"$set": {"lease_until": time::now_ms() - 1}},
+        )
+        .await?;
+    assert_eq!(reap_leases(&e.engine).await?, 1);
+    let st = e.engine.store.state(id).await?.expect("state");
+    assert_eq!((st.status, st.attempt), (StateStatus::Queued, 3));
+    let raw = e
+        .engine
+        .store
+        .states_raw()
+        .find_one(doc! {"_id": id})
+        .await?
+        .expect("raw");
+    assert!(
+        !raw.contains_key("lease_until"),
+        "published: the claim is cleared"
+    );
+    Ok(())
+}

@@ -68,16 +68,43 @@ pub struct ConsumeOptions {
     pub concurrency: usize,
     /// Messages requested per pull.
     pub batch: usize,
+    /// Delays before redelivering a message whose handler failed
+    /// ([`Disposition::Retry`]).
+    pub retry_backoff: RetryBackoff,
 }
 
 /// Longest backoff between two deliveries of a message whose handler failed.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Backoff before the next delivery of a message whose handler failed
-/// `delivered` times: 250 ms doubling, capped at [`MAX_BACKOFF`].
-pub fn backoff(delivered: i64) -> Duration {
-    let exp = delivered.clamp(1, 16) as u32;
-    Duration::from_millis(250u64.saturating_mul(2u64.pow(exp - 1))).min(MAX_BACKOFF)
+/// Redelivery delays of a message whose handler failed (an infrastructure
+/// error): `first`, doubling, capped at `max`. There is no limit on the
+/// number of deliveries: such a message is never dead-lettered, it waits
+/// for MongoDB or NATS to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// Delay after the first failed delivery.
+    pub first: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for RetryBackoff {
+    /// 250 ms doubling, capped at [`MAX_BACKOFF`].
+    fn default() -> Self {
+        Self {
+            first: Duration::from_millis(250),
+            max: MAX_BACKOFF,
+        }
+    }
+}
+
+impl RetryBackoff {
+    /// Delay before the next delivery of a message whose handler failed
+    /// `delivered` times.
+    pub fn after(&self, delivered: i64) -> Duration {
+        let exp = delivered.clamp(1, 16) as u32;
+        self.first.saturating_mul(2u32.pow(exp - 1)).min(self.max)
+    }
 }
 
 /// How long one pull request waits for messages.
@@ -199,7 +226,7 @@ where
         Disposition::Ack => message.ack().await,
         Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,
         Disposition::Retry(reason) => {
-            let next = backoff(delivered);
+            let next = opts.retry_backoff.after(delivered);
             tracing::warn!(subject = %message.subject, delivered, next_ms = next.as_millis() as u64, %reason, "Handler failed; will redeliver.");
             message.ack_with(AckKind::Nak(Some(next))).await
         }
@@ -250,10 +277,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_250_ms_and_is_capped() {
-        assert_eq!(backoff(1), Duration::from_millis(250));
-        assert_eq!(backoff(2), Duration::from_millis(500));
-        assert_eq!(backoff(7), Duration::from_millis(16_000));
-        assert_eq!(backoff(8), MAX_BACKOFF);
-        assert_eq!(backoff(10_000), MAX_BACKOFF);
+        let b = RetryBackoff::default();
+        assert_eq!(b.after(1), Duration::from_millis(250));
+        assert_eq!(b.after(2), Duration::from_millis(500));
+        assert_eq!(b.after(7), Duration::from_millis(16_000));
+        assert_eq!(b.after(8), MAX_BACKOFF);
+        assert_eq!(b.after(10_000), MAX_BACKOFF);
     }
 }

@@ -19,7 +19,7 @@ use exo_types::messages::{DeadLetter, HEADER_PROTOCOL, PROTOCOL_VERSION};
 use exo_types::subjects as subj;
 use serde::Serialize;
 
-pub use consume::{ConsumeOptions, Delivery, Disposition, consume};
+pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, consume};
 
 /// Bus errors. All of them are transient from a handler's point of view.
 #[derive(Debug, thiserror::Error)]

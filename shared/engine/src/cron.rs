@@ -27,6 +27,7 @@ use exo_store::mongodb::options::ReturnDocument;
 use exo_store::{Store, TriggerDoc};
 use exo_types::cron::CronSchedule;
 use exo_types::messages::TriggerCommand;
+use exo_types::status::{TriggerStatus, ValidationStatus};
 use sha2::{Digest, Sha256};
 
 use crate::{Engine, Error, Outcome};
@@ -56,7 +57,7 @@ fn next_doc(
         graph_name: graph.to_string(),
         namespace: ns.to_string(),
         trigger_time: to_bson_time(next),
-        trigger_status: "PENDING".into(),
+        trigger_status: TriggerStatus::Pending.as_str().into(),
         expires_at: None,
         claimed_at: None,
         run_id: None,
@@ -83,7 +84,7 @@ pub async fn reschedule(
 ) -> Result<(), Error> {
     store
         .triggers()
-        .delete_many(doc! {"namespace": ns, "graph_name": graph, "type": "CRON", "trigger_status": "PENDING"})
+        .delete_many(doc! {"namespace": ns, "graph_name": graph, "type": "CRON", "trigger_status": TriggerStatus::Pending.as_str()})
         .await?;
     if !valid {
         return Ok(());
@@ -101,7 +102,7 @@ pub async fn reschedule(
 /// declares the CRON expression `expr`.
 async fn still_scheduled(store: &Store, ns: &str, graph: &str, expr: &str) -> Result<bool, Error> {
     Ok(store.graph_template(ns, graph).await?.is_some_and(|g| {
-        g.validation_status == "VALID"
+        g.validation_status == ValidationStatus::Valid.as_str()
             && g.triggers.iter().any(|t| t.cron_expression() == Some(expr))
     }))
 }
@@ -156,10 +157,10 @@ where
             .triggers()
             .find_one_and_update(
                 doc! {"trigger_time": {"$lte": now_b}, "$or": [
-                    {"trigger_status": "PENDING"},
-                    {"trigger_status": "TRIGGERING", "claimed_at": {"$lte": stale}},
+                    {"trigger_status": TriggerStatus::Pending.as_str()},
+                    {"trigger_status": TriggerStatus::Triggering.as_str(), "claimed_at": {"$lte": stale}},
                 ]},
-                doc! {"$set": {"trigger_status": "TRIGGERING", "claimed_at": now_b}},
+                doc! {"$set": {"trigger_status": TriggerStatus::Triggering.as_str(), "claimed_at": now_b}},
             )
             .sort(doc! {"trigger_time": 1})
             .return_document(ReturnDocument::After)
@@ -177,12 +178,14 @@ where
             requested_at_ms: Some(t.trigger_time.timestamp_millis()),
         };
         let (status, error) = match start(t.namespace.clone(), cmd).await? {
-            Outcome::Done => ("TRIGGERED", None),
-            Outcome::Reject(reason) | Outcome::Stale(reason) => ("FAILED", Some(reason)),
-            Outcome::Delay(_) => ("FAILED", Some("unexpected delay".to_string())),
+            Outcome::Done => (TriggerStatus::Triggered, None),
+            Outcome::Reject(reason) | Outcome::Stale(reason) => {
+                (TriggerStatus::Failed, Some(reason))
+            }
+            Outcome::Delay(_) => (TriggerStatus::Failed, Some("unexpected delay".to_string())),
         };
         tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, exo.run_id = %run_id,
-            status, error = error.as_deref().unwrap_or(""), "Cron trigger fired.");
+            status = status.as_str(), error = error.as_deref().unwrap_or(""), "Cron trigger fired.");
         // The next occurrence first, so a crash after it cannot stop the schedule.
         if let Some(expr) = &t.expression
             && let Some(d) = next_doc(&t.namespace, &t.graph_name, expr, now)
@@ -201,7 +204,7 @@ where
                     .delete_one(
                         doc! {"namespace": &t.namespace, "graph_name": &t.graph_name,
                         "type": "CRON", "expression": expr.as_str(),
-                        "trigger_time": next_time, "trigger_status": "PENDING"},
+                        "trigger_time": next_time, "trigger_status": TriggerStatus::Pending.as_str()},
                     )
                     .await
                     .map_err(exo_store::Error::from)?;
@@ -216,7 +219,7 @@ where
             .triggers()
             .update_one(
                 doc! {"_id": t.id},
-                doc! {"$set": {"trigger_status": status, "expires_at": expires, "run_id": &run_id, "error": error}},
+                doc! {"$set": {"trigger_status": status.as_str(), "expires_at": expires, "run_id": &run_id, "error": error}},
             )
             .await
             .map_err(exo_store::Error::from)?;

@@ -697,7 +697,7 @@ mod tests {
             name: "g".into(),
             namespace: "ns".into(),
             nodes: spec.nodes.clone(),
-            validation_status: "VALID".into(),
+            validation_status: exo_types::status::ValidationStatus::Valid.as_str().into(),
             validation_errors: vec![],
             secrets: Default::default(),
             triggers: vec![],

@@ -189,7 +189,7 @@ impl GraphCache {
         &self,
         doc: GraphTemplateDoc,
     ) -> Result<Result<Arc<LoadedGraph>, Unusable>, exo_store::Error> {
-        if doc.validation_status != "VALID" {
+        if doc.validation_status != exo_types::status::ValidationStatus::Valid.as_str() {
             return Ok(Err(Unusable::NotValid(doc.validation_status.clone())));
         }
         let spec = GraphSpec {

@@ -135,6 +135,7 @@ where
         consumer: spec.consumer.to_string(),
         concurrency: spec.concurrency,
         batch: spec.concurrency.max(16) * 2,
+        retry_backoff: exo_bus::RetryBackoff::default(),
     };
     let e2 = engine.clone();
     let handler = Arc::new(handler);

@@ -64,7 +64,7 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
                     doc! {"enqueue_after": 1},
                     "created_due_index",
                     false,
-                    Some(doc! {"status": "CREATED"}),
+                    Some(doc! {"status": exo_types::status::StateStatus::Created.as_str()}),
                 ),
                 index(
                     doc! {"enqueue_after": 1},

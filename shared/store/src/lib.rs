@@ -7,6 +7,7 @@
 //! MongoDB 7+ works unchanged.
 
 pub mod docs;
+pub mod filters;
 pub mod indexes;
 
 use mongodb::bson::{Document, doc, oid::ObjectId};

@@ -156,6 +156,55 @@ impl RunStatus {
     }
 }
 
+/// Status of a CRON occurrence (`DatabaseTriggers.trigger_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TriggerStatus {
+    /// Scheduled, not yet due or not yet claimed.
+    Pending,
+    /// Claimed by a `trigger` replica that is firing it.
+    Triggering,
+    /// Fired: its run was started.
+    Triggered,
+    /// Fired, but the run could not be started (the reason is recorded).
+    Failed,
+}
+
+impl TriggerStatus {
+    /// The database string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Triggering => "TRIGGERING",
+            Self::Triggered => "TRIGGERED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// Validation status of a graph template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ValidationStatus {
+    /// Valid: runs can be triggered.
+    Valid,
+    /// Invalid: the errors are listed with it.
+    Invalid,
+    /// Not validated yet (upstream validates in the background).
+    Pending,
+}
+
+impl ValidationStatus {
+    /// The database and wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "VALID",
+            Self::Invalid => "INVALID",
+            Self::Pending => "PENDING",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

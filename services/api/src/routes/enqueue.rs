@@ -105,7 +105,7 @@ pub async fn enqueue(
     Ok(Json(json!({
         "count": handed.len(),
         "namespace": ns,
-        "status": "QUEUED",
+        "status": StateStatus::Queued.as_str(),
         "states": handed,
     })))
 }
@@ -225,7 +225,7 @@ async fn take(state: &AppState, ns: &str, mut held: Held) -> Option<Value> {
         .states()
         .update_one(
             doc! {
-                "_id": id, "status": "QUEUED", "attempt": st.attempt,
+                "_id": id, "status": StateStatus::Queued.as_str(), "attempt": st.attempt,
                 "$or": [{"lease_attempt": {"$ne": st.attempt}}, {"lease_until": {"$lte": now}}],
             },
             doc! {"$set": {"lease_until": lease_until, "lease_attempt": st.attempt}},

@@ -20,6 +20,7 @@ use exo_store::mongodb::options::ReturnDocument;
 use exo_types::graph::{
     Graph, GraphSpec, RegisteredNodeSchema, validate_fields, verify_against_registry,
 };
+use exo_types::status::ValidationStatus;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
@@ -126,9 +127,9 @@ pub async fn upsert(
         registered.get(&(ns.to_string(), node.to_string())).cloned()
     });
     let status = if errors.is_empty() {
-        "VALID"
+        ValidationStatus::Valid
     } else {
-        "INVALID"
+        ValidationStatus::Invalid
     };
 
     let mut encrypted = BTreeMap::new();
@@ -155,7 +156,7 @@ pub async fn upsert(
     let now = DateTime::from_millis(exo_types::time::now_ms());
     let set = doc! {
         "nodes": to_bson("nodes", &spec.nodes)?,
-        "validation_status": status,
+        "validation_status": status.as_str(),
         "validation_errors": to_bson("validation errors", &errors)?,
         "secrets": to_bson("secrets", &encrypted)?,
         "triggers": to_bson("triggers", &spec.triggers)?,
@@ -187,19 +188,23 @@ pub async fn upsert(
         &ns,
         &name,
         &spec.cron_expressions(),
-        status == "VALID",
+        status == ValidationStatus::Valid,
     )
     .await
     .map_err(|e| ApiError::internal("schedule cron triggers", e))?;
     tracing::info!(
         exo.namespace = %ns,
         exo.graph = %name,
-        validation_status = status,
+        validation_status = status.as_str(),
         "Graph template stored."
     );
     Ok((
         StatusCode::CREATED,
-        Json(template_response(&stored, "PENDING", &[])),
+        Json(template_response(
+            &stored,
+            ValidationStatus::Pending.as_str(),
+            &[],
+        )),
     ))
 }
 

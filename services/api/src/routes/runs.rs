@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use exo_store::mongodb::bson::{Document, doc};
 use exo_store::{RunDoc, StateDoc};
-use exo_types::status::{CounterGroup, StateStatus};
+use exo_types::status::{CounterGroup, RunStatus, StateStatus};
 use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 
@@ -54,15 +54,14 @@ impl Counts {
 
     /// Upstream's rule; a run without states is FAILED.
     fn legacy_status(&self) -> &'static str {
-        if self.total == 0 {
-            "FAILED"
+        let status = if self.total == 0 || (self.pending == 0 && self.errored > 0) {
+            RunStatus::Failed
         } else if self.pending > 0 {
-            "PENDING"
-        } else if self.errored > 0 {
-            "FAILED"
+            RunStatus::Pending
         } else {
-            "SUCCESS"
-        }
+            RunStatus::Success
+        };
+        status.as_str()
     }
 
     fn of_run(r: &RunDoc) -> Self {
@@ -234,7 +233,7 @@ pub async fn cancel(
         )));
     };
     if let Some(status) = run.status.as_deref()
-        && status != "PENDING"
+        && status != RunStatus::Pending.as_str()
     {
         return Err(ApiError::Http(
             StatusCode::CONFLICT,

@@ -113,7 +113,7 @@ pub async fn executed(
         outputs: body.outputs,
     };
     publish_result(&state, &st, ResultKind::Executed, &msg).await?;
-    Ok(Json(json!({"status": "EXECUTED"})))
+    Ok(Json(json!({"status": StateStatus::Executed.as_str()})))
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/errored`.
@@ -140,7 +140,7 @@ pub async fn errored(
     };
     publish_result(&state, &st, ResultKind::Errored, &msg).await?;
     Ok(Json(
-        json!({"status": "ERRORED", "retry_created": retry_created}),
+        json!({"status": StateStatus::Errored.as_str(), "retry_created": retry_created}),
     ))
 }
 
@@ -160,7 +160,7 @@ pub async fn prune(
     };
     publish_result(&state, &st, ResultKind::Pruned, &msg).await?;
     Ok(Json(
-        json!({"enqueue_after": st.enqueue_after, "status": "PRUNED"}),
+        json!({"enqueue_after": st.enqueue_after, "status": StateStatus::Pruned.as_str()}),
     ))
 }
 
@@ -179,7 +179,9 @@ pub async fn re_enqueue_after(
     };
     let at = exo_types::time::now_ms().saturating_add(body.enqueue_after);
     publish_result(&state, &st, ResultKind::Requeue, &msg).await?;
-    Ok(Json(json!({"enqueue_after": at, "status": "CREATED"})))
+    Ok(Json(
+        json!({"enqueue_after": at, "status": StateStatus::Created.as_str()}),
+    ))
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/manual-retry`.
@@ -223,7 +225,9 @@ pub async fn manual_retry(
         .collect::<Result<_, _>>()?;
     state.engine.bus.publish_batch(msgs).await?;
     tracing::info!(exo.state_id = %id, exo.run_id = %copy.run_id, new_state = %copy.id, "Manual retry created.");
-    Ok(Json(json!({"id": copy.id.to_hex(), "status": "CREATED"})))
+    Ok(Json(
+        json!({"id": copy.id.to_hex(), "status": StateStatus::Created.as_str()}),
+    ))
 }
 
 /// `GET /v0/namespace/{ns}/state/{id}/secrets`: every decrypted secret of

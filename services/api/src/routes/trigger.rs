@@ -74,5 +74,7 @@ pub async fn trigger(
         )?)
         .await?;
     tracing::info!(exo.namespace = %ns, exo.graph = %graph, exo.run_id = %cmd.run_id, "Run requested.");
-    Ok(Json(json!({"status": "CREATED", "run_id": cmd.run_id})))
+    Ok(Json(
+        json!({"status": exo_types::status::StateStatus::Created.as_str(), "run_id": cmd.run_id}),
+    ))
 }
