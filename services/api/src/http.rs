@@ -154,18 +154,16 @@ pub fn matches_route(pattern: &str, path: &str) -> bool {
 }
 
 /// CORS as configured upstream: the listed origins, credentials allowed,
-/// the fixed method and header lists, and the request id exposed.
+/// the fixed method and header lists, and the request id exposed. `*` in
+/// the list allows every origin, as upstream's middleware does: the
+/// request's origin is echoed (a literal `*` is not allowed together with
+/// credentials).
 pub fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| match HeaderValue::from_str(o) {
-            Ok(v) => Some(v),
-            Err(_) => {
-                tracing::warn!(origin = %o, "Ignored an invalid CORS origin.");
-                None
-            }
-        })
-        .collect();
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::mirror_request()
+    } else {
+        AllowOrigin::list(valid_origins(origins))
+    };
     let headers = [
         "accept",
         "accept-language",
@@ -178,7 +176,7 @@ pub fn cors(origins: &[String]) -> CorsLayer {
     ]
     .map(HeaderName::from_static);
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(allow)
         .allow_credentials(true)
         .allow_methods([
             Method::GET,
@@ -190,6 +188,19 @@ pub fn cors(origins: &[String]) -> CorsLayer {
         ])
         .allow_headers(headers)
         .expose_headers([HeaderName::from_static(REQUEST_ID)])
+}
+
+fn valid_origins(origins: &[String]) -> Vec<HeaderValue> {
+    origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "Ignored an invalid CORS origin.");
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

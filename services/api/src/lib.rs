@@ -84,7 +84,14 @@ pub struct AppState {
     /// Readiness flag served on `/readyz`.
     pub readiness: Readiness,
     consumers: Arc<Mutex<HashMap<(String, String), PullConsumer>>>,
+    replies: Arc<tokio::sync::OnceCell<exo_bus::Replies>>,
 }
+
+/// How long a request that changes a run (trigger, results) waits for the
+/// service that applies it. The message is durable: when the wait runs
+/// out (that service is down or far behind) the request still succeeds
+/// and the change is applied later.
+pub const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 impl AppState {
     /// Wraps connected handles and settings.
@@ -94,7 +101,25 @@ impl AppState {
             settings: Arc::new(settings),
             readiness,
             consumers: Arc::default(),
+            replies: Arc::default(),
         }
+    }
+
+    /// Publishes `msg` and waits up to [`APPLY_WAIT`] until the service
+    /// consuming it has applied it (see [`exo_bus::Replies`]).
+    pub async fn apply(&self, msg: exo_bus::Outgoing) -> Result<exo_bus::Answer, exo_bus::Error> {
+        let replies = self
+            .replies
+            .get_or_try_init(|| exo_bus::Replies::start(&self.engine.bus))
+            .await?;
+        let answer = replies.request(msg, APPLY_WAIT).await?;
+        if answer == exo_bus::Answer::TimedOut {
+            tracing::warn!(
+                wait_ms = APPLY_WAIT.as_millis() as u64,
+                "No service applied a request in time; it stays queued and will be applied."
+            );
+        }
+        Ok(answer)
     }
 
     /// The dispatch consumer of (namespace, node), created on first use and

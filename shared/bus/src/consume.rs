@@ -9,12 +9,16 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Bus;
+use exo_types::messages::{HEADER_REPLY_TO, Reply, ReplyOutcome};
 
 /// What to do with a message once the handler returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
     /// Effects applied; remove the message.
     Ack,
+    /// Nothing to do (the message no longer applies): remove it, and tell a
+    /// requester why.
+    Stale(String),
     /// Not now: redeliver after the delay (scheduling, not failure).
     Delay(Duration),
     /// A transient (infrastructure) failure: redeliver after a capped
@@ -222,8 +226,9 @@ where
         // Injected: leave the message unsettled; it comes back after the ack wait.
         return;
     }
+    let reply = reply_of(&message, &disposition);
     let result = match disposition {
-        Disposition::Ack => message.ack().await,
+        Disposition::Ack | Disposition::Stale(_) => message.ack().await,
         Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,
         Disposition::Retry(reason) => {
             let next = opts.retry_backoff.after(delivered);
@@ -238,6 +243,30 @@ where
     if let Err(error) = result {
         tracing::debug!(%error, "Could not settle a message; it will be redelivered.");
     }
+    if let Some((to, reply)) = reply
+        && let Ok(body) = serde_json::to_vec(&reply)
+        && let Err(error) = bus.client().publish(to, body.into()).await
+    {
+        tracing::debug!(%error, "Could not reply to a requester.");
+    }
+}
+
+/// The reply a requester asked for ([`HEADER_REPLY_TO`]), once the
+/// disposition is final: none while the message will come back.
+fn reply_of(message: &jetstream::Message, d: &Disposition) -> Option<(String, Reply)> {
+    let to = message
+        .headers
+        .as_ref()?
+        .get(HEADER_REPLY_TO)?
+        .as_str()
+        .to_string();
+    let (outcome, reason) = match d {
+        Disposition::Ack => (ReplyOutcome::Done, None),
+        Disposition::Stale(r) => (ReplyOutcome::Stale, Some(r.clone())),
+        Disposition::Reject(r) => (ReplyOutcome::Rejected, Some(r.clone())),
+        Disposition::Delay(_) | Disposition::Retry(_) => return None,
+    };
+    Some((to, Reply { outcome, reason }))
 }
 
 /// Copies a message to the dead-letter stream with `reason`, then stops its

@@ -9,6 +9,7 @@
 //!   rejected messages to the dead-letter stream with the reason.
 
 mod consume;
+mod replies;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use exo_types::subjects as subj;
 use serde::Serialize;
 
 pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, consume};
+pub use replies::{Answer, Replies};
 
 /// Bus errors. All of them are transient from a handler's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +247,7 @@ impl Bus {
 
     /// A JetStream publication with the protocol header and `Nats-Msg-Id`.
     /// The id is set after the header map, which `headers` replaces whole.
-    fn publication(payload: Bytes, msg_id: &str) -> Publish {
+    pub(crate) fn publication(payload: Bytes, msg_id: &str) -> Publish {
         Publish::build()
             .payload(payload)
             .headers(Self::headers())
@@ -254,14 +256,27 @@ impl Bus {
 
     /// Publishes one message and waits for its JetStream ack.
     pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
+        self.publish_raw(msg.subject, Self::publication(msg.payload, &msg.msg_id))
+            .await
+            .map(drop)
+    }
+
+    /// Publishes a prepared publication and returns its JetStream ack
+    /// (`duplicate` is set when its `Nats-Msg-Id` was seen within the
+    /// duplicate window and the message was dropped).
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: String,
+        publication: Publish,
+    ) -> Result<jetstream::publish::PublishAck, Error> {
         let fut = self
             .js
-            .send_publish(msg.subject, Self::publication(msg.payload, &msg.msg_id))
+            .send_publish(subject, publication)
             .await
             .map_err(|e| Error::js("publish", e))?;
-        fut.await.map_err(|e| Error::js("publish ack", e))?;
+        let ack = fut.await.map_err(|e| Error::js("publish ack", e))?;
         exo_faults::point("bus.publish")?;
-        Ok(())
+        Ok(ack)
     }
 
     /// Publishes many messages keeping up to [`PUBLISH_WINDOW`] acks

@@ -66,3 +66,82 @@ async fn a_batch_repeating_ids_stores_each_id_once() -> anyhow::Result<()> {
     assert_eq!(stored(&bus, subjects::STREAM_RESULTS).await?, 4);
     Ok(())
 }
+
+/// A request waits for the consuming loop's reply, which carries the
+/// handler's outcome; a repeated request (same id) is answered `Duplicate`
+/// at once; with no consumer running it times out (the message stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_get_the_handlers_outcome() -> anyhow::Result<()> {
+    use exo_bus::{Answer, ConsumeOptions, Disposition, Replies, consume};
+    use exo_types::messages::{Reply, ReplyOutcome};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    let (_nats, bus) = bus().await?;
+    let replies = Replies::start(&bus).await?;
+    let subject = subjects::result("ns", subjects::ResultKind::Executed);
+    let wait = Duration::from_millis(500);
+    let timed_out = replies
+        .request(Outgoing::json(subject.clone(), "early".into(), &0)?, wait)
+        .await?;
+    assert_eq!(timed_out, Answer::TimedOut, "no consumer yet");
+
+    let consumer = bus
+        .service_consumer(
+            subjects::STREAM_RESULTS,
+            subjects::CONSUMER_COMPLETION,
+            &subjects::COMPLETION_FILTERS,
+        )
+        .await?;
+    let token = CancellationToken::new();
+    let opts = ConsumeOptions {
+        stream: subjects::STREAM_RESULTS.into(),
+        consumer: subjects::CONSUMER_COMPLETION.into(),
+        concurrency: 4,
+        batch: 8,
+        retry_backoff: Default::default(),
+    };
+    let task = tokio::spawn(consume(
+        bus.clone(),
+        consumer,
+        opts,
+        token.clone(),
+        |d| async move {
+            match serde_json::from_slice::<i64>(&d.payload).unwrap_or(-1) {
+                1 => Disposition::Stale("state is SUCCESS".into()),
+                2 => Disposition::Reject("malformed".into()),
+                _ => Disposition::Ack,
+            }
+        },
+    ));
+    let wait = Duration::from_secs(10);
+    let ask = |id: &str, v: i64| Outgoing::json(subject.clone(), id.to_string(), &v);
+    assert_eq!(
+        replies.request(ask("a", 0)?, wait).await?,
+        Answer::Replied(Reply {
+            outcome: ReplyOutcome::Done,
+            reason: None
+        })
+    );
+    assert_eq!(
+        replies.request(ask("b", 1)?, wait).await?,
+        Answer::Replied(Reply {
+            outcome: ReplyOutcome::Stale,
+            reason: Some("state is SUCCESS".into())
+        })
+    );
+    assert_eq!(
+        replies.request(ask("c", 2)?, wait).await?,
+        Answer::Replied(Reply {
+            outcome: ReplyOutcome::Rejected,
+            reason: Some("malformed".into())
+        })
+    );
+    assert_eq!(
+        replies.request(ask("a", 0)?, wait).await?,
+        Answer::Duplicate
+    );
+    token.cancel();
+    task.await??;
+    Ok(())
+}

@@ -76,7 +76,7 @@ pub fn disposition(result: Result<Outcome, Error>) -> Disposition {
         Ok(Outcome::Delay(d)) => Disposition::Delay(d),
         Ok(Outcome::Stale(reason)) => {
             tracing::debug!(%reason, "Ignored a stale message.");
-            Disposition::Ack
+            Disposition::Stale(reason)
         }
         Ok(Outcome::Reject(reason)) => Disposition::Reject(reason),
         Err(error) => Disposition::Retry(error.to_string()),

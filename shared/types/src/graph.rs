@@ -94,8 +94,10 @@ pub struct NodeTemplate {
     pub identifier: String,
     /// Input values, in request order; they must be strings.
     pub inputs: Map<String, Value>,
-    /// Identifiers of the children, or `null`.
-    #[serde(default)]
+    /// Identifiers of the children, or `null`; written back as `[]` when
+    /// null or absent, as upstream answers (the dashboard reads
+    /// `next_nodes.length` of every node).
+    #[serde(default, serialize_with = "null_as_empty")]
     pub next_nodes: Option<Vec<String>>,
     /// Synchronisation clause, or `null`.
     #[serde(default)]
@@ -104,6 +106,10 @@ pub struct NodeTemplate {
     /// Exosphere has only the per-graph policy). Omitted when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
+}
+
+fn null_as_empty<S: serde::Serializer>(v: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(v.as_deref().unwrap_or(&[]), s)
 }
 
 impl NodeTemplate {
@@ -1323,7 +1329,11 @@ mod tests {
         // Input order is the request order.
         assert_eq!(node.inputs.keys().collect::<Vec<_>>(), ["z", "a"]);
         let back = serde_json::to_value(&s).unwrap();
-        assert_eq!(back["nodes"][0]["next_nodes"], Value::Null);
+        assert_eq!(
+            back["nodes"][0]["next_nodes"],
+            json!([]),
+            "null written back as []"
+        );
         assert_eq!(back["nodes"][0]["unites"], Value::Null);
         assert_eq!(
             back["store_config"],

@@ -12,6 +12,35 @@ use std::collections::BTreeMap;
 pub const PROTOCOL_VERSION: &str = "1";
 /// Header carrying [`PROTOCOL_VERSION`].
 pub const HEADER_PROTOCOL: &str = "Exo-Protocol";
+/// Header naming a core NATS subject that wants to know how the message was
+/// handled: the consuming service publishes a [`Reply`] there once the
+/// message's effects are committed (or it was found stale or rejected).
+/// Optional; without it nothing is replied.
+pub const HEADER_REPLY_TO: &str = "Exo-Reply-To";
+
+/// How a service handled a message that asked for a reply
+/// ([`HEADER_REPLY_TO`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// What happened.
+    pub outcome: ReplyOutcome,
+    /// Why, for `stale` and `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The outcome carried by a [`Reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyOutcome {
+    /// The effects are committed.
+    Done,
+    /// Nothing to do: the message no longer applies (the state moved on, a
+    /// copy was applied first).
+    Stale,
+    /// The message can never be handled (dead-lettered with the reason).
+    Rejected,
+}
 
 /// Command that starts a run (`exo.v1.<ns>.run.trigger`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1346,7 +1346,11 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
     assert_eq!(put.status, 201);
     let g = upsert_valid(&api, ns, "flow", &body).await?;
     assert_eq!(g["nodes"][1]["identifier"], "vault");
-    assert_eq!(g["nodes"][1]["next_nodes"], Value::Null);
+    assert_eq!(
+        g["nodes"][1]["next_nodes"],
+        json!([]),
+        "a leaf reads back []"
+    );
 
     // A run: the root fans out to two outputs; one branch fails.
     let run_id = trigger(&api, ns, "flow", &json!({})).await?;

@@ -4,6 +4,7 @@
 
 mod api_contract;
 mod bad_input;
+mod compat;
 mod crashpoints;
 mod cron;
 mod faults;

@@ -34,8 +34,6 @@ use crate::validate::ValidJson;
 
 /// Most states handed out per request.
 pub const MAX_BATCH: i64 = 1000;
-/// How long one fetch waits for messages.
-const FETCH_WAIT: Duration = Duration::from_millis(100);
 /// Upper bound on one fetch, whatever the server does.
 const FETCH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -154,17 +152,15 @@ impl Drop for Held {
     }
 }
 
-/// Fetches up to `n` messages, waiting briefly when none is ready. What was
-/// received before the deadline is kept (and handed out or given back).
+/// Fetches up to `n` messages that are ready now: a no-wait pull, so an
+/// empty queue answers at once (the SDK does its own sleeping between
+/// polls). What was received before the deadline is kept (and handed out or
+/// given back).
 async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<Held>, String> {
     let deadline = tokio::time::Instant::now() + FETCH_DEADLINE;
     let mut batch = match tokio::time::timeout_at(
         deadline,
-        consumer
-            .fetch()
-            .max_messages(n)
-            .expires(FETCH_WAIT)
-            .messages(),
+        consumer.fetch().max_messages(n).messages(),
     )
     .await
     {

@@ -3,7 +3,10 @@
 //! `executed`, `errored`, `prune` and `re-enqueue-after` check the state and
 //! then publish the result on `exo.v1.<ns>.result.<kind>` (deduplicated per
 //! state attempt); the completion and retry services apply it. The answer
-//! is sent once JetStream has stored the result.
+//! is sent once the service has applied it (so a read right after sees it,
+//! and a result that lost a race to another is refused like upstream), or
+//! after [`crate::APPLY_WAIT`] when that service is down (the result is
+//! durable and applied later).
 //!
 //! Deviations from upstream:
 //! - a malformed state id answers 404 "State not found" (upstream: 500);
@@ -25,11 +28,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use exo_bus::Outgoing;
+use exo_bus::{Answer, Outgoing};
 use exo_engine::effects::{self};
 use exo_engine::graphs::Unusable;
 use exo_store::StateDoc;
-use exo_types::messages::{self as m, Errored, Executed, Pruned, Requeue};
+use exo_types::messages::{self as m, Errored, Executed, Pruned, Reply, ReplyOutcome, Requeue};
 use exo_types::status::StateStatus;
 use exo_types::subjects::{self, ResultKind};
 use serde_json::{Map, Value, json};
@@ -58,25 +61,54 @@ fn attempt_of(st: &StateDoc) -> u32 {
     u32::try_from(st.attempt).unwrap_or(u32::MAX)
 }
 
-/// Publishes a runtime result about `st` and waits for the ack.
+/// Publishes a runtime result about `st` and waits until it is applied.
+/// Answers `Err(stale reason)` when the service found the state moved on
+/// (another result for this attempt was applied first).
 async fn publish_result<T: serde::Serialize>(
     state: &AppState,
     st: &StateDoc,
     kind: ResultKind,
     msg: &T,
-) -> ApiResult<()> {
+) -> ApiResult<Result<(), String>> {
     check_token("namespace", &st.namespace_name)?;
-    state
-        .engine
-        .bus
-        .publish(Outgoing::json(
+    let answer = state
+        .apply(Outgoing::json(
             subjects::result(&st.namespace_name, kind),
             m::result_msg_id(kind.token(), &st.id.to_hex(), attempt_of(st)),
             msg,
         )?)
         .await?;
-    tracing::debug!(exo.state_id = %st.id, kind = kind.token(), "Result published.");
-    Ok(())
+    tracing::debug!(exo.state_id = %st.id, kind = kind.token(), ?answer, "Result published.");
+    match answer {
+        Answer::Replied(Reply {
+            outcome: ReplyOutcome::Stale,
+            reason,
+        }) => Ok(Err(reason.unwrap_or_default())),
+        Answer::Replied(Reply {
+            outcome: ReplyOutcome::Rejected,
+            reason,
+        }) => Err(ApiError::bad_request(reason.unwrap_or_default())),
+        _ => Ok(Ok(())),
+    }
+}
+
+/// The 400 of `errored` for a state that is not QUEUED: upstream's two
+/// messages.
+fn not_erroring(status: StateStatus) -> ApiError {
+    match status {
+        StateStatus::Executed => ApiError::bad_request("State is already executed"),
+        _ => ApiError::bad_request("State is not queued or executed"),
+    }
+}
+
+/// The status of `st` now (after a result of ours was found stale).
+async fn status_now(state: &AppState, st: &StateDoc) -> ApiResult<StateStatus> {
+    Ok(state
+        .engine
+        .store
+        .state(st.id)
+        .await?
+        .map_or(st.status, |s| s.status))
 }
 
 fn require_queued(st: &StateDoc) -> ApiResult<()> {
@@ -112,7 +144,12 @@ pub async fn executed(
         attempt: attempt_of(&st),
         outputs: body.outputs,
     };
-    publish_result(&state, &st, ResultKind::Executed, &msg).await?;
+    if publish_result(&state, &st, ResultKind::Executed, &msg)
+        .await?
+        .is_err()
+    {
+        return Err(ApiError::bad_request("State is not queued"));
+    }
     Ok(Json(json!({"status": StateStatus::Executed.as_str()})))
 }
 
@@ -123,10 +160,8 @@ pub async fn errored(
     ValidJson(body): ValidJson<ErroredBody>,
 ) -> ApiResult<Json<Value>> {
     let st = load_state(&state, &ns, &id).await?;
-    match st.status {
-        StateStatus::Queued => {}
-        StateStatus::Executed => return Err(ApiError::bad_request("State is already executed")),
-        _ => return Err(ApiError::bad_request("State is not queued or executed")),
+    if st.status != StateStatus::Queued {
+        return Err(not_erroring(st.status));
     }
     let retry_created = match state.engine.graph_for(&st).await? {
         Ok(g) => st.retry_count < g.graph.spec().retry_policy_for(&st.identifier).max_retries,
@@ -138,7 +173,12 @@ pub async fn errored(
         attempt: attempt_of(&st),
         error: body.error,
     };
-    publish_result(&state, &st, ResultKind::Errored, &msg).await?;
+    if publish_result(&state, &st, ResultKind::Errored, &msg)
+        .await?
+        .is_err()
+    {
+        return Err(not_erroring(status_now(&state, &st).await?));
+    }
     Ok(Json(
         json!({"status": StateStatus::Errored.as_str(), "retry_created": retry_created}),
     ))
@@ -158,7 +198,12 @@ pub async fn prune(
         attempt: attempt_of(&st),
         data: body.data,
     };
-    publish_result(&state, &st, ResultKind::Pruned, &msg).await?;
+    if publish_result(&state, &st, ResultKind::Pruned, &msg)
+        .await?
+        .is_err()
+    {
+        return Err(ApiError::bad_request("State is not queued"));
+    }
     Ok(Json(
         json!({"enqueue_after": st.enqueue_after, "status": StateStatus::Pruned.as_str()}),
     ))
@@ -178,7 +223,12 @@ pub async fn re_enqueue_after(
         delay_ms: body.enqueue_after,
     };
     let at = exo_types::time::now_ms().saturating_add(body.enqueue_after);
-    publish_result(&state, &st, ResultKind::Requeue, &msg).await?;
+    if publish_result(&state, &st, ResultKind::Requeue, &msg)
+        .await?
+        .is_err()
+    {
+        return Err(ApiError::bad_request("State is not queued"));
+    }
     Ok(Json(
         json!({"enqueue_after": at, "status": StateStatus::Created.as_str()}),
     ))

@@ -3,8 +3,10 @@
 //! The request is checked here (template VALID, root inputs resolvable,
 //! required store keys present) with the same rules the trigger service
 //! applies, then published as a trigger command; the run, its store and its
-//! root state are created by `exo-trigger` right after. The answer is sent
-//! once JetStream has stored the command.
+//! root state are created by `exo-trigger`. The answer is sent once it has
+//! (read-your-writes: a list or read right after finds the run), or after
+//! [`crate::APPLY_WAIT`] if that service is down: the command is durable,
+//! the run id answered is the one it will create.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -64,15 +66,22 @@ pub async fn trigger(
             )));
         }
     }
-    state
-        .engine
-        .bus
-        .publish(Outgoing::json(
+    // Answered once the trigger service has created the run (or refused
+    // it), so a read right after finds it.
+    let answer = state
+        .apply(Outgoing::json(
             subjects::trigger(&ns),
             trigger_msg_id(&cmd.run_id),
             &cmd,
         )?)
         .await?;
+    if let exo_bus::Answer::Replied(exo_types::messages::Reply {
+        outcome: exo_types::messages::ReplyOutcome::Rejected,
+        reason,
+    }) = answer
+    {
+        return Err(ApiError::bad_request(reason.unwrap_or_default()));
+    }
     tracing::info!(exo.namespace = %ns, exo.graph = %graph, exo.run_id = %cmd.run_id, "Run requested.");
     Ok(Json(
         json!({"status": exo_types::status::StateStatus::Created.as_str(), "run_id": cmd.run_id}),
