@@ -222,7 +222,7 @@ up_mongo() {
         # secantusd-rs auto-discovers ./secantusd.toml and ~/.secantus/; pin an empty config.
         : >"$RUN/secantusd.toml"
         spawn mongo "$bin" --config "$RUN/secantusd.toml" --host 127.0.0.1 --port "$MONGO_PORT" \
-            --storage-path "$data" --cache-size 256M --log-file-max 16MB
+            --storage-path "$data" --cache-size 1G --log-file-max 16MB
         wait_until 30 mongo "$(cat "$RUN/mongo.pid")" mongo_ready || { stop mongo; die "secantusd-rs did not become ready"; }
         MONGO_URI_OUT="mongodb://127.0.0.1:$MONGO_PORT"
     fi

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::Bus;
+use crate::{Bus, PayloadError};
 use exo_types::messages::{HEADER_REPLY_TO, Reply, ReplyOutcome};
 
 /// What to do with a message once the handler returns.
@@ -200,13 +200,6 @@ where
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let seq = seq_of(&message);
     let message = Arc::new(message);
-    let delivery = Delivery {
-        subject: message.subject.to_string(),
-        payload: message.payload.clone(),
-        delivered,
-        seq,
-        message: message.clone(),
-    };
     // Heartbeats keep the message while the handler works, so the ack wait
     // can be short and a crashed service's messages come back quickly.
     let heartbeat = {
@@ -220,14 +213,35 @@ where
             }
         })
     };
-    let disposition = handler(delivery).await;
+    // A large payload is read from the object store first.
+    let disposition = match bus.payload_of(&message).await {
+        Ok(payload) => {
+            handler(Delivery {
+                subject: message.subject.to_string(),
+                payload,
+                delivered,
+                seq,
+                message: message.clone(),
+            })
+            .await
+        }
+        Err(PayloadError::Missing(object)) => {
+            Disposition::Reject(format!("payload object {object} is missing"))
+        }
+        Err(PayloadError::Bus(error)) => Disposition::Retry(error.to_string()),
+    };
     heartbeat.abort();
     if exo_faults::point("bus.settle").is_err() {
         // Injected: leave the message unsettled; it comes back after the ack wait.
         return;
     }
     let reply = reply_of(&message, &disposition);
+    let done = matches!(disposition, Disposition::Ack | Disposition::Stale(_));
+    let large = crate::payloads::payload_ref(&message).is_some();
     let result = match disposition {
+        // A large payload's object is deleted once the ack is confirmed: a
+        // redelivery after a lost ack must still find it.
+        Disposition::Ack | Disposition::Stale(_) if large => message.double_ack().await,
         Disposition::Ack | Disposition::Stale(_) => message.ack().await,
         Disposition::Delay(d) => message.ack_with(AckKind::Nak(Some(d))).await,
         Disposition::Retry(reason) => {
@@ -242,6 +256,8 @@ where
     };
     if let Err(error) = result {
         tracing::debug!(%error, "Could not settle a message; it will be redelivered.");
+    } else if done && large {
+        bus.forget_payload(&message).await;
     }
     if let Some((to, reply)) = reply
         && let Ok(body) = serde_json::to_vec(&reply)

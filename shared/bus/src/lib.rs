@@ -9,6 +9,7 @@
 //!   rejected messages to the dead-letter stream with the reason.
 
 mod consume;
+mod payloads;
 mod replies;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use exo_types::subjects as subj;
 use serde::Serialize;
 
 pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, consume};
+pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError};
 pub use replies::{Answer, Replies};
 
 /// Bus errors. All of them are transient from a handler's point of view.
@@ -92,6 +94,7 @@ pub const PUBLISH_WINDOW: usize = 1024;
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
+    payloads: std::sync::Arc<tokio::sync::OnceCell<jetstream::object_store::ObjectStore>>,
 }
 
 impl Bus {
@@ -105,7 +108,11 @@ impl Bus {
             .connect(url)
             .await?;
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js })
+        Ok(Self {
+            client,
+            js,
+            payloads: Default::default(),
+        })
     }
 
     /// The core client.
@@ -256,9 +263,8 @@ impl Bus {
 
     /// Publishes one message and waits for its JetStream ack.
     pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
-        self.publish_raw(msg.subject, Self::publication(msg.payload, &msg.msg_id))
-            .await
-            .map(drop)
+        let publication = self.prepare(msg.payload, &msg.msg_id).await?;
+        self.publish_raw(msg.subject, publication).await.map(drop)
     }
 
     /// Publishes a prepared publication and returns its JetStream ack
@@ -296,7 +302,7 @@ impl Bus {
             }
             let fut = self
                 .js
-                .send_publish(msg.subject, Self::publication(msg.payload, &msg.msg_id))
+                .send_publish(msg.subject, self.prepare(msg.payload, &msg.msg_id).await?)
                 .await
                 .map_err(|e| Error::js("publish", e))?;
             pending.push_back(fut);

@@ -93,7 +93,10 @@ impl Replies {
             m.insert(token, tx);
         }
         let _forget = Forget(&self.waiting, token);
-        let publication = Bus::publication(msg.payload, &msg.msg_id)
+        let publication = self
+            .bus
+            .prepare(msg.payload, &msg.msg_id)
+            .await?
             .header(HEADER_REPLY_TO, format!("{}.{token}", self.prefix).as_str());
         let ack = self.bus.publish_raw(msg.subject, publication).await?;
         if ack.duplicate {

@@ -342,7 +342,23 @@ async fn handle(
     inflight: &Inflight,
     msg: jetstream::Message,
 ) {
-    let dispatch: Dispatch = match serde_json::from_slice(&msg.payload) {
+    // A dispatch too large for the server's max_payload is in the object store.
+    let payload = match bus.payload_of(&msg).await {
+        Ok(p) => p,
+        Err(exo_bus::PayloadError::Missing(object)) => {
+            tracing::error!(%object, subject = %msg.subject, "Dispatch payload missing; terminating it.");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%error, subject = %msg.subject, "Could not read a dispatch payload; handing it back.");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    };
+    let dispatch: Dispatch = match serde_json::from_slice(&payload) {
         Ok(d) => d,
         Err(error) => {
             tracing::error!(%error, subject = %msg.subject, "Malformed dispatch; terminating it.");

@@ -10,6 +10,13 @@ use tempfile::TempDir;
 use crate::paths::mongo_server_bin;
 use crate::process::{self, LogFile};
 
+/// Storage cache of the server. A result is written in one transaction with
+/// its children's inputs, so a 10 MiB output makes a transaction of 20 MiB
+/// or more; secantusd-rs refuses a transaction above a small fraction of its
+/// cache ("Transaction is too large and will not fit in the storage engine
+/// cache"): 256 MiB refuses 20 MiB, 1 GiB accepts it.
+const CACHE_SIZE: &str = "1G";
+
 /// How long [`MongoServer::start`] and [`MongoServer::restart`] wait for the server.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The log line secantusd-rs prints once it accepts connections.
@@ -211,7 +218,7 @@ impl LocalMongo {
             .arg(self.dir.path().join("secantusd.toml"))
             .args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
             .arg(self.storage())
-            .args(["--cache-size", "256M", "--log-file-max", "16MB"]);
+            .args(["--cache-size", CACHE_SIZE, "--log-file-max", "16MB"]);
         if self.opts.sync_on_commit {
             cmd.arg("--sync-on-commit");
         }

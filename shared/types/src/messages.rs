@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 pub const PROTOCOL_VERSION: &str = "1";
 /// Header carrying [`PROTOCOL_VERSION`].
 pub const HEADER_PROTOCOL: &str = "Exo-Protocol";
+/// Header naming the object, in the `EXO_PAYLOADS` JetStream object store,
+/// that holds the payload of a message too large for the server's
+/// `max_payload`; the message body is then empty.
+pub const HEADER_PAYLOAD_REF: &str = "Exo-Payload-Ref";
 /// Header naming a core NATS subject that wants to know how the message was
 /// handled: the consuming service publishes a [`Reply`] there once the
 /// message's effects are committed (or it was found stale or rejected).

@@ -168,3 +168,108 @@ async fn cors_origins_star_allows_every_origin() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// On a stock nats-server (`max_payload` 1 MiB, as in these tests and the
+/// Helm chart), results, dispatches and inputs larger than a message go
+/// through the object store: a 10 MiB output over HTTP, and a 3 MiB one
+/// through a NATS runtime (its dispatch and its result are both large),
+/// reach their children whole and the runs end SUCCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_larger_than_max_payload_flow_whole() -> anyhow::Result<()> {
+    let ns = "big";
+    let mut stack = Stack::start().await?;
+    stack.spawn_runtime_process(ns, &[]).await?;
+    register_echo(&stack, ns).await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "Echo", "identifier": "a", "namespace": ns, "inputs": {"text": "x"}, "next_nodes": ["b"]},
+        {"node_name": "AppendA", "identifier": "b", "namespace": ns, "inputs": {"text": "${{ a.outputs.text }}"}, "next_nodes": ["c"]},
+        {"node_name": "Echo", "identifier": "c", "namespace": ns, "inputs": {"text": "${{ b.outputs.text }}"}},
+    ]});
+    stack.upsert_valid_graph(ns, "nats", &graph).await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "Echo", "identifier": "a", "namespace": ns, "inputs": {"text": "x"}, "next_nodes": ["c"]},
+        {"node_name": "Echo", "identifier": "c", "namespace": ns, "inputs": {"text": "${{ a.outputs.text }}"}},
+    ]});
+    stack.upsert_valid_graph(ns, "http", &graph).await?;
+
+    for (graph, size) in [("http", 10 << 20), ("nats", 3 << 20)] {
+        let run_id = stack.trigger(ns, graph, &json!({})).await?;
+        let big = "y".repeat(size);
+        let a = take_one(&stack, ns).await?;
+        let (status, body) = stack
+            .post(
+                &format!("/v0/namespace/{ns}/state/{a}/executed"),
+                &json!({"outputs": [{"text": big}]}),
+            )
+            .await?;
+        assert_eq!(
+            status, 200,
+            "{graph}: a {size}-byte result is accepted: {body}"
+        );
+        // `c` is handed out with its whole input, read from the state.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (c, text) = loop {
+            let (status, body) = stack
+                .post(
+                    &format!("/v0/namespace/{ns}/states/enqueue"),
+                    &json!({"nodes": ["Echo"], "batch_size": 1}),
+                )
+                .await?;
+            assert_eq!(status, 200);
+            if let Some(s) = body["states"].get(0) {
+                break (
+                    s["state_id"].as_str().unwrap_or_default().to_string(),
+                    s["inputs"]["text"].as_str().unwrap_or_default().to_string(),
+                );
+            }
+            if Instant::now() > deadline {
+                stack.print_problems();
+                anyhow::bail!("{graph}: c never handed out");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let want = if graph == "nats" { size + 2 } else { size };
+        assert_eq!(text.len(), want, "{graph}: c's input arrived whole");
+        let (status, body) = stack
+            .post(
+                &format!("/v0/namespace/{ns}/state/{c}/executed"),
+                &json!({"outputs": [{"text": "done"}]}),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        let run = stack.wait_run(&run_id, Duration::from_secs(30)).await?;
+        assert_eq!(run.status.as_deref(), Some("SUCCESS"), "{graph}");
+        exo_e2e::assert_run_consistent(&stack, &run).await?;
+    }
+    Ok(())
+}
+
+/// Outputs a state document cannot hold (MongoDB's 16 MiB) are refused with
+/// a 400 naming the limit, instead of failing forever downstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_too_large_to_store_are_refused() -> anyhow::Result<()> {
+    let ns = "huge";
+    let stack = Stack::start().await?;
+    register_echo(&stack, ns).await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "Echo", "identifier": "a", "namespace": ns, "inputs": {"text": "x"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    stack.trigger(ns, "g", &json!({})).await?;
+    let a = take_one(&stack, ns).await?;
+    let part = "z".repeat(8 << 20);
+    let (status, body) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/state/{a}/executed"),
+            &json!({"outputs": [{"text": part}, {"text": part}]}),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too large to store"),
+        "{body}"
+    );
+    Ok(())
+}

@@ -396,6 +396,9 @@ struct Driver {
     held: Option<String>,
     /// The CRON expression of the current case.
     cron: Option<String>,
+    /// Whether the service under test already crashed (and was restarted)
+    /// in the current case.
+    crashed: bool,
 }
 
 impl Driver {
@@ -453,6 +456,7 @@ impl Driver {
             service,
             held: None,
             cron: None,
+            crashed: false,
         })
     }
 
@@ -476,7 +480,7 @@ impl Driver {
     async fn start_run(&mut self) -> anyhow::Result<String> {
         self.held = None;
         if !matches!(self.flow, Flow::Cron) {
-            return self.stack.trigger(&self.ns, "g", &json!({})).await;
+            return self.trigger().await;
         }
         use chrono::{Datelike, Timelike};
         let at = chrono::Utc::now() + chrono::Duration::seconds(3);
@@ -502,6 +506,49 @@ impl Driver {
             .ok_or_else(|| anyhow::anyhow!("no occurrence scheduled for {expr}"))?;
         self.cron = Some(expr);
         Ok(exo_engine::cron::occurrence_run_id(&occurrence))
+    }
+
+    /// Triggers a run over HTTP. The api answers once `exo-trigger` created
+    /// the run, so a trigger service crashing meanwhile is restarted here
+    /// (as the driver would once the run is under way): otherwise the answer
+    /// waits out the api's reply wait while the run goes on without the
+    /// driver.
+    async fn trigger(&mut self) -> anyhow::Result<String> {
+        let url = format!(
+            "{}/v0/namespace/{}/graph/g/trigger",
+            self.stack.api_url, self.ns
+        );
+        let request = tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", exo_e2e::API_KEY)
+                .json(&json!({}))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            let body: Value = r.json().await?;
+            anyhow::ensure!(status == 200, "trigger: {status} {body}");
+            body["run_id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("no run_id in {body}"))
+        });
+        while !request.is_finished() {
+            self.restart_if_crashed().await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        request.await?
+    }
+
+    /// Restarts the service under test, clean, the first time it is found
+    /// dead in a case.
+    async fn restart_if_crashed(&mut self) -> anyhow::Result<()> {
+        if !self.crashed && !self.stack.service(self.service).is_running() {
+            self.crashed = true;
+            self.crash_log = self.stack.service(self.service).log_contents();
+            self.respawn(&[]).await?;
+        }
+        Ok(())
     }
 
     /// Checks outside the run: a CRON occurrence fired exactly once (its
@@ -590,14 +637,14 @@ impl Driver {
     async fn run_through(&mut self, run_id: &str, point: Option<&str>) -> anyhow::Result<bool> {
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut driven = false;
-        let mut crashed = false;
         loop {
-            if !crashed && !self.stack.service(self.service).is_running() {
-                anyhow::ensure!(point.is_some(), "{} died in a fault-free run", self.service);
-                crashed = true;
-                self.crash_log = self.stack.service(self.service).log_contents();
-                self.respawn(&[]).await?;
-            }
+            self.restart_if_crashed().await?;
+            let crashed = self.crashed;
+            anyhow::ensure!(
+                !crashed || point.is_some(),
+                "{} died in a fault-free run",
+                self.service
+            );
             if !driven {
                 driven = self.drive(run_id).await?;
             }
@@ -605,7 +652,7 @@ impl Driver {
                 && let Some(run) = self.stack.store.run(run_id).await?
                 && run.status.as_deref().is_some_and(|s| s != "PENDING")
             {
-                return Ok(crashed);
+                return Ok(self.crashed);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -630,6 +677,7 @@ impl Driver {
     /// flow). Returns the run id.
     async fn arm(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<String> {
         self.wait_quiet().await?;
+        self.crashed = false;
         if !self.flow.arms_late() {
             self.respawn(extra).await?;
             return self.start_run().await;
@@ -683,11 +731,8 @@ impl Driver {
             // The point may come right after the write that ends the run
             // (the run's end is visible a moment before the abort).
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if !self.stack.service(self.service).is_running() {
-                crashed = true;
-                self.crash_log = self.stack.service(self.service).log_contents();
-                self.respawn(&[]).await?;
-            }
+            self.restart_if_crashed().await?;
+            crashed = self.crashed;
         }
         if crashed {
             anyhow::ensure!(

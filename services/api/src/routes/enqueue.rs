@@ -128,15 +128,19 @@ impl Held {
         self.0.as_ref()
     }
 
-    async fn settle(&mut self, kind: AckKind) {
-        let Some(msg) = self.0.take() else { return };
+    /// Settles the dispatch; true when the server confirmed it.
+    async fn settle(&mut self, kind: AckKind) -> bool {
+        let Some(msg) = self.0.take() else {
+            return false;
+        };
         let r = match kind {
             AckKind::Ack => msg.double_ack().await,
             other => msg.ack_with(other).await,
         };
-        if let Err(error) = r {
+        if let Err(error) = &r {
             tracing::warn!(%error, "Could not settle a dispatch.");
         }
+        r.is_ok()
     }
 }
 
@@ -183,7 +187,22 @@ async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<Held>, String> {
 /// settles a stale dispatch and returns `None`.
 async fn take(state: &AppState, ns: &str, mut held: Held) -> Option<Value> {
     let msg = held.message()?;
-    let d: Dispatch = match serde_json::from_slice(&msg.payload) {
+    // Only the ids are needed here (inputs are read from the state), but a
+    // large dispatch carries them in the object store too.
+    let payload = match state.engine.bus.payload_of(msg).await {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::warn!(subject = %msg.subject, %error, "Could not read a dispatch payload.");
+            let kind = if matches!(error, exo_bus::PayloadError::Missing(_)) {
+                AckKind::Term
+            } else {
+                AckKind::Nak(None)
+            };
+            held.settle(kind).await;
+            return None;
+        }
+    };
+    let d: Dispatch = match serde_json::from_slice(&payload) {
         Ok(d) => d,
         Err(error) => {
             tracing::warn!(subject = %msg.subject, %error, "Dropped a malformed dispatch.");
@@ -239,7 +258,12 @@ async fn take(state: &AppState, ns: &str, mut held: Held) -> Option<Value> {
             return None;
         }
     }
-    held.settle(AckKind::Ack).await;
+    let acked = held.message().map(|m| (**m).clone());
+    if held.settle(AckKind::Ack).await
+        && let Some(m) = acked
+    {
+        state.engine.bus.forget_payload(&m).await;
+    }
     tracing::debug!(exo.namespace = %ns, exo.state_id = %d.state_id, "State handed out over HTTP.");
     Some(json!({
         "state_id": st.id.to_hex(),

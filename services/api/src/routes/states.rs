@@ -119,13 +119,28 @@ fn require_queued(st: &StateDoc) -> ApiResult<()> {
     }
 }
 
-/// 400 when a JSON object cannot be stored as a BSON document (e.g. an
-/// integer above `i64::MAX`), so that the result is refused here instead of
-/// being dead-lettered by the service that applies it.
-fn storable(what: &str, m: &Map<String, Value>) -> ApiResult<()> {
-    exo_store::mongodb::bson::to_document(m)
-        .map(|_| ())
-        .map_err(|e| ApiError::bad_request(format!("{what} cannot be stored: {e}")))
+/// Largest outputs (all of one result together) or prune data accepted: a
+/// state document holds them, and MongoDB documents are limited to 16 MiB.
+pub const MAX_STORED: usize = 15 * 1024 * 1024;
+
+/// 400 when JSON objects cannot be stored as BSON documents (e.g. an
+/// integer above `i64::MAX`) or are together larger than [`MAX_STORED`],
+/// so that the result is refused here instead of failing, again and again,
+/// in the service that applies it.
+fn storable<'a>(what: &str, ms: impl IntoIterator<Item = &'a Map<String, Value>>) -> ApiResult<()> {
+    use exo_store::mongodb::bson;
+    let mut size = 0;
+    for m in ms {
+        let d = bson::to_document(m)
+            .map_err(|e| ApiError::bad_request(format!("{what} cannot be stored: {e}")))?;
+        size += bson::to_vec(&d).map_or(0, |v| v.len());
+    }
+    if size > MAX_STORED {
+        return Err(ApiError::bad_request(format!(
+            "{what} are too large to store: {size} bytes (limit {MAX_STORED})"
+        )));
+    }
+    Ok(())
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/executed`.
@@ -136,9 +151,7 @@ pub async fn executed(
 ) -> ApiResult<Json<Value>> {
     let st = load_state(&state, &ns, &id).await?;
     require_queued(&st)?;
-    for o in &body.outputs {
-        storable("outputs", o)?;
-    }
+    storable("outputs", &body.outputs)?;
     let msg = Executed {
         state_id: st.id.to_hex(),
         attempt: attempt_of(&st),
@@ -192,7 +205,7 @@ pub async fn prune(
 ) -> ApiResult<Json<Value>> {
     let st = load_state(&state, &ns, &id).await?;
     require_queued(&st)?;
-    storable("data", &body.data)?;
+    storable("data", [&body.data])?;
     let msg = Pruned {
         state_id: st.id.to_hex(),
         attempt: attempt_of(&st),
