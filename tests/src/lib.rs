@@ -223,6 +223,27 @@ impl Stack {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// `POST` JSON with the API key from the loopback address `from` (e.g.
+    /// `127.0.0.2`): another runtime host, for HTTP leases, which belong to
+    /// the caller's IP address.
+    pub async fn post_from(
+        &self,
+        from: std::net::IpAddr,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let r = reqwest::Client::builder()
+            .local_address(from)
+            .build()?
+            .post(format!("{}{path}", self.api_url))
+            .header("x-api-key", API_KEY)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
     /// `GET` with the API key; returns status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let r = self

@@ -85,6 +85,28 @@ pub struct AppState {
     pub readiness: Readiness,
     consumers: Arc<Mutex<HashMap<(String, String), PullConsumer>>>,
     replies: Arc<tokio::sync::OnceCell<exo_bus::Replies>>,
+    renewed: Arc<Mutex<HashMap<(String, std::net::IpAddr), std::time::Instant>>>,
+}
+
+/// Who calls, for HTTP leases: the peer's IP address (a runtime pod), when
+/// the server knows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
 }
 
 /// How long a request that changes a run (trigger, results) waits for the
@@ -102,6 +124,54 @@ impl AppState {
             readiness,
             consumers: Arc::default(),
             replies: Arc::default(),
+            renewed: Arc::default(),
+        }
+    }
+
+    /// A runtime at `caller` asked for work or reported a result in `ns`:
+    /// it is alive, so every state it holds there keeps its lease for
+    /// another full lease (at most once per tenth of a lease per caller;
+    /// best effort). A state waiting in an SDK's local queue behind slow
+    /// nodes is therefore never handed out twice while its runtime lives;
+    /// once the runtime stops calling, its leases run out and the reaper
+    /// hands its states to others.
+    pub async fn renew_leases(&self, ns: &str, caller: Caller) {
+        let Some(ip) = caller.0 else { return };
+        let now = std::time::Instant::now();
+        if let Ok(mut map) = self.renewed.lock() {
+            let key = (ns.to_string(), ip);
+            if map
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < self.settings.lease / 10)
+            {
+                return;
+            }
+            if map.len() > 10_000 {
+                map.clear();
+            }
+            map.insert(key, now);
+        }
+        let now_ms = exo_types::time::now_ms();
+        let until = now_ms
+            .saturating_add(i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX));
+        let renewed = self
+            .engine
+            .store
+            .states()
+            .update_many(
+                exo_store::mongodb::bson::doc! {
+                    "lease_until": {"$gt": now_ms}, "lease_holder": ip.to_string(),
+                    "namespace_name": ns, "status": exo_types::status::StateStatus::Queued.as_str(),
+                },
+                exo_store::mongodb::bson::doc! {"$set": {"lease_until": until}},
+            )
+            .await;
+        match renewed {
+            Ok(r) if r.modified_count > 0 => {
+                tracing::debug!(exo.namespace = %ns, %ip, count = r.modified_count, "Leases renewed.");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(exo.namespace = %ns, %error, "Could not renew leases."),
         }
     }
 
@@ -241,12 +311,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let token = shutdown.clone();
     let r = readiness.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                token.cancelled().await;
-                r.set(false);
-            })
-            .await
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            token.cancelled().await;
+            r.set(false);
+        })
+        .await
     });
     shutdown.cancelled().await;
     readiness.set(false);

@@ -131,7 +131,8 @@ pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
             .states()
             .find_one_and_update(
                 doc! {"_id": st.id, "status": queued, "attempt": st.attempt, "lease_until": {"$lte": now}},
-                doc! {"$inc": {"attempt": 1i64}, "$set": {"lease_until": retry_at}, "$unset": {"lease_attempt": ""}},
+                doc! {"$inc": {"attempt": 1i64}, "$set": {"lease_until": retry_at},
+                      "$unset": {"lease_attempt": "", "lease_holder": ""}},
             )
             .return_document(exo_store::mongodb::options::ReturnDocument::After)
             .await?;

@@ -424,7 +424,9 @@ pub fn validate_fields(spec: &GraphSpec) -> Vec<FieldError> {
 
     for (i, trigger) in spec.triggers.iter().enumerate() {
         let mut value_ok = true;
-        for (key, value) in &trigger.value {
+        // Only the keys the trigger type reads are checked; upstream ignores
+        // the others, whatever their type.
+        for (key, value) in trigger.value.iter().filter(|(k, _)| *k == "expression") {
             if !value.is_string() {
                 value_ok = false;
                 errors.push(FieldError::new(
@@ -1552,7 +1554,7 @@ mod tests {
                 {"type": "CRON", "value": {"expression": "not a cron"}},
                 {"type": "CRON", "value": {}},
                 {"type": "CRON", "value": {"expression": 5}},
-                {"type": "CRON", "value": {"expression": "@daily", "other": "x"}},
+                {"type": "CRON", "value": {"expression": "@daily", "other": "x", "tz": 1, "n": null}},
                 {"type": "CRON", "value": {"expression": "H * * * *"}},
             ]
         }));

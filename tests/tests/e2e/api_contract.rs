@@ -726,7 +726,10 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
         .await?;
     assert_eq!(
         a.detail(),
-        "Error validating graph template: There should be exactly one root node in the graph but found 0 nodes with zero in-degree: []"
+        "Error validating graph template: 1 validation error for GraphTemplate\n  \
+         Value error, There should be exactly one root node in the graph but found 0 nodes \
+         with zero in-degree: [] [type=value_error, input_type=dict]\n    \
+         For further information visit https://errors.pydantic.dev/2.11/v/value_error"
     );
     let mut selfref = node("a");
     selfref["inputs"] = json!({"text": "${{ a.outputs.text }}"});

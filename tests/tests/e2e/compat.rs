@@ -273,3 +273,40 @@ async fn outputs_too_large_to_store_are_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `errored` on a state whose graph template was since replaced by an
+/// INVALID one still retries under the run's own template version (as
+/// upstream retries whatever the template's status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errored_retries_after_the_template_became_invalid() -> anyhow::Result<()> {
+    let ns = "inval";
+    let stack = Stack::start().await?;
+    register_echo(&stack, ns).await?;
+    let graph = json!({"secrets": {}, "retry_policy": {"max_retries": 1, "strategy": "FIXED", "backoff_factor": 10},
+        "nodes": [{"node_name": "Echo", "identifier": "a", "namespace": ns, "inputs": {"text": "x"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let a = take_one(&stack, ns).await?;
+    // The template now names a node nobody registered: INVALID.
+    let broken = json!({"secrets": {}, "nodes": [
+        {"node_name": "Ghost", "identifier": "a", "namespace": ns, "inputs": {"text": "x"}}]});
+    let (status, body) = stack
+        .put(&format!("/v0/namespace/{ns}/graph/g"), &broken)
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let (_, got) = stack.get(&format!("/v0/namespace/{ns}/graph/g")).await?;
+    assert_eq!(got["validation_status"], "INVALID", "{got}");
+    let (status, body) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/state/{a}/errored"),
+            &json!({"error": "boom"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["retry_created"], true, "{body}");
+    let retry = take_one(&stack, ns).await?;
+    assert_ne!(retry, a, "the retry is a new state");
+    let states = stack.states(&run_id).await?;
+    assert_eq!(states.len(), 2, "{states:?}");
+    Ok(())
+}

@@ -197,8 +197,17 @@ impl Driver {
                 }
             }
             Flow::LeaseExpiry => {
+                // Leases belong to the caller's IP: the runtime that "dies"
+                // takes the state from 127.0.0.2, the live one polls from
+                // 127.0.0.3.
+                let from: std::net::IpAddr = if self.held.is_none() {
+                    "127.0.0.2".parse()?
+                } else {
+                    "127.0.0.3".parse()?
+                };
                 let (status, body) = stack
-                    .post(
+                    .post_from(
+                        from,
                         &format!("/v0/namespace/{ns}/states/enqueue"),
                         &json!({"nodes": ["Echo"], "batch_size": 1}),
                     )

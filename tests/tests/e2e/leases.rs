@@ -29,10 +29,14 @@ async fn an_unreported_hand_out_is_handed_out_again_after_its_lease() -> anyhow:
 
     let path = format!("/v0/namespace/{ns}/states/enqueue");
     let req = json!({"nodes": ["Echo"], "batch_size": 4});
-    let enqueue = || stack.post(&path, &req);
+    // Leases belong to the caller's IP address: the runtime that dies is
+    // on 127.0.0.2, the one that lives on 127.0.0.3.
+    let (dead, alive): (std::net::IpAddr, std::net::IpAddr) =
+        ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
+    let enqueue_from = |ip| stack.post_from(ip, &path, &req);
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
-        let (status, body) = enqueue().await?;
+        let (status, body) = enqueue_from(dead).await?;
         assert_eq!(status, 200, "{body}");
         if body["count"] == 1 {
             break body["states"][0]["state_id"]
@@ -44,10 +48,10 @@ async fn an_unreported_hand_out_is_handed_out_again_after_its_lease() -> anyhow:
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // The holder dies without reporting. While the lease runs, nobody else gets it.
-    let (_, body) = enqueue().await?;
+    let (_, body) = enqueue_from(alive).await?;
     assert_eq!(body["count"], 0, "leased state handed out twice: {body}");
     let again = loop {
-        let (_, body) = enqueue().await?;
+        let (_, body) = enqueue_from(alive).await?;
         if body["count"] == 1 {
             break body["states"][0]["state_id"]
                 .as_str()

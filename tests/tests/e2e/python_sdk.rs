@@ -160,6 +160,19 @@ async fn sdk_contract_edges() -> anyhow::Result<()> {
     run_module(&mut stack, "test_sdk_edges.py", "py-edges").await
 }
 
+/// Leases against the SDK's local queue: with a 2 s lease, one worker,
+/// batches of 8 and nodes taking 1.5 s, states wait in the SDK up to ~15 s
+/// before they start; the runtime keeps polling and reporting, so none is
+/// handed out (and run) twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_slow_nodes_keep_their_leases_while_the_runtime_lives() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack
+        .respawn_with("exo-api", &[("EXO_API__LEASE_SECS", "2")])
+        .await?;
+    run_module(&mut stack, "test_sdk_leases.py", "py-lease").await
+}
+
 /// The crash that once lost a fan-out output, as a user hit it: the real
 /// SDK fans out 1 000 items, `exo-completion` dies right after committing
 /// the second 256-state chunk (its 4th commit: two for the root, then

@@ -26,11 +26,11 @@ use exo_types::status::StateStatus;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::AppState;
 use crate::error::ApiResult;
 use crate::models::EnqueueBody;
 use crate::render::{doc_json, iso, parse_oid};
 use crate::validate::ValidJson;
+use crate::{AppState, Caller};
 
 /// Most states handed out per request.
 pub const MAX_BATCH: i64 = 1000;
@@ -40,9 +40,11 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(5);
 /// `POST /v0/namespace/{ns}/states/enqueue`.
 pub async fn enqueue(
     State(state): State<AppState>,
+    caller: Caller,
     Path(ns): Path<String>,
     ValidJson(body): ValidJson<EnqueueBody>,
 ) -> ApiResult<Json<Value>> {
+    state.renew_leases(&ns, caller).await;
     let batch = usize::try_from(body.batch_size.clamp(0, MAX_BATCH)).unwrap_or(0);
     let mut handed: Vec<Value> = Vec::new();
     if batch > 0 && is_valid_token(&ns) {
@@ -90,8 +92,10 @@ pub async fn enqueue(
                     }
                 };
                 let full = msgs.len() == want;
-                let taken =
-                    futures::future::join_all(msgs.into_iter().map(|m| take(&state, &ns, m))).await;
+                let taken = futures::future::join_all(
+                    msgs.into_iter().map(|m| take(&state, &ns, caller, m)),
+                )
+                .await;
                 handed.extend(taken.into_iter().flatten());
                 if full {
                     still.push((node, consumer));
@@ -185,7 +189,7 @@ async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<Held>, String> {
 
 /// Leases the state of one dispatch and returns its description, or
 /// settles a stale dispatch and returns `None`.
-async fn take(state: &AppState, ns: &str, mut held: Held) -> Option<Value> {
+async fn take(state: &AppState, ns: &str, caller: Caller, mut held: Held) -> Option<Value> {
     let msg = held.message()?;
     // Only the ids are needed here (inputs are read from the state), but a
     // large dispatch carries them in the object store too.
@@ -243,7 +247,8 @@ async fn take(state: &AppState, ns: &str, mut held: Held) -> Option<Value> {
                 "_id": id, "status": StateStatus::Queued.as_str(), "attempt": st.attempt,
                 "$or": [{"lease_attempt": {"$ne": st.attempt}}, {"lease_until": {"$lte": now}}],
             },
-            doc! {"$set": {"lease_until": lease_until, "lease_attempt": st.attempt}},
+            doc! {"$set": {"lease_until": lease_until, "lease_attempt": st.attempt,
+            "lease_holder": caller.0.map(|ip| ip.to_string())}},
         )
         .await;
     match claimed {

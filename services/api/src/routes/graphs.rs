@@ -44,6 +44,17 @@ fn secret_names(secrets: &BTreeMap<String, String>) -> Value {
     )
 }
 
+/// The 400 detail of a template that does not analyse, worded as upstream's
+/// (its model validator's error rendered by pydantic; the input's repr is
+/// left out).
+fn template_error(message: &str) -> String {
+    format!(
+        "Error validating graph template: 1 validation error for GraphTemplate\n  \
+         Value error, {message} [type=value_error, input_type=dict]\n    \
+         For further information visit https://errors.pydantic.dev/2.11/v/value_error"
+    )
+}
+
 /// The upsert / get answer (`UpsertGraphTemplateResponse`).
 fn template_response(doc: &GraphTemplateDoc, status: &str, errors: &[String]) -> Value {
     json!({
@@ -116,12 +127,8 @@ pub async fn upsert(
         check_token("node name", &node.node_name)?;
         check_token("namespace", &node.namespace)?;
     }
-    let graph = Graph::analyse(&spec).map_err(|errors| {
-        ApiError::bad_request(format!(
-            "Error validating graph template: {}",
-            errors.join("\n")
-        ))
-    })?;
+    let graph = Graph::analyse(&spec)
+        .map_err(|errors| ApiError::bad_request(template_error(&errors.join("\n"))))?;
     let registered = registry(&state, &spec).await?;
     let errors = verify_against_registry(&graph, |ns, node| {
         registered.get(&(ns.to_string(), node.to_string())).cloned()

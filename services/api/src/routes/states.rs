@@ -37,12 +37,12 @@ use exo_types::status::StateStatus;
 use exo_types::subjects::{self, ResultKind};
 use serde_json::{Map, Value, json};
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::models::{ErroredBody, ExecutedBody, ManualRetryBody, PruneBody, ReEnqueueBody};
 use crate::render::{in_namespace, parse_oid};
 use crate::routes::check_token;
 use crate::validate::ValidJson;
+use crate::{AppState, Caller};
 
 fn state_not_found() -> ApiError {
     ApiError::not_found("State not found")
@@ -146,9 +146,11 @@ fn storable<'a>(what: &str, ms: impl IntoIterator<Item = &'a Map<String, Value>>
 /// `POST /v0/namespace/{ns}/state/{id}/executed`.
 pub async fn executed(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, id)): Path<(String, String)>,
     ValidJson(body): ValidJson<ExecutedBody>,
 ) -> ApiResult<Json<Value>> {
+    state.renew_leases(&ns, caller).await;
     let st = load_state(&state, &ns, &id).await?;
     require_queued(&st)?;
     storable("outputs", &body.outputs)?;
@@ -169,9 +171,11 @@ pub async fn executed(
 /// `POST /v0/namespace/{ns}/state/{id}/errored`.
 pub async fn errored(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, id)): Path<(String, String)>,
     ValidJson(body): ValidJson<ErroredBody>,
 ) -> ApiResult<Json<Value>> {
+    state.renew_leases(&ns, caller).await;
     let st = load_state(&state, &ns, &id).await?;
     if st.status != StateStatus::Queued {
         return Err(not_erroring(st.status));
@@ -200,9 +204,11 @@ pub async fn errored(
 /// `POST /v0/namespace/{ns}/state/{id}/prune`.
 pub async fn prune(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, id)): Path<(String, String)>,
     ValidJson(body): ValidJson<PruneBody>,
 ) -> ApiResult<Json<Value>> {
+    state.renew_leases(&ns, caller).await;
     let st = load_state(&state, &ns, &id).await?;
     require_queued(&st)?;
     storable("data", [&body.data])?;
@@ -225,9 +231,11 @@ pub async fn prune(
 /// `POST /v0/namespace/{ns}/state/{id}/re-enqueue-after`.
 pub async fn re_enqueue_after(
     State(state): State<AppState>,
+    caller: Caller,
     Path((ns, id)): Path<(String, String)>,
     ValidJson(body): ValidJson<ReEnqueueBody>,
 ) -> ApiResult<Json<Value>> {
+    state.renew_leases(&ns, caller).await;
     let st = load_state(&state, &ns, &id).await?;
     require_queued(&st)?;
     let msg = Requeue {
