@@ -147,17 +147,31 @@ impl Flow {
         }
     }
 
-    /// Whether the service is armed (crash point or trace) only once the
-    /// run reached [`Driver::armed_from`], rather than before it starts.
-    fn arms_late(self) -> bool {
+    /// Whether `service` is armed (crash point or trace) only once the run
+    /// reached [`Driver::armed_from`], rather than before it starts: the
+    /// manual retry's points come after the run FAILED; the api's points in
+    /// the lease flow are those of the hand-outs and the report, not of the
+    /// trigger (a client whose trigger request dies does not learn its run
+    /// id).
+    fn arms_late(self, service: &str) -> bool {
         matches!(self, Flow::ManualRetry)
+            || (matches!(self, Flow::LeaseExpiry) && service == "exo-api")
     }
 }
 
 /// What the driver, as a user, does to a run once it is under way.
 impl Driver {
-    /// Whether the run reached the point where a late-armed flow arms.
+    /// Whether the run reached the point where a late-armed flow arms: the
+    /// run FAILED (manual retry), its `lease` state QUEUED (lease).
     async fn armed_from(&self, run_id: &str) -> anyhow::Result<bool> {
+        if matches!(self.flow, Flow::LeaseExpiry) {
+            return Ok(self
+                .stack
+                .states(run_id)
+                .await?
+                .iter()
+                .any(|s| s.identifier == "lease" && s.status == StateStatus::Queued));
+        }
         Ok(self
             .stack
             .store
@@ -205,13 +219,25 @@ impl Driver {
                 } else {
                     "127.0.0.3".parse()?
                 };
-                let (status, body) = stack
+                // Reported before an api crash: nothing left to hand out.
+                if stack
+                    .store
+                    .run(run_id)
+                    .await?
+                    .is_some_and(|r| r.status.as_deref() != Some("PENDING"))
+                {
+                    return Ok(true);
+                }
+                let Ok((status, body)) = stack
                     .post_from(
                         from,
                         &format!("/v0/namespace/{ns}/states/enqueue"),
                         &json!({"nodes": ["Echo"], "batch_size": 1}),
                     )
-                    .await?;
+                    .await
+                else {
+                    return Ok(false); // the api is down (crashed): ask again
+                };
                 anyhow::ensure!(status == 200, "enqueue answered {status}: {body}");
                 let Some(got) = body["states"][0]["state_id"].as_str() else {
                     return Ok(false);
@@ -224,14 +250,21 @@ impl Driver {
                     }
                     Some(held) => {
                         anyhow::ensure!(held == got, "another state was handed out: {got}");
-                        let (status, body) = stack
+                        match stack
                             .post(
                                 &format!("/v0/namespace/{ns}/state/{got}/executed"),
                                 &json!({"outputs": [{"text": "leased"}]}),
                             )
-                            .await?;
-                        anyhow::ensure!(status == 200, "executed answered {status}: {body}");
-                        Ok(true)
+                            .await
+                        {
+                            Ok((200, _)) => Ok(true),
+                            Ok((status, body)) => {
+                                anyhow::bail!("executed answered {status}: {body}")
+                            }
+                            // The api died with the report: the state comes
+                            // back after its lease, or the report went through.
+                            Err(_) => Ok(false),
+                        }
                     }
                 }
             }
@@ -687,7 +720,7 @@ impl Driver {
     async fn arm(&mut self, extra: &[(&'static str, String)]) -> anyhow::Result<String> {
         self.wait_quiet().await?;
         self.crashed = false;
-        if !self.flow.arms_late() {
+        if !self.flow.arms_late(self.service) {
             self.respawn(extra).await?;
             return self.start_run().await;
         }
@@ -869,7 +902,6 @@ full_matrix! {
     crash_points_cancel_completion: Flow::Cancel, "exo-completion";
     crash_points_two_completions: Flow::TwoCompletions, "exo-completion";
     crash_points_manual_retry_scheduler: Flow::ManualRetry, "exo-scheduler";
-    crash_points_manual_retry_completion: Flow::ManualRetry, "exo-completion";
     crash_points_manual_retry_retry: Flow::ManualRetry, "exo-retry";
     crash_points_lease_expiry_api: Flow::LeaseExpiry, "exo-api";
 }
