@@ -212,8 +212,16 @@ impl Stack {
 
     /// `POST` JSON with the API key; returns status and body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = self
-            .http
+        self.post_with(&self.http, path, body).await
+    }
+
+    async fn post_with(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let r = http
             .post(format!("{}{path}", self.api_url))
             .header("x-api-key", API_KEY)
             .json(body)
@@ -221,6 +229,21 @@ impl Stack {
             .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Registers `name` (one string field `text` in and out) as a node of
+    /// an HTTP runtime in `ns`, as the Python SDK does.
+    pub async fn register_http_node(&self, ns: &str, name: &str) -> anyhow::Result<()> {
+        let schema = exo_runtime::string_object_schema("Inputs", &["text"]);
+        let (status, body) = self
+            .put(
+                &format!("/v0/namespace/{ns}/nodes/"),
+                &serde_json::json!({"runtime_name": "py", "nodes": [
+                    {"name": name, "inputs_schema": schema, "outputs_schema": schema, "secrets": []}]}),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "register {name}: {status} {body}");
+        Ok(())
     }
 
     /// `POST` JSON with the API key from the loopback address `from` (e.g.
@@ -232,16 +255,8 @@ impl Stack {
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(u16, Value)> {
-        let r = reqwest::Client::builder()
-            .local_address(from)
-            .build()?
-            .post(format!("{}{path}", self.api_url))
-            .header("x-api-key", API_KEY)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        let http = reqwest::Client::builder().local_address(from).build()?;
+        self.post_with(&http, path, body).await
     }
 
     /// `GET` with the API key; returns status and body.

@@ -9,16 +9,7 @@ use serde_json::{Value, json};
 
 /// Registers `Echo` (one string field in and out) as an HTTP runtime's node.
 async fn register_echo(stack: &Stack, ns: &str) -> anyhow::Result<()> {
-    let schema = exo_runtime::string_object_schema("Inputs", &["text"]);
-    let (status, body) = stack
-        .put(
-            &format!("/v0/namespace/{ns}/nodes/"),
-            &json!({"runtime_name": "py", "nodes": [
-                {"name": "Echo", "inputs_schema": schema, "outputs_schema": schema, "secrets": []}]}),
-        )
-        .await?;
-    anyhow::ensure!(status == 200, "register: {status} {body}");
-    Ok(())
+    stack.register_http_node(ns, "Echo").await
 }
 
 /// Hands out one state of `Echo` over HTTP, waiting for it to be dispatched.

@@ -478,15 +478,7 @@ impl Driver {
             }
         }
         if matches!(flow, Flow::LeaseExpiry) {
-            let schema = exo_runtime::string_object_schema("Inputs", &["text"]);
-            let (status, body) = stack
-                .put(
-                    &format!("/v0/namespace/{ns}/nodes/"),
-                    &json!({"runtime_name": "http", "nodes": [
-                        {"name": "Echo", "inputs_schema": schema, "outputs_schema": schema, "secrets": []}]}),
-                )
-                .await?;
-            anyhow::ensure!(status == 200, "register Echo: {status} {body}");
+            stack.register_http_node(&ns, "Echo").await?;
         }
         stack.upsert_valid_graph(&ns, "g", &flow.graph(&ns)).await?;
         Ok(Self {

@@ -13,15 +13,7 @@ async fn an_unreported_hand_out_is_handed_out_again_after_its_lease() -> anyhow:
     stack
         .respawn_with("exo-api", &[("EXO_API__LEASE_SECS", "1")])
         .await?;
-    let schema = exo_runtime::string_object_schema("Inputs", &["text"]);
-    let (status, body) = stack
-        .put(
-            &format!("/v0/namespace/{ns}/nodes/"),
-            &json!({"runtime_name": "py", "nodes": [
-                {"name": "Echo", "inputs_schema": schema, "outputs_schema": schema, "secrets": []}]}),
-        )
-        .await?;
-    assert_eq!(status, 200, "{body}");
+    stack.register_http_node(ns, "Echo").await?;
     let graph = json!({"secrets": {}, "nodes": [
         {"node_name": "Echo", "identifier": "e", "namespace": ns, "inputs": {"text": "hi"}}]});
     stack.upsert_valid_graph(ns, "g", &graph).await?;
