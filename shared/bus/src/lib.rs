@@ -5,8 +5,11 @@
 //! - publishing JSON with a deterministic `Nats-Msg-Id`, one at a time or in a
 //!   window of outstanding acks ([`Bus::publish_batch`]);
 //! - durable pull consumers and a consume loop ([`consume`]) that maps a
-//!   handler's [`Disposition`] onto ack, nak-with-delay or term, and copies
-//!   rejected messages to the dead-letter stream with the reason.
+//!   handler's [`Disposition`] onto ack, nak-with-delay or term, copies
+//!   rejected messages to the dead-letter stream with the reason, and
+//!   replies to a requester that asked (`Exo-Reply-To`, see [`Replies`]);
+//! - payloads larger than the server's `max_payload` carried through the
+//!   JetStream object store [`PAYLOAD_BUCKET`] (see [`Bus::payload_of`]).
 
 mod consume;
 mod payloads;
@@ -22,7 +25,7 @@ use exo_types::subjects as subj;
 use serde::Serialize;
 
 pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, consume};
-pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError};
+pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError, payload_ref};
 pub use replies::{Answer, Replies};
 
 /// Bus errors. All of them are transient from a handler's point of view.

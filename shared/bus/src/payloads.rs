@@ -137,7 +137,7 @@ impl Bus {
 }
 
 /// The object a message's payload is in, if it is large.
-pub(crate) fn payload_ref(msg: &async_nats::Message) -> Option<&str> {
+pub fn payload_ref(msg: &async_nats::Message) -> Option<&str> {
     msg.headers
         .as_ref()?
         .get(HEADER_PAYLOAD_REF)

@@ -263,9 +263,13 @@ async fn take(state: &AppState, ns: &str, caller: Caller, mut held: Held) -> Opt
             return None;
         }
     }
-    let acked = held.message().map(|m| (**m).clone());
+    // The object of a large dispatch goes once the hand-out is confirmed.
+    let large = held
+        .message()
+        .filter(|m| exo_bus::payload_ref(m).is_some())
+        .map(|m| (**m).clone());
     if held.settle(AckKind::Ack).await
-        && let Some(m) = acked
+        && let Some(m) = large
     {
         state.engine.bus.forget_payload(&m).await;
     }
