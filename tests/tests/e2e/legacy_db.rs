@@ -124,3 +124,42 @@ async fn exosphere_documents_are_listed_and_their_pending_states_finish() -> any
     stop.cancel();
     Ok(())
 }
+
+/// Upstream's indexes, created first (as on a database Exosphere has been
+/// using), and ours coexist: every service starts on that database, and
+/// upstream's TTL index on `DatabaseTriggers.expires_at` stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_indexes_and_ours_coexist() -> anyhow::Result<()> {
+    let mut stack = Stack::start_with(&[]).await?;
+    let db = stack.store.db();
+    let triggers = db.collection::<Document>("DatabaseTriggers");
+    triggers
+        .create_index(
+            exo_store::mongodb::IndexModel::builder()
+                .keys(doc! {"expires_at": 1})
+                .options(
+                    exo_store::mongodb::options::IndexOptions::builder()
+                        .name("ttl_expires_at".to_string())
+                        .expire_after(Duration::ZERO)
+                        .partial_filter_expression(
+                            doc! {"trigger_status": {"$in": ["TRIGGERED", "FAILED"]}},
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    stack.store.ensure_indexes().await?;
+    for s in [
+        "exo-trigger",
+        "exo-scheduler",
+        "exo-completion",
+        "exo-retry",
+        "exo-api",
+    ] {
+        stack.spawn(s).await?;
+    }
+    let names: Vec<String> = triggers.list_index_names().await?;
+    assert!(names.iter().any(|n| n == "ttl_expires_at"), "{names:?}");
+    Ok(())
+}
