@@ -3,8 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use exo_bus::{Bus, ConsumeOptions, Disposition, Outgoing, consume};
-use exo_test_support::NatsServer;
+mod common;
+
+use common::{completion_consumer, stored};
+use exo_bus::{ConsumeOptions, Disposition, Outgoing, consume};
 use exo_types::subjects::{self, ResultKind};
 use tokio_util::sync::CancellationToken;
 
@@ -13,22 +15,13 @@ use tokio_util::sync::CancellationToken;
 /// work), every message is delivered exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_messages_are_not_delivered_twice_behind_slow_handlers() -> anyhow::Result<()> {
-    exo_test_support::init_test_tracing();
-    let nats = NatsServer::start().await?;
-    let bus = Bus::connect(&nats.url(), "consume-test").await?;
-    bus.provision().await?;
+    let (_nats, bus) = common::bus("consume-test").await?;
     let subject = subjects::result("t", ResultKind::Executed);
     let msgs: Vec<Outgoing> = (0..12)
         .map(|i| Outgoing::json(subject.clone(), format!("m{i}"), &i))
         .collect::<Result<_, _>>()?;
     bus.publish_batch(msgs).await?;
-    let consumer = bus
-        .service_consumer(
-            subjects::STREAM_RESULTS,
-            subjects::CONSUMER_COMPLETION,
-            &subjects::COMPLETION_FILTERS,
-        )
-        .await?;
+    let consumer = completion_consumer(&bus).await?;
     let seen: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
     let token = CancellationToken::new();
     let opts = ConsumeOptions {
@@ -75,20 +68,11 @@ async fn queued_messages_are_not_delivered_twice_behind_slow_handlers() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_handlers_are_retried_without_limit_and_never_dead_lettered() -> anyhow::Result<()>
 {
-    exo_test_support::init_test_tracing();
-    let nats = NatsServer::start().await?;
-    let bus = Bus::connect(&nats.url(), "consume-test").await?;
-    bus.provision().await?;
+    let (_nats, bus) = common::bus("consume-test").await?;
     let subject = subjects::result("t", ResultKind::Executed);
     bus.publish(Outgoing::json(subject, "m".into(), &1)?)
         .await?;
-    let consumer = bus
-        .service_consumer(
-            subjects::STREAM_RESULTS,
-            subjects::CONSUMER_COMPLETION,
-            &subjects::COMPLETION_FILTERS,
-        )
-        .await?;
+    let consumer = completion_consumer(&bus).await?;
     const FAILURES: i64 = 30;
     let deliveries: Arc<Mutex<Vec<i64>>> = Arc::default();
     let token = CancellationToken::new();
@@ -136,23 +120,15 @@ async fn failing_handlers_are_retried_without_limit_and_never_dead_lettered() ->
         (1..=FAILURES + 1).collect::<Vec<_>>(),
         "redelivered after every failure, handled once it succeeded"
     );
-    let dlq = bus
-        .jetstream()
-        .get_stream(subjects::STREAM_DLQ)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages;
-    assert_eq!(dlq, 0, "nothing dead-lettered");
-    let left = bus
-        .jetstream()
-        .get_stream(subjects::STREAM_RESULTS)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages;
-    assert_eq!(left, 0, "acked once handled");
+    assert_eq!(
+        stored(&bus, subjects::STREAM_DLQ).await?,
+        0,
+        "nothing dead-lettered"
+    );
+    assert_eq!(
+        stored(&bus, subjects::STREAM_RESULTS).await?,
+        0,
+        "acked once handled"
+    );
     Ok(())
 }

@@ -2,28 +2,15 @@
 //! deterministic `Nats-Msg-Id`, so JetStream drops a second copy published
 //! within the duplicate window (a redelivered handler publishing again).
 
-use exo_bus::{Bus, Outgoing};
-use exo_test_support::NatsServer;
+mod common;
+
+use common::{completion_consumer, stored};
+use exo_bus::Outgoing;
 use exo_types::messages::HEADER_PROTOCOL;
 use exo_types::subjects;
 
-async fn bus() -> anyhow::Result<(NatsServer, Bus)> {
-    exo_test_support::init_test_tracing();
-    let nats = NatsServer::start().await?;
-    let bus = Bus::connect(&nats.url(), "publish-test").await?;
-    bus.provision().await?;
-    Ok((nats, bus))
-}
-
-async fn stored(bus: &Bus, stream: &str) -> anyhow::Result<u64> {
-    Ok(bus
-        .jetstream()
-        .get_stream(stream)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages)
+async fn bus() -> anyhow::Result<(exo_test_support::NatsServer, exo_bus::Bus)> {
+    common::bus("publish-test").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,13 +73,7 @@ async fn requests_get_the_handlers_outcome() -> anyhow::Result<()> {
         .await?;
     assert_eq!(timed_out, Answer::TimedOut, "no consumer yet");
 
-    let consumer = bus
-        .service_consumer(
-            subjects::STREAM_RESULTS,
-            subjects::CONSUMER_COMPLETION,
-            &subjects::COMPLETION_FILTERS,
-        )
-        .await?;
+    let consumer = completion_consumer(&bus).await?;
     let token = CancellationToken::new();
     let opts = ConsumeOptions {
         stream: subjects::STREAM_RESULTS.into(),
