@@ -304,6 +304,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         e = exo_engine::worker::connect(&cfg.common, "exo-api") => e?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    // Templates stored VALID (by Exosphere) that cannot run here are marked
+    // INVALID with the reason, so GET and trigger agree.
+    exo_engine::legacy::mark_rejected_graphs(&engine.store)
+        .await
+        .context("check stored graph templates")?;
     let state = AppState::new(engine.clone(), settings, readiness.clone());
     let router = app(state);
     readiness.set(true);

@@ -215,7 +215,7 @@ where
             // Fence: S still holds this attempt's result (not cancelled, not
             // replaced by a different result of a second execution).
             fx.update(Update {
-                filter: doc! {"_id": r.st.id, "status": StateStatus::Executed.as_str(), "attempt": r.st.attempt,
+                filter: doc! {"_id": r.st.id, "status": StateStatus::Executed.as_str(), "attempt": exo_store::filters::attempt_is(r.st.attempt),
                 "result_digest": &r.digest},
                 update: doc! {"$set": {"updated_at": DateTime::from_millis(r.now)}},
                 expect: 1,
@@ -301,7 +301,7 @@ where
         let mut cur = engine
             .store
             .states_raw()
-            .find(doc! {"_id": {"$in": &chunk_ids}, "status": StateStatus::Executed.as_str(), "attempt": r.st.attempt})
+            .find(doc! {"_id": {"$in": &chunk_ids}, "status": StateStatus::Executed.as_str(), "attempt": exo_store::filters::attempt_is(r.st.attempt)})
             .projection(doc! {"_id": 1})
             .await
             .map_err(exo_store::Error::from)?;

@@ -130,7 +130,7 @@ pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
             .store
             .states()
             .find_one_and_update(
-                doc! {"_id": st.id, "status": queued, "attempt": st.attempt, "lease_until": {"$lte": now}},
+                doc! {"_id": st.id, "status": queued, "attempt": exo_store::filters::attempt_is(st.attempt), "lease_until": {"$lte": now}},
                 doc! {"$inc": {"attempt": 1i64}, "$set": {"lease_until": retry_at},
                       "$unset": {"lease_attempt": "", "lease_holder": ""}},
             )
@@ -144,7 +144,7 @@ pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
                 .store
                 .states()
                 .update_one(
-                    doc! {"_id": st.id, "attempt": st.attempt, "lease_until": retry_at},
+                    doc! {"_id": st.id, "attempt": exo_store::filters::attempt_is(st.attempt), "lease_until": retry_at},
                     doc! {"$unset": {"lease_until": ""}},
                 )
                 .await?;

@@ -139,6 +139,7 @@ pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Resul
 /// `exo.v1.<ns>.event.run.cancelled` tells runtimes to stop executions
 /// of the run.
 pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<Outcome, Error> {
+    exo_engine::legacy::adopt(engine, &cmd.run_id).await?;
     let now = time::now_ms();
     let stamp = DateTime::from_millis(now);
     let fenced_now = engine

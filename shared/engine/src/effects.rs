@@ -57,7 +57,7 @@ pub struct Counters {
 }
 
 impl Counters {
-    fn slot(&mut self, g: CounterGroup) -> &mut i64 {
+    pub(crate) fn slot(&mut self, g: CounterGroup) -> &mut i64 {
         match g {
             CounterGroup::Pending => &mut self.pending,
             CounterGroup::Success => &mut self.success,
@@ -233,6 +233,17 @@ impl Effects {
         }
     }
 
+    /// Makes the transaction evaluate group `gid` (adoption of an Exosphere
+    /// run whose group is complete but never fired).
+    fn touch(&mut self, (gid, target, unite): crate::legacy::Touch) {
+        self.groups.entry(gid).or_insert(GroupDelta {
+            target,
+            unite,
+            open: 0,
+            failed: 0,
+        });
+    }
+
     /// A conditional update that changes no counter (e.g. QUEUED → EXECUTED).
     pub fn update(&mut self, update: Update) {
         self.updates.push(update);
@@ -352,10 +363,16 @@ async fn apply_one(
     now_ms: i64,
 ) -> Result<Option<Applied>, MongoError> {
     let ctx = (store.clone(), effects, now_ms);
-    let result = exo_store::transaction(store, &ctx, |s, (store, fx, now)| {
+    let mut result = exo_store::transaction(store, &ctx, |s, (store, fx, now)| {
         Box::pin(apply_in(s, store, fx, *now))
     })
     .await;
+    if matches!(&result, Err(e) if e.get_custom::<crate::legacy::NotAdopted>().is_some()) {
+        result = exo_store::transaction(store, &ctx, |s, (store, fx, now)| {
+            Box::pin(adopt_then_apply(s, store, fx, *now))
+        })
+        .await;
+    }
     match result {
         Ok(a) => Ok(Some(a)),
         Err(e) if e.get_custom::<AlreadyApplied>().is_some() => Ok(None),
@@ -406,6 +423,22 @@ async fn commit_batch(store: &Store, mut batch: Vec<Waiter>) {
         let r = apply_one(store, &w.fx, w.now_ms).await;
         let _ = w.tx.send(r);
     }
+}
+
+/// Adopts the Exosphere run `fx` is about, then applies `fx` and evaluates
+/// the groups adoption found complete, all in session `s`.
+pub(crate) async fn adopt_then_apply(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    now_ms: i64,
+) -> Result<Applied, MongoError> {
+    let touches = crate::legacy::adopt_in(s, store, fx.graph.as_deref(), &fx.run_id).await?;
+    let mut fx = fx.clone();
+    for t in touches {
+        fx.touch(t);
+    }
+    apply_in(s, store, &fx, now_ms).await
 }
 
 async fn apply_in(
@@ -562,6 +595,10 @@ async fn apply_in(
         {
             // The run was cancelled: nothing more happens in it.
             return Err(MongoError::custom(AlreadyApplied));
+        }
+        if after.as_ref().is_some_and(|run| run.status.is_none()) {
+            // Started by Exosphere: adopt it first (see `legacy`).
+            return Err(MongoError::custom(crate::legacy::NotAdopted));
         }
         if let Some(run) = after
             && run.pending_count == 0

@@ -13,6 +13,7 @@
 //!   the same transaction as the state writes they describe;
 //! - [`attempts`]: new attempts of a state (automatic and manual retries,
 //!   fan-out siblings);
+//! - [`legacy`]: adoption of runs Exosphere started, on a switched database;
 //! - [`common`]: what every handler shares (outcomes, hand-offs, the result
 //!   fence); the handlers live in the service crates.
 
@@ -22,6 +23,7 @@ pub mod cron;
 pub mod effects;
 pub mod graphs;
 pub mod inputs;
+pub mod legacy;
 
 use exo_bus::Bus;
 use exo_store::Store;

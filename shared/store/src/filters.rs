@@ -2,7 +2,7 @@
 //! [`StateStatus`] and never a string typed at the call site.
 
 use exo_types::status::StateStatus;
-use mongodb::bson::{Document, doc, oid::ObjectId};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 
 /// The state `id` while it is in `status`.
 pub fn state_in(id: ObjectId, status: StateStatus) -> Document {
@@ -13,7 +13,17 @@ pub fn state_in(id: ObjectId, status: StateStatus) -> Document {
 /// the fence of every transition a result causes (a result of an older
 /// attempt, or a second copy of the same result, matches nothing).
 pub fn state_at(id: ObjectId, status: StateStatus, attempt: i64) -> Document {
-    doc! {"_id": id, "status": status.as_str(), "attempt": attempt}
+    doc! {"_id": id, "status": status.as_str(), "attempt": attempt_is(attempt)}
+}
+
+/// Matches dispatch attempt `attempt`. Attempt 0 also matches a document
+/// without the field: a state Exosphere handed out (it has no attempts).
+pub fn attempt_is(attempt: i64) -> Bson {
+    if attempt == 0 {
+        Bson::Document(doc! {"$in": [0i64, Bson::Null]})
+    } else {
+        Bson::Int64(attempt)
+    }
 }
 
 /// The states of `ids` that are in `status`.
@@ -31,6 +41,10 @@ mod tests {
         assert_eq!(
             state_at(id, StateStatus::Queued, 3),
             doc! {"_id": id, "status": "QUEUED", "attempt": 3i64}
+        );
+        assert_eq!(
+            attempt_is(0),
+            Bson::Document(doc! {"$in": [0i64, Bson::Null]})
         );
         assert_eq!(
             state_in(id, StateStatus::Executed).get_str("status").ok(),

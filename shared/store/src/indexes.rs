@@ -1,5 +1,6 @@
 //! Index bootstrap. Names match Exosphere's so an existing database keeps its
-//! indexes; creation is idempotent.
+//! indexes; creation is idempotent, and an index that exists under one of
+//! our names is never altered.
 
 use mongodb::IndexModel;
 use mongodb::bson::{Document, doc};
@@ -147,9 +148,28 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
         ),
     ];
     for (coll, models) in sets {
-        db.collection::<Document>(coll)
-            .create_indexes(models)
-            .await?;
+        let c = db.collection::<Document>(coll);
+        // An index that exists under the same name (Exosphere's, or ours from
+        // an earlier start) is kept as it is: servers compare specifications
+        // differently (secantusd-rs by field order), so re-creating an equal
+        // index can fail with `IndexKeySpecsConflict`.
+        let existing = match c.list_index_names().await {
+            Ok(names) => names,
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let missing: Vec<IndexModel> = models
+            .into_iter()
+            .filter(|m| {
+                let name = m.options.as_ref().and_then(|o| o.name.as_deref());
+                !name.is_some_and(|n| existing.iter().any(|e| e == n))
+            })
+            .collect();
+        if !missing.is_empty() {
+            c.create_indexes(missing).await?;
+        }
     }
     Ok(())
 }

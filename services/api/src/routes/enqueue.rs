@@ -244,7 +244,7 @@ async fn take(state: &AppState, ns: &str, caller: Caller, mut held: Held) -> Opt
         .states()
         .update_one(
             doc! {
-                "_id": id, "status": StateStatus::Queued.as_str(), "attempt": st.attempt,
+                "_id": id, "status": StateStatus::Queued.as_str(), "attempt": exo_store::filters::attempt_is(st.attempt),
                 "$or": [{"lease_attempt": {"$ne": st.attempt}}, {"lease_until": {"$lte": now}}],
             },
             doc! {"$set": {"lease_until": lease_until, "lease_attempt": st.attempt,
