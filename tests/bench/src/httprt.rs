@@ -43,6 +43,8 @@ pub struct HttpCounters {
     pub results: AtomicU64,
     /// Failed calls.
     pub errors: AtomicU64,
+    /// Latency of every `enqueue` call (ms), as this client sees it.
+    pub enqueue_ms: std::sync::Mutex<Vec<f64>>,
 }
 
 /// Registers the bench nodes, then serves them until `stop`.
@@ -96,6 +98,7 @@ pub async fn run(
         let mut pause = poll;
         if queued < cfg.batch_size {
             counters.enqueue_calls.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let got = async {
                 let r = http
                     .post(&url)
@@ -107,6 +110,9 @@ pub async fn run(
                 Ok::<Value, anyhow::Error>(r.json().await?)
             }
             .await;
+            if let Ok(mut l) = counters.enqueue_ms.lock() {
+                l.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
             match got {
                 Ok(v) => {
                     for s in v["states"].as_array().cloned().unwrap_or_default() {

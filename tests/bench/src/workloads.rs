@@ -619,10 +619,23 @@ pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env
                 f(&fan_v, &["work_executions_per_s"])
             ),
         );
+        let enqueue = crate::stats::Summary::of(
+            &counters
+                .enqueue_ms
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or_default(),
+        );
+        report.fig(
+            &format!("http {name}"),
+            "enqueue latency (whole run)",
+            enqueue.short(),
+        );
         section.insert(
             name.to_string(),
             json!({
                 "config": cfg,
+                "enqueue_ms": enqueue,
                 "chain": chain_v,
                 "fanout": fan_v,
                 "requests": {

@@ -82,3 +82,74 @@ async fn an_unreported_hand_out_is_handed_out_again_after_its_lease() -> anyhow:
     assert_eq!(body["detail"], "State is not queued");
     Ok(())
 }
+
+/// A dispatch delivered again while its state is leased for that attempt
+/// (its first hand-out is alive) is acked, not handed out a second time,
+/// when it comes in the same batch as fresh work: the batch's one lease
+/// update matches only the fresh state, and the hand-out reads back which
+/// leases are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_hands_out_only_the_states_it_leased() -> anyhow::Result<()> {
+    use exo_store::mongodb::bson::doc;
+    let ns = "lease2";
+    let stack = Stack::start().await?;
+    stack.register_http_node(ns, "Echo").await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "Echo", "identifier": "e", "namespace": ns, "inputs": {"text": "hi"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let leased_run = stack.trigger(ns, "g", &json!({})).await?;
+    let fresh_run = stack.trigger(ns, "g", &json!({})).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (leased, fresh) = loop {
+        let a = stack.states(&leased_run).await?;
+        let b = stack.states(&fresh_run).await?;
+        let queued = |v: &Vec<exo_store::StateDoc>| {
+            v.len() == 1 && v[0].status == exo_types::status::StateStatus::Queued
+        };
+        if queued(&a) && queued(&b) {
+            break (a[0].clone(), b[0].clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "states never dispatched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // As if an earlier hand-out of this attempt were alive elsewhere.
+    let until = exo_types::time::now_ms() + 60_000;
+    stack
+        .store
+        .states()
+        .update_one(
+            doc! {"_id": leased.id},
+            doc! {"$set": {"lease_until": until, "lease_attempt": leased.attempt, "lease_holder": "10.0.0.9"}},
+        )
+        .await?;
+    let path = format!("/v0/namespace/{ns}/states/enqueue");
+    let (status, body) = stack
+        .post(&path, &json!({"nodes": ["Echo"], "batch_size": 4}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 1, "{body}");
+    assert_eq!(body["states"][0]["state_id"], fresh.id.to_hex().as_str());
+    let (_, body) = stack
+        .post(&path, &json!({"nodes": ["Echo"], "batch_size": 4}))
+        .await?;
+    assert_eq!(
+        body["count"], 0,
+        "the leased state's dispatch was acked: {body}"
+    );
+    let after = stack.store.state(leased.id).await?.expect("state");
+    assert_eq!(after.status, exo_types::status::StateStatus::Queued);
+    let raw = stack
+        .store
+        .db()
+        .collection::<exo_store::mongodb::bson::Document>("State")
+        .find_one(doc! {"_id": leased.id})
+        .await?
+        .expect("state");
+    assert_eq!(
+        raw.get_str("lease_holder")?,
+        "10.0.0.9",
+        "the live lease is untouched"
+    );
+    assert_eq!(raw.get_i64("lease_until")?, until);
+    Ok(())
+}

@@ -14,16 +14,18 @@
 //! invalid node names (not NATS subject tokens) are skipped; states are
 //! leased (upstream has no lease).
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use axum::Json;
 use axum::extract::{Path, State};
+use exo_store::StateDoc;
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::Dispatch;
 use exo_types::names::is_valid_token;
 use exo_types::status::StateStatus;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use crate::error::ApiResult;
@@ -92,11 +94,7 @@ pub async fn enqueue(
                     }
                 };
                 let full = msgs.len() == want;
-                let taken = futures::future::join_all(
-                    msgs.into_iter().map(|m| take(&state, &ns, caller, m)),
-                )
-                .await;
-                handed.extend(taken.into_iter().flatten());
+                handed.extend(take_all(&state, &ns, caller, msgs).await);
                 if full {
                     still.push((node, consumer));
                 }
@@ -187,9 +185,17 @@ async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<Held>, String> {
     Ok(out)
 }
 
-/// Leases the state of one dispatch and returns its description, or
-/// settles a stale dispatch and returns `None`.
-async fn take(state: &AppState, ns: &str, caller: Caller, mut held: Held) -> Option<Value> {
+/// A fetched dispatch whose message decoded.
+struct Taken {
+    held: Held,
+    state_id: String,
+    id: exo_store::mongodb::bson::oid::ObjectId,
+    attempt: i64,
+}
+
+/// Decodes one fetched dispatch, or settles a malformed one and returns
+/// `None`.
+async fn decode(state: &AppState, mut held: Held) -> Option<Taken> {
     let msg = held.message()?;
     // Only the ids are needed here (inputs are read from the state), but a
     // large dispatch carries them in the object store too.
@@ -219,68 +225,155 @@ async fn take(state: &AppState, ns: &str, caller: Caller, mut held: Held) -> Opt
         held.settle(AckKind::Term).await;
         return None;
     };
+    Some(Taken {
+        held,
+        state_id: d.state_id,
+        id,
+        attempt: i64::from(d.attempt),
+    })
+}
+
+/// Leases the states of a batch of dispatches and returns their
+/// descriptions; stale dispatches (the state moved on, or is leased for
+/// this attempt already) are acked and skipped. Two MongoDB commands for
+/// the whole batch in the common case: one read of the states and one
+/// `update_many` per dispatch attempt present (usually one).
+async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -> Vec<Value> {
+    let decoded = futures::future::join_all(msgs.into_iter().map(|m| decode(state, m))).await;
+    let mut taken: Vec<Taken> = decoded.into_iter().flatten().collect();
+    if taken.is_empty() {
+        return Vec::new();
+    }
     let store = &state.engine.store;
-    let st = match store.state(id).await {
-        Ok(Some(st)) => st,
-        Ok(None) => {
-            held.settle(AckKind::Ack).await;
-            return None;
-        }
+    let ids: Vec<_> = taken.iter().map(|t| t.id).collect();
+    let loaded: Result<Vec<StateDoc>, _> = async {
+        store
+            .states()
+            .find(doc! {"_id": {"$in": &ids}})
+            .await?
+            .try_collect()
+            .await
+    }
+    .await;
+    let mut states: HashMap<_, StateDoc> = match loaded {
+        Ok(v) => v.into_iter().map(|st| (st.id, st)).collect(),
         Err(error) => {
-            tracing::warn!(%error, exo.state_id = %d.state_id, "Could not load a dispatched state.");
-            held.settle(AckKind::Nak(None)).await;
-            return None;
+            tracing::warn!(%error, "Could not load dispatched states.");
+            settle_all(taken.iter_mut().map(|t| &mut t.held), AckKind::Nak(None)).await;
+            return Vec::new();
         }
     };
-    if st.status != StateStatus::Queued || st.attempt != i64::from(d.attempt) {
-        tracing::debug!(exo.state_id = %d.state_id, status = %st.status, "Skipped a stale dispatch.");
-        held.settle(AckKind::Ack).await;
-        return None;
+    // Fresh: still QUEUED for the dispatch's attempt.
+    let (fresh, stale): (Vec<Taken>, Vec<Taken>) = taken.into_iter().partition(|t| {
+        states
+            .get(&t.id)
+            .is_some_and(|st| st.status == StateStatus::Queued && st.attempt == t.attempt)
+    });
+    let mut stale = stale;
+    for t in &stale {
+        tracing::debug!(exo.state_id = %t.state_id, "Skipped a stale dispatch.");
     }
     let now = exo_types::time::now_ms();
     let lease_until =
         now.saturating_add(i64::try_from(state.settings.lease.as_millis()).unwrap_or(i64::MAX));
-    let claimed = store
-        .states()
-        .update_one(
-            doc! {
-                "_id": id, "status": StateStatus::Queued.as_str(), "attempt": exo_store::filters::attempt_is(st.attempt),
-                "$or": [{"lease_attempt": {"$ne": st.attempt}}, {"lease_until": {"$lte": now}}],
-            },
-            doc! {"$set": {"lease_until": lease_until, "lease_attempt": st.attempt,
-            "lease_holder": caller.0.map(|ip| ip.to_string())}},
-        )
-        .await;
-    match claimed {
-        Ok(r) if r.matched_count == 1 => {}
-        Ok(_) => {
-            held.settle(AckKind::Ack).await;
-            return None;
-        }
-        Err(error) => {
-            tracing::warn!(%error, exo.state_id = %d.state_id, "Could not lease a dispatched state.");
-            held.settle(AckKind::Nak(None)).await;
-            return None;
+    let holder = caller.0.map(|ip| ip.to_string());
+    let mut by_attempt: BTreeMap<i64, Vec<Taken>> = BTreeMap::new();
+    for t in fresh {
+        by_attempt.entry(t.attempt).or_default().push(t);
+    }
+    let mut handed = Vec::new();
+    for (attempt, mut group) in by_attempt {
+        let gids: Vec<_> = group.iter().map(|t| t.id).collect();
+        // Not leased for this attempt yet (or its lease ran out): a
+        // dispatch redelivered while its first hand-out is alive is stale.
+        let filter = doc! {
+            "_id": {"$in": &gids}, "status": StateStatus::Queued.as_str(),
+            "attempt": exo_store::filters::attempt_is(attempt),
+            "$or": [{"lease_attempt": {"$ne": attempt}}, {"lease_until": {"$lte": now}}],
+        };
+        let update = doc! {"$set": {"lease_until": lease_until, "lease_attempt": attempt,
+        "lease_holder": holder.clone()}};
+        let ours: Vec<bool> = match store.states().update_many(filter, update).await {
+            Ok(r) if r.matched_count == gids.len() as u64 => vec![true; group.len()],
+            // Some were leased by someone else for this attempt: read back
+            // which carry this lease. A dispatch is held by one request at
+            // a time (until its ack wait), so the values identify ours.
+            Ok(_) => {
+                let back = async {
+                    store
+                        .db()
+                        .collection::<exo_store::mongodb::bson::Document>(exo_store::STATES)
+                        .find(doc! {"_id": {"$in": &gids}, "lease_until": lease_until,
+                        "lease_attempt": attempt, "lease_holder": holder.clone()})
+                        .projection(doc! {"_id": 1})
+                        .await?
+                        .try_collect::<Vec<_>>()
+                        .await
+                }
+                .await;
+                match back {
+                    Ok(docs) => {
+                        let mine: std::collections::HashSet<_> = docs
+                            .iter()
+                            .filter_map(|d| d.get_object_id("_id").ok())
+                            .collect();
+                        group.iter().map(|t| mine.contains(&t.id)).collect()
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Could not read leases back.");
+                        vec![false; group.len()]
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not lease dispatched states.");
+                settle_all(group.iter_mut().map(|t| &mut t.held), AckKind::Nak(None)).await;
+                continue;
+            }
+        };
+        for (t, mine) in group.into_iter().zip(ours) {
+            if mine {
+                if let Some(st) = states.remove(&t.id) {
+                    handed.push((t, st));
+                }
+            } else {
+                stale.push(t);
+            }
         }
     }
-    // The object of a large dispatch goes once the hand-out is confirmed.
-    let large = held
-        .message()
-        .filter(|m| exo_bus::payload_ref(m).is_some())
-        .map(|m| (**m).clone());
-    if held.settle(AckKind::Ack).await
-        && let Some(m) = large
-    {
-        state.engine.bus.forget_payload(&m).await;
-    }
-    tracing::debug!(exo.namespace = %ns, exo.state_id = %d.state_id, "State handed out over HTTP.");
-    Some(json!({
-        "state_id": st.id.to_hex(),
-        "node_name": st.node_name,
-        "identifier": st.identifier,
-        "inputs": doc_json(&st.inputs),
-        "created_at": iso(st.created_at),
-    }))
+    settle_all(stale.iter_mut().map(|t| &mut t.held), AckKind::Ack).await;
+    let acks = handed.iter_mut().map(|(t, _)| async {
+        // The object of a large dispatch goes once the hand-out is confirmed.
+        let large = t
+            .held
+            .message()
+            .filter(|m| exo_bus::payload_ref(m).is_some())
+            .map(|m| (**m).clone());
+        if t.held.settle(AckKind::Ack).await
+            && let Some(m) = large
+        {
+            state.engine.bus.forget_payload(&m).await;
+        }
+    });
+    futures::future::join_all(acks).await;
+    handed
+        .into_iter()
+        .map(|(t, st)| {
+            tracing::debug!(exo.namespace = %ns, exo.state_id = %t.state_id, "State handed out over HTTP.");
+            json!({
+                "state_id": st.id.to_hex(),
+                "node_name": st.node_name,
+                "identifier": st.identifier,
+                "inputs": doc_json(&st.inputs),
+                "created_at": iso(st.created_at),
+            })
+        })
+        .collect()
+}
+
+/// Settles every dispatch in `held` with `kind`, concurrently.
+async fn settle_all<'a>(held: impl Iterator<Item = &'a mut Held>, kind: AckKind) {
+    futures::future::join_all(held.map(|h| h.settle(kind))).await;
 }
 
 #[cfg(test)]
