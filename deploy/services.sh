@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start or stop the five control-plane services locally (debug builds).
+# Start or stop the five control-plane services locally (debug builds; EXO_PROFILE=release
+# for release builds).
 #
 #   deploy/services.sh up     start exo-trigger, exo-scheduler, exo-completion, exo-retry, exo-api
 #   deploy/services.sh down   stop them (SIGTERM, then SIGKILL after 10 s)
@@ -11,7 +12,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN="$ROOT/.run"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${EXO_PROFILE:-debug}"
 SERVICES=(exo-trigger exo-scheduler exo-completion exo-retry exo-api)
 mkdir -p "$RUN"
 

@@ -214,6 +214,7 @@ impl Engine {
             node_name: st.node_name.clone(),
             identifier: st.identifier.clone(),
             inputs: to_json_map(&st.inputs),
+            created_at_ms: Some(st.created_at.timestamp_millis()),
         };
         self.bus
             .publish(Outgoing::json(

@@ -109,6 +109,10 @@ pub struct Dispatch {
     pub identifier: String,
     /// Resolved inputs.
     pub inputs: Map<String, Value>,
+    /// When the state was created (Unix ms), so an HTTP hand-out can answer
+    /// without reading the state. Absent in dispatches of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<i64>,
 }
 
 /// A node finished (`exo.v1.<ns>.result.executed`).

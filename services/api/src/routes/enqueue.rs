@@ -4,24 +4,25 @@
 //! that NATS runtimes consume, so the two kinds of runtime share the load.
 //! For each dispatch taken, the state must still be QUEUED with the
 //! dispatch's attempt and not leased for that attempt; it is then leased to
-//! the caller (`lease_until`, Unix ms, and `lease_attempt`, both new State
-//! fields) and the dispatch is acked. Stale dispatches are
-//! acked and skipped. Nodes are served round-robin until `batch_size`
-//! states are found or every queue is empty; an empty queue is never an
-//! error.
+//! the caller (`lease_until`, Unix ms, `lease_attempt` and `lease_holder`,
+//! State fields of ours) in one conditional `update_many` per batch, the
+//! answer is built from the dispatches, and they are acked in the
+//! background. Stale dispatches are acked and skipped. Each queue is
+//! pulled without waiting, all at once, until `batch_size` states are found
+//! or every queue is empty; an empty queue is never an error.
 //!
 //! Deviations from upstream: `batch_size` is capped at [`MAX_BATCH`];
 //! invalid node names (not NATS subject tokens) are skipped; states are
 //! leased (upstream has no lease).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use axum::Json;
 use axum::extract::{Path, State};
 use exo_store::StateDoc;
-use exo_store::mongodb::bson::doc;
+use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
 use exo_types::messages::Dispatch;
 use exo_types::names::is_valid_token;
 use exo_types::status::StateStatus;
@@ -30,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiResult;
 use crate::models::EnqueueBody;
-use crate::render::{doc_json, iso, parse_oid};
+use crate::render::{iso, parse_oid};
 use crate::validate::ValidJson;
 use crate::{AppState, Caller};
 
@@ -188,17 +189,14 @@ async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<Held>, String> {
 /// A fetched dispatch whose message decoded.
 struct Taken {
     held: Held,
-    state_id: String,
-    id: exo_store::mongodb::bson::oid::ObjectId,
-    attempt: i64,
+    id: ObjectId,
+    dispatch: Dispatch,
 }
 
 /// Decodes one fetched dispatch, or settles a malformed one and returns
 /// `None`.
 async fn decode(state: &AppState, mut held: Held) -> Option<Taken> {
     let msg = held.message()?;
-    // Only the ids are needed here (inputs are read from the state), but a
-    // large dispatch carries them in the object store too.
     let payload = match state.engine.bus.payload_of(msg).await {
         Ok(p) => p,
         Err(error) => {
@@ -212,7 +210,7 @@ async fn decode(state: &AppState, mut held: Held) -> Option<Taken> {
             return None;
         }
     };
-    let d: Dispatch = match serde_json::from_slice(&payload) {
+    let dispatch: Dispatch = match serde_json::from_slice(&payload) {
         Ok(d) => d,
         Err(error) => {
             tracing::warn!(subject = %msg.subject, %error, "Dropped a malformed dispatch.");
@@ -220,72 +218,41 @@ async fn decode(state: &AppState, mut held: Held) -> Option<Taken> {
             return None;
         }
     };
-    let Some(id) = parse_oid(&d.state_id) else {
-        tracing::warn!(state_id = %d.state_id, "Dropped a dispatch with a malformed state id.");
+    let Some(id) = parse_oid(&dispatch.state_id) else {
+        tracing::warn!(state_id = %dispatch.state_id, "Dropped a dispatch with a malformed state id.");
         held.settle(AckKind::Term).await;
         return None;
     };
-    Some(Taken {
-        held,
-        state_id: d.state_id,
-        id,
-        attempt: i64::from(d.attempt),
-    })
+    Some(Taken { held, id, dispatch })
 }
 
 /// Leases the states of a batch of dispatches and returns their
-/// descriptions; stale dispatches (the state moved on, or is leased for
-/// this attempt already) are acked and skipped. Two MongoDB commands for
-/// the whole batch in the common case: one read of the states and one
-/// `update_many` per dispatch attempt present (usually one).
+/// descriptions, built from the dispatches themselves. One MongoDB command
+/// for the whole batch in the common case: an `update_many` per dispatch
+/// attempt present (usually one), whose filter is the fence (the state is
+/// still QUEUED for that attempt and not leased for it by a live hand-out).
+/// When it matches fewer states than asked, the states this request leased
+/// are read back; the others (stale, or redelivered while their first
+/// hand-out lives) are acked and skipped. Dispatches are settled after the
+/// answer is built, off the request's path: an ack that is lost only brings
+/// the dispatch back after the consumer's ack wait, and the lease makes it
+/// stale then.
 async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -> Vec<Value> {
     let decoded = futures::future::join_all(msgs.into_iter().map(|m| decode(state, m))).await;
-    let mut taken: Vec<Taken> = decoded.into_iter().flatten().collect();
-    if taken.is_empty() {
-        return Vec::new();
+    let mut by_attempt: BTreeMap<u32, Vec<Taken>> = BTreeMap::new();
+    for t in decoded.into_iter().flatten() {
+        by_attempt.entry(t.dispatch.attempt).or_default().push(t);
     }
     let store = &state.engine.store;
-    let ids: Vec<_> = taken.iter().map(|t| t.id).collect();
-    let loaded: Result<Vec<StateDoc>, _> = async {
-        store
-            .states()
-            .find(doc! {"_id": {"$in": &ids}})
-            .await?
-            .try_collect()
-            .await
-    }
-    .await;
-    let mut states: HashMap<_, StateDoc> = match loaded {
-        Ok(v) => v.into_iter().map(|st| (st.id, st)).collect(),
-        Err(error) => {
-            tracing::warn!(%error, "Could not load dispatched states.");
-            settle_all(taken.iter_mut().map(|t| &mut t.held), AckKind::Nak(None)).await;
-            return Vec::new();
-        }
-    };
-    // Fresh: still QUEUED for the dispatch's attempt.
-    let (fresh, stale): (Vec<Taken>, Vec<Taken>) = taken.into_iter().partition(|t| {
-        states
-            .get(&t.id)
-            .is_some_and(|st| st.status == StateStatus::Queued && st.attempt == t.attempt)
-    });
-    let mut stale = stale;
-    for t in &stale {
-        tracing::debug!(exo.state_id = %t.state_id, "Skipped a stale dispatch.");
-    }
     let now = exo_types::time::now_ms();
     let lease_until =
         now.saturating_add(i64::try_from(state.settings.lease.as_millis()).unwrap_or(i64::MAX));
     let holder = caller.0.map(|ip| ip.to_string());
-    let mut by_attempt: BTreeMap<i64, Vec<Taken>> = BTreeMap::new();
-    for t in fresh {
-        by_attempt.entry(t.attempt).or_default().push(t);
-    }
-    let mut handed = Vec::new();
-    for (attempt, mut group) in by_attempt {
-        let gids: Vec<_> = group.iter().map(|t| t.id).collect();
-        // Not leased for this attempt yet (or its lease ran out): a
-        // dispatch redelivered while its first hand-out is alive is stale.
+    let mut handed: Vec<Taken> = Vec::new();
+    let mut stale: Vec<Taken> = Vec::new();
+    for (attempt, group) in by_attempt {
+        let attempt = i64::from(attempt);
+        let gids: Vec<ObjectId> = group.iter().map(|t| t.id).collect();
         let filter = doc! {
             "_id": {"$in": &gids}, "status": StateStatus::Queued.as_str(),
             "attempt": exo_store::filters::attempt_is(attempt),
@@ -293,87 +260,123 @@ async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -
         };
         let update = doc! {"$set": {"lease_until": lease_until, "lease_attempt": attempt,
         "lease_holder": holder.clone()}};
-        let ours: Vec<bool> = match store.states().update_many(filter, update).await {
-            Ok(r) if r.matched_count == gids.len() as u64 => vec![true; group.len()],
-            // Some were leased by someone else for this attempt: read back
-            // which carry this lease. A dispatch is held by one request at
-            // a time (until its ack wait), so the values identify ours.
-            Ok(_) => {
-                let back = async {
-                    store
-                        .db()
-                        .collection::<exo_store::mongodb::bson::Document>(exo_store::STATES)
-                        .find(doc! {"_id": {"$in": &gids}, "lease_until": lease_until,
-                        "lease_attempt": attempt, "lease_holder": holder.clone()})
-                        .projection(doc! {"_id": 1})
-                        .await?
-                        .try_collect::<Vec<_>>()
-                        .await
+        let ours: HashSet<ObjectId> = match store.states().update_many(filter, update).await {
+            Ok(r) if r.matched_count == gids.len() as u64 => gids.iter().copied().collect(),
+            // A dispatch is held by one request at a time (until its ack
+            // wait), so these values identify the leases this one wrote.
+            Ok(_) => match leased_by(store, &gids, lease_until, attempt, &holder).await {
+                Ok(ids) => ids,
+                Err(error) => {
+                    tracing::warn!(%error, "Could not read leases back.");
+                    HashSet::new()
                 }
-                .await;
-                match back {
-                    Ok(docs) => {
-                        let mine: std::collections::HashSet<_> = docs
-                            .iter()
-                            .filter_map(|d| d.get_object_id("_id").ok())
-                            .collect();
-                        group.iter().map(|t| mine.contains(&t.id)).collect()
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "Could not read leases back.");
-                        vec![false; group.len()]
-                    }
-                }
-            }
+            },
             Err(error) => {
                 tracing::warn!(%error, "Could not lease dispatched states.");
-                settle_all(group.iter_mut().map(|t| &mut t.held), AckKind::Nak(None)).await;
+                settle_later(group, AckKind::Nak(None), state);
                 continue;
             }
         };
-        for (t, mine) in group.into_iter().zip(ours) {
-            if mine {
-                if let Some(st) = states.remove(&t.id) {
-                    handed.push((t, st));
-                }
+        for t in group {
+            if ours.contains(&t.id) {
+                handed.push(t);
             } else {
+                tracing::debug!(exo.state_id = %t.dispatch.state_id, "Skipped a stale dispatch.");
                 stale.push(t);
             }
         }
     }
-    settle_all(stale.iter_mut().map(|t| &mut t.held), AckKind::Ack).await;
-    let acks = handed.iter_mut().map(|(t, _)| async {
-        // The object of a large dispatch goes once the hand-out is confirmed.
-        let large = t
-            .held
-            .message()
-            .filter(|m| exo_bus::payload_ref(m).is_some())
-            .map(|m| (**m).clone());
-        if t.held.settle(AckKind::Ack).await
-            && let Some(m) = large
-        {
-            state.engine.bus.forget_payload(&m).await;
+    settle_later(stale, AckKind::Ack, state);
+    // Dispatches of older versions carry no creation time: read it.
+    let missing: Vec<ObjectId> = handed
+        .iter()
+        .filter(|t| t.dispatch.created_at_ms.is_none())
+        .map(|t| t.id)
+        .collect();
+    let mut created: HashMap<ObjectId, DateTime> = HashMap::new();
+    if !missing.is_empty() {
+        match store.states().find(doc! {"_id": {"$in": &missing}}).await {
+            Ok(cur) => {
+                let docs: Vec<StateDoc> = cur.try_collect().await.unwrap_or_default();
+                created.extend(docs.into_iter().map(|st| (st.id, st.created_at)));
+            }
+            Err(error) => tracing::warn!(%error, "Could not read creation times."),
         }
-    });
-    futures::future::join_all(acks).await;
-    handed
-        .into_iter()
-        .map(|(t, st)| {
-            tracing::debug!(exo.namespace = %ns, exo.state_id = %t.state_id, "State handed out over HTTP.");
+    }
+    let out = handed
+        .iter()
+        .map(|t| {
+            let d = &t.dispatch;
+            tracing::debug!(exo.namespace = %ns, exo.state_id = %d.state_id, "State handed out over HTTP.");
+            let created_at = d
+                .created_at_ms
+                .map(DateTime::from_millis)
+                .or_else(|| created.get(&t.id).copied())
+                .unwrap_or_else(DateTime::now);
             json!({
-                "state_id": st.id.to_hex(),
-                "node_name": st.node_name,
-                "identifier": st.identifier,
-                "inputs": doc_json(&st.inputs),
-                "created_at": iso(st.created_at),
+                "state_id": d.state_id,
+                "node_name": d.node_name,
+                "identifier": d.identifier,
+                "inputs": d.inputs,
+                "created_at": iso(created_at),
             })
         })
-        .collect()
+        .collect();
+    settle_later(handed, AckKind::Ack, state);
+    out
 }
 
-/// Settles every dispatch in `held` with `kind`, concurrently.
-async fn settle_all<'a>(held: impl Iterator<Item = &'a mut Held>, kind: AckKind) {
-    futures::future::join_all(held.map(|h| h.settle(kind))).await;
+/// The states of `ids` that carry the lease (`until`, `attempt`, `holder`).
+async fn leased_by(
+    store: &exo_store::Store,
+    ids: &[ObjectId],
+    until: i64,
+    attempt: i64,
+    holder: &Option<String>,
+) -> Result<HashSet<ObjectId>, exo_store::mongodb::error::Error> {
+    let docs: Vec<Document> = store
+        .db()
+        .collection::<Document>(exo_store::STATES)
+        .find(
+            doc! {"_id": {"$in": ids}, "lease_until": until, "lease_attempt": attempt,
+            "lease_holder": holder.clone()},
+        )
+        .projection(doc! {"_id": 1})
+        .await?
+        .try_collect()
+        .await?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| d.get_object_id("_id").ok())
+        .collect())
+}
+
+/// Settles `taken` with `kind` in the background; the object of a large
+/// dispatch handed out goes once its ack is confirmed.
+fn settle_later(taken: Vec<Taken>, kind: AckKind, state: &AppState) {
+    if taken.is_empty() {
+        return;
+    }
+    let bus = state.engine.bus.clone();
+    tokio::spawn(async move {
+        let settles = taken.into_iter().map(|mut t| {
+            let bus = bus.clone();
+            async move {
+                let large = t
+                    .held
+                    .message()
+                    .filter(|m| exo_bus::payload_ref(m).is_some())
+                    .map(|m| (**m).clone());
+                if t.held.settle(kind).await
+                    && matches!(kind, AckKind::Ack)
+                    && let Some(m) = large
+                {
+                    bus.forget_payload(&m).await;
+                }
+            }
+        });
+        futures::future::join_all(settles).await;
+    });
 }
 
 #[cfg(test)]
