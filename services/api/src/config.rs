@@ -50,7 +50,8 @@ pub struct ApiConfig {
     /// Comma-separated CORS origins; unset means [`DEFAULT_CORS_ORIGINS`].
     pub cors_origins: Option<String>,
     /// How long a state handed out by `POST /states/enqueue` stays leased
-    /// to the caller (also the `ack_wait` of dispatch consumers it creates).
+    /// to the caller. (Dispatch consumers it creates get the NATS runtimes'
+    /// default `ack_wait`; the api acks a dispatch as soon as it is leased.)
     pub lease_secs: u64,
 }
 

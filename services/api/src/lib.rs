@@ -205,11 +205,7 @@ impl AppState {
         {
             return Ok(c.clone());
         }
-        let c = self
-            .engine
-            .bus
-            .dispatch_consumer(ns, node, self.settings.lease)
-            .await?;
+        let c = self.engine.bus.dispatch_consumer(ns, node, None).await?;
         if let Ok(mut map) = self.consumers.lock() {
             map.insert(key, c.clone());
         }

@@ -85,6 +85,11 @@ impl Outgoing {
 /// Ack wait of service consumers: a message held by a crashed service is
 /// redelivered this long after its last heartbeat.
 pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// Ack wait of a dispatch consumer created by the api (before any NATS
+/// runtime bound it): the NATS runtime SDK's default. A NATS runtime that
+/// binds sets its own (see [`Bus::dispatch_consumer`]).
+pub const DISPATCH_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Interval of the progress acks sent while a service handles a message.
 pub const SERVICE_HEARTBEAT: Duration = Duration::from_millis(300);
 /// Dedup window of the work streams.
@@ -220,13 +225,20 @@ impl Bus {
     }
 
     /// Durable pull consumer of one (namespace, node) dispatch queue, shared by
-    /// every runtime process serving that node. `ack_wait` is the time a
-    /// runtime has between heartbeats before the work is handed to another.
+    /// every runtime serving that node, NATS and HTTP alike.
+    ///
+    /// Its `ack_wait` is the time a NATS runtime has between heartbeats
+    /// before the work is handed to another, so NATS runtimes set it:
+    /// `Some(d)` creates the consumer with `d`, or updates an existing one
+    /// whose `ack_wait` differs (whoever created it). `None` (the api, which
+    /// acks every dispatch as soon as it has leased its state, so its own
+    /// hold is milliseconds) uses the consumer as it is, or creates it with
+    /// [`DISPATCH_ACK_WAIT`].
     pub async fn dispatch_consumer(
         &self,
         namespace: &str,
         node: &str,
-        ack_wait: Duration,
+        ack_wait: Option<Duration>,
     ) -> Result<consumer::PullConsumer, Error> {
         let stream = self
             .js
@@ -238,15 +250,33 @@ impl Bus {
             durable_name: Some(name.clone()),
             filter_subject: subj::dispatch(namespace, node),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait,
+            ack_wait: ack_wait.unwrap_or(DISPATCH_ACK_WAIT),
             max_deliver: -1,
             max_ack_pending: 10_000,
             ..Default::default()
         };
-        stream
-            .get_or_create_consumer(&name, cfg)
+        let mut consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(&name, cfg.clone())
             .await
-            .map_err(|e| Error::js("dispatch consumer provisioning", e))
+            .map_err(|e| Error::js("dispatch consumer provisioning", e))?;
+        if let Some(want) = ack_wait {
+            let have = consumer.cached_info().config.ack_wait;
+            if have != want {
+                tracing::info!(consumer = %name, ?have, ?want, "Setting the dispatch consumer's ack_wait.");
+                stream
+                    .update_consumer(cfg)
+                    .await
+                    .map_err(|e| Error::js("dispatch consumer update", e))?;
+                consumer = stream
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|source| Error::JetStream {
+                        what: "dispatch consumer provisioning",
+                        source,
+                    })?;
+            }
+        }
+        Ok(consumer)
     }
 
     fn headers() -> HeaderMap {

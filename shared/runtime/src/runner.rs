@@ -183,7 +183,7 @@ impl Runtime {
             registration: None,
             nodes: Vec::new(),
             concurrency: 8,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: exo_bus::DISPATCH_ACK_WAIT,
             max_deliveries: 10,
         }
     }
@@ -243,7 +243,7 @@ impl Runtime {
         let mut tasks = Vec::new();
         for node in &cfg.nodes {
             let consumer = bus
-                .dispatch_consumer(&cfg.namespace, node.name(), cfg.ack_wait)
+                .dispatch_consumer(&cfg.namespace, node.name(), Some(cfg.ack_wait))
                 .await?;
             tasks.push(tokio::spawn(serve_node(
                 bus.clone(),

@@ -153,3 +153,69 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     stop.cancel();
     Ok(())
 }
+
+/// Whoever creates a node's dispatch consumer, a NATS runtime's crashed work
+/// comes back within that runtime's own `ack_wait`: here the api creates
+/// the consumer first (an HTTP `enqueue` for the node), then a runtime with
+/// a 2 s `ack_wait` binds, takes the state, and is killed mid-execution; a
+/// second runtime gets it seconds later, not after the api's lease (300 s)
+/// or the default (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_nats_runtime_s_work_returns_within_its_own_ack_wait() -> anyhow::Result<()> {
+    let ns = "ackwait";
+    let mut stack = Stack::start().await?;
+    let (status, body) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/states/enqueue"),
+            &json!({"nodes": ["Picky"], "batch_size": 1}),
+        )
+        .await?;
+    assert_eq!((status, body["count"].as_u64()), (200, Some(0)), "{body}");
+    stack
+        .spawn_runtime_process(
+            ns,
+            &[
+                ("EXO_TEST_ACK_WAIT_SECS", "2"),
+                ("EXO_TEST_DELAY_MS", "600000"),
+            ],
+        )
+        .await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "Picky", "identifier": "p", "namespace": ns, "inputs": {"text": "x"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    // The runtime holds the dispatch (heartbeating) well past 2 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = stack.states(&run_id).await?;
+        if st
+            .first()
+            .is_some_and(|s| s.status == exo_types::status::StateStatus::Queued)
+        {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "never dispatched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let st = stack.states(&run_id).await?;
+    assert_eq!(
+        st[0].status,
+        exo_types::status::StateStatus::Queued,
+        "still executing"
+    );
+    stack.service("exo-test-runtime").kill9();
+    let killed = std::time::Instant::now();
+    stack
+        .spawn_runtime_process(ns, &[("EXO_TEST_ACK_WAIT_SECS", "2")])
+        .await?;
+    let run = stack.wait_run(&run_id, Duration::from_secs(60)).await?;
+    let took = killed.elapsed();
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"), "{run:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "redelivered after {took:?}: the runtime's 2 s ack_wait was not applied"
+    );
+    assert_run_consistent(&stack, &run).await?;
+    Ok(())
+}
