@@ -351,6 +351,9 @@ where
                     }
                 }
                 Some(error) => {
+                    tracing::warn!(exo.state_id = %state.id, exo.run_id = %state.run_id,
+                        exo.node = %state.identifier, %error,
+                        "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
                     fx.transition(
                         &state,
                         StateStatus::Executed,
@@ -422,6 +425,8 @@ async fn fail_next_created(
     outputs: &Document,
     error: &str,
 ) -> Result<(), Error> {
+    tracing::warn!(exo.state_id = %st.id, exo.run_id = %st.run_id, exo.node = %st.identifier,
+        %error, "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
     // Without a usable template there are no unite groups to count.
     let mut fx = Effects::new(None, &st.run_id);
     fx.transition(

@@ -57,16 +57,20 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
             );
             fx.insert(r);
         }
-        None => fx.transition(
-            &st,
-            StateStatus::Queued,
-            StateStatus::Errored,
-            Update {
-                filter: state_at(st.id, StateStatus::Queued, st.attempt),
-                update: doc! {"$set": {"status": StateStatus::Errored.as_str(), "error": &msg.error, "updated_at": stamp}},
-                expect: 1,
-            },
-        ),
+        None => {
+            tracing::warn!(exo.state_id = %st.id, exo.run_id = %st.run_id, exo.node = %st.identifier,
+                error = %msg.error, retry_count = st.retry_count, "The state failed with no retry left.");
+            fx.transition(
+                &st,
+                StateStatus::Queued,
+                StateStatus::Errored,
+                Update {
+                    filter: state_at(st.id, StateStatus::Queued, st.attempt),
+                    update: doc! {"$set": {"status": StateStatus::Errored.as_str(), "error": &msg.error, "updated_at": stamp}},
+                    expect: 1,
+                },
+            )
+        }
     }
     let applied = effects::apply(&engine.store, &fx, now).await?;
     engine.after_apply(&st, applied).await?;

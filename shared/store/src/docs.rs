@@ -291,6 +291,9 @@ pub struct UniteGroupDoc {
     /// True if the unite state was created.
     #[serde(default)]
     pub fired: bool,
+    /// Why a closed group did not fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Id of the unite group of `target` for unite node `identifier`.

@@ -1253,7 +1253,8 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
             "retried_count",
             "cancelled_count",
             "created_at",
-            "finished_at"
+            "finished_at",
+            "failures"
         ])
     );
     for (page, size, ty) in [

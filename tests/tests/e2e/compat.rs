@@ -301,3 +301,68 @@ async fn errored_retries_after_the_template_became_invalid() -> anyhow::Result<(
     assert_eq!(states.len(), 2, "{states:?}");
     Ok(())
 }
+
+/// Why a run failed is visible through the API: a node returning a
+/// non-string output that its successor's input schema refuses ends the
+/// producing state NEXT_CREATED_ERROR with the reason, the run FAILED, and
+/// `GET …/run/{run_id}` lists that state with its error; a failure with no
+/// retry left is listed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_endpoint_says_why_a_run_failed() -> anyhow::Result<()> {
+    let ns = "why";
+    let stack = Stack::start().await?;
+    register_echo(&stack, ns).await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "Echo", "identifier": "a", "namespace": ns, "inputs": {"text": "x"}, "next_nodes": ["b"]},
+        {"node_name": "Echo", "identifier": "b", "namespace": ns, "inputs": {"text": "${{ a.outputs.text }}"}},
+    ], "retry_policy": {"max_retries": 0}});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let a = take_one(&stack, ns).await?;
+    let (status, body) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/state/{a}/executed"),
+            &json!({"outputs": [{"text": 42}]}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let run = stack.wait_run(&run_id, Duration::from_secs(20)).await?;
+    assert_eq!(run.status.as_deref(), Some("FAILED"));
+    let (status, body) = stack
+        .get(&format!("/v0/namespace/{ns}/run/{run_id}"))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let failures = body["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 1, "{body}");
+    assert_eq!(failures[0]["state_id"], a.as_str());
+    assert_eq!(failures[0]["identifier"], "a");
+    assert_eq!(failures[0]["status"], "NEXT_CREATED_ERROR");
+    let error = failures[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("text"),
+        "the reason names the field: {error}"
+    );
+
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let a = take_one(&stack, ns).await?;
+    let (status, body) = stack
+        .post(
+            &format!("/v0/namespace/{ns}/state/{a}/errored"),
+            &json!({"error": "the disk is full"}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let run = stack.wait_run(&run_id, Duration::from_secs(20)).await?;
+    assert_eq!(run.status.as_deref(), Some("FAILED"));
+    let (_, body) = stack
+        .get(&format!("/v0/namespace/{ns}/run/{run_id}"))
+        .await?;
+    assert_eq!(
+        body["failures"],
+        json!([{"state_id": a, "identifier": "a", "node_name": "Echo", "status": "ERRORED",
+                "retry_count": 0, "error": "the disk is full"}]),
+        "{body}"
+    );
+    Ok(())
+}

@@ -199,6 +199,7 @@ pub async fn get_run(
         .await?
         .pop()
         .unwrap_or_default();
+    let failures = run_failures(&state, &run.run_id).await?;
     Ok(Json(json!({
         "run_id": run.run_id,
         "graph_name": run.graph_name,
@@ -211,7 +212,61 @@ pub async fn get_run(
         "cancelled_count": c.cancelled,
         "created_at": iso(run.created_at),
         "finished_at": iso_opt(run.finished_at),
+        "failures": failures,
     })))
+}
+
+/// Most failures listed by [`get_run`].
+const MAX_FAILURES: i64 = 20;
+
+/// Why a run failed (or is failing): its states that ended ERRORED (with no
+/// retry left) or NEXT_CREATED_ERROR, and its unite groups that closed
+/// without firing, each with its reason (at most [`MAX_FAILURES`] states).
+async fn run_failures(state: &AppState, run_id: &str) -> ApiResult<Vec<Value>> {
+    let failed = [
+        StateStatus::Errored.as_str(),
+        StateStatus::NextCreatedError.as_str(),
+    ];
+    let states: Vec<StateDoc> = state
+        .engine
+        .store
+        .states()
+        .find(doc! {"run_id": run_id, "status": {"$in": failed.as_slice()}})
+        .limit(MAX_FAILURES)
+        .await?
+        .try_collect()
+        .await?;
+    let mut out: Vec<Value> = states
+        .iter()
+        .map(|st| {
+            json!({
+                "state_id": st.id.to_hex(),
+                "identifier": st.identifier,
+                "node_name": st.node_name,
+                "status": st.status.as_str(),
+                "retry_count": st.retry_count,
+                "error": st.error,
+            })
+        })
+        .collect();
+    let groups: Vec<exo_store::UniteGroupDoc> = state
+        .engine
+        .store
+        .unite_groups()
+        .find(doc! {"run_id": run_id, "closed": true, "fired": false})
+        .limit(MAX_FAILURES)
+        .await?
+        .try_collect()
+        .await?;
+    out.extend(groups.iter().map(|g| {
+        json!({
+            "unite": g.unite_identifier,
+            "target_state_id": g.target_id.to_hex(),
+            "status": "UNITE_NOT_FIRED",
+            "error": g.error,
+        })
+    }));
+    Ok(out)
 }
 
 /// `POST /v0/namespace/{ns}/run/{run_id}/cancel` (extension): asks the
