@@ -225,12 +225,15 @@ async fn all_success_with_a_failure_ends_the_run_failed_instead_of_hanging() -> 
         .await?;
     assert_eq!(status, 200, "{body}");
     let failures = body["failures"].as_array().expect("failures");
-    assert_eq!(failures.len(), 1, "pruned branches are not failures: {body}");
+    assert_eq!(
+        failures.len(),
+        1,
+        "pruned branches are not failures: {body}"
+    );
     assert_eq!(failures[0]["status"], "UNITE_NOT_FIRED");
     assert_eq!(failures[0]["unite"], "merge");
     assert_eq!(
-        failures[0]["error"],
-        "10 descendant(s) of the unite target failed",
+        failures[0]["error"], "10 descendant(s) of the unite target failed",
         "{body}"
     );
     stop.cancel();

@@ -13,5 +13,6 @@ mod leases;
 mod legacy_db;
 mod nats_only;
 mod pinning;
+mod protocol;
 mod python_sdk;
 mod redelivery;
