@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the official Exosphere Python SDK (`exospherehost`, pinned) and
-# pytest into the project-local venv `.tools/pysdk`, for the tests that
-# drive the real SDK against this system (tests/python/).
+# Installs the official Exosphere Python SDK (`exospherehost`, pinned),
+# nats-py (for the reference NATS runtime, runtimes/python) and pytest into
+# the project-local venv `.tools/pysdk`, for the tests that drive the real
+# SDK against this system (tests/python/) and the Python NATS runtime.
 #
 # The SDK declares Python >= 3.12; this machine has 3.11. The only 3.12-only
 # syntax in it are about ten log lines of `runtime.py` with nested f-strings
@@ -19,6 +20,8 @@ SDK_VERSION="0.0.3"
 # The SDK's own dependencies, at the versions of upstream's lock file.
 DEPS=("aiohttp==3.12.15" "pydantic==2.11.7")
 PYTEST_VERSION="8.3.5"
+# The reference NATS runtime (runtimes/python) uses nats-py.
+NATS_PY_VERSION="2.12.0"
 
 log() { printf '[install-python-sdk] %s\n' "$*" >&2; }
 
@@ -42,6 +45,10 @@ if [ "$have" != "$want" ]; then
     log "installing $want (ignoring the SDK's Python >= 3.12 requirement)"
     "$PY" -m pip install --quiet --disable-pip-version-check \
         --ignore-requires-python "exospherehost==$SDK_VERSION" "${DEPS[@]}"
+fi
+if [ "$(installed nats-py)" != "$NATS_PY_VERSION" ]; then
+    log "installing nats-py==$NATS_PY_VERSION"
+    "$PY" -m pip install --quiet --disable-pip-version-check "nats-py==$NATS_PY_VERSION"
 fi
 if ! "$PY" -c 'import pytest' 2>/dev/null; then
     log "installing pytest==$PYTEST_VERSION"

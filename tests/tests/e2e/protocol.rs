@@ -246,6 +246,9 @@ fn the_asyncapi_document_is_valid_asyncapi_3() -> anyhow::Result<()> {
     check(&v, &doc, "docs/asyncapi.json")?;
     let mut broken = doc.clone();
     broken["channels"]["dispatch"]["address"] = json!(42);
-    assert!(!v.is_valid(&broken), "the meta-schema must catch a broken document");
+    assert!(
+        !v.is_valid(&broken),
+        "the meta-schema must catch a broken document"
+    );
     Ok(())
 }

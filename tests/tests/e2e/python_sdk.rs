@@ -202,3 +202,22 @@ async fn sdk_wide_fan_out_survives_a_completion_crash_between_chunks() -> anyhow
     );
     Ok(())
 }
+
+/// The reference Python NATS runtime (`runtimes/python`, nats-py, written
+/// from the protocol documents): a chain, a fan-out with a prune and a
+/// unite, a crash redelivery within its own `ack_wait`, and a cancellation
+/// that stops its execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_nats_runtime_chain_fan_out_crash_and_cancel() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let nats = stack.servers.nats.url();
+    run_module_with(
+        &mut stack,
+        "test_nats_runtime.py",
+        "py-nats",
+        &[("EXO_NATS_URL", nats.as_str())],
+        None,
+    )
+    .await
+    .map(|_| ())
+}
