@@ -15,7 +15,8 @@ that the NATS protocol is usable without the Rust SDK. Small on purpose:
 
 What it does, per the protocol:
 * binds (creating or updating) the durable pull consumer `dsp-<ns>-<node>` of
-  stream EXO_DISPATCH with its own `ack_wait`;
+  stream EXO_DISPATCH with its own `ack_wait`, waiting for the services to
+  have created the stream;
 * fetches dispatches, reads large ones from the EXO_PAYLOADS object store
   (header `Exo-Payload-Ref`), runs the node, sends a progress ack every
   `ack_wait / 3` while it runs;
@@ -181,7 +182,15 @@ class Runtime:
         return await js.pull_subscribe_bind(durable, stream=STREAM)
 
     async def _serve(self, nc, js, node: _Node, limit: asyncio.Semaphore, stop: asyncio.Event):
-        sub = await self._bind(js, node)
+        wait = 0.1
+        while True:
+            try:
+                sub = await self._bind(js, node)
+                break
+            except Exception as e:  # the services create the streams: wait for them
+                log.warning("cannot bind %s yet (%s); retrying", node.name, e)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 5.0)
         while not stop.is_set():
             await limit.acquire()
             try:

@@ -166,10 +166,11 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
     };
     let status = run.get_str("status").unwrap_or_default().to_string();
     let cancelling = run.get_bool("cancelling").unwrap_or(false);
+    let graph_name = run.get_str("graph_name").unwrap_or_default().to_string();
     if status != RunStatus::Pending.as_str() || !cancelling {
         if status == RunStatus::Cancelled.as_str() && cancelling {
             // Finished by an earlier delivery: tell runtimes again (deduplicated).
-            publish_cancelled(engine, ns, &cmd.run_id, now).await?;
+            publish_cancelled(engine, ns, &cmd.run_id, &graph_name, now).await?;
             return Ok(Outcome::Done);
         }
         return Ok(Outcome::Stale(format!("run is {status}")));
@@ -189,14 +190,20 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
         .map_err(exo_store::Error::from)?;
     exo_faults::point("store.write")?;
     tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
-    publish_cancelled(engine, ns, &cmd.run_id, now).await?;
+    publish_cancelled(engine, ns, &cmd.run_id, &graph_name, now).await?;
     Ok(Outcome::Done)
 }
 
-async fn publish_cancelled(engine: &Engine, ns: &str, run_id: &str, now: i64) -> Result<(), Error> {
+async fn publish_cancelled(
+    engine: &Engine,
+    ns: &str,
+    run_id: &str,
+    graph_name: &str,
+    now: i64,
+) -> Result<(), Error> {
     let ev = RunEvent {
         run_id: run_id.to_string(),
-        graph_name: String::new(),
+        graph_name: graph_name.to_string(),
         status: RunStatus::Cancelled.as_str().to_string(),
         at_ms: now,
     };

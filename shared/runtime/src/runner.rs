@@ -242,9 +242,26 @@ impl Runtime {
         }
         let mut tasks = Vec::new();
         for node in &cfg.nodes {
-            let consumer = bus
-                .dispatch_consumer(&cfg.namespace, node.name(), Some(cfg.ack_wait))
-                .await?;
+            // The services create the streams; a runtime started first
+            // waits for them.
+            let mut wait = Duration::from_millis(100);
+            let consumer = loop {
+                match bus
+                    .dispatch_consumer(&cfg.namespace, node.name(), Some(cfg.ack_wait))
+                    .await
+                {
+                    Ok(c) => break c,
+                    Err(error) => {
+                        tracing::warn!(%error, node = node.name(),
+                            "Cannot bind the dispatch queue yet (are the services started?); retrying.");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
             tasks.push(tokio::spawn(serve_node(
                 bus.clone(),
                 self.cfg.clone(),

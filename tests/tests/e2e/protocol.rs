@@ -232,6 +232,13 @@ async fn every_message_the_services_publish_matches_the_asyncapi_document() -> a
     for k in expected {
         assert!(kinds.contains_key(k), "no {k} seen: {kinds:?}");
     }
+    let cancelled = messages
+        .iter()
+        .find(|m| m.subject.ends_with(".event.run.cancelled"))
+        .expect("a run.cancelled event");
+    let ev: Value = serde_json::from_slice(&cancelled.payload)?;
+    assert_eq!(ev["run_id"], late.as_str());
+    assert_eq!(ev["graph_name"], "wait", "the event names the run's graph");
     Ok(())
 }
 
