@@ -70,6 +70,20 @@ impl Counters {
     fn is_zero(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The run document's counter fields with these values (for `$inc`,
+    /// or `$set` when a run is adopted), and `failed_unites`.
+    pub(crate) fn run_fields(&self, failed_unites: i64) -> Document {
+        doc! {
+            "total_count": self.total,
+            "pending_count": self.pending,
+            "success_count": self.success,
+            "errored_count": self.errored,
+            "retried_count": self.retried,
+            "cancelled_count": self.cancelled,
+            "failed_unites": failed_unites,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -572,15 +586,7 @@ async fn apply_in(
             .runs()
             .find_one_and_update(
                 doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}, "cancelling": {"$ne": true}},
-                doc! {"$inc": {
-                    "total_count": counters.total,
-                    "pending_count": counters.pending,
-                    "success_count": counters.success,
-                    "errored_count": counters.errored,
-                    "retried_count": counters.retried,
-                    "cancelled_count": counters.cancelled,
-                    "failed_unites": failed_unites,
-                }},
+                doc! {"$inc": counters.run_fields(failed_unites)},
             )
             .return_document(ReturnDocument::After)
             .session(&mut *s)

@@ -132,20 +132,13 @@ pub(crate) async fn adopt_in(
     };
     tracing::info!(exo.run_id = %run_id, total = c.total, pending = c.pending, status = status.as_str(),
         groups = groups.len(), "Adopting a run started by Exosphere.");
+    let mut set = c.run_fields(0);
+    set.insert("status", status.as_str());
     store
         .runs()
         .update_one(
             doc! {"run_id": run_id, "status": {"$exists": false}},
-            doc! {"$set": {
-                "status": status.as_str(),
-                "total_count": c.total,
-                "pending_count": c.pending,
-                "success_count": c.success,
-                "errored_count": c.errored,
-                "retried_count": c.retried,
-                "cancelled_count": c.cancelled,
-                "failed_unites": 0i64,
-            }},
+            doc! {"$set": set},
         )
         .session(&mut *s)
         .await?;

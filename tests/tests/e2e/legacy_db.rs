@@ -152,13 +152,7 @@ async fn upstream_indexes_and_ours_coexist() -> anyhow::Result<()> {
         )
         .await?;
     stack.store.ensure_indexes().await?;
-    for s in [
-        "exo-trigger",
-        "exo-scheduler",
-        "exo-completion",
-        "exo-retry",
-        "exo-api",
-    ] {
+    for s in exo_e2e::SERVICES {
         stack.spawn(s).await?;
     }
     let names: Vec<String> = triggers.list_index_names().await?;
@@ -216,13 +210,7 @@ async fn a_run_upstream_left_half_way_through_a_unite_fires_it_once() -> anyhow:
     let mut stack = Stack::start_with(&[]).await?;
     let fixture = load_upstream_fixture(&stack).await?;
     stack.store.ensure_indexes().await?;
-    for s in [
-        "exo-trigger",
-        "exo-scheduler",
-        "exo-completion",
-        "exo-retry",
-        "exo-api",
-    ] {
+    for s in exo_e2e::SERVICES {
         stack.spawn(s).await?;
     }
     let ns = "legacy";
