@@ -25,6 +25,8 @@ What it does, per the protocol:
   for the JetStream ack, then acks the dispatch (naks it if the publish fails);
 * reports `errored` without running a dispatch delivered more than
   `max_deliveries` times (a node that crashes its runtime cannot loop);
+* gives nodes their graph's secrets (`await ctx.secrets()`) over the
+  `exo.v1.<ns>.secrets.get` request subject, with the API key;
 * listens on `exo.v1.<ns>.event.run.cancelled`: executions of that run are
   cancelled and their dispatches acked with no result (the states are
   CANCELLED already), later dispatches of that run are dropped the same way.
@@ -74,6 +76,14 @@ class Context:
     identifier: str
     attempt: int
     delivered: int
+    _secrets: Callable[[str], Awaitable[dict]] | None = None
+
+    async def secrets(self) -> dict:
+        """The secrets of this state's graph, asked over NATS
+        (`exo.v1.<ns>.secrets.get`, needs the runtime's `api_key`)."""
+        if self._secrets is None:
+            raise RuntimeError("no api_key was given to the Runtime")
+        return await self._secrets(self.state_id)
 
 
 Handler = Callable[[dict, Context], Awaitable[Any]]
@@ -108,9 +118,10 @@ def _schema(title: str, fields: list[str]) -> dict:
 class Runtime:
     """Serves nodes of one namespace over NATS."""
 
-    def __init__(self, namespace: str, name: str, *, nats_url: str,
+    def __init__(self, namespace: str, name: str, *, nats_url: str, api_key: str | None = None,
                  ack_wait: float = 30.0, max_deliveries: int = 10, concurrency: int = 16):
         self.namespace = namespace
+        self.api_key = api_key
         self.name = name
         self.nats_url = nats_url
         self.ack_wait = ack_wait
@@ -220,7 +231,8 @@ class Runtime:
                 await msg.ack()
                 return
             ctx = Context(dispatch["state_id"], dispatch["run_id"], dispatch["graph_name"],
-                          dispatch["identifier"], dispatch["attempt"], msg.metadata.num_delivered)
+                          dispatch["identifier"], dispatch["attempt"], msg.metadata.num_delivered,
+                          (lambda sid: self._secrets_of(nc, sid)) if self.api_key else None)
             heartbeat = asyncio.create_task(self._heartbeat(msg))
             try:
                 if ctx.delivered > self.max_deliveries:
@@ -264,6 +276,15 @@ class Runtime:
         if out is None:
             return "executed", {"outputs": []}
         return "executed", {"outputs": out if isinstance(out, list) else [out]}
+
+    async def _secrets_of(self, nc, state_id: str) -> dict:
+        reply = await nc.request(f"exo.v1.{self.namespace}.secrets.get",
+                                 json.dumps({"state_id": state_id}).encode(),
+                                 timeout=5, headers={"Exo-Api-Key": self.api_key})
+        body = json.loads(reply.data)
+        if body.get("status") != 200:
+            raise RuntimeError(f"secrets: {body.get('status')} {body.get('detail')}")
+        return body["secrets"]
 
     async def _heartbeat(self, msg) -> None:
         while True:

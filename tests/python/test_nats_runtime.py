@@ -109,6 +109,29 @@ def test_chain_fan_out_and_unite():
     asyncio.run(main())
 
 
+def test_secrets_over_nats():
+    async def main():
+        ns = namespace("nats-secrets")
+        api = Api(ns)
+        rt = Runtime(ns, "py-nats", nats_url=NATS_URL, api_key=KEY)
+
+        @rt.node("Reveal", inputs=["text"], outputs=["text"])
+        async def reveal(inputs, ctx):
+            return {"text": inputs["text"] + ":" + (await ctx.secrets())["token"]}
+
+        async with serving(rt):
+            status, body = await api.request("PUT", api.p("/graph/g"), {
+                "secrets": {"token": "s3cret"},
+                "nodes": [node("Reveal", "r", ns, {"text": "x"}, [])]})
+            assert status == 201, body
+            run = await wait_run(api, await trigger(api, "g"))
+            assert run["status"] == "SUCCESS", run
+            r = await api.states("g", run["run_id"], "r")
+            assert r[0]["outputs"] == {"text": "x:s3cret"}, r
+
+    asyncio.run(main())
+
+
 CHILD = """
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])

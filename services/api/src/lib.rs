@@ -24,6 +24,7 @@ pub mod http;
 pub mod models;
 mod render;
 mod routes;
+pub mod secrets_nats;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -306,6 +307,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .await
         .context("check stored graph templates")?;
     let state = AppState::new(engine.clone(), settings, readiness.clone());
+    let secrets = tokio::spawn(secrets_nats::serve(state.clone(), shutdown.clone()));
     let router = app(state);
     readiness.set(true);
     tracing::info!(exo.service = "exo-api", addr = %cfg.api.addr, "Service ready.");
@@ -335,6 +337,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             "Graceful shutdown did not complete in time."
         ),
     }
+    let _ = secrets.await;
     engine.bus.drain().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!(exo.service = "exo-api", "Stopped.");

@@ -22,6 +22,10 @@ pub const HEADER_PAYLOAD_REF: &str = "Exo-Payload-Ref";
 /// Optional; without it nothing is replied.
 pub const HEADER_REPLY_TO: &str = "Exo-Reply-To";
 
+/// Header carrying the API key on a secrets request (the same key as the
+/// HTTP API's `x-api-key`).
+pub const HEADER_API_KEY: &str = "Exo-Api-Key";
+
 /// How a service handled a message that asked for a reply
 /// ([`HEADER_REPLY_TO`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

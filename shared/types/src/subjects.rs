@@ -112,6 +112,15 @@ pub fn event(ns: &str, entity: &str, name: &str) -> String {
     format!("{PREFIX}.{ns}.event.{entity}.{name}")
 }
 
+/// `exo.v1.<ns>.secrets.get`: core NATS request/reply (no stream, so secrets
+/// are never persisted) by which a NATS runtime reads a state's secrets.
+pub fn secrets(ns: &str) -> String {
+    format!("{PREFIX}.{ns}.secrets.get")
+}
+
+/// What the api subscribes to for [`secrets`] requests of every namespace.
+pub const SECRETS_SUBJECTS: &str = "exo.v1.*.secrets.get";
+
 /// `exo.dlq.v1.<stream>.<consumer>`: outside `exo.v1.*` so that no namespace
 /// can collide with it.
 pub fn dead_letter(stream: &str, consumer: &str) -> String {

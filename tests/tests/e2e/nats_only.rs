@@ -124,3 +124,71 @@ async fn trigger_command_on_nats_runs_a_chain_without_the_api() -> anyhow::Resul
     rt.await??;
     Ok(())
 }
+
+/// A NATS runtime reads a state's secrets over NATS request/reply on
+/// `exo.v1.<ns>.secrets.get`, with the API key in `Exo-Api-Key`: the same
+/// answer and the same refusals as `GET …/state/{id}/secrets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_served_over_nats_with_the_api_key() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let ns = "natssecrets";
+    let stack = exo_e2e::Stack::start().await?;
+    stack.register_http_node(ns, "Echo").await?;
+    let graph = serde_json::json!({"secrets": {"token": "s3cret", "user": "bob"}, "nodes": [
+        {"node_name": "Echo", "identifier": "e", "namespace": ns, "inputs": {"text": "hi"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let run_id = stack.trigger(ns, "g", &serde_json::json!({})).await?;
+    let state_id = stack.states(&run_id).await?[0].id.to_hex();
+    let client = async_nats::connect(stack.servers.nats.url()).await?;
+    let ask = |ns: &str, key: &str, body: serde_json::Value| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(exo_types::messages::HEADER_API_KEY, key);
+        let client = client.clone();
+        let subject = exo_types::subjects::secrets(ns);
+        async move {
+            let r = client
+                .request_with_headers(subject, h, body.to_string().into())
+                .await?;
+            anyhow::Ok(serde_json::from_slice::<serde_json::Value>(&r.payload)?)
+        }
+    };
+    let body = serde_json::json!({ "state_id": state_id });
+    let ok = ask(ns, exo_e2e::API_KEY, body.clone()).await?;
+    assert_eq!(
+        ok,
+        serde_json::json!({"status": 200, "secrets": {"token": "s3cret", "user": "bob"}})
+    );
+    let (_, http) = stack
+        .get(&format!("/v0/namespace/{ns}/state/{state_id}/secrets"))
+        .await?;
+    assert_eq!(
+        ok["secrets"], http["secrets"],
+        "the same answer as over HTTP"
+    );
+    assert_eq!(
+        ask(ns, "wrong-key", body.clone()).await?,
+        serde_json::json!({"status": 401, "detail": "Invalid API key"})
+    );
+    assert_eq!(
+        ask("elsewhere", exo_e2e::API_KEY, body).await?,
+        serde_json::json!({"status": 404, "detail": "State not found"})
+    );
+    assert_eq!(
+        ask(ns, exo_e2e::API_KEY, serde_json::json!({"id": 1})).await?["status"],
+        400
+    );
+    // Nothing of it is persisted: no stream holds the subject.
+    let js = async_nats::jetstream::new(client.clone());
+    let mut names = js.stream_names();
+    while let Some(name) = names.next().await {
+        let name = name?;
+        let info = js.get_stream(&name).await?.info().await?.config.clone();
+        for s in &info.subjects {
+            assert!(
+                !s.contains("secrets") && s != "exo.v1.>" && s != ">",
+                "stream {name} would keep secrets: {s}"
+            );
+        }
+    }
+    Ok(())
+}

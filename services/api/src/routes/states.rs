@@ -307,7 +307,19 @@ pub async fn secrets(
     State(state): State<AppState>,
     Path((ns, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let st = load_state(&state, &ns, &id).await?;
+    Ok(Json(
+        json!({"secrets": secrets_of(&state, &ns, &id).await?}),
+    ))
+}
+
+/// The decrypted secrets of the graph of state `id` in namespace `ns` (for
+/// `GET …/secrets` and the NATS request subject, [`crate::secrets_nats`]).
+pub(crate) async fn secrets_of(
+    state: &AppState,
+    ns: &str,
+    id: &str,
+) -> ApiResult<Map<String, Value>> {
+    let st = load_state(state, ns, id).await?;
     let Some(graph) = state
         .engine
         .store
@@ -335,5 +347,5 @@ pub async fn secrets(
             out.insert(name.clone(), Value::String(plain));
         }
     }
-    Ok(Json(json!({"secrets": out})))
+    Ok(out)
 }

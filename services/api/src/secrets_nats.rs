@@ -1,0 +1,75 @@
+//! Secrets for NATS runtimes: core NATS request/reply on
+//! `exo.v1.<ns>.secrets.get` (no stream: secrets are never persisted on
+//! NATS). The request carries the API key in the `Exo-Api-Key` header (the
+//! HTTP API's key, the same authorization as `GET …/state/{id}/secrets`)
+//! and `{"state_id": "<24 hex>"}`; the reply is `{"status": 200, "secrets":
+//! {name: value}}`, or `{"status": <HTTP status>, "detail": "<why>"}` with
+//! the HTTP endpoint's status and message. Every `api` replica serves it
+//! (queue group `exo-api`).
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Serves secrets requests until `shutdown`.
+pub async fn serve(state: AppState, shutdown: CancellationToken) {
+    let client = state.engine.bus.client().clone();
+    let mut sub = match client
+        .queue_subscribe(exo_types::subjects::SECRETS_SUBJECTS, "exo-api".into())
+        .await
+    {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "Cannot serve secrets requests over NATS.");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let state = state.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let body = answer(&state, &msg).await;
+            if let Err(error) = client.publish(reply, body.to_string().into()).await {
+                tracing::warn!(%error, "Could not answer a secrets request.");
+            }
+        });
+    }
+}
+
+async fn answer(state: &AppState, msg: &async_nats::Message) -> Value {
+    let key_ok = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(exo_types::messages::HEADER_API_KEY))
+        .is_some_and(|k| k.as_str().as_bytes() == state.settings.key.as_bytes());
+    if !key_ok {
+        return json!({"status": 401, "detail": "Invalid API key"});
+    }
+    let Some(ns) = exo_types::subjects::namespace_of(&msg.subject) else {
+        return json!({"status": 400, "detail": "no namespace in the subject"});
+    };
+    let Some(id) = serde_json::from_slice::<Value>(&msg.payload)
+        .ok()
+        .and_then(|v| v["state_id"].as_str().map(str::to_string))
+    else {
+        return json!({"status": 400, "detail": "the request must be {\"state_id\": \"<id>\"}"});
+    };
+    match crate::routes::states::secrets_of(state, ns, &id).await {
+        Ok(secrets) => json!({"status": 200, "secrets": secrets}),
+        Err(ApiError::Http(status, detail)) => json!({"status": status.as_u16(), "detail": detail}),
+        Err(other) => {
+            tracing::error!(error = ?other, exo.state_id = %id, "A secrets request failed.");
+            json!({"status": 500, "detail": "Internal server error"})
+        }
+    }
+}
