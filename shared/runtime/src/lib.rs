@@ -41,5 +41,7 @@
 mod node;
 mod runner;
 
-pub use node::{Context, DynNode, Node, NodeError, Output, Report, string_object_schema};
+pub use node::{
+    Context, DynNode, Node, NodeError, Output, Report, SecretsAccess, string_object_schema,
+};
 pub use runner::{Builder, Error, Registration, Runtime};

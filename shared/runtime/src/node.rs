@@ -55,6 +55,66 @@ pub struct Context {
     /// the delivery says so: `now - published` is how long the work waited
     /// between the scheduler's hand-off and this execution.
     pub published: Option<std::time::SystemTime>,
+    /// How to ask for this state's secrets (set when the runtime has an API
+    /// key, see [`crate::Builder::register_with`]).
+    pub secrets_access: Option<SecretsAccess>,
+}
+
+/// What [`Context::secrets`] needs: a NATS connection, the namespace and the
+/// API key (never printed).
+#[derive(Clone)]
+pub struct SecretsAccess {
+    /// NATS connection.
+    pub client: async_nats::Client,
+    /// Namespace of the runtime.
+    pub namespace: String,
+    /// API key (`Exo-Api-Key`).
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for SecretsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsAccess")
+            .field("namespace", &self.namespace)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Context {
+    /// The secrets of this state's graph (name → value), asked over NATS on
+    /// `exo.v1.<ns>.secrets.get` with the runtime's API key: the same answer
+    /// and authorization as `GET …/state/{id}/secrets`.
+    pub async fn secrets(&self) -> Result<std::collections::BTreeMap<String, String>, NodeError> {
+        let access = self.secrets_access.as_ref().ok_or_else(|| {
+            NodeError::new("secrets need the runtime's API key (Builder::register_with)")
+        })?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(exo_types::messages::HEADER_API_KEY, access.api_key.as_str());
+        let body = json!({"state_id": self.state_id}).to_string();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            access.client.request_with_headers(
+                exo_types::subjects::secrets(&access.namespace),
+                headers,
+                body.into(),
+            ),
+        )
+        .await
+        .map_err(|_| NodeError::new("secrets: no answer within 10 s"))?
+        .map_err(|e| NodeError::new(format!("secrets: {e}")))?;
+        let v: Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| NodeError::new(format!("secrets: malformed answer: {e}")))?;
+        if v["status"] != 200 {
+            return Err(NodeError::new(format!(
+                "secrets: {} {}",
+                v["status"],
+                v["detail"].as_str().unwrap_or_default()
+            )));
+        }
+        serde_json::from_value(v["secrets"].clone())
+            .map_err(|e| NodeError::new(format!("secrets: malformed answer: {e}")))
+    }
 }
 
 /// A graph node implemented in Rust. Exosphere's data model is string-only:

@@ -396,6 +396,14 @@ async fn handle(
         attempt: dispatch.attempt,
         delivered: msg.info().map(|i| i.delivered).unwrap_or(1),
         published: msg.info().ok().map(|i| i.published.into()),
+        secrets_access: cfg
+            .registration
+            .as_ref()
+            .map(|r| crate::node::SecretsAccess {
+                client: bus.client().clone(),
+                namespace: cfg.namespace.clone(),
+                api_key: r.api_key.clone(),
+            }),
     };
     let heartbeat = {
         let every = cfg.ack_wait / 3;

@@ -192,3 +192,52 @@ async fn secrets_are_served_over_nats_with_the_api_key() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A node of the Rust SDK that appends its graph's `token` secret.
+struct Reveal;
+
+impl exo_runtime::Node for Reveal {
+    type Inputs = exo_e2e::nodes::TextIn;
+    type Outputs = exo_e2e::nodes::TextOut;
+    fn name(&self) -> &str {
+        "Reveal"
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(
+        &self,
+        i: Self::Inputs,
+        ctx: &exo_runtime::Context,
+    ) -> Result<exo_runtime::Output<Self::Outputs>, exo_runtime::NodeError> {
+        let secrets = ctx.secrets().await?;
+        let token = secrets.get("token").cloned().unwrap_or_default();
+        Ok(exo_runtime::Output::One(exo_e2e::nodes::TextOut {
+            text: format!("{}:{token}", i.text),
+        }))
+    }
+}
+
+/// The Rust SDK gives nodes their secrets (`Context::secrets`, over the
+/// NATS request subject, with the key the runtime registers with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_nodes_read_their_secrets() -> anyhow::Result<()> {
+    let ns = "rustsecrets";
+    let stack = Stack::start().await?;
+    let (stop, _) = stack
+        .start_runtime(stack.runtime(ns, "rt").node(Reveal))
+        .await?;
+    let graph = serde_json::json!({"secrets": {"token": "s3cret"}, "nodes": [
+        {"node_name": "Reveal", "identifier": "r", "namespace": ns, "inputs": {"text": "x"}}]});
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let run_id = stack.trigger(ns, "g", &serde_json::json!({})).await?;
+    let run = stack.wait_run(&run_id, Duration::from_secs(30)).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"), "{run:?}");
+    let st = stack.states(&run_id).await?;
+    assert_eq!(st[0].outputs.get_str("text")?, "x:s3cret");
+    stop.cancel();
+    Ok(())
+}
