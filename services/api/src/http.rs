@@ -96,7 +96,7 @@ pub async fn require_key(State(state): State<AppState>, req: Request, next: Next
     let ok = req
         .headers()
         .get(API_KEY)
-        .is_some_and(|v| v.as_bytes() == state.settings.key.as_bytes());
+        .is_some_and(|v| state.settings.key_matches(v.as_bytes()));
     if !ok {
         return (
             StatusCode::UNAUTHORIZED,

@@ -60,6 +60,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// True when `presented` is the API key (the `x-api-key` header of the
+    /// HTTP API, `Exo-Api-Key` of a NATS secrets request).
+    pub fn key_matches(&self, presented: &[u8]) -> bool {
+        presented == self.key.as_bytes()
+    }
+
     /// Builds the settings from the `api` section.
     pub fn from_config(api: &ApiConfig) -> Result<Self, crypto::Error> {
         let cipher = match &api.secrets_encryption_key {

@@ -51,7 +51,7 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> Value {
         .headers
         .as_ref()
         .and_then(|h| h.get(exo_types::messages::HEADER_API_KEY))
-        .is_some_and(|k| k.as_str().as_bytes() == state.settings.key.as_bytes());
+        .is_some_and(|k| state.settings.key_matches(k.as_str().as_bytes()));
     if !key_ok {
         return json!({"status": 401, "detail": "Invalid API key"});
     }

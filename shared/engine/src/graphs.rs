@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use exo_store::mongodb::bson::doc;
 use exo_store::{GraphTemplateDoc, Store};
-use exo_types::graph::{Graph, GraphSpec, input_fields};
+use exo_types::graph::{Graph, input_fields};
 use futures::TryStreamExt;
 
 /// How long a loaded template is reused.
@@ -192,14 +192,7 @@ impl GraphCache {
         if doc.validation_status != exo_types::status::ValidationStatus::Valid.as_str() {
             return Ok(Err(Unusable::NotValid(doc.validation_status.clone())));
         }
-        let spec = GraphSpec {
-            nodes: doc.nodes.clone(),
-            secrets: doc.secrets.clone(),
-            retry_policy: doc.retry_policy.clone(),
-            store_config: doc.store_config.clone(),
-            triggers: doc.triggers.clone(),
-        };
-        let graph = match Graph::analyse(&spec) {
+        let graph = match Graph::analyse(&doc.spec()) {
             Ok(g) => g,
             Err(errors) => return Ok(Err(Unusable::Analysis(errors.join("\n")))),
         };

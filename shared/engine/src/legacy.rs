@@ -204,14 +204,7 @@ fn rejection(doc: &exo_store::GraphTemplateDoc) -> Vec<String> {
             }
         }
     }
-    let spec = exo_types::graph::GraphSpec {
-        nodes: doc.nodes.clone(),
-        secrets: doc.secrets.clone(),
-        retry_policy: doc.retry_policy.clone(),
-        store_config: doc.store_config.clone(),
-        triggers: doc.triggers.clone(),
-    };
-    if let Err(e) = exo_types::graph::Graph::analyse(&spec) {
+    if let Err(e) = exo_types::graph::Graph::analyse(&doc.spec()) {
         errors.extend(e);
     }
     errors

@@ -150,6 +150,19 @@ pub struct GraphTemplateDoc {
     pub updated_at: DateTime,
 }
 
+impl GraphTemplateDoc {
+    /// The definition this document stores, as the graph analysis takes it.
+    pub fn spec(&self) -> exo_types::graph::GraphSpec {
+        exo_types::graph::GraphSpec {
+            nodes: self.nodes.clone(),
+            secrets: self.secrets.clone(),
+            retry_policy: self.retry_policy.clone(),
+            store_config: self.store_config.clone(),
+            triggers: self.triggers.clone(),
+        }
+    }
+}
+
 /// A node registered by a runtime (collection `RegisteredNode`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisteredNodeDoc {
