@@ -2,6 +2,7 @@
 //! binaries, plus test nodes for the Rust runtime SDK.
 
 pub mod nodes;
+pub mod schema;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -24,30 +24,6 @@ pub const REQUEST_ID: &str = "x-exosphere-request-id";
 /// Header carrying the API key.
 pub const API_KEY: &str = "x-api-key";
 
-/// Every route pattern the API serves (axum syntax). Used to decide whether
-/// an unknown path differs from a known one only by a trailing slash.
-pub const ROUTES: &[&str] = &[
-    "/health",
-    "/livez",
-    "/readyz",
-    "/v0/namespaces",
-    "/v0/namespace/{ns}/graph/{graph}",
-    "/v0/namespace/{ns}/graph/{graph}/trigger",
-    "/v0/namespace/{ns}/graph/{graph}/run/{run}/node/{node}",
-    "/v0/namespace/{ns}/graphs/",
-    "/v0/namespace/{ns}/nodes/",
-    "/v0/namespace/{ns}/runs/{page}/{size}",
-    "/v0/namespace/{ns}/run/{run}",
-    "/v0/namespace/{ns}/states/run/{run}/graph",
-    "/v0/namespace/{ns}/states/enqueue",
-    "/v0/namespace/{ns}/state/{id}/executed",
-    "/v0/namespace/{ns}/state/{id}/errored",
-    "/v0/namespace/{ns}/state/{id}/prune",
-    "/v0/namespace/{ns}/state/{id}/re-enqueue-after",
-    "/v0/namespace/{ns}/state/{id}/manual-retry",
-    "/v0/namespace/{ns}/state/{id}/secrets",
-];
-
 /// The request id to use: the client's when it parses as a UUID (echoed
 /// verbatim), else a fresh UUIDv4.
 pub fn request_id(header: Option<&HeaderValue>) -> String {
@@ -116,7 +92,11 @@ pub async fn not_found(uri: Uri) -> Response {
             Some(_) => path.trim_end_matches('/').to_string(),
             None => format!("{path}/"),
         };
-        if !toggled.is_empty() && ROUTES.iter().any(|r| matches_route(r, &toggled)) {
+        if !toggled.is_empty()
+            && crate::openapi::paths()
+                .iter()
+                .any(|r| matches_route(r, &toggled))
+        {
             let location = match uri.query() {
                 Some(q) => format!("{toggled}?{q}"),
                 None => toggled,

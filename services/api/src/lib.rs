@@ -22,6 +22,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod models;
+pub mod openapi;
 mod render;
 mod routes;
 pub mod secrets_nats;
@@ -36,7 +37,6 @@ use async_nats::jetstream::consumer::PullConsumer;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
 use exo_engine::Engine;
 use exo_service::admin::{self, Readiness};
 use tokio_util::sync::CancellationToken;
@@ -227,59 +227,17 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application: routes, auth, request ids, CORS, limits.
+/// The whole HTTP application: routes, auth, request ids, CORS, limits,
+/// and the OpenAPI document with its Swagger UI.
 pub fn app(state: AppState) -> Router {
-    use routes::{enqueue, graphs, nodes, runs, states, trigger};
-    let ns = "/v0/namespace/{ns}";
-    let v0: Router = Router::new()
-        .route("/v0/namespaces", get(nodes::namespaces))
-        .route(
-            &format!("{ns}/graph/{{graph}}"),
-            get(graphs::get_graph).put(graphs::upsert),
-        )
-        .route(
-            &format!("{ns}/graph/{{graph}}/trigger"),
-            post(trigger::trigger),
-        )
-        .route(
-            &format!("{ns}/graph/{{graph}}/run/{{run}}/node/{{node}}"),
-            get(runs::node_details),
-        )
-        .route(&format!("{ns}/graphs/"), get(graphs::list))
-        .route(
-            &format!("{ns}/nodes/"),
-            get(nodes::list).put(nodes::register),
-        )
-        .route(&format!("{ns}/runs/{{page}}/{{size}}"), get(runs::list))
-        .route(&format!("{ns}/run/{{run}}"), get(runs::get_run))
-        .route(&format!("{ns}/run/{{run}}/cancel"), post(runs::cancel))
-        .route(
-            &format!("{ns}/states/run/{{run}}/graph"),
-            get(runs::graph_structure),
-        )
-        .route(&format!("{ns}/states/enqueue"), post(enqueue::enqueue))
-        .route(
-            &format!("{ns}/state/{{id}}/executed"),
-            post(states::executed),
-        )
-        .route(&format!("{ns}/state/{{id}}/errored"), post(states::errored))
-        .route(&format!("{ns}/state/{{id}}/prune"), post(states::prune))
-        .route(
-            &format!("{ns}/state/{{id}}/re-enqueue-after"),
-            post(states::re_enqueue_after),
-        )
-        .route(
-            &format!("{ns}/state/{{id}}/manual-retry"),
-            post(states::manual_retry),
-        )
-        .route(&format!("{ns}/state/{{id}}/secrets"), get(states::secrets))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            http::require_key,
-        ))
-        .route("/health", get(routes::health))
-        .with_state(state.clone());
-    v0.merge(admin::router(state.readiness.clone()))
+    let key = middleware::from_fn_with_state(state.clone(), http::require_key);
+    let (routes, doc) = openapi::routes(|v0| v0.route_layer(key));
+    let docs =
+        utoipa_swagger_ui::SwaggerUi::new(openapi::DOCS_PATH).url(openapi::OPENAPI_PATH, doc);
+    routes
+        .with_state(state.clone())
+        .merge(admin::router(state.readiness.clone()))
+        .merge(docs)
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -1,7 +1,8 @@
 //! `exo-api` binary: parses flags, loads configuration, installs telemetry
 //! and signal handling, then hands over to [`exo_api::run`]. Two database
 //! commands help switching from (and back to) Exosphere: `check-db` and
-//! `revert-to-upstream` (see docs/compatibility.md).
+//! `revert-to-upstream` (see docs/compatibility.md); `openapi` prints the
+//! HTTP API's OpenAPI document.
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
+    /// Print the OpenAPI document of the HTTP API (the one served at
+    /// /openapi.json) and exit; needs no configuration.
+    Openapi,
     /// Report what switching an Exosphere database over will do: stored
     /// VALID graphs that cannot run here (marked INVALID when the api
     /// starts), Exosphere runs to adopt, states Exosphere left EXECUTED or
@@ -37,6 +41,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Openapi)) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(exo_api::openapi::document())?
+        );
+        return Ok(());
+    }
     let cfg =
         match exo_api::Config::load(cli.config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
             Ok(c) => c,
@@ -47,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         };
     exo_service::telemetry::init("exo-api");
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => Ok(()),
         Command::Serve => {
             let shutdown = exo_service::shutdown::signal_token();
             exo_api::run(cfg, shutdown).await

@@ -386,7 +386,7 @@ async fn methods_redirects_and_unknown_routes() {
 #[tokio::test]
 async fn every_listed_route_is_routed() {
     let app = app().await;
-    for pattern in exo_api::http::ROUTES {
+    for pattern in exo_api::openapi::paths() {
         let path = pattern
             .split('/')
             .map(|s| if s.starts_with('{') { "x" } else { s })
@@ -478,5 +478,79 @@ async fn admin_routes_on_the_main_router() {
     assert_eq!(
         call(&app, req("GET", "/readyz", None, None)).await.status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_router_serves_exactly_the_documented_methods() {
+    let app = app().await;
+    let doc = exo_api::openapi::document();
+    let mut operations = 0;
+    for (pattern, item) in doc["paths"].as_object().unwrap() {
+        let path = pattern
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            let r = call(&app, req(method, &path, None, None)).await;
+            if item.get(method.to_lowercase()).is_some() {
+                operations += 1;
+                let expected: &[StatusCode] = if pattern.starts_with("/v0") {
+                    &[StatusCode::UNAUTHORIZED]
+                } else {
+                    &[StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE]
+                };
+                assert!(
+                    expected.contains(&r.status),
+                    "{method} {path}: {}",
+                    r.status
+                );
+            } else {
+                assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+        }
+    }
+    assert_eq!(operations, 22);
+}
+
+#[tokio::test]
+async fn openapi_and_swagger_ui_are_served_without_a_key() {
+    let app = app().await;
+    let r = call(&app, req("GET", "/openapi.json", None, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body, exo_api::openapi::document());
+    assert_eq!(r.body["openapi"], "3.1.0");
+
+    let r = call(&app, req("GET", "/docs/", None, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let page = r.body.as_str().unwrap_or_default();
+    assert!(page.contains("swagger-ui"), "{page}");
+    // The assets come from the binary, not from a CDN.
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    for asset in [
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-initializer.js",
+    ] {
+        let r = call(&app, req("GET", asset, None, None)).await;
+        assert_eq!(r.status, StatusCode::OK, "{asset}");
+    }
+    let r = call(&app, req("GET", "/docs/swagger-initializer.js", None, None)).await;
+    assert!(
+        r.body
+            .as_str()
+            .unwrap_or_default()
+            .contains("/openapi.json")
+    );
+
+    let r = call(&app, req("GET", "/docs", None, None)).await;
+    assert!(
+        r.status == StatusCode::OK || r.status.is_redirection(),
+        "{}",
+        r.status
     );
 }

@@ -12,6 +12,7 @@ mod flows;
 mod leases;
 mod legacy_db;
 mod nats_only;
+mod openapi;
 mod pinning;
 mod protocol;
 mod python_sdk;

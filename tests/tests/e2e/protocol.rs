@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use exo_e2e::Stack;
 use exo_e2e::nodes::{Append, FanOut, Join, Picky, Requeuer, counter};
+use exo_e2e::schema::{check, validator};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -37,26 +38,6 @@ fn message_of(doc: &Value, subject: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// A validator for `schema`, with the document's components reachable by
-/// its `$ref`s.
-fn validator(doc: &Value, schema: &Value) -> anyhow::Result<jsonschema::Validator> {
-    let mut root = schema.clone();
-    if let Some(r) = root["$ref"].as_str().map(str::to_string) {
-        root = doc
-            .pointer(r.trim_start_matches('#'))
-            .cloned()
-            .unwrap_or(Value::Null);
-    }
-    root["components"] = doc["components"].clone();
-    jsonschema::validator_for(&root).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn check(v: &jsonschema::Validator, instance: &Value, what: &str) -> anyhow::Result<()> {
-    let errors: Vec<String> = v.iter_errors(instance).map(|e| e.to_string()).collect();
-    anyhow::ensure!(errors.is_empty(), "{what}: {errors:?} in {instance}");
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

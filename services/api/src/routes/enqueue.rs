@@ -41,6 +41,16 @@ pub const MAX_BATCH: i64 = 1000;
 const FETCH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// `POST /v0/namespace/{ns}/states/enqueue`.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/states/enqueue",
+    operation_id = "enqueueStates",
+    summary = "Take work",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
+    request_body = crate::openapi::EnqueueRequest,
+    responses((status = 200, description = "Up to batch_size states, leased to the caller (possibly none).", body = crate::openapi::EnqueueResponse))
+)]
 pub async fn enqueue(
     State(state): State<AppState>,
     caller: Caller,

@@ -13,6 +13,14 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 
 /// `GET /health` (no auth, no database check).
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    summary = "Liveness of the API process",
+    tag = "health",
+    responses((status = 200, description = "Up.", body = crate::openapi::HealthResponse))
+)]
 pub async fn health() -> Json<Value> {
     Json(json!({"message": "OK"}))
 }

@@ -18,6 +18,16 @@ use crate::routes::check_token;
 use crate::validate::ValidJson;
 
 /// `PUT /v0/namespace/{ns}/nodes/`.
+#[utoipa::path(
+    put,
+    path = "/v0/namespace/{namespace_name}/nodes/",
+    operation_id = "registerNodes",
+    summary = "Register a runtime's nodes",
+    tag = "nodes",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
+    request_body = crate::openapi::RegisterNodesRequest,
+    responses((status = 200, description = "Registered (replacing earlier registrations of these names).", body = crate::openapi::RegisterNodesResponse), (status = 400, description = "A name is not a subject token.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn register(
     State(state): State<AppState>,
     Path(ns): Path<String>,
@@ -84,6 +94,15 @@ pub async fn register(
 }
 
 /// `GET /v0/namespace/{ns}/nodes/`.
+#[utoipa::path(
+    get,
+    path = "/v0/namespace/{namespace_name}/nodes/",
+    operation_id = "listNodes",
+    summary = "List registered nodes",
+    tag = "nodes",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
+    responses((status = 200, description = "Registered nodes.", body = crate::openapi::ListRegisteredNodesResponse))
+)]
 pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
     let mut cur = state
         .engine
@@ -115,6 +134,14 @@ pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiR
 
 /// `GET /v0/namespaces`: distinct namespaces of registered nodes, sorted,
 /// empty values dropped.
+#[utoipa::path(
+    get,
+    path = "/v0/namespaces",
+    operation_id = "listNamespaces",
+    summary = "List namespaces",
+    tag = "nodes",
+    responses((status = 200, description = "Namespaces with registered nodes.", body = crate::openapi::NamespacesResponse))
+)]
 pub async fn namespaces(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut cur = state
         .engine

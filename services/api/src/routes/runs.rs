@@ -128,6 +128,15 @@ fn path_int(c: &mut Checker, name: &str, raw: &str) -> Option<i64> {
 }
 
 /// `GET /v0/namespace/{ns}/runs/{page}/{size}`.
+#[utoipa::path(
+    get,
+    path = "/v0/namespace/{namespace_name}/runs/{page}/{size}",
+    operation_id = "listRuns",
+    summary = "List runs",
+    tag = "runs",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("page" = i64, Path, description = "Page, from 1."), ("size" = i64, Path, description = "Page size, ≥ 1.")),
+    responses((status = 200, description = "A page of runs, newest first.", body = crate::openapi::RunsResponse), (status = 422, description = "page or size is not an integer ≥ 1.", body = crate::openapi::ValidationErrors))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path((ns, page, size)): Path<(String, String, String)>,
@@ -180,6 +189,15 @@ pub async fn list(
 
 /// `GET /v0/namespace/{ns}/run/{run_id}` (extension): one run's status and
 /// counters.
+#[utoipa::path(
+    get,
+    path = "/v0/namespace/{namespace_name}/run/{run_id}",
+    operation_id = "getRun",
+    summary = "Read a run",
+    tag = "runs",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("run_id" = String, Path, description = "Run id.")),
+    responses((status = 200, description = "The run, its counts and why it failed (exo extension).", body = crate::openapi::RunDetails), (status = 404, description = "No such run.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn get_run(
     State(state): State<AppState>,
     Path((ns, run_id)): Path<(String, String)>,
@@ -272,6 +290,15 @@ async fn run_failures(state: &AppState, run_id: &str) -> ApiResult<Vec<Value>> {
 /// `POST /v0/namespace/{ns}/run/{run_id}/cancel` (extension): asks the
 /// `trigger` service to cancel a pending run. 202 `{"run_id", "status":
 /// "CANCELLING"}`; 404 for an unknown run; 409 when it already ended.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/run/{run_id}/cancel",
+    operation_id = "cancelRun",
+    summary = "Cancel a run",
+    tag = "runs",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("run_id" = String, Path, description = "Run id.")),
+    responses((status = 202, description = "Cancellation requested: pending states become CANCELLED (exo extension).", body = crate::openapi::CancelRunResponse), (status = 404, description = "No such run.", body = crate::openapi::ErrorDetail), (status = 409, description = "The run already ended.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path((ns, run_id)): Path<(String, String)>,
@@ -322,6 +349,15 @@ fn summary_template() -> Map<String, Value> {
 }
 
 /// `GET /v0/namespace/{ns}/states/run/{run_id}/graph`.
+#[utoipa::path(
+    get,
+    path = "/v0/namespace/{namespace_name}/states/run/{run_id}/graph",
+    operation_id = "getRunGraph",
+    summary = "Read a run as a graph of states",
+    tag = "runs",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("run_id" = String, Path, description = "Run id.")),
+    responses((status = 200, description = "The run's states as a graph (empty for an unknown run).", body = crate::openapi::GraphStructureResponse))
+)]
 pub async fn graph_structure(
     State(state): State<AppState>,
     Path((ns, run_id)): Path<(String, String)>,
@@ -380,6 +416,15 @@ pub async fn graph_structure(
 }
 
 /// `GET /v0/namespace/{ns}/graph/{graph}/run/{run_id}/node/{node_id}`.
+#[utoipa::path(
+    get,
+    path = "/v0/namespace/{namespace_name}/graph/{graph_name}/run/{run_id}/node/{node_id}",
+    operation_id = "getRunState",
+    summary = "Read one state of a run",
+    tag = "runs",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("graph_name" = String, Path, description = "Graph name."), ("run_id" = String, Path, description = "Run id."), ("node_id" = String, Path, description = "State id (24 hex digits).")),
+    responses((status = 200, description = "One state with its inputs and outputs.", body = crate::openapi::NodeRunDetails), (status = 400, description = "node_id is not 24 hex digits.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state in this run and graph.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn node_details(
     State(state): State<AppState>,
     Path((ns, graph, run_id, node_id)): Path<(String, String, String, String)>,

@@ -144,6 +144,16 @@ fn storable<'a>(what: &str, ms: impl IntoIterator<Item = &'a Map<String, Value>>
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/executed`.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/state/{state_id}/executed",
+    operation_id = "reportExecuted",
+    summary = "Report outputs",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
+    request_body = crate::openapi::ExecutedRequest,
+    responses((status = 200, description = "Recorded; successors are created.", body = crate::openapi::StatusResponse), (status = 400, description = "The state is not QUEUED (already reported, or its attempt moved on) or the outputs cannot be stored.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn executed(
     State(state): State<AppState>,
     caller: Caller,
@@ -169,6 +179,16 @@ pub async fn executed(
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/errored`.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/state/{state_id}/errored",
+    operation_id = "reportErrored",
+    summary = "Report a failure",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
+    request_body = crate::openapi::ErroredRequest,
+    responses((status = 200, description = "Recorded; a retry is scheduled when the policy allows.", body = crate::openapi::ErroredResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state or graph.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn errored(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,6 +222,16 @@ pub async fn errored(
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/prune`.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/state/{state_id}/prune",
+    operation_id = "reportPrune",
+    summary = "Prune a branch",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
+    request_body = crate::openapi::PruneRequest,
+    responses((status = 200, description = "The state and its branch end here.", body = crate::openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn prune(
     State(state): State<AppState>,
     caller: Caller,
@@ -229,6 +259,16 @@ pub async fn prune(
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/re-enqueue-after`.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/state/{state_id}/re-enqueue-after",
+    operation_id = "reEnqueueAfter",
+    summary = "Run a state again later",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
+    request_body = crate::openapi::ReEnqueueAfterRequest,
+    responses((status = 200, description = "The state runs again after the delay.", body = crate::openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn re_enqueue_after(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +296,16 @@ pub async fn re_enqueue_after(
 }
 
 /// `POST /v0/namespace/{ns}/state/{id}/manual-retry`.
+#[utoipa::path(
+    post,
+    path = "/v0/namespace/{namespace_name}/state/{state_id}/manual-retry",
+    operation_id = "manualRetry",
+    summary = "Retry a state by hand",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
+    request_body = crate::openapi::ManualRetryRequest,
+    responses((status = 200, description = "A new attempt of the state is created.", body = crate::openapi::ManualRetryResponse), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail), (status = 409, description = "A retry with this fanout_id exists, or the state changed concurrently.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn manual_retry(
     State(state): State<AppState>,
     Path((ns, id)): Path<(String, String)>,
@@ -303,6 +353,15 @@ pub async fn manual_retry(
 
 /// `GET /v0/namespace/{ns}/state/{id}/secrets`: every decrypted secret of
 /// the state's graph.
+#[utoipa::path(
+    get,
+    path = "/v0/namespace/{namespace_name}/state/{state_id}/secrets",
+    operation_id = "getSecrets",
+    summary = "Read a state's secrets",
+    tag = "states",
+    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
+    responses((status = 200, description = "Every secret of the state's graph, decrypted.", body = crate::openapi::SecretsResponse), (status = 404, description = "No such state or graph.", body = crate::openapi::ErrorDetail))
+)]
 pub async fn secrets(
     State(state): State<AppState>,
     Path((ns, id)): Path<(String, String)>,

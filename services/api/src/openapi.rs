@@ -1,0 +1,1015 @@
+//! The HTTP API described as OpenAPI 3.1: generated from the handlers'
+//! `#[utoipa::path]` attributes and the body types below, served at
+//! `GET /openapi.json` with a browsable Swagger UI at `GET /docs` (assets
+//! compiled into the binary: it works offline). Both are unauthenticated,
+//! as upstream's FastAPI pages are.
+//!
+//! The request and response types here exist to describe the wire; the
+//! handlers parse bodies with pydantic-compatible validation
+//! ([`crate::validate`]) and answer JSON. What keeps the two from drifting:
+//! the e2e test `openapi` drives every operation over HTTP and validates
+//! each request and answer against the served document (response schemas
+//! forbid unknown fields), and checks that the router serves exactly the
+//! documented methods and paths.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+
+/// Path of the OpenAPI document.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+/// Path of the Swagger UI page.
+pub const DOCS_PATH: &str = "/docs";
+
+/// The OpenAPI document of the HTTP API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "exo API",
+        description = "The HTTP API of exo, wire-compatible with Exosphere's state manager \
+                       (`/v0`). Every `/v0` route needs the API key in header `x-api-key`. \
+                       Errors answer `{\"detail\": \"...\"}` (400, 401, 404, 409), \
+                       `{\"detail\": [...]}` (422, pydantic's validation errors) or \
+                       `{\"success\": false, \"detail\": \"...\"}` (500). \
+                       A guide with examples: docs/api.md.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&ApiKeyScheme),
+    components(schemas(ErrorDetail, ValidationErrors, ServerError)),
+    paths(livez, readyz),
+    tags(
+        (name = "graphs", description = "Graph templates: upsert, read, list."),
+        (name = "runs", description = "Start runs and follow them."),
+        (name = "nodes", description = "Nodes registered by runtimes."),
+        (name = "states", description = "What runtimes call: take work, report results."),
+        (name = "health", description = "Probes (no API key)."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The routes of the API and their description, from one list: each
+/// handler's `#[utoipa::path]` gives both its route and its operation.
+/// `key` guards the `/v0` routes (the API key check); `/health` and the
+/// documents are open.
+pub fn routes(
+    key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    use crate::routes::{enqueue, graphs, nodes, runs, states, trigger};
+    let v0 = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(nodes::namespaces))
+        .routes(routes!(graphs::get_graph, graphs::upsert))
+        .routes(routes!(graphs::list))
+        .routes(routes!(trigger::trigger))
+        .routes(routes!(nodes::list, nodes::register))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::graph_structure))
+        .routes(routes!(runs::node_details))
+        .routes(routes!(enqueue::enqueue))
+        .routes(routes!(states::executed))
+        .routes(routes!(states::errored))
+        .routes(routes!(states::prune))
+        .routes(routes!(states::re_enqueue_after))
+        .routes(routes!(states::manual_retry))
+        .routes(routes!(states::secrets));
+    let (router, mut doc) = key(v0)
+        .routes(routes!(crate::routes::health))
+        .split_for_parts();
+    CommonResponses.modify(&mut doc);
+    (router, doc)
+}
+
+/// The document as JSON, built once.
+pub fn document() -> &'static Value {
+    static DOC: LazyLock<Value> = LazyLock::new(|| {
+        serde_json::to_value(routes(|r| r).1).unwrap_or_else(|_| Value::Object(Default::default()))
+    });
+    &DOC
+}
+
+/// Every documented path, in axum's `{param}` syntax (the parameter names
+/// are the document's).
+pub fn paths() -> &'static [String] {
+    static PATHS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        document()["paths"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    });
+    &PATHS
+}
+
+/// Adds the `x-api-key` security scheme.
+struct ApiKeyScheme;
+
+impl Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-api-key",
+                "The API key (`STATE_MANAGER_SECRET` / `api.key`).",
+            ))),
+        );
+    }
+}
+
+/// Adds what every `/v0` operation shares: the API key requirement, its
+/// 401, the 500, and the 422 of operations with a body (malformed JSON or
+/// fields, in pydantic's format).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            ContentBuilder, Ref, ResponseBuilder, security::SecurityRequirement,
+        };
+        let response = |description: &str, schema: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(schema)))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v0") {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.put, &mut item.post]
+                .into_iter()
+                .flatten()
+            {
+                op.security = Some(vec![SecurityRequirement::new(
+                    "api_key",
+                    Vec::<String>::new(),
+                )]);
+                let r = &mut op.responses.responses;
+                r.insert(
+                    "401".into(),
+                    response("Missing or wrong `x-api-key`.", "ErrorDetail").into(),
+                );
+                if op.request_body.is_some() {
+                    r.insert(
+                        "422".into(),
+                        response(
+                            "The body is not JSON or a field is invalid.",
+                            "ValidationErrors",
+                        )
+                        .into(),
+                    );
+                }
+                r.insert(
+                    "500".into(),
+                    response("Server failure.", "ServerError").into(),
+                );
+            }
+        }
+    }
+}
+
+/// `GET /livez`: the process is alive (no API key, no dependency check).
+#[utoipa::path(get, path = "/livez", tag = "health", operation_id = "livez", summary = "Liveness probe",
+    responses((status = 200, description = "Alive.", body = String, content_type = "text/plain")))]
+#[allow(dead_code)]
+fn livez() {}
+
+/// `GET /readyz`: the service is connected and serving (no API key).
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz", summary = "Readiness probe",
+    responses(
+        (status = 200, description = "Ready.", body = String, content_type = "text/plain"),
+        (status = 503, description = "Starting or draining.", body = String, content_type = "text/plain"),
+    ))]
+#[allow(dead_code)]
+fn readyz() {}
+
+// ---------------------------------------------------------------------------
+// Shared shapes.
+
+/// `{"detail": "..."}`: FastAPI's HTTPException body (400, 401, 404, 409).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// `{"detail": [...]}`: FastAPI's 422 body, one item per invalid field.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationErrors {
+    /// The errors, in pydantic's format.
+    pub detail: Vec<ValidationErrorItem>,
+}
+
+/// One pydantic validation error.
+#[derive(Deserialize, ToSchema)]
+pub struct ValidationErrorItem {
+    /// Error type (`missing`, `string_type`, `int_parsing`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where: `["body", "nodes", 0, "identifier"]`, `["path", "page"]`, ...
+    pub loc: Vec<LocPart>,
+    /// Human message.
+    pub msg: String,
+    /// The offending input.
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// Context of the rule (`{"ge": 1}`, ...).
+    #[serde(default)]
+    pub ctx: Option<BTreeMap<String, Value>>,
+}
+
+/// A part of a validation error location: a field name or a list index.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LocPart {
+    /// Field name.
+    Field(String),
+    /// List index.
+    Index(i64),
+}
+
+/// A 500 body: the generic one (`success: false`) or a named server-side
+/// misconfiguration (only `detail`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerError {
+    /// False in the generic answer.
+    #[serde(default)]
+    pub success: Option<bool>,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// The status of a state.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StateStatus {
+    /// Waiting to be dispatched (possibly delayed).
+    Created,
+    /// Dispatched to a runtime queue or handed out over HTTP.
+    Queued,
+    /// Outputs recorded, successors being created.
+    Executed,
+    /// Failed, no retry left (or a retry was created: see RETRY_CREATED).
+    Errored,
+    /// Its successors could not be created (the reason is in `error`).
+    NextCreatedError,
+    /// Done.
+    Success,
+    /// Ended by a prune signal.
+    Pruned,
+    /// Failed and replaced by a retry.
+    RetryCreated,
+    /// Stopped because its run was cancelled (exo).
+    Cancelled,
+}
+
+/// The status of a run.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunStatus {
+    /// Some state is still pending.
+    Pending,
+    /// Every state ended and nothing failed.
+    Success,
+    /// Every state ended and something failed.
+    Failed,
+    /// Cancelled (exo).
+    Cancelled,
+}
+
+// ---------------------------------------------------------------------------
+// Graph templates.
+
+/// `PUT /graph/{graph_name}`: a graph template.
+#[derive(Deserialize, ToSchema)]
+pub struct UpsertGraphTemplateRequest {
+    /// Secret name → plaintext value (stored encrypted; `{}` when none).
+    pub secrets: BTreeMap<String, String>,
+    /// The nodes; the root is the one no other node names as a successor.
+    pub nodes: Vec<NodeTemplate>,
+    /// The graph's retry policy (defaults below).
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Required store keys and defaults.
+    #[serde(default)]
+    pub store_config: Option<StoreConfig>,
+    /// CRON triggers (replace the stored ones).
+    #[serde(default)]
+    pub triggers: Option<Vec<Trigger>>,
+}
+
+/// One node of a graph template.
+#[derive(Deserialize, ToSchema)]
+pub struct NodeTemplate {
+    /// Registered node name.
+    pub node_name: String,
+    /// Namespace the node is registered in.
+    pub namespace: String,
+    /// Unique id of the node in this graph (used in `${{ id.outputs.x }}`).
+    pub identifier: String,
+    /// Input name → value: a literal string or references such as
+    /// `${{ parent.outputs.x }}` and `${{ store.key }}`.
+    pub inputs: BTreeMap<String, Value>,
+    /// Identifiers of the successors (`[]` or `null` for a leaf).
+    #[serde(default)]
+    pub next_nodes: Option<Vec<String>>,
+    /// Fan-in: run once after every state descended from `identifier`
+    /// ended.
+    #[serde(default)]
+    pub unites: Option<Unites>,
+    /// A retry policy for this node only (exo extension).
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// A node's fan-in.
+#[derive(Deserialize, ToSchema)]
+pub struct Unites {
+    /// The identifier whose descendants are waited for.
+    pub identifier: String,
+    /// ALL_SUCCESS (default) fires only when none failed; ALL_DONE fires
+    /// when all ended.
+    #[serde(default)]
+    pub strategy: Option<UnitesStrategy>,
+}
+
+/// When a unite fires.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UnitesStrategy {
+    /// Fire only when every awaited state succeeded (or was pruned).
+    AllSuccess,
+    /// Fire when every awaited state ended, whatever its status.
+    AllDone,
+}
+
+/// How a failed state is retried (delays in milliseconds).
+#[derive(Deserialize, ToSchema)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (default 3, ≥ 0).
+    #[serde(default)]
+    pub max_retries: Option<i64>,
+    /// Delay formula (default EXPONENTIAL).
+    #[serde(default)]
+    pub strategy: Option<RetryStrategy>,
+    /// Base delay in ms (default 2000, > 0).
+    #[serde(default)]
+    pub backoff_factor: Option<i64>,
+    /// Exponent base of the exponential strategies (default 2, > 0).
+    #[serde(default)]
+    pub exponent: Option<i64>,
+    /// Upper bound of a delay in ms (none by default).
+    #[serde(default)]
+    pub max_delay: Option<i64>,
+}
+
+/// The retry delay formulas.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RetryStrategy {
+    /// f·e^(n−1)
+    Exponential,
+    /// uniform in [0, f·e^(n−1)]
+    ExponentialFullJitter,
+    /// half fixed, half uniform
+    ExponentialEqualJitter,
+    /// f·n
+    Linear,
+    /// uniform in [0, f·n]
+    LinearFullJitter,
+    /// half fixed, half uniform
+    LinearEqualJitter,
+    /// f
+    Fixed,
+    /// uniform in [0, f]
+    FixedFullJitter,
+    /// half fixed, half uniform
+    FixedEqualJitter,
+}
+
+/// The run store's required keys and defaults.
+#[derive(Deserialize, ToSchema)]
+pub struct StoreConfig {
+    /// Keys every trigger must provide.
+    #[serde(default)]
+    pub required_keys: Option<Vec<String>>,
+    /// Key → value used when a trigger leaves the key out.
+    #[serde(default)]
+    pub default_values: Option<BTreeMap<String, String>>,
+}
+
+/// A trigger that starts runs of the graph.
+#[derive(Deserialize, ToSchema)]
+pub struct Trigger {
+    /// The only kind: CRON.
+    #[serde(rename = "type")]
+    pub kind: TriggerType,
+    /// `{"expression": "*/5 * * * *", "timezone": "UTC"}`.
+    pub value: BTreeMap<String, Value>,
+}
+
+/// Trigger kinds.
+#[derive(Deserialize, ToSchema)]
+pub enum TriggerType {
+    /// A CRON expression (five fields) in an IANA time zone.
+    #[serde(rename = "CRON")]
+    Cron,
+}
+
+/// A graph template's validation status.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ValidationStatus {
+    /// Runs can be triggered.
+    Valid,
+    /// See `validation_errors`.
+    Invalid,
+    /// Not validated yet.
+    Pending,
+}
+
+/// The upsert and get answer (`UpsertGraphTemplateResponse`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GraphTemplateResponse {
+    /// The nodes as stored.
+    pub nodes: Vec<NodeTemplate>,
+    /// Secret name → true (values are never returned).
+    pub secrets: BTreeMap<String, bool>,
+    /// The graph's retry policy.
+    pub retry_policy: RetryPolicy,
+    /// Store keys and defaults.
+    pub store_config: StoreConfig,
+    /// Triggers.
+    pub triggers: Vec<Trigger>,
+    /// Naive ISO time (UTC), e.g. `2026-01-01T12:00:00.123000`.
+    pub created_at: String,
+    /// Naive ISO time (UTC).
+    pub updated_at: String,
+    /// VALID when runs can start.
+    pub validation_status: ValidationStatus,
+    /// Why it is INVALID.
+    pub validation_errors: Vec<String>,
+}
+
+/// `GET /graphs/`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListGraphTemplatesResponse {
+    /// The namespace.
+    pub namespace: String,
+    /// Number of templates.
+    pub count: u64,
+    /// The templates.
+    pub templates: Vec<GraphTemplateEntry>,
+}
+
+/// A stored graph template (secrets as stored: encrypted).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GraphTemplateEntry {
+    /// Document id.
+    #[serde(rename = "_id")]
+    pub id: Option<String>,
+    /// Naive ISO time (UTC).
+    pub created_at: String,
+    /// Naive ISO time (UTC).
+    pub updated_at: String,
+    /// Graph name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Nodes.
+    pub nodes: Vec<NodeTemplate>,
+    /// Validation status.
+    pub validation_status: ValidationStatus,
+    /// Validation errors.
+    pub validation_errors: Vec<String>,
+    /// Secret name → encrypted value.
+    pub secrets: BTreeMap<String, String>,
+    /// Triggers.
+    pub triggers: Vec<Trigger>,
+    /// Retry policy.
+    pub retry_policy: RetryPolicy,
+    /// Store configuration.
+    pub store_config: StoreConfig,
+}
+
+// ---------------------------------------------------------------------------
+// Nodes.
+
+/// `PUT /nodes/`: a runtime registers its nodes.
+#[derive(Deserialize, ToSchema)]
+pub struct RegisterNodesRequest {
+    /// The runtime's name.
+    pub runtime_name: String,
+    /// Its nodes.
+    pub nodes: Vec<NodeRegistration>,
+}
+
+/// One registered node.
+#[derive(Deserialize, ToSchema)]
+pub struct NodeRegistration {
+    /// Node name.
+    pub name: String,
+    /// JSON Schema of its inputs (string fields).
+    pub inputs_schema: BTreeMap<String, Value>,
+    /// JSON Schema of its outputs (string fields).
+    pub outputs_schema: BTreeMap<String, Value>,
+    /// Secret names it needs.
+    pub secrets: Vec<String>,
+}
+
+/// `PUT /nodes/` answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNodesResponse {
+    /// The runtime's name.
+    pub runtime_name: String,
+    /// What was registered.
+    pub registered_nodes: Vec<NodeRegistration>,
+}
+
+/// `GET /nodes/`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRegisteredNodesResponse {
+    /// The namespace.
+    pub namespace: String,
+    /// Number of nodes.
+    pub count: u64,
+    /// The nodes.
+    pub nodes: Vec<RegisteredNode>,
+}
+
+/// A registered node as stored.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisteredNode {
+    /// Document id.
+    #[serde(rename = "_id")]
+    pub id: Option<String>,
+    /// Naive ISO time (UTC).
+    pub created_at: String,
+    /// Naive ISO time (UTC).
+    pub updated_at: String,
+    /// Node name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Runtime that registered it.
+    pub runtime_name: String,
+    /// That runtime's namespace.
+    pub runtime_namespace: String,
+    /// Inputs schema.
+    pub inputs_schema: BTreeMap<String, Value>,
+    /// Outputs schema.
+    pub outputs_schema: BTreeMap<String, Value>,
+    /// Secret names.
+    pub secrets: Vec<String>,
+}
+
+/// `GET /v0/namespaces`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespacesResponse {
+    /// Namespaces with registered nodes, sorted.
+    pub namespaces: Vec<String>,
+    /// How many.
+    pub count: u64,
+}
+
+/// `GET /health`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthResponse {
+    /// `OK`.
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------
+// Runs.
+
+/// `POST /graph/{graph_name}/trigger`.
+#[derive(Deserialize, ToSchema)]
+pub struct TriggerGraphRequest {
+    /// The run's initial store (merged over the graph's defaults).
+    #[serde(default)]
+    pub store: Option<BTreeMap<String, String>>,
+    /// Overrides of the root node's inputs.
+    #[serde(default)]
+    pub inputs: Option<BTreeMap<String, String>>,
+    /// Milliseconds before the root may run (≥ 0).
+    #[serde(default)]
+    pub start_delay: Option<i64>,
+}
+
+/// `POST /graph/{graph_name}/trigger` answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerGraphResponse {
+    /// CREATED.
+    pub status: StateStatus,
+    /// The new run's id.
+    pub run_id: String,
+}
+
+/// `GET /runs/{page}/{size}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunsResponse {
+    /// The namespace.
+    pub namespace: String,
+    /// Runs in the namespace.
+    pub total: u64,
+    /// Page (from 1).
+    pub page: u64,
+    /// Page size.
+    pub size: u64,
+    /// The page, newest first.
+    pub runs: Vec<RunListItem>,
+}
+
+/// A run in a list.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunListItem {
+    /// Run id.
+    pub run_id: String,
+    /// Graph.
+    pub graph_name: String,
+    /// States SUCCESS or PRUNED.
+    pub success_count: u64,
+    /// States CREATED, QUEUED or EXECUTED.
+    pub pending_count: u64,
+    /// States ERRORED, NEXT_CREATED_ERROR or CANCELLED.
+    pub errored_count: u64,
+    /// States RETRY_CREATED.
+    pub retried_count: u64,
+    /// All states.
+    pub total_count: u64,
+    /// Run status.
+    pub status: RunStatus,
+    /// Naive ISO time (UTC).
+    pub created_at: String,
+}
+
+/// `GET /run/{run_id}` (exo extension): one run, and why it failed.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunDetails {
+    /// Run id.
+    pub run_id: String,
+    /// Graph.
+    pub graph_name: String,
+    /// Run status.
+    pub status: RunStatus,
+    /// All states.
+    pub total_count: u64,
+    /// States still pending.
+    pub pending_count: u64,
+    /// States that succeeded (or were pruned).
+    pub success_count: u64,
+    /// States that failed.
+    pub errored_count: u64,
+    /// States replaced by a retry.
+    pub retried_count: u64,
+    /// States stopped by a cancellation.
+    pub cancelled_count: u64,
+    /// Naive ISO time (UTC).
+    pub created_at: String,
+    /// When the run ended, naive ISO (UTC), or null.
+    pub finished_at: Option<String>,
+    /// Why it failed: failed states and unite groups that did not fire (at
+    /// most 20 states).
+    pub failures: Vec<RunFailure>,
+}
+
+/// A reason a run failed.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum RunFailure {
+    /// A state that ended ERRORED (no retry left) or NEXT_CREATED_ERROR.
+    State(StateFailure),
+    /// A unite group that closed without firing.
+    Unite(UniteFailure),
+}
+
+/// A failed state.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateFailure {
+    /// State id.
+    pub state_id: String,
+    /// Node identifier in the graph.
+    pub identifier: String,
+    /// Node name.
+    pub node_name: String,
+    /// ERRORED or NEXT_CREATED_ERROR.
+    pub status: StateStatus,
+    /// Retry generation.
+    pub retry_count: i64,
+    /// The error.
+    pub error: Option<String>,
+}
+
+/// A unite group that closed without firing.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UniteFailure {
+    /// Identifier of the uniting node.
+    pub unite: String,
+    /// Id of the state it waited under.
+    pub target_state_id: String,
+    /// UNITE_NOT_FIRED.
+    pub status: String,
+    /// Why.
+    pub error: Option<String>,
+}
+
+/// `POST /run/{run_id}/cancel` answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRunResponse {
+    /// The run.
+    pub run_id: String,
+    /// CANCELLING.
+    pub status: String,
+}
+
+/// `GET /states/run/{run_id}/graph`: the run's states as a graph.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GraphStructureResponse {
+    /// States without a parent.
+    pub root_states: Vec<GraphNode>,
+    /// Graph name (empty for an unknown run).
+    pub graph_name: String,
+    /// Every state.
+    pub nodes: Vec<GraphNode>,
+    /// Parent → child.
+    pub edges: Vec<GraphEdge>,
+    /// `nodes.len()`.
+    pub node_count: u64,
+    /// `edges.len()`.
+    pub edge_count: u64,
+    /// State status → count.
+    pub execution_summary: BTreeMap<String, u64>,
+}
+
+/// A state in a run graph.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GraphNode {
+    /// State id.
+    pub id: String,
+    /// Node name.
+    pub node_name: String,
+    /// Identifier in the graph.
+    pub identifier: String,
+    /// Status.
+    pub status: StateStatus,
+    /// Error, if any.
+    pub error: Option<String>,
+}
+
+/// An edge of a run graph.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GraphEdge {
+    /// Parent state id.
+    pub source: String,
+    /// Child state id.
+    pub target: String,
+}
+
+/// `GET /graph/{graph_name}/run/{run_id}/node/{node_id}`: one state.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRunDetails {
+    /// State id.
+    pub id: String,
+    /// Node name.
+    pub node_name: String,
+    /// Identifier in the graph.
+    pub identifier: String,
+    /// Graph.
+    pub graph_name: String,
+    /// Run.
+    pub run_id: String,
+    /// Status.
+    pub status: StateStatus,
+    /// Resolved inputs.
+    pub inputs: BTreeMap<String, Value>,
+    /// Outputs (empty until executed).
+    pub outputs: BTreeMap<String, Value>,
+    /// Error, if any.
+    pub error: Option<String>,
+    /// Ancestor identifier → state id.
+    pub parents: BTreeMap<String, String>,
+    /// Naive ISO time (UTC).
+    pub created_at: String,
+    /// Naive ISO time (UTC).
+    pub updated_at: String,
+}
+
+// ---------------------------------------------------------------------------
+// States (the runtime side).
+
+/// `POST /states/enqueue`: take up to `batch_size` states of these nodes.
+#[derive(Deserialize, ToSchema)]
+pub struct EnqueueRequest {
+    /// Node names to take work for.
+    pub nodes: Vec<String>,
+    /// Most states to take (≥ 1).
+    pub batch_size: i64,
+}
+
+/// `POST /states/enqueue` answer: the states handed out (leased to the
+/// caller).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueResponse {
+    /// How many.
+    pub count: u64,
+    /// The namespace.
+    pub namespace: String,
+    /// QUEUED.
+    pub status: StateStatus,
+    /// The states.
+    pub states: Vec<EnqueuedState>,
+}
+
+/// A state handed out to a runtime.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueuedState {
+    /// State id: report its result with it.
+    pub state_id: String,
+    /// Node to run.
+    pub node_name: String,
+    /// Identifier in the graph.
+    pub identifier: String,
+    /// Resolved inputs.
+    pub inputs: BTreeMap<String, Value>,
+    /// Naive ISO time (UTC).
+    pub created_at: String,
+}
+
+/// `POST /state/{state_id}/executed`: the outputs (one object per
+/// successor fan-out item; `[]` for none).
+#[derive(Deserialize, ToSchema)]
+pub struct ExecutedRequest {
+    /// Output objects (string values).
+    pub outputs: Vec<BTreeMap<String, Value>>,
+}
+
+/// `{"status": ...}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusResponse {
+    /// The state's new status.
+    pub status: StateStatus,
+}
+
+/// `POST /state/{state_id}/errored`.
+#[derive(Deserialize, ToSchema)]
+pub struct ErroredRequest {
+    /// The error message.
+    pub error: String,
+}
+
+/// `POST /state/{state_id}/errored` answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErroredResponse {
+    /// ERRORED.
+    pub status: StateStatus,
+    /// Whether a retry was scheduled.
+    pub retry_created: bool,
+}
+
+/// `POST /state/{state_id}/prune`.
+#[derive(Deserialize, ToSchema)]
+pub struct PruneRequest {
+    /// Why (stored with the state).
+    pub data: BTreeMap<String, Value>,
+}
+
+/// `POST /state/{state_id}/re-enqueue-after`.
+#[derive(Deserialize, ToSchema)]
+pub struct ReEnqueueAfterRequest {
+    /// Delay in milliseconds (> 0).
+    pub enqueue_after: i64,
+}
+
+/// Prune and re-enqueue answers.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueAfterResponse {
+    /// Epoch ms when the state may run again (prune: the stored value).
+    pub enqueue_after: i64,
+    /// PRUNED or CREATED.
+    pub status: StateStatus,
+}
+
+/// `POST /state/{state_id}/manual-retry`.
+#[derive(Deserialize, ToSchema)]
+pub struct ManualRetryRequest {
+    /// Client-chosen id of the retry (idempotency).
+    pub fanout_id: String,
+}
+
+/// `POST /state/{state_id}/manual-retry` answer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManualRetryResponse {
+    /// Id of the new state.
+    pub id: String,
+    /// CREATED.
+    pub status: StateStatus,
+}
+
+/// `GET /state/{state_id}/secrets`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsResponse {
+    /// Secret name → plaintext value (every secret of the state's graph).
+    pub secrets: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enum_of(schema: &str) -> Vec<String> {
+        document()["components"]["schemas"][schema]["enum"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn enums_list_what_the_types_know() {
+        let all = |v: Vec<&str>| v.into_iter().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            enum_of("StateStatus"),
+            all(exo_types::status::StateStatus::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .chain(["CANCELLED"])
+                .collect())
+        );
+        assert_eq!(
+            enum_of("RetryStrategy"),
+            exo_types::retry::RetryStrategy::ALL
+                .iter()
+                .map(|s| serde_json::to_value(s)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            enum_of("RunStatus"),
+            ["PENDING", "SUCCESS", "FAILED", "CANCELLED"]
+        );
+        assert_eq!(enum_of("ValidationStatus"), ["VALID", "INVALID", "PENDING"]);
+        assert_eq!(enum_of("UnitesStrategy"), ["ALL_SUCCESS", "ALL_DONE"]);
+    }
+
+    #[test]
+    fn every_v0_operation_needs_the_key_and_probes_do_not() {
+        let doc = document();
+        let mut seen = 0;
+        for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, op) in ops.as_object().into_iter().flatten() {
+                let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+                assert_eq!(secured, path.starts_with("/v0"), "{method} {path}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 22);
+    }
+}
