@@ -111,6 +111,9 @@ where
         now: time::now_ms(),
         chunk,
     };
+    if fresh && r.len() == 1 {
+        return apply_single(engine, &r, &lg).await;
+    }
     if let Some(outcome) = phase1(engine, &r, &lg, fresh, &progress).await? {
         return Ok(outcome);
     }
@@ -156,6 +159,149 @@ impl Applying {
         s.error = None;
         s
     }
+}
+
+/// What creating the successors of a state needs: the templates that
+/// follow it (unites excluded: their groups create them), the ancestors
+/// whose outputs they read, and the run's store if they read it.
+struct Successors<'g> {
+    lg: &'g LoadedGraph,
+    next: Vec<&'g NodeTemplate>,
+    ancestors: HashMap<ObjectId, StateDoc>,
+    store: HashMap<String, String>,
+}
+
+impl<'g> Successors<'g> {
+    /// Reads what the successors of `st` need (nothing when they only read
+    /// `st`'s own outputs).
+    async fn load(engine: &Engine, st: &StateDoc, lg: &'g LoadedGraph) -> Result<Self, Error> {
+        let next: Vec<&NodeTemplate> = lg
+            .graph
+            .next_nodes(&st.identifier)
+            .iter()
+            .filter_map(|id| lg.graph.node(id))
+            .filter(|t| t.unites.is_none())
+            .collect();
+        let wanted = inputs::referenced_ancestors(next.iter().copied(), &st.identifier);
+        let ancestor_ids: Vec<ObjectId> = wanted
+            .iter()
+            .filter_map(|i| st.parents.get(i).and_then(Bson::as_object_id))
+            .collect();
+        let mut ancestors = HashMap::new();
+        if !ancestor_ids.is_empty() {
+            let mut cur = engine
+                .store
+                .states()
+                .find(doc! {"_id": {"$in": ancestor_ids}})
+                .await
+                .map_err(exo_store::Error::from)?;
+            while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+                ancestors.insert(d.id, d);
+            }
+        }
+        let store = if inputs::reads_store(next.iter().copied()) {
+            effects::load_store_values(&engine.store, None, st)
+                .await
+                .map_err(exo_store::Error::from)?
+        } else {
+            HashMap::new()
+        };
+        Ok(Self {
+            lg,
+            next,
+            ancestors,
+            store,
+        })
+    }
+
+    /// The children of `state` (fan-out index of `r`), or why they cannot
+    /// be created.
+    fn children(&self, r: &Applying, state: &StateDoc) -> Result<Vec<StateDoc>, String> {
+        let src = inputs::Sources {
+            graph: self.lg,
+            store: &self.store,
+            ancestors: &self.ancestors,
+        };
+        self.next
+            .iter()
+            .map(|t| {
+                inputs::resolve_inputs(&src, t, state).map(|inp| {
+                    inputs::new_state(
+                        oid(ids::child_state_id(&state.id.to_hex(), &t.identifier)),
+                        t,
+                        &inputs::Placement::of(&r.st),
+                        inp,
+                        inputs::lineage(state),
+                        false,
+                        r.now,
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// A fresh result with one output (no fan-out): the state goes QUEUED →
+/// SUCCESS (or NEXT_CREATED_ERROR) with its children in one transaction,
+/// the conditional update on (state, QUEUED, attempt) being the fence. A
+/// redelivery after the commit finds the state SUCCESS with this result's
+/// digest and only re-announces the children (phase 2).
+async fn apply_single(
+    engine: &Engine,
+    r: &Applying,
+    lg: &Arc<LoadedGraph>,
+) -> Result<Outcome, Error> {
+    let succ = Successors::load(engine, &r.st, lg).await?;
+    let state = r.state(0);
+    let mut set = doc! {
+        "outputs": r.out_docs[0].clone(),
+        "result_digest": &r.digest,
+        "fanout_chunk": r.chunk as i64,
+        "updated_at": DateTime::from_millis(r.now),
+    };
+    let filter = state_at(r.st.id, StateStatus::Queued, r.st.attempt);
+    let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
+    match succ.children(r, &state) {
+        Ok(kids) => {
+            set.insert("status", StateStatus::Success.as_str());
+            fx.transition(
+                &state,
+                StateStatus::Queued,
+                StateStatus::Success,
+                Update {
+                    filter,
+                    update: doc! {"$set": set},
+                    expect: 1,
+                },
+            );
+            for kid in kids {
+                fx.insert(kid);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(exo.state_id = %state.id, exo.run_id = %state.run_id,
+                exo.node = %state.identifier, %error,
+                "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
+            set.insert("status", StateStatus::NextCreatedError.as_str());
+            set.insert("error", error);
+            fx.transition(
+                &state,
+                StateStatus::Queued,
+                StateStatus::NextCreatedError,
+                Update {
+                    filter,
+                    update: doc! {"$set": set},
+                    expect: 1,
+                },
+            );
+        }
+    }
+    let applied = effects::apply(&engine.store, &fx, r.now).await?;
+    if applied.is_none() {
+        return after_lost_race(engine, &r.st, &r.digest).await;
+    }
+    engine.after_apply(&r.st, applied).await?;
+    Ok(Outcome::Done)
 }
 
 /// Phase 1: the state becomes EXECUTED and every sibling exists (EXECUTED),
@@ -252,38 +398,7 @@ where
     F: std::future::Future<Output = ()>,
 {
     let chunk = r.chunk;
-    let next: Vec<&NodeTemplate> = lg
-        .graph
-        .next_nodes(&r.st.identifier)
-        .iter()
-        .filter_map(|id| lg.graph.node(id))
-        .filter(|t| t.unites.is_none())
-        .collect();
-    let wanted = inputs::referenced_ancestors(next.iter().copied(), &r.st.identifier);
-    let ancestor_ids: Vec<ObjectId> = wanted
-        .iter()
-        .filter_map(|i| r.st.parents.get(i).and_then(Bson::as_object_id))
-        .collect();
-    let mut ancestors = HashMap::new();
-    if !ancestor_ids.is_empty() {
-        let mut cur = engine
-            .store
-            .states()
-            .find(doc! {"_id": {"$in": ancestor_ids}})
-            .await
-            .map_err(exo_store::Error::from)?;
-        while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
-            ancestors.insert(d.id, d);
-        }
-    }
-    let store_values = effects::load_store_values(&engine.store, None, &r.st)
-        .await
-        .map_err(exo_store::Error::from)?;
-    let src = inputs::Sources {
-        graph: lg,
-        store: &store_values,
-        ancestors: &ancestors,
-    };
+    let succ = Successors::load(engine, &r.st, lg).await?;
     let mut finished = None;
     let mut j = 0;
     while j < r.len() {
@@ -315,25 +430,10 @@ where
         let mut ok_ids = Vec::new();
         for k in j..end {
             let state = r.state(k);
-            let mut kids = Vec::with_capacity(next.len());
-            let mut failure = None;
-            for t in &next {
-                match inputs::resolve_inputs(&src, t, &state) {
-                    Ok(inp) => kids.push(inputs::new_state(
-                        oid(ids::child_state_id(&state.id.to_hex(), &t.identifier)),
-                        t,
-                        &inputs::Placement::of(&r.st),
-                        inp,
-                        inputs::lineage(&state),
-                        false,
-                        r.now,
-                    )),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
+            let (kids, failure) = match succ.children(r, &state) {
+                Ok(kids) => (kids, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
             if !still.contains(&state.id) {
                 // Already advanced by an earlier delivery: re-announce its
                 // children (deduplicated by the bus and the scheduler).

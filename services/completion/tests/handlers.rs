@@ -117,3 +117,47 @@ async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A result with one output is applied in one transaction: QUEUED →
+/// SUCCESS together with its successor, never EXECUTED in between. A crash
+/// right after that commit loses nothing: the redelivery finds the state
+/// SUCCESS with this result and only re-announces the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> anyhow::Result<()> {
+    let e = HandlerEnv::start(split_work()).await?;
+    let root = e.seed_root("r3", StateStatus::Queued, 0).await?;
+    let msg = Executed {
+        state_id: root.clone(),
+        attempt: 1,
+        outputs: outputs(1),
+    };
+    // The handler dies right after its first commit.
+    exo_faults::configure("store.commit", "1*return(error)").map_err(anyhow::Error::msg)?;
+    assert!(
+        on_executed(&e.engine, msg.clone(), || async {})
+            .await
+            .is_err()
+    );
+    exo_faults::clear("store.commit");
+    assert_eq!(
+        e.status(&root).await?,
+        StateStatus::Success,
+        "one commit did it all"
+    );
+    assert_eq!(e.count("r3", "work").await?, 1);
+    assert_eq!(
+        on_executed(&e.engine, msg.clone(), || async {}).await?,
+        Outcome::Done
+    );
+    assert_eq!(e.count("r3", "work").await?, 1, "the successor exists once");
+    // A different result for the same attempt is refused.
+    let other = Executed {
+        outputs: outputs(2),
+        ..msg
+    };
+    assert!(matches!(
+        on_executed(&e.engine, other, || async {}).await?,
+        Outcome::Stale(_)
+    ));
+    Ok(())
+}

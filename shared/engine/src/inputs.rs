@@ -48,6 +48,21 @@ pub fn referenced_ancestors<'t>(
     out
 }
 
+/// Whether any input of the templates `next` reads the run's store (so
+/// that the store is loaded only when a successor needs it).
+pub fn reads_store<'t>(templates: impl IntoIterator<Item = &'t NodeTemplate>) -> bool {
+    templates.into_iter().any(|t| {
+        t.inputs.values().any(|v| {
+            v.as_str()
+                .and_then(|s| DependentString::parse(s).ok())
+                .is_some_and(|ds| {
+                    ds.dependencies()
+                        .any(|d| matches!(d, Dependency::Store { .. }))
+                })
+        })
+    })
+}
+
 fn output_string(doc: &Document, field: &str, owner: &str) -> Result<String, String> {
     match doc.get(field) {
         Some(Bson::String(s)) => Ok(s.clone()),
