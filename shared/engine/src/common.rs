@@ -241,7 +241,7 @@ impl Engine {
                 "invalid state_id {state_id:?}"
             ))));
         };
-        let Some(st) = self.store.state(id).await? else {
+        let Some(st) = self.states.get(id).await? else {
             return Ok(Err(Outcome::Reject(format!("state {state_id} not found"))));
         };
         if st.attempt != i64::from(attempt) {

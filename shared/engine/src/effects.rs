@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
+use exo_store::mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::mongodb::{ClientSession, error::Error as MongoError};
 use exo_store::{StateDoc, Store, docs::unite_group_id};
@@ -103,6 +103,23 @@ pub struct Update {
     pub update: Document,
     /// Documents the filter must match.
     pub expect: u64,
+}
+
+impl Update {
+    /// Whether the filter cannot match more than `expect` documents: `_id`
+    /// is one id (and `expect` is 1) or `{$in: ids}` with `expect` distinct
+    /// ids.
+    fn selects_by_id(&self) -> bool {
+        match self.filter.get("_id") {
+            Some(Bson::ObjectId(_)) => self.expect == 1,
+            Some(Bson::Document(d)) if d.len() == 1 => d.get_array("$in").is_ok_and(|ids| {
+                let distinct: std::collections::HashSet<_> =
+                    ids.iter().filter_map(Bson::as_object_id).collect();
+                distinct.len() == ids.len() && ids.len() as u64 == self.expect
+            }),
+            _ => false,
+        }
+    }
 }
 
 /// Everything one transaction does to one run.
@@ -455,15 +472,37 @@ pub(crate) async fn adopt_then_apply(
     apply_in(s, store, &fx, now_ms).await
 }
 
-async fn apply_in(
+/// The conditional updates of a transaction, each of which must match
+/// exactly its expected count (else [`AlreadyApplied`]). When every filter
+/// selects by `_id` (at most its expected count can match), they go as one
+/// multi-statement `update` command and the sum of matches is checked;
+/// otherwise one command each.
+async fn apply_updates(
     s: &mut ClientSession,
     store: &Store,
-    fx: &Effects,
-    now_ms: i64,
-) -> Result<Applied, MongoError> {
-    let states = store.states();
-    for u in &fx.updates {
-        let r = states
+    updates: &[Update],
+) -> Result<(), MongoError> {
+    if updates.len() > 1 && updates.iter().all(Update::selects_by_id) {
+        let statements: Vec<exo_store::batch::Statement> = updates
+            .iter()
+            .map(|u| exo_store::batch::Statement {
+                filter: u.filter.clone(),
+                update: u.update.clone(),
+                multi: u.expect != 1,
+            })
+            .collect();
+        let matched =
+            exo_store::batch::update_statements(store.db(), exo_store::STATES, s, &statements)
+                .await?;
+        let expected: u64 = updates.iter().map(|u| u.expect).sum();
+        if matched != expected {
+            return Err(MongoError::custom(AlreadyApplied));
+        }
+        return Ok(());
+    }
+    for u in updates {
+        let r = store
+            .states()
             .update_many(u.filter.clone(), u.update.clone())
             .session(&mut *s)
             .await?;
@@ -471,6 +510,17 @@ async fn apply_in(
             return Err(MongoError::custom(AlreadyApplied));
         }
     }
+    Ok(())
+}
+
+async fn apply_in(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    now_ms: i64,
+) -> Result<Applied, MongoError> {
+    let states = store.states();
+    apply_updates(s, store, &fx.updates).await?;
     if !fx.inserts.is_empty() {
         states.insert_many(&fx.inserts).session(&mut *s).await?;
     }

@@ -59,13 +59,22 @@ pub struct Engine {
     pub bus: Bus,
     /// Graph template cache.
     pub graphs: graphs::GraphCache,
+    /// Concurrent state look-ups by id share one query (the fences of
+    /// results handled concurrently).
+    pub states: std::sync::Arc<exo_store::batch::Loader<exo_store::StateDoc>>,
 }
 
 impl Engine {
     /// Wraps connected handles.
     pub fn new(store: Store, bus: Bus) -> Self {
         let graphs = graphs::GraphCache::new(store.clone());
-        Self { store, bus, graphs }
+        let states = std::sync::Arc::new(exo_store::batch::Loader::new(store.states()));
+        Self {
+            store,
+            bus,
+            graphs,
+            states,
+        }
     }
 }
 

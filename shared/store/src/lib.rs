@@ -6,6 +6,7 @@
 //! listed in `ARCHITECTURE.md`. Only standard driver operations are used, so
 //! MongoDB 7+ works unchanged.
 
+pub mod batch;
 pub mod docs;
 pub mod filters;
 pub mod indexes;
