@@ -7,7 +7,6 @@ use exo_bus::Outgoing;
 use exo_engine::common::{created_payload, parse_id};
 use exo_engine::{Engine, Error, Outcome};
 use exo_store::mongodb::bson::{doc, oid::ObjectId};
-use exo_store::mongodb::options::ReturnDocument;
 use exo_types::messages::{self as m, StateCreated};
 use exo_types::status::StateStatus;
 use exo_types::{subjects, time};
@@ -49,39 +48,18 @@ pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<
         return park_state(engine, id, &msg, msg.enqueue_after - now).await;
     }
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    let claimed = engine
-        .store
-        .states()
-        .find_one_and_update(
-            doc! {"_id": id, "status": StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}},
-            doc! {"$set": {"status": StateStatus::Queued.as_str(), "claim_seq": seq},
-                  "$unset": {"parked": ""},
-                  "$inc": {"attempt": 1i64}},
-        )
-        .return_document(ReturnDocument::After)
-        .await
-        .map_err(exo_store::Error::from)?;
-    if claimed.is_some() {
-        exo_faults::point("store.write")?;
-    }
-    let st = match claimed {
-        Some(st) => st,
-        None => match engine.store.state(id).await? {
-            None => return Ok(Outcome::Reject(format!("state {} not found", msg.state_id))),
-            Some(st) if st.status == StateStatus::Created && st.enqueue_after > now => {
-                return park_state(engine, id, &msg, st.enqueue_after - now).await;
-            }
-            Some(st)
-                if st.status == StateStatus::Queued
-                    && st.requeue_gen == msg.generation
-                    && st.claim_seq == Some(seq) =>
-            {
-                // Claimed by an earlier delivery of this message, which may
-                // have died before publishing (the dispatch id deduplicates).
-                st
-            }
-            Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
-        },
+    // Claimed together with the other due states being handled now (one
+    // update, one read); the state read back says whether this message
+    // holds the claim: claimed now, or by an earlier delivery of this
+    // message that may have died before publishing (the dispatch id
+    // deduplicates).
+    let st = match engine.claims.claim(id, seq, now).await? {
+        None => return Ok(Outcome::Reject(format!("state {} not found", msg.state_id))),
+        Some(st) if st.status == StateStatus::Queued && st.claim_seq == Some(seq) => st,
+        Some(st) if st.status == StateStatus::Created && st.enqueue_after > now => {
+            return park_state(engine, id, &msg, st.enqueue_after - now).await;
+        }
+        Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
     };
     engine.publish_dispatch(&st).await?;
     Ok(Outcome::Done)

@@ -767,6 +767,24 @@ pub async fn load_store_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_updates_that_select_by_id_are_merged_into_one_command() {
+        let (a, b) = (ObjectId::new(), ObjectId::new());
+        let u = |filter: Document, expect: u64| Update {
+            filter,
+            update: doc! {"$set": {"x": 1}},
+            expect,
+        };
+        assert!(u(doc! {"_id": a, "status": "QUEUED"}, 1).selects_by_id());
+        assert!(u(doc! {"_id": {"$in": [a, b]}, "status": "EXECUTED"}, 2).selects_by_id());
+        // More matches than expected would be possible: not merged.
+        assert!(!u(doc! {"_id": {"$in": [a, b]}}, 1).selects_by_id());
+        assert!(!u(doc! {"_id": {"$in": [a, a]}}, 2).selects_by_id());
+        assert!(!u(doc! {"_id": a}, 0).selects_by_id());
+        assert!(!u(doc! {"run_id": "r", "status": "CREATED"}, 3).selects_by_id());
+        assert!(!u(doc! {"_id": {"$gt": a}}, 1).selects_by_id());
+    }
     use exo_store::GraphTemplateDoc;
     use exo_types::graph::{Graph, GraphSpec};
     use serde_json::json;

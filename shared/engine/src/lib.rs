@@ -62,6 +62,8 @@ pub struct Engine {
     /// Concurrent state look-ups by id share one query (the fences of
     /// results handled concurrently).
     pub states: std::sync::Arc<exo_store::batch::Loader<exo_store::StateDoc>>,
+    /// Concurrent claims of due states share one update and one read.
+    pub claims: std::sync::Arc<exo_store::batch::Claimer>,
 }
 
 impl Engine {
@@ -69,11 +71,13 @@ impl Engine {
     pub fn new(store: Store, bus: Bus) -> Self {
         let graphs = graphs::GraphCache::new(store.clone());
         let states = std::sync::Arc::new(exo_store::batch::Loader::new(store.states()));
+        let claims = std::sync::Arc::new(exo_store::batch::Claimer::new(&store));
         Self {
             store,
             bus,
             graphs,
             states,
+            claims,
         }
     }
 }

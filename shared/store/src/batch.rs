@@ -211,3 +211,140 @@ impl HasId for crate::StateDoc {
         self.id
     }
 }
+
+/// A claim request: state `id`, due at `now`, by the message with stream
+/// sequence `seq`.
+type ClaimRequest = (ObjectId, i64, i64, oneshot::Sender<Reply<crate::StateDoc>>);
+
+/// Batches the scheduler's claims (CREATED and due → QUEUED): concurrent
+/// claims share one multi-statement `update` (each statement conditional on
+/// its own state, so each is atomic alone) and one `find` of the states
+/// after it, instead of one `findAndModify` each. A claim records the
+/// claiming message's sequence (`claim_seq`), so the state read back tells
+/// each caller whether its message holds the claim.
+pub struct Claimer {
+    states: Collection<crate::StateDoc>,
+    db: Database,
+    pending: Mutex<Vec<ClaimRequest>>,
+    running: tokio::sync::Mutex<()>,
+    batches: std::sync::atomic::AtomicU64,
+}
+
+impl Claimer {
+    /// A claimer over the store's `State` collection.
+    pub fn new(store: &crate::Store) -> Self {
+        Self {
+            states: store.states(),
+            db: store.db().clone(),
+            pending: Mutex::new(Vec::new()),
+            running: tokio::sync::Mutex::new(()),
+            batches: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Shared claim batches run so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Claims state `id` for the message `seq` if it is CREATED and due at
+    /// `now`; returns the state as it is after the claim (None when it does
+    /// not exist). The caller holds the claim when the state is QUEUED with
+    /// `claim_seq == seq` (claimed now, or by an earlier delivery of the
+    /// same message).
+    pub async fn claim(
+        &self,
+        id: ObjectId,
+        seq: i64,
+        now: i64,
+    ) -> Result<Option<crate::StateDoc>, crate::Error> {
+        let (tx, mut rx) = oneshot::channel();
+        self.lock_pending().push((id, seq, now, tx));
+        let guard = self.running.lock().await;
+        match rx.try_recv() {
+            Ok(reply) => return reply.map_err(load_error),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                drop(guard);
+                return Err(load_error("the shared claim was interrupted".into()));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let batch = std::mem::take(&mut *self.lock_pending());
+        let outcome = self.run(batch).await;
+        drop(guard);
+        outcome?;
+        match rx.await {
+            Ok(reply) => reply.map_err(load_error),
+            Err(_) => Err(load_error("the shared claim was interrupted".into())),
+        }
+    }
+
+    async fn run(&self, batch: Vec<ClaimRequest>) -> Result<(), crate::Error> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let updates: Vec<Bson> = batch
+            .iter()
+            .map(|(id, seq, now, _)| {
+                Bson::Document(doc! {
+                    "q": {"_id": id, "status": exo_types::status::StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}},
+                    "u": {"$set": {"status": exo_types::status::StateStatus::Queued.as_str(), "claim_seq": seq},
+                          "$unset": {"parked": ""},
+                          "$inc": {"attempt": 1i64}},
+                })
+            })
+            .collect();
+        let claimed = async {
+            let reply = self
+                .db
+                .run_command(doc! {"update": crate::STATES, "updates": updates, "ordered": false})
+                .await?;
+            if let Ok(errors) = reply.get_array("writeErrors")
+                && let Some(Bson::Document(first)) = errors.first()
+            {
+                let code = first.get_i32("code").unwrap_or_default();
+                let message = first.get_str("errmsg").unwrap_or("write error").to_string();
+                return Err(mongodb::error::Error::custom(WriteError { code, message }));
+            }
+            Ok(reply
+                .get("n")
+                .is_some_and(|n| !matches!(n, Bson::Int32(0) | Bson::Int64(0))))
+        }
+        .await;
+        let ids: Vec<ObjectId> = batch.iter().map(|(id, ..)| *id).collect();
+        let read = match claimed {
+            Ok(any) => {
+                if any {
+                    exo_faults::point("store.write").map_err(|e| {
+                        crate::Error::Mongo(mongodb::error::Error::custom(LoadError(e.to_string())))
+                    })?;
+                }
+                let mut out = HashMap::with_capacity(ids.len());
+                match self.states.find(doc! {"_id": {"$in": &ids}}).await {
+                    Ok(mut cur) => loop {
+                        match cur.try_next().await {
+                            Ok(Some(d)) => {
+                                out.insert(d.id, d);
+                            }
+                            Ok(None) => break Ok(out),
+                            Err(e) => break Err(e.to_string()),
+                        }
+                    },
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        for (id, _, _, tx) in batch {
+            let reply = match &read {
+                Ok(map) => Ok(map.get(&id).cloned()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = tx.send(reply);
+        }
+        Ok(())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<ClaimRequest>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
