@@ -179,7 +179,7 @@ async fn concurrent_claims_share_batches_and_each_state_is_claimed_once() -> any
         let st = e
             .engine
             .store
-            .state(exo_store::mongodb::bson::oid::ObjectId::parse_str(&root)?)
+            .state(exo_store::mongodb::bson::oid::ObjectId::parse_str(root)?)
             .await?
             .expect("state");
         assert_eq!(
