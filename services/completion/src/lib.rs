@@ -23,7 +23,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         stream: subjects::STREAM_RESULTS,
         consumer: subjects::CONSUMER_COMPLETION,
         filters: subjects::COMPLETION_FILTERS.to_vec(),
-        concurrency: cfg.concurrency.unwrap_or(32),
+        concurrency: cfg.concurrency.unwrap_or(128),
     };
     worker::run(
         cfg.common,

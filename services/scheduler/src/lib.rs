@@ -44,7 +44,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         stream: subjects::STREAM_STATES,
         consumer: subjects::CONSUMER_SCHEDULER,
         filters: vec![subjects::STATES_SUBJECTS],
-        concurrency: cfg.concurrency.unwrap_or(64),
+        concurrency: cfg.concurrency.unwrap_or(128),
     };
     worker::run(
         cfg.common,
