@@ -1,5 +1,5 @@
 //! The `trigger` service's handlers: start a run (one transaction: run,
-//! store, root state), cancel a run (fence, then bounded batches), and fire
+//! store, root state; shared with the runs created concurrently), cancel a run (fence, then bounded batches), and fire
 //! due CRON occurrences.
 
 use exo_bus::Outgoing;
@@ -85,22 +85,11 @@ pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Resul
             value: v.clone(),
         })
         .collect();
-    let ctx = (engine.store.clone(), run, store_docs, root.clone());
-    let result =
-        exo_store::transaction(&engine.store, &ctx, |s, (store, run, store_docs, root)| {
-            Box::pin(async move {
-                store.runs().insert_one(run).session(&mut *s).await?;
-                if !store_docs.is_empty() {
-                    store
-                        .store_entries()
-                        .insert_many(store_docs)
-                        .session(&mut *s)
-                        .await?;
-                }
-                store.states().insert_one(root).session(&mut *s).await?;
-                Ok(())
-            })
-        })
+    // Shared with the other runs being created now (one transaction); a
+    // redelivered trigger gets its duplicate key back.
+    let result = engine
+        .creations
+        .create((run, store_docs, root.clone()))
         .await;
     match result {
         Ok(()) => {

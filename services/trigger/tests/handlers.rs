@@ -134,3 +134,52 @@ async fn a_cron_occurrence_fired_during_an_upsert_that_removed_it_is_not_resched
     assert_eq!(pending, 1, "a declared expression keeps its schedule");
     Ok(())
 }
+
+/// Runs triggered concurrently share transactions; a redelivered trigger
+/// among them (its run exists) gets its own duplicate answer and re-publishes
+/// its root, and every other run is created once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_triggers_share_transactions_and_a_redelivery_among_them_is_harmless()
+-> anyhow::Result<()> {
+    let e = HandlerEnv::start(split_work()).await?;
+    let cmd = |i: usize| exo_types::messages::TriggerCommand {
+        run_id: format!("t{i}"),
+        graph_name: "g".into(),
+        inputs: Default::default(),
+        store: [("k".to_string(), format!("v{i}"))].into_iter().collect(),
+        start_delay_ms: 0,
+        requested_at_ms: None,
+    };
+    assert_eq!(
+        exo_trigger::handlers::on_trigger(&e.engine, NS, cmd(0)).await?,
+        Outcome::Done
+    );
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        // t0 again: a redelivery of a trigger whose run exists.
+        let engine = e.engine.clone();
+        let c = cmd(i);
+        tasks.push(tokio::spawn(async move {
+            exo_trigger::handlers::on_trigger(&engine, NS, c).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await??, Outcome::Done);
+    }
+    let store = &e.engine.store;
+    assert_eq!(store.runs().count_documents(doc! {}).await?, 60);
+    assert_eq!(
+        store
+            .states()
+            .count_documents(doc! {"identifier": "split"})
+            .await?,
+        60
+    );
+    assert_eq!(store.store_entries().count_documents(doc! {}).await?, 60);
+    assert!(
+        e.engine.creations.batches() < 61,
+        "61 triggers ran {} creation batches",
+        e.engine.creations.batches()
+    );
+    Ok(())
+}

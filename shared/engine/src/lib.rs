@@ -64,6 +64,8 @@ pub struct Engine {
     pub states: std::sync::Arc<exo_store::batch::Loader<exo_store::StateDoc>>,
     /// Concurrent claims of due states share one update and one read.
     pub claims: std::sync::Arc<exo_store::batch::Claimer>,
+    /// Concurrent new runs share one transaction.
+    pub creations: std::sync::Arc<exo_store::batch::RunCreator>,
 }
 
 impl Engine {
@@ -72,12 +74,14 @@ impl Engine {
         let graphs = graphs::GraphCache::new(store.clone());
         let states = std::sync::Arc::new(exo_store::batch::Loader::new(store.states()));
         let claims = std::sync::Arc::new(exo_store::batch::Claimer::new(&store));
+        let creations = std::sync::Arc::new(exo_store::batch::RunCreator::new(&store));
         Self {
             store,
             bus,
             graphs,
             states,
             claims,
+            creations,
         }
     }
 }

@@ -3,9 +3,14 @@
 //! * [`update_statements`]: several conditional updates of one collection as
 //!   one `update` command (the standard MongoDB write command, which takes a
 //!   list of statements), inside the caller's session and transaction.
-//! * [`Loader`]: concurrent look-ups of documents by `_id` share one
-//!   `find({_id: {$in: [...]}})` while another is in flight (natural
-//!   batching: no added latency when idle).
+//! * [`Batcher`]: natural batching. A caller that finds no batch in flight
+//!   runs one at once with every request queued so far; callers arriving
+//!   meanwhile queue theirs for the next. No one waits for a batch to fill,
+//!   so there is no added latency when idle. Built on it:
+//!   * [`Loader`]: concurrent look-ups by `_id` share one `find`;
+//!   * [`Claimer`]: the scheduler's concurrent claims share one `update`
+//!     and one `find`;
+//!   * [`RunCreator`]: concurrent new runs share one transaction.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -99,14 +104,70 @@ pub struct WriteError {
 
 type Reply<T> = Result<Option<T>, String>;
 
-/// Batches concurrent look-ups by `_id` on one collection: a caller that
-/// finds no query in flight runs one for every id queued so far; callers
-/// arriving meanwhile queue theirs for the next query.
+/// Natural batching of requests `Q` answered by `A` (see the module doc).
+pub struct Batcher<Q, A> {
+    pending: Mutex<Vec<(Q, oneshot::Sender<A>)>>,
+    running: tokio::sync::Mutex<()>,
+    batches: std::sync::atomic::AtomicU64,
+}
+
+impl<Q, A> Default for Batcher<Q, A> {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new(Vec::new()),
+            running: tokio::sync::Mutex::new(()),
+            batches: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl<Q, A> Batcher<Q, A> {
+    /// Submits `request`. If no batch is in flight, runs `run` at once on
+    /// every queued request (answers in request order); otherwise waits for
+    /// the batch in flight, which either took this request or leaves it to
+    /// the next. `None` when the batch that took it was dropped before
+    /// answering (its runner was cancelled): the caller does the work alone.
+    pub async fn submit<F, Fut>(&self, request: Q, run: F) -> Option<A>
+    where
+        F: FnOnce(Vec<Q>) -> Fut,
+        Fut: std::future::Future<Output = Vec<A>>,
+    {
+        let (tx, mut rx) = oneshot::channel();
+        self.lock_pending().push((request, tx));
+        let guard = self.running.lock().await;
+        match rx.try_recv() {
+            Ok(answer) => return Some(answer),
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let (requests, senders): (Vec<Q>, Vec<oneshot::Sender<A>>) =
+            std::mem::take(&mut *self.lock_pending())
+                .into_iter()
+                .unzip();
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answers = run(requests).await;
+        for (tx, answer) in senders.into_iter().zip(answers) {
+            let _ = tx.send(answer);
+        }
+        drop(guard);
+        rx.await.ok()
+    }
+
+    /// Batches run so far (each served one or more requests).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<(Q, oneshot::Sender<A>)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Concurrent look-ups by `_id` on one collection share one query.
 pub struct Loader<T: Send + Sync> {
     collection: Collection<T>,
-    pending: Mutex<Vec<(ObjectId, oneshot::Sender<Reply<T>>)>>,
-    running: tokio::sync::Mutex<()>,
-    queries: std::sync::atomic::AtomicU64,
+    batcher: Batcher<ObjectId, Reply<T>>,
 }
 
 impl<T> Loader<T>
@@ -117,78 +178,55 @@ where
     pub fn new(collection: Collection<T>) -> Self {
         Self {
             collection,
-            pending: Mutex::new(Vec::new()),
-            running: tokio::sync::Mutex::new(()),
-            queries: std::sync::atomic::AtomicU64::new(0),
+            batcher: Batcher::default(),
         }
     }
 
     /// Shared queries run so far (each served one or more look-ups).
     pub fn queries(&self) -> u64 {
-        self.queries.load(std::sync::atomic::Ordering::Relaxed)
+        self.batcher.batches()
     }
 
     /// The document with `_id` `id`, if any.
     pub async fn get(&self, id: ObjectId) -> Result<Option<T>, crate::Error> {
-        let (tx, mut rx) = oneshot::channel();
-        self.lock_pending().push((id, tx));
-        let guard = self.running.lock().await;
-        match rx.try_recv() {
-            // Served by the query that ran while we waited.
-            Ok(reply) => return reply.map_err(load_error),
-            // That query failed or was dropped: read alone.
-            Err(oneshot::error::TryRecvError::Closed) => {
-                drop(guard);
-                return Ok(self.collection.find_one(doc! {"_id": id}).await?);
-            }
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        let batch = std::mem::take(&mut *self.lock_pending());
-        self.run(batch).await;
-        drop(guard);
-        match rx.await {
-            Ok(reply) => reply.map_err(load_error),
-            Err(_) => Ok(self.collection.find_one(doc! {"_id": id}).await?),
+        match self.batcher.submit(id, |ids| self.find_all(ids)).await {
+            Some(reply) => reply.map_err(load_error),
+            None => Ok(self.collection.find_one(doc! {"_id": id}).await?),
         }
     }
 
-    /// One query for `batch`; every caller gets its document (or the error).
-    async fn run(&self, batch: Vec<(ObjectId, oneshot::Sender<Reply<T>>)>) {
-        self.queries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ids: Vec<ObjectId> = {
-            let mut ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        let found: Result<HashMap<ObjectId, T>, String> = async {
-            let mut cur = self
-                .collection
-                .find(doc! {"_id": {"$in": &ids}})
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut out = HashMap::with_capacity(ids.len());
-            while let Some(d) = cur.try_next().await.map_err(|e| e.to_string())? {
-                out.insert(d.id(), d);
-            }
-            Ok(out)
-        }
-        .await;
-        for (id, tx) in batch {
-            let reply = match &found {
-                Ok(map) => Ok(map.get(&id).cloned()),
+    /// One query for `ids`; the answers in their order.
+    async fn find_all(&self, ids: Vec<ObjectId>) -> Vec<Reply<T>> {
+        let found = find_by_ids(&self.collection, &ids).await;
+        ids.iter()
+            .map(|id| match &found {
+                Ok(map) => Ok(map.get(id).cloned()),
                 Err(e) => Err(e.clone()),
-            };
-            let _ = tx.send(reply);
-        }
+            })
+            .collect()
     }
+}
 
-    fn lock_pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<(ObjectId, oneshot::Sender<Reply<T>>)>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+/// The documents of `ids` (distinct ids, one query).
+async fn find_by_ids<T>(
+    collection: &Collection<T>,
+    ids: &[ObjectId],
+) -> Result<HashMap<ObjectId, T>, String>
+where
+    T: DeserializeOwned + Send + Sync + HasId,
+{
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut cur = collection
+        .find(doc! {"_id": {"$in": &distinct}})
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = HashMap::with_capacity(distinct.len());
+    while let Some(d) = cur.try_next().await.map_err(|e| e.to_string())? {
+        out.insert(d.id(), d);
     }
+    Ok(out)
 }
 
 /// A shared query's failure, as seen by each caller it served.
@@ -214,7 +252,7 @@ impl HasId for crate::StateDoc {
 
 /// A claim request: state `id`, due at `now`, by the message with stream
 /// sequence `seq`.
-type ClaimRequest = (ObjectId, i64, i64, oneshot::Sender<Reply<crate::StateDoc>>);
+type ClaimRequest = (ObjectId, i64, i64);
 
 /// Batches the scheduler's claims (CREATED and due → QUEUED): concurrent
 /// claims share one multi-statement `update` (each statement conditional on
@@ -225,9 +263,7 @@ type ClaimRequest = (ObjectId, i64, i64, oneshot::Sender<Reply<crate::StateDoc>>
 pub struct Claimer {
     states: Collection<crate::StateDoc>,
     db: Database,
-    pending: Mutex<Vec<ClaimRequest>>,
-    running: tokio::sync::Mutex<()>,
-    batches: std::sync::atomic::AtomicU64,
+    batcher: Batcher<ClaimRequest, Reply<crate::StateDoc>>,
 }
 
 impl Claimer {
@@ -236,15 +272,13 @@ impl Claimer {
         Self {
             states: store.states(),
             db: store.db().clone(),
-            pending: Mutex::new(Vec::new()),
-            running: tokio::sync::Mutex::new(()),
-            batches: std::sync::atomic::AtomicU64::new(0),
+            batcher: Batcher::default(),
         }
     }
 
     /// Shared claim batches run so far.
     pub fn batches(&self) -> u64 {
-        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+        self.batcher.batches()
     }
 
     /// Claims state `id` for the message `seq` if it is CREATED and due at
@@ -258,33 +292,16 @@ impl Claimer {
         seq: i64,
         now: i64,
     ) -> Result<Option<crate::StateDoc>, crate::Error> {
-        let (tx, mut rx) = oneshot::channel();
-        self.lock_pending().push((id, seq, now, tx));
-        let guard = self.running.lock().await;
-        match rx.try_recv() {
-            Ok(reply) => return reply.map_err(load_error),
-            Err(oneshot::error::TryRecvError::Closed) => {
-                drop(guard);
-                return Err(load_error("the shared claim was interrupted".into()));
-            }
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        let batch = std::mem::take(&mut *self.lock_pending());
-        let outcome = self.run(batch).await;
-        drop(guard);
-        outcome?;
-        match rx.await {
-            Ok(reply) => reply.map_err(load_error),
-            Err(_) => Err(load_error("the shared claim was interrupted".into())),
+        match self.batcher.submit((id, seq, now), |r| self.run(r)).await {
+            Some(reply) => reply.map_err(load_error),
+            None => Err(load_error("the shared claim was interrupted".into())),
         }
     }
 
-    async fn run(&self, batch: Vec<ClaimRequest>) -> Result<(), crate::Error> {
-        self.batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    async fn run(&self, batch: Vec<ClaimRequest>) -> Vec<Reply<crate::StateDoc>> {
         let updates: Vec<Bson> = batch
             .iter()
-            .map(|(id, seq, now, _)| {
+            .map(|(id, seq, now)| {
                 Bson::Document(doc! {
                     "q": {"_id": id, "status": exo_types::status::StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}},
                     "u": {"$set": {"status": exo_types::status::StateStatus::Queued.as_str(), "claim_seq": seq},
@@ -293,58 +310,108 @@ impl Claimer {
                 })
             })
             .collect();
-        let claimed = async {
+        let ids: Vec<ObjectId> = batch.iter().map(|(id, ..)| *id).collect();
+        let read = async {
             let reply = self
                 .db
                 .run_command(doc! {"update": crate::STATES, "updates": updates, "ordered": false})
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             if let Ok(errors) = reply.get_array("writeErrors")
                 && let Some(Bson::Document(first)) = errors.first()
             {
-                let code = first.get_i32("code").unwrap_or_default();
-                let message = first.get_str("errmsg").unwrap_or("write error").to_string();
-                return Err(mongodb::error::Error::custom(WriteError { code, message }));
+                return Err(first.get_str("errmsg").unwrap_or("write error").to_string());
             }
-            Ok(reply
+            if reply
                 .get("n")
-                .is_some_and(|n| !matches!(n, Bson::Int32(0) | Bson::Int64(0))))
+                .is_some_and(|n| !matches!(n, Bson::Int32(0) | Bson::Int64(0)))
+            {
+                exo_faults::point("store.write").map_err(|e| e.to_string())?;
+            }
+            find_by_ids(&self.states, &ids).await
         }
         .await;
-        let ids: Vec<ObjectId> = batch.iter().map(|(id, ..)| *id).collect();
-        let read = match claimed {
-            Ok(any) => {
-                if any {
-                    exo_faults::point("store.write").map_err(|e| {
-                        crate::Error::Mongo(mongodb::error::Error::custom(LoadError(e.to_string())))
-                    })?;
-                }
-                let mut out = HashMap::with_capacity(ids.len());
-                match self.states.find(doc! {"_id": {"$in": &ids}}).await {
-                    Ok(mut cur) => loop {
-                        match cur.try_next().await {
-                            Ok(Some(d)) => {
-                                out.insert(d.id, d);
-                            }
-                            Ok(None) => break Ok(out),
-                            Err(e) => break Err(e.to_string()),
-                        }
-                    },
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        for (id, _, _, tx) in batch {
-            let reply = match &read {
-                Ok(map) => Ok(map.get(&id).cloned()),
+        ids.iter()
+            .map(|id| match &read {
+                Ok(map) => Ok(map.get(id).cloned()),
                 Err(e) => Err(e.clone()),
-            };
-            let _ = tx.send(reply);
+            })
+            .collect()
+    }
+}
+
+/// A new run: its document, its store entries and its root state.
+pub type NewRun = (crate::RunDoc, Vec<crate::StoreDoc>, crate::StateDoc);
+
+/// Concurrent new runs share one transaction (inserting every run, store
+/// entry and root state of the batch); if that transaction fails (e.g. one
+/// run exists already: a redelivered trigger), each run is created alone,
+/// so each caller gets its own answer, duplicate keys included.
+pub struct RunCreator {
+    store: crate::Store,
+    batcher: Batcher<NewRun, Result<(), mongodb::error::Error>>,
+}
+
+impl RunCreator {
+    /// A creator over `store`.
+    pub fn new(store: &crate::Store) -> Self {
+        Self {
+            store: store.clone(),
+            batcher: Batcher::default(),
         }
-        Ok(())
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<ClaimRequest>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    /// Shared creation batches run so far.
+    pub fn batches(&self) -> u64 {
+        self.batcher.batches()
     }
+
+    /// Creates the run, its store and its root state, all or nothing.
+    pub async fn create(&self, new: NewRun) -> Result<(), mongodb::error::Error> {
+        let alone = new.clone();
+        match self.batcher.submit(new, |b| self.run(b)).await {
+            Some(answer) => answer,
+            None => create_runs(&self.store, std::slice::from_ref(&alone)).await,
+        }
+    }
+
+    async fn run(&self, batch: Vec<NewRun>) -> Vec<Result<(), mongodb::error::Error>> {
+        if batch.len() > 1 && create_runs(&self.store, &batch).await.is_ok() {
+            return batch.iter().map(|_| Ok(())).collect();
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for one in batch.chunks(1) {
+            out.push(create_runs(&self.store, one).await);
+        }
+        out
+    }
+}
+
+/// One transaction inserting `runs` (documents, store entries, roots).
+async fn create_runs(store: &crate::Store, runs: &[NewRun]) -> Result<(), mongodb::error::Error> {
+    let ctx = (store.clone(), runs);
+    crate::transaction(store, &ctx, |s, (store, runs)| {
+        Box::pin(async move {
+            store
+                .runs()
+                .insert_many(runs.iter().map(|(run, ..)| run))
+                .session(&mut *s)
+                .await?;
+            let entries: Vec<&crate::StoreDoc> = runs.iter().flat_map(|(_, e, _)| e).collect();
+            if !entries.is_empty() {
+                store
+                    .store_entries()
+                    .insert_many(entries)
+                    .session(&mut *s)
+                    .await?;
+            }
+            store
+                .states()
+                .insert_many(runs.iter().map(|(.., root)| root))
+                .session(&mut *s)
+                .await?;
+            Ok(())
+        })
+    })
+    .await
 }
