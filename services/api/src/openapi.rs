@@ -23,6 +23,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use exo_types::graph::{TriggerType, UnitesStrategy};
+use exo_types::retry::RetryStrategy;
+use exo_types::status::{RunStatus, StateStatus, ValidationStatus};
 
 /// Path of the OpenAPI document.
 pub const OPENAPI_PATH: &str = "/openapi.json";
@@ -255,44 +258,6 @@ pub struct ServerError {
     pub detail: String,
 }
 
-/// The status of a state.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum StateStatus {
-    /// Waiting to be dispatched (possibly delayed).
-    Created,
-    /// Dispatched to a runtime queue or handed out over HTTP.
-    Queued,
-    /// Outputs recorded, successors being created.
-    Executed,
-    /// Failed, no retry left (or a retry was created: see RETRY_CREATED).
-    Errored,
-    /// Its successors could not be created (the reason is in `error`).
-    NextCreatedError,
-    /// Done.
-    Success,
-    /// Ended by a prune signal.
-    Pruned,
-    /// Failed and replaced by a retry.
-    RetryCreated,
-    /// Stopped because its run was cancelled (exo).
-    Cancelled,
-}
-
-/// The status of a run.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RunStatus {
-    /// Some state is still pending.
-    Pending,
-    /// Every state ended and nothing failed.
-    Success,
-    /// Every state ended and something failed.
-    Failed,
-    /// Cancelled (exo).
-    Cancelled,
-}
-
 // ---------------------------------------------------------------------------
 // Graph templates.
 
@@ -349,16 +314,6 @@ pub struct Unites {
     pub strategy: Option<UnitesStrategy>,
 }
 
-/// When a unite fires.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum UnitesStrategy {
-    /// Fire only when every awaited state succeeded (or was pruned).
-    AllSuccess,
-    /// Fire when every awaited state ended, whatever its status.
-    AllDone,
-}
-
 /// How a failed state is retried (delays in milliseconds).
 #[derive(Deserialize, ToSchema)]
 pub struct RetryPolicy {
@@ -377,30 +332,6 @@ pub struct RetryPolicy {
     /// Upper bound of a delay in ms (none by default).
     #[serde(default)]
     pub max_delay: Option<i64>,
-}
-
-/// The retry delay formulas.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RetryStrategy {
-    /// f·e^(n−1)
-    Exponential,
-    /// uniform in [0, f·e^(n−1)]
-    ExponentialFullJitter,
-    /// half fixed, half uniform
-    ExponentialEqualJitter,
-    /// f·n
-    Linear,
-    /// uniform in [0, f·n]
-    LinearFullJitter,
-    /// half fixed, half uniform
-    LinearEqualJitter,
-    /// f
-    Fixed,
-    /// uniform in [0, f]
-    FixedFullJitter,
-    /// half fixed, half uniform
-    FixedEqualJitter,
 }
 
 /// The run store's required keys and defaults.
@@ -422,26 +353,6 @@ pub struct Trigger {
     pub kind: TriggerType,
     /// `{"expression": "*/5 * * * *", "timezone": "UTC"}`.
     pub value: BTreeMap<String, Value>,
-}
-
-/// Trigger kinds.
-#[derive(Deserialize, ToSchema)]
-pub enum TriggerType {
-    /// A CRON expression (five fields) in an IANA time zone.
-    #[serde(rename = "CRON")]
-    Cron,
-}
-
-/// A graph template's validation status.
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ValidationStatus {
-    /// Runs can be triggered.
-    Valid,
-    /// See `validation_errors`.
-    Invalid,
-    /// Not validated yet.
-    Pending,
 }
 
 /// The upsert and get answer (`UpsertGraphTemplateResponse`).

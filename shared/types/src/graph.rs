@@ -63,6 +63,7 @@ pub const RESERVED_IDENTIFIER: &str = crate::placeholder::STORE_IDENTIFIER;
 
 /// When a unites node fires (spec §5.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum UnitesStrategy {
     /// Fire when every state of the group is SUCCESS or RETRY_CREATED.
     #[default]
@@ -138,6 +139,7 @@ impl StoreConfig {
 
 /// Kind of a graph trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TriggerType {
     /// A cron schedule; `value.expression` holds the expression.
     #[serde(rename = "CRON")]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the delay grows with the retry count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RetryStrategy {
     /// `f · e^(n−1)`.

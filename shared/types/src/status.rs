@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Status of one state attempt (spec §4). The string forms are the wire and
 /// database representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StateStatus {
     /// Inserted, waiting to be dispatched (possibly delayed by `enqueue_after`).
@@ -127,6 +128,7 @@ impl CounterGroup {
 
 /// Status of a whole run, as listed by the runs endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     /// Some state is still pending.
@@ -184,6 +186,7 @@ impl TriggerStatus {
 
 /// Validation status of a graph template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ValidationStatus {
     /// Valid: runs can be triggered.
