@@ -77,6 +77,12 @@ async fn send(
         .run_command(doc! {"update": collection, "updates": updates, "ordered": true})
         .session(session)
         .await?;
+    matched(&reply)
+}
+
+/// Documents matched according to an `update` command's reply, or its first
+/// write error.
+fn matched(reply: &Document) -> Result<u64, mongodb::error::Error> {
     if let Ok(errors) = reply.get_array("writeErrors")
         && let Some(Bson::Document(first)) = errors.first()
     {
@@ -197,14 +203,21 @@ where
 
     /// One query for `ids`; the answers in their order.
     async fn find_all(&self, ids: Vec<ObjectId>) -> Vec<Reply<T>> {
-        let found = find_by_ids(&self.collection, &ids).await;
-        ids.iter()
-            .map(|id| match &found {
-                Ok(map) => Ok(map.get(id).cloned()),
-                Err(e) => Err(e.clone()),
-            })
-            .collect()
+        answers(&ids, &find_by_ids(&self.collection, &ids).await)
     }
+}
+
+/// Each id's document (or the shared query's error), in the order of `ids`.
+fn answers<T: Clone>(
+    ids: &[ObjectId],
+    found: &Result<HashMap<ObjectId, T>, String>,
+) -> Vec<Reply<T>> {
+    ids.iter()
+        .map(|id| match found {
+            Ok(map) => Ok(map.get(id).cloned()),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
 }
 
 /// The documents of `ids` (distinct ids, one query).
@@ -317,26 +330,13 @@ impl Claimer {
                 .run_command(doc! {"update": crate::STATES, "updates": updates, "ordered": false})
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Ok(errors) = reply.get_array("writeErrors")
-                && let Some(Bson::Document(first)) = errors.first()
-            {
-                return Err(first.get_str("errmsg").unwrap_or("write error").to_string());
-            }
-            if reply
-                .get("n")
-                .is_some_and(|n| !matches!(n, Bson::Int32(0) | Bson::Int64(0)))
-            {
+            if matched(&reply).map_err(|e| e.to_string())? > 0 {
                 exo_faults::point("store.write").map_err(|e| e.to_string())?;
             }
             find_by_ids(&self.states, &ids).await
         }
         .await;
-        ids.iter()
-            .map(|id| match &read {
-                Ok(map) => Ok(map.get(id).cloned()),
-                Err(e) => Err(e.clone()),
-            })
-            .collect()
+        answers(&ids, &read)
     }
 }
 
