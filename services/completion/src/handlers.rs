@@ -261,40 +261,27 @@ async fn apply_single(
     };
     let filter = state_at(r.st.id, StateStatus::Queued, r.st.attempt);
     let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
-    match succ.children(r, &state) {
-        Ok(kids) => {
-            set.insert("status", StateStatus::Success.as_str());
-            fx.transition(
-                &state,
-                StateStatus::Queued,
-                StateStatus::Success,
-                Update {
-                    filter,
-                    update: doc! {"$set": set},
-                    expect: 1,
-                },
-            );
-            for kid in kids {
-                fx.insert(kid);
-            }
-        }
+    let (to, kids) = match succ.children(r, &state) {
+        Ok(kids) => (StateStatus::Success, kids),
         Err(error) => {
-            tracing::warn!(exo.state_id = %state.id, exo.run_id = %state.run_id,
-                exo.node = %state.identifier, %error,
-                "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
-            set.insert("status", StateStatus::NextCreatedError.as_str());
+            warn_next_created_error(&state, &error);
             set.insert("error", error);
-            fx.transition(
-                &state,
-                StateStatus::Queued,
-                StateStatus::NextCreatedError,
-                Update {
-                    filter,
-                    update: doc! {"$set": set},
-                    expect: 1,
-                },
-            );
+            (StateStatus::NextCreatedError, Vec::new())
         }
+    };
+    set.insert("status", to.as_str());
+    fx.transition(
+        &state,
+        StateStatus::Queued,
+        to,
+        Update {
+            filter,
+            update: doc! {"$set": set},
+            expect: 1,
+        },
+    );
+    for kid in kids {
+        fx.insert(kid);
     }
     let applied = effects::apply(&engine.store, &fx, r.now).await?;
     if applied.is_none() {
@@ -451,9 +438,7 @@ where
                     }
                 }
                 Some(error) => {
-                    tracing::warn!(exo.state_id = %state.id, exo.run_id = %state.run_id,
-                        exo.node = %state.identifier, %error,
-                        "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
+                    warn_next_created_error(&state, &error);
                     fx.transition(
                         &state,
                         StateStatus::Executed,
@@ -519,14 +504,21 @@ async fn after_lost_race(engine: &Engine, st: &StateDoc, digest: &str) -> Result
     })
 }
 
+/// Logs why a state ends NEXT_CREATED_ERROR (the reason is also stored
+/// with it and listed by the run endpoint).
+fn warn_next_created_error(state: &StateDoc, error: &str) {
+    tracing::warn!(exo.state_id = %state.id, exo.run_id = %state.run_id,
+        exo.node = %state.identifier, %error,
+        "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
+}
+
 async fn fail_next_created(
     engine: &Engine,
     st: &StateDoc,
     outputs: &Document,
     error: &str,
 ) -> Result<(), Error> {
-    tracing::warn!(exo.state_id = %st.id, exo.run_id = %st.run_id, exo.node = %st.identifier,
-        %error, "Successors could not be created; the state ends NEXT_CREATED_ERROR.");
+    warn_next_created_error(st, error);
     // Without a usable template there are no unite groups to count.
     let mut fx = Effects::new(None, &st.run_id);
     fx.transition(
