@@ -127,8 +127,25 @@ impl Modify for ApiKeyScheme {
     }
 }
 
-/// Adds what every `/v0` operation shares: the API key requirement, its
-/// 401, the 500, and the 422 of operations with a body (malformed JSON or
+/// The path parameters, described once: every `{name}` of a documented path
+/// is declared from this table (whether integer, and its description).
+const PATH_PARAMS: &[(&str, bool, &str)] = &[
+    (
+        "namespace_name",
+        false,
+        "Namespace (a NATS subject token: letters, digits, `-`, `_`).",
+    ),
+    ("graph_name", false, "Graph name."),
+    ("run_id", false, "Run id."),
+    ("state_id", false, "State id (24 hex digits)."),
+    ("node_id", false, "State id (24 hex digits)."),
+    ("page", true, "Page, from 1."),
+    ("size", true, "Page size, ≥ 1."),
+];
+
+/// Adds what the operations share: their path parameters (from
+/// [`PATH_PARAMS`]); for `/v0` operations the API key requirement, its 401,
+/// the 500, and the 422 of operations with a body (malformed JSON or
 /// fields, in pydantic's format).
 struct CommonResponses;
 
@@ -149,13 +166,15 @@ impl Modify for CommonResponses {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/v0") {
-                continue;
-            }
             for op in [&mut item.get, &mut item.put, &mut item.post]
                 .into_iter()
                 .flatten()
             {
+                let params = path_parameters(path);
+                op.parameters = (!params.is_empty()).then_some(params);
+                if !path.starts_with("/v0") {
+                    continue;
+                }
                 op.security = Some(vec![SecurityRequirement::new(
                     "api_key",
                     Vec::<String>::new(),
@@ -182,6 +201,38 @@ impl Modify for CommonResponses {
             }
         }
     }
+}
+
+/// The parameters of `path`'s `{name}` segments, in order, from
+/// [`PATH_PARAMS`] (an undescribed name is a string without description).
+fn path_parameters(path: &str) -> Vec<utoipa::openapi::RefOr<utoipa::openapi::path::Parameter>> {
+    use utoipa::openapi::Required;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            let (integer, description) = PATH_PARAMS
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map_or((false, None), |(_, i, d)| (*i, Some(*d)));
+            let schema = if integer {
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            } else {
+                ObjectBuilder::new().schema_type(Type::String)
+            };
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(description)
+                .schema(Some(schema.build()))
+                .build()
+                .into()
+        })
+        .collect()
 }
 
 /// `GET /livez`: the process is alive (no API key, no dependency check).

@@ -1,6 +1,6 @@
 //! The `trigger` service's handlers: start a run (one transaction: run,
-//! store, root state; shared with the runs created concurrently), cancel a run (fence, then bounded batches), and fire
-//! due CRON occurrences.
+//! store, root state; shared with the runs created concurrently), cancel a
+//! run (fence, then bounded batches), and fire due CRON occurrences.
 
 use exo_bus::Outgoing;
 use exo_engine::common::{json_to_doc, root_inputs};

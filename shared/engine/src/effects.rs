@@ -486,8 +486,8 @@ async fn apply_updates(
         let statements: Vec<exo_store::batch::Statement> = updates
             .iter()
             .map(|u| exo_store::batch::Statement {
-                filter: u.filter.clone(),
-                update: u.update.clone(),
+                filter: &u.filter,
+                update: &u.update,
                 multi: u.expect != 1,
             })
             .collect();

@@ -21,13 +21,14 @@ use mongodb::{ClientSession, Collection, Database};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-/// One statement of an `update` command.
-#[derive(Debug, Clone)]
-pub struct Statement {
+/// One statement of an `update` command (borrowed: it is copied once, into
+/// the command).
+#[derive(Debug, Clone, Copy)]
+pub struct Statement<'a> {
     /// Filter (`q`).
-    pub filter: Document,
+    pub filter: &'a Document,
     /// Update document (`u`).
-    pub update: Document,
+    pub update: &'a Document,
     /// Whether it may update several documents (`multi`).
     pub multi: bool,
 }
@@ -46,7 +47,7 @@ pub async fn update_statements(
     db: &Database,
     collection: &str,
     session: &mut ClientSession,
-    statements: &[Statement],
+    statements: &[Statement<'_>],
 ) -> Result<u64, mongodb::error::Error> {
     let mut matched = 0u64;
     let mut batch: Vec<Bson> = Vec::new();
@@ -367,11 +368,15 @@ impl RunCreator {
     }
 
     /// Creates the run, its store and its root state, all or nothing.
+    /// An error when the batch that took it was dropped before answering
+    /// (its runner was cancelled): whether the run exists is then unknown,
+    /// and the caller's redelivery finds out.
     pub async fn create(&self, new: NewRun) -> Result<(), mongodb::error::Error> {
-        let alone = new.clone();
         match self.batcher.submit(new, |b| self.run(b)).await {
             Some(answer) => answer,
-            None => create_runs(&self.store, std::slice::from_ref(&alone)).await,
+            None => Err(mongodb::error::Error::custom(LoadError(
+                "the shared run creation was interrupted".into(),
+            ))),
         }
     }
 

@@ -21,22 +21,23 @@ async fn statements_run_in_one_transaction_and_report_the_sum_of_matches() -> an
     let ids: Vec<ObjectId> = (0..4).map(|_| ObjectId::new()).collect();
     coll.insert_many(ids.iter().map(|id| doc! {"_id": id, "s": "Q"}))
         .await?;
-    let set = |id: &ObjectId, from: &str| Statement {
-        filter: doc! {"_id": id, "s": from},
-        update: doc! {"$set": {"s": "S"}},
-        multi: false,
-    };
+    let to_s = doc! {"$set": {"s": "S"}};
+    let filters = [
+        doc! {"_id": ids[0], "s": "Q"},
+        doc! {"_id": ids[1], "s": "X"}, // matches nothing
+        doc! {"_id": {"$in": [ids[2], ids[3]]}, "s": "Q"},
+    ];
     let mut session = store.db().client().start_session().await?;
     session.start_transaction().await?;
-    let statements = vec![
-        set(&ids[0], "Q"),
-        set(&ids[1], "X"), // matches nothing
-        Statement {
-            filter: doc! {"_id": {"$in": [ids[2], ids[3]]}, "s": "Q"},
-            update: doc! {"$set": {"s": "S"}},
-            multi: true,
-        },
-    ];
+    let statements: Vec<Statement> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, filter)| Statement {
+            filter,
+            update: &to_s,
+            multi: i == 2,
+        })
+        .collect();
     let matched = update_statements(store.db(), "things", &mut session, &statements).await?;
     assert_eq!(matched, 3);
     session.abort_transaction().await?;
@@ -52,11 +53,13 @@ async fn statements_run_in_one_transaction_and_report_the_sum_of_matches() -> an
     coll.insert_many(many.iter().map(|id| doc! {"_id": id, "s": "Q"}))
         .await?;
     let big = "x".repeat(1 << 20);
-    let statements: Vec<Statement> = many
+    let big_set = doc! {"$set": {"s": "S", "payload": &big}};
+    let filters: Vec<Document> = many.iter().map(|id| doc! {"_id": id, "s": "Q"}).collect();
+    let statements: Vec<Statement> = filters
         .iter()
-        .map(|id| Statement {
-            filter: doc! {"_id": id, "s": "Q"},
-            update: doc! {"$set": {"s": "S", "payload": &big}},
+        .map(|filter| Statement {
+            filter,
+            update: &big_set,
             multi: false,
         })
         .collect();

@@ -47,7 +47,6 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(5);
     operation_id = "enqueueStates",
     summary = "Take work",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
     request_body = crate::openapi::EnqueueRequest,
     responses((status = 200, description = "Up to batch_size states, leased to the caller (possibly none).", body = crate::openapi::EnqueueResponse))
 )]

@@ -112,7 +112,6 @@ async fn registry(
     operation_id = "upsertGraph",
     summary = "Create or replace a graph template",
     tag = "graphs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("graph_name" = String, Path, description = "Graph name.")),
     request_body = crate::openapi::UpsertGraphTemplateRequest,
     responses((status = 201, description = "Stored; `validation_status` says whether runs can start.", body = crate::openapi::GraphTemplateResponse), (status = 400, description = "The graph does not analyse (cycles, unknown identifiers, bad references, ...) or a name is not a subject token.", body = crate::openapi::ErrorDetail))
 )]
@@ -232,7 +231,6 @@ pub async fn upsert(
     operation_id = "getGraph",
     summary = "Read a graph template",
     tag = "graphs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("graph_name" = String, Path, description = "Graph name.")),
     responses((status = 200, description = "The template.", body = crate::openapi::GraphTemplateResponse), (status = 404, description = "No such graph.", body = crate::openapi::ErrorDetail))
 )]
 pub async fn get_graph(
@@ -259,7 +257,6 @@ pub async fn get_graph(
     operation_id = "listGraphs",
     summary = "List graph templates",
     tag = "graphs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
     responses((status = 200, description = "Every template of the namespace.", body = crate::openapi::ListGraphTemplatesResponse))
 )]
 pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiResult<Json<Value>> {

@@ -24,7 +24,6 @@ use crate::validate::ValidJson;
     operation_id = "registerNodes",
     summary = "Register a runtime's nodes",
     tag = "nodes",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
     request_body = crate::openapi::RegisterNodesRequest,
     responses((status = 200, description = "Registered (replacing earlier registrations of these names).", body = crate::openapi::RegisterNodesResponse), (status = 400, description = "A name is not a subject token.", body = crate::openapi::ErrorDetail))
 )]
@@ -100,7 +99,6 @@ pub async fn register(
     operation_id = "listNodes",
     summary = "List registered nodes",
     tag = "nodes",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`).")),
     responses((status = 200, description = "Registered nodes.", body = crate::openapi::ListRegisteredNodesResponse))
 )]
 pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiResult<Json<Value>> {

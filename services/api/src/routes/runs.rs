@@ -134,7 +134,6 @@ fn path_int(c: &mut Checker, name: &str, raw: &str) -> Option<i64> {
     operation_id = "listRuns",
     summary = "List runs",
     tag = "runs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("page" = i64, Path, description = "Page, from 1."), ("size" = i64, Path, description = "Page size, ≥ 1.")),
     responses((status = 200, description = "A page of runs, newest first.", body = crate::openapi::RunsResponse), (status = 422, description = "page or size is not an integer ≥ 1.", body = crate::openapi::ValidationErrors))
 )]
 pub async fn list(
@@ -195,7 +194,6 @@ pub async fn list(
     operation_id = "getRun",
     summary = "Read a run",
     tag = "runs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("run_id" = String, Path, description = "Run id.")),
     responses((status = 200, description = "The run, its counts and why it failed (exo extension).", body = crate::openapi::RunDetails), (status = 404, description = "No such run.", body = crate::openapi::ErrorDetail))
 )]
 pub async fn get_run(
@@ -296,7 +294,6 @@ async fn run_failures(state: &AppState, run_id: &str) -> ApiResult<Vec<Value>> {
     operation_id = "cancelRun",
     summary = "Cancel a run",
     tag = "runs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("run_id" = String, Path, description = "Run id.")),
     responses((status = 202, description = "Cancellation requested: pending states become CANCELLED (exo extension).", body = crate::openapi::CancelRunResponse), (status = 404, description = "No such run.", body = crate::openapi::ErrorDetail), (status = 409, description = "The run already ended.", body = crate::openapi::ErrorDetail))
 )]
 pub async fn cancel(
@@ -355,7 +352,6 @@ fn summary_template() -> Map<String, Value> {
     operation_id = "getRunGraph",
     summary = "Read a run as a graph of states",
     tag = "runs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("run_id" = String, Path, description = "Run id.")),
     responses((status = 200, description = "The run's states as a graph (empty for an unknown run).", body = crate::openapi::GraphStructureResponse))
 )]
 pub async fn graph_structure(
@@ -422,7 +418,6 @@ pub async fn graph_structure(
     operation_id = "getRunState",
     summary = "Read one state of a run",
     tag = "runs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("graph_name" = String, Path, description = "Graph name."), ("run_id" = String, Path, description = "Run id."), ("node_id" = String, Path, description = "State id (24 hex digits).")),
     responses((status = 200, description = "One state with its inputs and outputs.", body = crate::openapi::NodeRunDetails), (status = 400, description = "node_id is not 24 hex digits.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state in this run and graph.", body = crate::openapi::ErrorDetail))
 )]
 pub async fn node_details(

@@ -150,7 +150,6 @@ fn storable<'a>(what: &str, ms: impl IntoIterator<Item = &'a Map<String, Value>>
     operation_id = "reportExecuted",
     summary = "Report outputs",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
     request_body = crate::openapi::ExecutedRequest,
     responses((status = 200, description = "Recorded; successors are created.", body = crate::openapi::StatusResponse), (status = 400, description = "The state is not QUEUED (already reported, or its attempt moved on) or the outputs cannot be stored.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
 )]
@@ -185,7 +184,6 @@ pub async fn executed(
     operation_id = "reportErrored",
     summary = "Report a failure",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
     request_body = crate::openapi::ErroredRequest,
     responses((status = 200, description = "Recorded; a retry is scheduled when the policy allows.", body = crate::openapi::ErroredResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state or graph.", body = crate::openapi::ErrorDetail))
 )]
@@ -228,7 +226,6 @@ pub async fn errored(
     operation_id = "reportPrune",
     summary = "Prune a branch",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
     request_body = crate::openapi::PruneRequest,
     responses((status = 200, description = "The state and its branch end here.", body = crate::openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
 )]
@@ -265,7 +262,6 @@ pub async fn prune(
     operation_id = "reEnqueueAfter",
     summary = "Run a state again later",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
     request_body = crate::openapi::ReEnqueueAfterRequest,
     responses((status = 200, description = "The state runs again after the delay.", body = crate::openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
 )]
@@ -302,7 +298,6 @@ pub async fn re_enqueue_after(
     operation_id = "manualRetry",
     summary = "Retry a state by hand",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
     request_body = crate::openapi::ManualRetryRequest,
     responses((status = 200, description = "A new attempt of the state is created.", body = crate::openapi::ManualRetryResponse), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail), (status = 409, description = "A retry with this fanout_id exists, or the state changed concurrently.", body = crate::openapi::ErrorDetail))
 )]
@@ -359,7 +354,6 @@ pub async fn manual_retry(
     operation_id = "getSecrets",
     summary = "Read a state's secrets",
     tag = "states",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("state_id" = String, Path, description = "State id (24 hex digits).")),
     responses((status = 200, description = "Every secret of the state's graph, decrypted.", body = crate::openapi::SecretsResponse), (status = 404, description = "No such state or graph.", body = crate::openapi::ErrorDetail))
 )]
 pub async fn secrets(

@@ -30,7 +30,6 @@ use crate::validate::{ValidJson, python_set_repr};
     operation_id = "triggerGraph",
     summary = "Start a run",
     tag = "runs",
-    params(("namespace_name" = String, Path, description = "Namespace (a NATS subject token: letters, digits, `-`, `_`)."), ("graph_name" = String, Path, description = "Graph name.")),
     request_body = crate::openapi::TriggerGraphRequest,
     responses((status = 200, description = "The run is created (its root state follows).", body = crate::openapi::TriggerGraphResponse), (status = 400, description = "The template is not VALID, an input is invalid, or store keys are missing.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such graph.", body = crate::openapi::ErrorDetail))
 )]
