@@ -134,7 +134,7 @@ impl Env {
         let r = if subject.ends_with(".run.trigger") {
             let ns = subjects::namespace_of(subject).unwrap().to_string();
             let cmd: TriggerCommand = serde_json::from_slice(payload).unwrap();
-            exo_trigger::handlers::on_trigger(e, &ns, cmd).await
+            exo_trigger::handlers::on_trigger(e, &ns, cmd, &format!("EXO_COMMANDS:{seq}")).await
         } else if subject.ends_with(".state.created") {
             exo_scheduler::handlers::on_created(
                 e,
@@ -146,7 +146,7 @@ impl Env {
             match subjects::result_kind_of(subject).unwrap() {
                 ResultKind::Executed => {
                     let m: Executed = serde_json::from_slice(payload).unwrap();
-                    exo_completion::handlers::on_executed(e, m, || async {}).await
+                    exo_completion::handlers::on_executed(e, m, seq, || async {}).await
                 }
                 ResultKind::Pruned => {
                     exo_completion::handlers::on_pruned(

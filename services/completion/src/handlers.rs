@@ -47,10 +47,14 @@ fn result_digest(outputs: &[Map<String, Value>]) -> String {
 }
 
 /// `completion`: records outputs, fans out, creates successors, marks
-/// SUCCESS and lets unite groups close.
+/// SUCCESS and lets unite groups close. `seq` is the result message's
+/// sequence in `EXO_RESULTS`: the successors are inserted QUEUED under it
+/// and dispatched at once (no scheduler hop), and only a redelivery of
+/// this very message dispatches them again.
 pub async fn on_executed<P, F>(
     engine: &Engine,
     msg: Executed,
+    seq: u64,
     progress: P,
 ) -> Result<Outcome, Error>
 where
@@ -110,6 +114,7 @@ where
         digest,
         now: time::now_ms(),
         chunk,
+        queued_by: format!("{}:{seq}", exo_types::subjects::STREAM_RESULTS),
     };
     if fresh && r.len() == 1 {
         return apply_single(engine, &r, &lg).await;
@@ -130,6 +135,8 @@ struct Applying {
     /// States per transaction: the size recorded with the state when the
     /// result was first applied, else this replica's.
     chunk: usize,
+    /// The result message, as recorded in the successors it inserts QUEUED.
+    queued_by: String,
 }
 
 impl Applying {
@@ -226,7 +233,7 @@ impl<'g> Successors<'g> {
             .iter()
             .map(|t| {
                 inputs::resolve_inputs(&src, t, state).map(|inp| {
-                    inputs::new_state(
+                    let mut kid = inputs::new_state(
                         oid(ids::child_state_id(&state.id.to_hex(), &t.identifier)),
                         t,
                         &inputs::Placement::of(&r.st),
@@ -234,7 +241,13 @@ impl<'g> Successors<'g> {
                         inputs::lineage(state),
                         false,
                         r.now,
-                    )
+                    );
+                    // Due now: inserted as claimed and dispatched by this
+                    // handler (the scheduler's claim, without the hop).
+                    kid.status = StateStatus::Queued;
+                    kid.attempt = 1;
+                    kid.queued_by = Some(r.queued_by.clone());
+                    kid
                 })
             })
             .collect()
@@ -413,7 +426,7 @@ where
             }
         }
         let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
-        let mut children: Vec<StateDoc> = Vec::new();
+        let mut again: Vec<ObjectId> = Vec::new();
         let mut ok_ids = Vec::new();
         for k in j..end {
             let state = r.state(k);
@@ -422,10 +435,10 @@ where
                 Err(e) => (Vec::new(), Some(e)),
             };
             if !still.contains(&state.id) {
-                // Already advanced by an earlier delivery: re-announce its
-                // children (deduplicated by the bus and the scheduler).
+                // Already advanced by an earlier delivery, which may have
+                // died before handing its children on.
                 if failure.is_none() {
-                    children.extend(kids);
+                    again.extend(kids.iter().map(|k| k.id));
                 }
                 continue;
             }
@@ -471,11 +484,10 @@ where
             if a.finished.is_some() {
                 finished = a.finished;
             }
+            engine.publish_queued(&a.queued).await?;
             engine.publish_created(&a.created).await?;
         }
-        if !children.is_empty() {
-            engine.publish_created(&children).await?;
-        }
+        engine.hand_on_again(&again, &r.queued_by).await?;
         progress().await;
         j = end;
     }

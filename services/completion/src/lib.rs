@@ -5,7 +5,9 @@
 //! creates the successor states with resolved inputs, marks SUCCESS, updates
 //! unite groups (creating a unite state exactly once when its group closes)
 //! and the run's counters and status, all in transactions fenced by the
-//! state's status and attempt; then it hands new states to the scheduler.
+//! state's status and attempt; then it dispatches the new successors
+//! (inserted QUEUED) and hands other new states (unite states) to the
+//! scheduler.
 
 pub mod handlers;
 
@@ -33,7 +35,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             match subjects::result_kind_of(&d.subject) {
                 Some(ResultKind::Executed) => match worker::decode(&d) {
                     Ok(msg) => worker::disposition(
-                        handlers::on_executed(&engine, msg, || d.progress()).await,
+                        handlers::on_executed(&engine, msg, d.seq, || d.progress()).await,
                     ),
                     Err(disposition) => disposition,
                 },

@@ -30,7 +30,7 @@ async fn fanout_redelivery_after_a_crash_between_chunks_loses_nothing() -> anyho
     // The second commit of this delivery (chunk [256,512)) commits, then the
     // handler fails as if the process died right after it.
     exo_faults::configure("store.commit", "1*off->return(error)").map_err(anyhow::Error::msg)?;
-    let first = on_executed(&e.engine, msg.clone(), || async {}).await;
+    let first = on_executed(&e.engine, msg.clone(), 1, || async {}).await;
     assert!(
         first.is_err(),
         "the injected failure stops the first delivery"
@@ -38,7 +38,7 @@ async fn fanout_redelivery_after_a_crash_between_chunks_loses_nothing() -> anyho
     exo_faults::clear("store.commit");
     assert_eq!(e.count("r1", "split").await?, 512);
     assert_eq!(
-        on_executed(&e.engine, msg, || async {}).await?,
+        on_executed(&e.engine, msg, 1, || async {}).await?,
         Outcome::Done
     );
     assert_eq!(
@@ -72,7 +72,7 @@ async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
         attempt: 1,
         outputs: outputs(600),
     };
-    let executed = tokio::spawn(async move { on_executed(&engine, msg, || async {}).await });
+    let executed = tokio::spawn(async move { on_executed(&engine, msg, 1, || async {}).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let errored = on_errored(
         &e.engine,
@@ -119,9 +119,11 @@ async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
 }
 
 /// A result with one output is applied in one transaction: QUEUED →
-/// SUCCESS together with its successor, never EXECUTED in between. A crash
-/// right after that commit loses nothing: the redelivery finds the state
-/// SUCCESS with this result and only re-announces the successor.
+/// SUCCESS together with its successor (inserted QUEUED, attempt 1), never
+/// EXECUTED in between. A crash right after that commit loses nothing: the
+/// redelivery finds the state SUCCESS with this result and dispatches the
+/// successor it had not dispatched yet; a copy of the result under another
+/// stream sequence (a runtime that reported twice) dispatches nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> anyhow::Result<()> {
     let e = HandlerEnv::start(split_work()).await?;
@@ -134,7 +136,7 @@ async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> a
     // The handler dies right after its first commit.
     exo_faults::configure("store.commit", "1*return(error)").map_err(anyhow::Error::msg)?;
     assert!(
-        on_executed(&e.engine, msg.clone(), || async {})
+        on_executed(&e.engine, msg.clone(), 1, || async {})
             .await
             .is_err()
     );
@@ -145,18 +147,38 @@ async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> a
         "one commit did it all"
     );
     assert_eq!(e.count("r3", "work").await?, 1);
+    let kid = hex(ids::child_state_id(&root, "work"));
+    assert_eq!(e.status(&kid).await?, StateStatus::Queued);
+    assert_eq!(e.dispatched("Work").await?, 0, "it died before dispatching");
+    // Another message with the same result does not dispatch a state that
+    // the first one holds (it may be executing already).
     assert_eq!(
-        on_executed(&e.engine, msg.clone(), || async {}).await?,
+        on_executed(&e.engine, msg.clone(), 2, || async {}).await?,
+        Outcome::Done
+    );
+    assert_eq!(e.dispatched("Work").await?, 0);
+    assert_eq!(
+        on_executed(&e.engine, msg.clone(), 1, || async {}).await?,
         Outcome::Done
     );
     assert_eq!(e.count("r3", "work").await?, 1, "the successor exists once");
+    assert_eq!(
+        e.dispatched("Work").await?,
+        1,
+        "the redelivery dispatched it"
+    );
+    assert_eq!(
+        on_executed(&e.engine, msg.clone(), 1, || async {}).await?,
+        Outcome::Done
+    );
+    assert_eq!(e.dispatched("Work").await?, 1, "deduplicated by its id");
     // A different result for the same attempt is refused.
     let other = Executed {
         outputs: outputs(2),
         ..msg
     };
     assert!(matches!(
-        on_executed(&e.engine, other, || async {}).await?,
+        on_executed(&e.engine, other, 1, || async {}).await?,
         Outcome::Stale(_)
     ));
     Ok(())

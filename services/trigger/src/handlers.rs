@@ -27,9 +27,18 @@ fn pending_statuses() -> Vec<&'static str> {
     .collect()
 }
 
-/// `trigger`: creates the run, its store and its root state, then hands the
-/// root to the scheduler.
-pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Result<Outcome, Error> {
+/// `trigger`: creates the run, its store and its root state, then
+/// dispatches the root (inserted QUEUED under `queued_by`, the command's
+/// `EXO_COMMANDS:<sequence>` or the CRON occurrence) or, when it has a
+/// start delay, hands it to the scheduler. A repeated command dispatches
+/// the root again only under the same `queued_by` (see
+/// `Engine::hand_on_again`).
+pub async fn on_trigger(
+    engine: &Engine,
+    ns: &str,
+    cmd: TriggerCommand,
+    queued_by: &str,
+) -> Result<Outcome, Error> {
     if let Err(e) = exo_types::names::validate_token("namespace", ns) {
         return Ok(Outcome::Reject(e.to_string()));
     }
@@ -72,6 +81,12 @@ pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Resul
     // The root takes the graph's namespace (spec §5.3).
     root.namespace_name = ns.to_string();
     root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
+    if cmd.start_delay_ms == 0 {
+        // Due now: inserted as claimed, dispatched below (no scheduler hop).
+        root.status = StateStatus::Queued;
+        root.attempt = 1;
+        root.queued_by = Some(queued_by.to_string());
+    }
     let now = DateTime::from_millis(requested);
     let run = RunDoc::pending(&cmd.run_id, &cmd.graph_name, ns, now);
     let store_docs: Vec<StoreDoc> = cmd
@@ -96,23 +111,24 @@ pub async fn on_trigger(engine: &Engine, ns: &str, cmd: TriggerCommand) -> Resul
             tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.graph_name, "Run created.");
         }
         Err(e) if exo_store::is_duplicate_key(&e) => {
-            // Created by an earlier delivery; fall through to re-publish.
-            match engine.store.state(root_id).await? {
-                Some(existing) => root = existing,
-                None => {
-                    return Ok(Outcome::Reject(format!(
-                        "run_id {} is already used",
-                        cmd.run_id
-                    )));
-                }
+            // Created by an earlier delivery, which may have died before
+            // handing the root on.
+            if engine.store.state(root_id).await?.is_none() {
+                return Ok(Outcome::Reject(format!(
+                    "run_id {} is already used",
+                    cmd.run_id
+                )));
             }
-            if root.status != StateStatus::Created {
-                return Ok(Outcome::Done);
-            }
+            engine.hand_on_again(&[root_id], queued_by).await?;
+            return Ok(Outcome::Done);
         }
         Err(e) => return Err(e.into()),
     }
-    engine.publish_created(std::slice::from_ref(&root)).await?;
+    if root.status == StateStatus::Queued {
+        engine.publish_queued(std::slice::from_ref(&root)).await?;
+    } else {
+        engine.publish_created(std::slice::from_ref(&root)).await?;
+    }
     Ok(Outcome::Done)
 }
 
@@ -264,7 +280,8 @@ async fn cancel_batch(
 /// Returns how many fired.
 pub async fn fire_due(engine: &Engine, claim_timeout: std::time::Duration) -> Result<usize, Error> {
     cron::fire_due(engine, claim_timeout, |ns, cmd| async move {
-        on_trigger(engine, &ns, cmd).await
+        let queued_by = format!("cron:{}", cmd.run_id);
+        on_trigger(engine, &ns, cmd, &queued_by).await
     })
     .await
 }

@@ -3,8 +3,8 @@
 //! Consumes run commands published by the `api` service or by any
 //! integration. `exo.v1.<ns>.run.trigger` writes the run, its store entries
 //! and its root state in one transaction (deterministic ids: a redelivered
-//! command creates nothing twice), then hands the root state to the
-//! scheduler. `exo.v1.<ns>.run.cancel` cancels a run (see
+//! command creates nothing twice), then dispatches the root state (or,
+//! when it has a start delay, hands it to the scheduler). `exo.v1.<ns>.run.cancel` cancels a run (see
 //! [`exo_engine::Engine::on_cancel`]). It also fires the graphs' CRON
 //! triggers (see [`exo_engine::cron`]).
 
@@ -70,7 +70,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 Ok(c) => c,
                 Err(disposition) => return disposition,
             };
-            worker::disposition(handlers::on_trigger(&engine, &ns, cmd).await)
+            let queued_by = format!("{}:{}", subjects::STREAM_COMMANDS, d.seq);
+            worker::disposition(handlers::on_trigger(&engine, &ns, cmd, &queued_by).await)
         },
         move |engine, shutdown| cron_loop(engine, claim_timeout, shutdown),
     )

@@ -27,7 +27,7 @@ async fn cancelling_a_wide_run_resumes_after_a_crash_between_batches() -> anyhow
         outputs: outputs(2500),
     };
     assert_eq!(
-        on_executed(&e.engine, msg, || async {}).await?,
+        on_executed(&e.engine, msg, 1, || async {}).await?,
         Outcome::Done
     );
     assert_eq!(e.count("r8", "work").await?, 2500);
@@ -151,7 +151,7 @@ async fn concurrent_triggers_share_transactions_and_a_redelivery_among_them_is_h
         requested_at_ms: None,
     };
     assert_eq!(
-        exo_trigger::handlers::on_trigger(&e.engine, NS, cmd(0)).await?,
+        exo_trigger::handlers::on_trigger(&e.engine, NS, cmd(0), "EXO_COMMANDS:0").await?,
         Outcome::Done
     );
     let mut tasks = Vec::new();
@@ -160,7 +160,7 @@ async fn concurrent_triggers_share_transactions_and_a_redelivery_among_them_is_h
         let engine = e.engine.clone();
         let c = cmd(i);
         tasks.push(tokio::spawn(async move {
-            exo_trigger::handlers::on_trigger(&engine, NS, c).await
+            exo_trigger::handlers::on_trigger(&engine, NS, c, &format!("EXO_COMMANDS:{i}")).await
         }));
     }
     for t in tasks {
@@ -176,6 +176,16 @@ async fn concurrent_triggers_share_transactions_and_a_redelivery_among_them_is_h
         60
     );
     assert_eq!(store.store_entries().count_documents(doc! {}).await?, 60);
+    // Every root went out once, straight to its runtime: the repeated t0
+    // dispatched it again under the same message id.
+    assert_eq!(e.dispatched("Split").await?, 60);
+    assert_eq!(
+        store
+            .states()
+            .count_documents(doc! {"identifier": "split", "status": "QUEUED", "attempt": 1i64})
+            .await?,
+        60
+    );
     assert!(
         e.engine.creations.batches() < 61,
         "61 triggers ran {} creation batches",

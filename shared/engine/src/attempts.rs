@@ -28,6 +28,7 @@ pub fn new_attempt(st: &StateDoc, id: ObjectId, now_ms: i64) -> StateDoc {
     s.result_digest = None;
     s.fanout_chunk = None;
     s.claim_seq = None;
+    s.queued_by = None;
     s.created_at = now;
     s.updated_at = now;
     s.state_fingerprint = if s.does_unites {
@@ -124,6 +125,7 @@ mod tests {
             result_digest: Some("d".into()),
             fanout_chunk: None,
             claim_seq: None,
+            queued_by: None,
         }
     }
 

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use exo_bus::Outgoing;
 use exo_store::StateDoc;
-use exo_store::mongodb::bson::{self, Bson, Document, oid::ObjectId};
+use exo_store::mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use exo_types::messages::{self as m, Dispatch, RunEvent, StateCreated, TriggerCommand};
 use exo_types::placeholder::{Dependency, DependentString};
 use exo_types::status::{RunStatus, StateStatus};
 use exo_types::{ids, subjects, time};
+use futures::TryStreamExt;
 use serde_json::{Map, Value};
 
 use crate::effects::{self};
@@ -133,6 +134,26 @@ pub fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
     )?)
 }
 
+/// The dispatch message of a QUEUED state (`dsp:<state>:<attempt>`).
+pub fn dispatch_msg(st: &StateDoc) -> Result<Outgoing, Error> {
+    let attempt = u32::try_from(st.attempt).unwrap_or(u32::MAX);
+    let d = Dispatch {
+        state_id: st.id.to_hex(),
+        attempt,
+        run_id: st.run_id.clone(),
+        graph_name: st.graph_name.clone(),
+        node_name: st.node_name.clone(),
+        identifier: st.identifier.clone(),
+        inputs: to_json_map(&st.inputs),
+        created_at_ms: Some(st.created_at.timestamp_millis()),
+    };
+    Ok(Outgoing::json(
+        subjects::dispatch(&st.namespace_name, &st.node_name),
+        m::dispatch_msg_id(&d.state_id, attempt),
+        &d,
+    )?)
+}
+
 /// Converts a BSON document to a JSON object (relaxed extended JSON).
 pub fn to_json_map(d: &Document) -> Map<String, Value> {
     match Bson::Document(d.clone()).into_relaxed_extjson() {
@@ -194,6 +215,7 @@ impl Engine {
         applied: Option<effects::Applied>,
     ) -> Result<(), Error> {
         if let Some(a) = applied {
+            self.publish_queued(&a.queued).await?;
             self.publish_created(&a.created).await?;
             if let Some(status) = a.finished {
                 self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status)
@@ -205,25 +227,45 @@ impl Engine {
 
     /// Publishes the dispatch of a QUEUED state.
     pub async fn publish_dispatch(&self, st: &StateDoc) -> Result<(), Error> {
-        let attempt = u32::try_from(st.attempt).unwrap_or(u32::MAX);
-        let d = Dispatch {
-            state_id: st.id.to_hex(),
-            attempt,
-            run_id: st.run_id.clone(),
-            graph_name: st.graph_name.clone(),
-            node_name: st.node_name.clone(),
-            identifier: st.identifier.clone(),
-            inputs: to_json_map(&st.inputs),
-            created_at_ms: Some(st.created_at.timestamp_millis()),
-        };
-        self.bus
-            .publish(Outgoing::json(
-                subjects::dispatch(&st.namespace_name, &st.node_name),
-                m::dispatch_msg_id(&d.state_id, attempt),
-                &d,
-            )?)
-            .await?;
+        self.bus.publish(dispatch_msg(st)?).await?;
         Ok(())
+    }
+
+    /// Publishes the dispatches of states inserted QUEUED.
+    pub async fn publish_queued(&self, states: &[StateDoc]) -> Result<(), Error> {
+        let msgs: Vec<Outgoing> = states.iter().map(dispatch_msg).collect::<Result<_, _>>()?;
+        if !msgs.is_empty() {
+            self.bus.publish_batch(msgs).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands on again the states `ids` that a redelivered message
+    /// `queued_by` may have created before its handler died: a state still
+    /// CREATED is announced to the scheduler again, a state it inserted
+    /// QUEUED and still in its first attempt is dispatched again (the
+    /// dispatch id deduplicates a dispatch that did go out); anything else
+    /// has moved on and is left alone.
+    pub async fn hand_on_again(&self, ids: &[ObjectId], queued_by: &str) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cur = self
+            .store
+            .states()
+            .find(doc! {"_id": {"$in": ids}, "status": {"$in": [StateStatus::Created.as_str(), StateStatus::Queued.as_str()]}})
+            .await
+            .map_err(exo_store::Error::from)?;
+        let (mut created, mut queued) = (Vec::new(), Vec::new());
+        while let Some(st) = cur.try_next().await.map_err(exo_store::Error::from)? {
+            if st.status == StateStatus::Created {
+                created.push(st);
+            } else if st.attempt == 1 && st.queued_by.as_deref() == Some(queued_by) {
+                queued.push(st);
+            }
+        }
+        self.publish_queued(&queued).await?;
+        self.publish_created(&created).await
     }
 
     /// Loads the state a result is about and checks its attempt fence.

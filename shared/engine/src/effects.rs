@@ -140,8 +140,30 @@ pub struct Applied {
     /// States inserted in CREATED (children, unite states, retries): they
     /// need a hand-off to the scheduler.
     pub created: Vec<StateDoc>,
+    /// States inserted already QUEUED (successors of a result, see
+    /// `StateDoc::queued_by`): they need their dispatch published.
+    pub queued: Vec<StateDoc>,
     /// Set when this transaction ended the run.
     pub finished: Option<RunStatus>,
+}
+
+impl Applied {
+    /// What inserting `inserts` hands on: CREATED states to the scheduler,
+    /// QUEUED ones to their runtimes.
+    fn inserted(inserts: &[StateDoc]) -> Self {
+        let pick = |status| {
+            inserts
+                .iter()
+                .filter(|st| st.status == status)
+                .cloned()
+                .collect()
+        };
+        Self {
+            created: pick(StateStatus::Created),
+            queued: pick(StateStatus::Queued),
+            finished: None,
+        }
+    }
 }
 
 impl Effects {
@@ -435,17 +457,10 @@ async fn commit_batch(store: &Store, mut batch: Vec<Waiter>) {
                 .collect();
             let mut finished = applied.finished;
             for w in batch.drain(..) {
-                let mut created: Vec<StateDoc> =
-                    w.fx.inserts
-                        .iter()
-                        .filter(|st| st.status == StateStatus::Created)
-                        .cloned()
-                        .collect();
-                created.append(&mut extras);
-                let _ = w.tx.send(Ok(Some(Applied {
-                    created,
-                    finished: finished.take(),
-                })));
+                let mut mine = Applied::inserted(&w.fx.inserts);
+                mine.created.append(&mut extras);
+                mine.finished = finished.take();
+                let _ = w.tx.send(Ok(Some(mine)));
             }
             return;
         }
@@ -524,13 +539,7 @@ async fn apply_in(
     if !fx.inserts.is_empty() {
         states.insert_many(&fx.inserts).session(&mut *s).await?;
     }
-    let mut applied = Applied::default();
-    applied.created.extend(
-        fx.inserts
-            .iter()
-            .filter(|st| st.status == StateStatus::Created)
-            .cloned(),
-    );
+    let mut applied = Applied::inserted(&fx.inserts);
     let mut counters = fx.counters;
     let mut failed_unites = 0i64;
     let groups = store.unite_groups();
@@ -859,6 +868,7 @@ mod tests {
             result_digest: None,
             fanout_chunk: None,
             claim_seq: None,
+            queued_by: None,
         }
     }
 

@@ -227,6 +227,7 @@ pub fn new_state(
         result_digest: None,
         fanout_chunk: None,
         claim_seq: None,
+        queued_by: None,
     };
     if does_unites {
         s.state_fingerprint = fingerprint(&s);

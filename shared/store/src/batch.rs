@@ -319,7 +319,7 @@ impl Claimer {
                 Bson::Document(doc! {
                     "q": {"_id": id, "status": exo_types::status::StateStatus::Created.as_str(), "enqueue_after": {"$lte": now}},
                     "u": {"$set": {"status": exo_types::status::StateStatus::Queued.as_str(), "claim_seq": seq},
-                          "$unset": {"parked": ""},
+                          "$unset": {"parked": "", "queued_by": ""},
                           "$inc": {"attempt": 1i64}},
                 })
             })

@@ -96,6 +96,12 @@ pub struct StateDoc {
     /// this attempt (ours): only that message may dispatch it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_seq: Option<i64>,
+    /// The message whose handler inserted this state already QUEUED (ours),
+    /// as `<stream>:<sequence>` (e.g. `EXO_RESULTS:812`): a successor
+    /// created by `completion` is dispatched by it directly, and only a
+    /// redelivery of that very message may dispatch it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_by: Option<String>,
 }
 
 impl StateDoc {

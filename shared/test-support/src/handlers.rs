@@ -11,6 +11,7 @@ use exo_types::graph::GraphSpec;
 use exo_types::messages::StateCreated;
 use exo_types::status::StateStatus;
 use exo_types::{ids, time};
+use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::{Servers, unique_db_name};
@@ -174,6 +175,26 @@ impl HandlerEnv {
             .states()
             .count_documents(doc! {"run_id": run_id, "identifier": identifier})
             .await?)
+    }
+
+    /// Dispatch messages in the dispatch stream for `node` (a publication
+    /// deduplicated by its `Nats-Msg-Id` is not counted twice).
+    pub async fn dispatched(&self, node: &str) -> anyhow::Result<u64> {
+        let subject = exo_types::subjects::dispatch(NS, node);
+        let stream = self
+            .engine
+            .bus
+            .jetstream()
+            .get_stream(exo_types::subjects::STREAM_DISPATCH)
+            .await?;
+        let mut subjects = stream.info_with_subjects(&subject).await?;
+        let mut n = 0;
+        while let Some((s, count)) = subjects.try_next().await? {
+            if s == subject {
+                n += count as u64;
+            }
+        }
+        Ok(n)
     }
 
     /// Status of a state.
