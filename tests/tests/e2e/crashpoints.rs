@@ -840,9 +840,12 @@ async fn crash_points_fanout_all_done_completion() -> anyhow::Result<()> {
     enumerate(Flow::FanOutAllDone, "exo-completion").await
 }
 
+/// The chain's path is trigger → runtime → completion → runtime …: its
+/// root and successors are dispatched by the service that creates them,
+/// so the scheduler is not on it (enumerating it finds no crash point).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_points_chain_scheduler() -> anyhow::Result<()> {
-    enumerate(Flow::Chain, "exo-scheduler").await
+async fn crash_points_chain_completion() -> anyhow::Result<()> {
+    enumerate(Flow::Chain, "exo-completion").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,6 +873,10 @@ async fn crash_points_cron_trigger() -> anyhow::Result<()> {
     enumerate(Flow::Cron, "exo-trigger").await
 }
 
+// Not in the matrix because the service is not on the flow's path (the
+// enumeration would find no crash point): the chain and the ALL_SUCCESS
+// fan-out (whose unite does not fire) against `exo-scheduler`, since roots
+// and successors are dispatched by the service that creates them.
 macro_rules! full_matrix {
     ($($name:ident: $flow:expr, $svc:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,11 +889,9 @@ macro_rules! full_matrix {
 
 full_matrix! {
     crash_points_chain_trigger: Flow::Chain, "exo-trigger";
-    crash_points_chain_completion: Flow::Chain, "exo-completion";
     crash_points_fanout_all_done_scheduler: Flow::FanOutAllDone, "exo-scheduler";
     crash_points_fanout_all_done_trigger: Flow::FanOutAllDone, "exo-trigger";
     crash_points_fanout_all_success_completion: Flow::FanOutAllSuccess, "exo-completion";
-    crash_points_fanout_all_success_scheduler: Flow::FanOutAllSuccess, "exo-scheduler";
     crash_points_retry_retry: Flow::Retry, "exo-retry";
     crash_points_retry_scheduler: Flow::Retry, "exo-scheduler";
     crash_points_retry_completion: Flow::Retry, "exo-completion";
