@@ -38,8 +38,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::Openapi)) {
         println!(
@@ -56,8 +55,13 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(64);
             }
         };
+    let runtime = exo_service::runtime::build(cfg.common.worker_threads.unwrap_or(0))?;
+    runtime.block_on(serve(cli.command.unwrap_or(Command::Serve), cfg))
+}
+
+async fn serve(command: Command, cfg: exo_api::Config) -> anyhow::Result<()> {
     exo_service::telemetry::init("exo-api");
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Openapi => Ok(()),
         Command::Serve => {
             let shutdown = exo_service::shutdown::signal_token();

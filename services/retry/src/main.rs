@@ -14,14 +14,16 @@ struct Cli {
     config: Option<std::path::PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg: exo_retry::Config =
         exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_retry::Config| {
             c.common.validate()
         });
-    exo_service::telemetry::init("exo-retry");
-    let shutdown = exo_service::shutdown::signal_token();
-    exo_retry::run(cfg, shutdown).await
+    let runtime = exo_service::runtime::build(cfg.common.worker_threads.unwrap_or(1))?;
+    runtime.block_on(async {
+        exo_service::telemetry::init("exo-retry");
+        let shutdown = exo_service::shutdown::signal_token();
+        exo_retry::run(cfg, shutdown).await
+    })
 }

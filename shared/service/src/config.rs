@@ -97,6 +97,13 @@ pub struct CommonConfig {
     pub admin: AdminConfig,
     /// Seconds in-flight work gets after a shutdown signal.
     pub shutdown_grace_secs: Option<u64>,
+    /// Tokio worker threads (`EXO_WORKER_THREADS`); 0 means one per core.
+    /// Default: 1 for `trigger`, `scheduler`, `completion` and `retry`
+    /// (their work waits on MongoDB and NATS; one thread spares the
+    /// cross-thread wake-ups that cost a third of their CPU, see
+    /// docs/benchmarks.md; scale them with replicas), one per core for the
+    /// `api`.
+    pub worker_threads: Option<usize>,
 }
 
 impl CommonConfig {
@@ -269,12 +276,14 @@ mod tests {
             env(&[
                 ("EXO_CONCURRENCY", "3"),
                 ("EXO_SHUTDOWN_GRACE_SECS", "7"),
+                ("EXO_WORKER_THREADS", "2"),
                 ("EXO_LOG_FORMAT", "json"),
             ]),
         )
         .unwrap();
         assert_eq!(c.concurrency, Some(3));
         assert_eq!(c.common.shutdown_grace(), std::time::Duration::from_secs(7));
+        assert_eq!(c.common.worker_threads, Some(2));
     }
 
     #[test]

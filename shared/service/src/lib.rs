@@ -4,9 +4,11 @@
 //!   environment, plus the Exosphere-compatible aliases) and its validation;
 //! - [`telemetry`]: tracing initialisation (`RUST_LOG`, `EXO_LOG_FORMAT`);
 //! - [`shutdown`]: a signal-driven [`tokio_util::sync::CancellationToken`];
-//! - [`admin`]: the `/livez` and `/readyz` admin endpoints.
+//! - [`admin`]: the `/livez` and `/readyz` admin endpoints;
+//! - [`runtime`]: the tokio runtime, with its configured worker threads.
 
 pub mod admin;
 pub mod config;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
