@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_trigger::Config| {
             c.worker.common.validate()
         });
-    let runtime = exo_service::runtime::build(cfg.worker.common.worker_threads.unwrap_or(1))?;
+    let runtime = exo_service::runtime::build(cfg.worker.common.worker_threads.unwrap_or(0))?;
     runtime.block_on(async {
         exo_service::telemetry::init("exo-trigger");
         let shutdown = exo_service::shutdown::signal_token();

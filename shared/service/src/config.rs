@@ -97,12 +97,10 @@ pub struct CommonConfig {
     pub admin: AdminConfig,
     /// Seconds in-flight work gets after a shutdown signal.
     pub shutdown_grace_secs: Option<u64>,
-    /// Tokio worker threads (`EXO_WORKER_THREADS`); 0 means one per core.
-    /// Default: 1 for `trigger`, `scheduler`, `completion` and `retry`
-    /// (their work waits on MongoDB and NATS; one thread spares the
-    /// cross-thread wake-ups that cost a third of their CPU, see
-    /// docs/benchmarks.md; scale them with replicas), one per core for the
-    /// `api`.
+    /// Tokio worker threads (`EXO_WORKER_THREADS`); unset or 0 means one
+    /// per core (tokio's default, which follows the container's CPU
+    /// quota). On the 2-core benchmark machine 1 and 2 measured the same
+    /// (docs/benchmarks.md).
     pub worker_threads: Option<usize>,
 }
 
