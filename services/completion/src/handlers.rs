@@ -484,8 +484,7 @@ where
             if a.finished.is_some() {
                 finished = a.finished;
             }
-            engine.publish_queued(&a.queued).await?;
-            engine.publish_created(&a.created).await?;
+            engine.hand_on(&a).await?;
         }
         engine.hand_on_again(&again, &r.queued_by).await?;
         progress().await;

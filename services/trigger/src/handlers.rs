@@ -124,11 +124,11 @@ pub async fn on_trigger(
         }
         Err(e) => return Err(e.into()),
     }
-    if root.status == StateStatus::Queued {
-        engine.publish_queued(std::slice::from_ref(&root)).await?;
-    } else {
-        engine.publish_created(std::slice::from_ref(&root)).await?;
-    }
+    engine
+        .hand_on(&exo_engine::effects::Applied::inserted(
+            std::slice::from_ref(&root),
+        ))
+        .await?;
     Ok(Outcome::Done)
 }
 

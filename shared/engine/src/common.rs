@@ -215,8 +215,7 @@ impl Engine {
         applied: Option<effects::Applied>,
     ) -> Result<(), Error> {
         if let Some(a) = applied {
-            self.publish_queued(&a.queued).await?;
-            self.publish_created(&a.created).await?;
+            self.hand_on(&a).await?;
             if let Some(status) = a.finished {
                 self.publish_finished(st.graph_ns(), &st.run_id, &st.graph_name, status)
                     .await?;
@@ -231,8 +230,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Hands on the states a write inserted: dispatches for those inserted
+    /// QUEUED, `state.created` for those inserted CREATED.
+    pub async fn hand_on(&self, a: &effects::Applied) -> Result<(), Error> {
+        self.publish_queued(&a.queued).await?;
+        self.publish_created(&a.created).await
+    }
+
     /// Publishes the dispatches of states inserted QUEUED.
-    pub async fn publish_queued(&self, states: &[StateDoc]) -> Result<(), Error> {
+    async fn publish_queued(&self, states: &[StateDoc]) -> Result<(), Error> {
         let msgs: Vec<Outgoing> = states.iter().map(dispatch_msg).collect::<Result<_, _>>()?;
         if !msgs.is_empty() {
             self.bus.publish_batch(msgs).await?;
@@ -256,16 +262,15 @@ impl Engine {
             .find(doc! {"_id": {"$in": ids}, "status": {"$in": [StateStatus::Created.as_str(), StateStatus::Queued.as_str()]}})
             .await
             .map_err(exo_store::Error::from)?;
-        let (mut created, mut queued) = (Vec::new(), Vec::new());
+        let mut pending = Vec::new();
         while let Some(st) = cur.try_next().await.map_err(exo_store::Error::from)? {
-            if st.status == StateStatus::Created {
-                created.push(st);
-            } else if st.attempt == 1 && st.queued_by.as_deref() == Some(queued_by) {
-                queued.push(st);
+            if st.status == StateStatus::Created
+                || (st.attempt == 1 && st.queued_by.as_deref() == Some(queued_by))
+            {
+                pending.push(st);
             }
         }
-        self.publish_queued(&queued).await?;
-        self.publish_created(&created).await
+        self.hand_on(&effects::Applied::inserted(&pending)).await
     }
 
     /// Loads the state a result is about and checks its attempt fence.

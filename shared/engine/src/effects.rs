@@ -150,7 +150,7 @@ pub struct Applied {
 impl Applied {
     /// What inserting `inserts` hands on: CREATED states to the scheduler,
     /// QUEUED ones to their runtimes.
-    fn inserted(inserts: &[StateDoc]) -> Self {
+    pub fn inserted(inserts: &[StateDoc]) -> Self {
         let pick = |status| {
             inserts
                 .iter()
