@@ -83,26 +83,26 @@ impl Env {
             (
                 subjects::STREAM_COMMANDS,
                 "t-trigger",
-                subjects::COMMANDS_SUBJECTS,
+                &[subjects::COMMANDS_SUBJECTS][..],
             ),
             (
                 subjects::STREAM_STATES,
                 "t-scheduler",
-                subjects::STATES_SUBJECTS,
+                &[subjects::STATES_SUBJECTS][..],
             ),
             (
                 subjects::STREAM_RESULTS,
                 "t-results",
-                subjects::RESULTS_SUBJECTS,
+                &subjects::RESULTS_SUBJECTS[..],
             ),
         ];
         loop {
             let mut handled = 0;
-            for (stream, durable, filter) in specs {
+            for (stream, durable, filters) in specs {
                 let consumer = self
                     .engine
                     .bus
-                    .service_consumer(stream, durable, &[filter])
+                    .service_consumer(stream, durable, filters)
                     .await
                     .unwrap();
                 let mut batch = consumer

@@ -10,7 +10,7 @@
 pub mod handlers;
 
 use exo_bus::Disposition;
-use exo_engine::worker::{self, WorkerSpec};
+use exo_engine::worker::{self, Lane, WorkerSpec};
 use exo_types::subjects::{self, ResultKind};
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +21,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let spec = WorkerSpec {
         service: "exo-retry",
         stream: subjects::STREAM_RESULTS,
-        consumer: subjects::CONSUMER_RETRY,
-        filters: subjects::RETRY_FILTERS.to_vec(),
+        lanes: vec![Lane::new(
+            subjects::CONSUMER_RETRY,
+            &subjects::RETRY_FILTERS,
+        )],
         concurrency: cfg.concurrency.unwrap_or(32),
     };
     worker::run(

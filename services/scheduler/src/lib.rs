@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use exo_engine::Engine;
 use exo_engine::common::created_msg;
-use exo_engine::worker::{self, WorkerSpec};
+use exo_engine::worker::{self, Lane, WorkerSpec};
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::StateCreated;
 use exo_types::status::StateStatus;
@@ -42,8 +42,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let spec = WorkerSpec {
         service: "exo-scheduler",
         stream: subjects::STREAM_STATES,
-        consumer: subjects::CONSUMER_SCHEDULER,
-        filters: vec![subjects::STATES_SUBJECTS],
+        lanes: vec![Lane::new(
+            subjects::CONSUMER_SCHEDULER,
+            &[subjects::STATES_SUBJECTS],
+        )],
         concurrency: cfg.concurrency.unwrap_or(128),
     };
     worker::run(

@@ -12,7 +12,7 @@ pub mod handlers;
 
 use std::time::Duration;
 
-use exo_engine::worker::{self, WorkerSpec};
+use exo_engine::worker::{self, Lane, WorkerSpec};
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
 use tokio_util::sync::CancellationToken;
@@ -48,8 +48,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let spec = WorkerSpec {
         service: "exo-trigger",
         stream: subjects::STREAM_COMMANDS,
-        consumer: subjects::CONSUMER_TRIGGER,
-        filters: vec![subjects::COMMANDS_SUBJECTS],
+        lanes: vec![Lane::new(
+            subjects::CONSUMER_TRIGGER,
+            &[subjects::COMMANDS_SUBJECTS],
+        )],
         concurrency: cfg.concurrency.unwrap_or(32),
     };
     worker::run(

@@ -75,6 +75,59 @@ pub struct ConsumeOptions {
     /// Delays before redelivering a message whose handler failed
     /// ([`Disposition::Retry`]).
     pub retry_backoff: RetryBackoff,
+    /// Shared by the consume loops of one service (its lanes): no loop pulls
+    /// while the lanes together handle [`SharedBudget::limit`] messages, so
+    /// the lanes bound the service's work together while each keeps its own
+    /// queue. `None`: this loop's `concurrency` is the only bound.
+    pub budget: Option<SharedBudget>,
+}
+
+/// Messages in flight across the consume loops of one service (see
+/// [`ConsumeOptions::budget`]). A soft bound: loops that pull at the same
+/// moment may together overshoot it by one pull each.
+#[derive(Debug, Clone)]
+pub struct SharedBudget {
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+}
+
+impl SharedBudget {
+    /// A budget of `limit` messages in flight (at least 1).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            inflight: Arc::default(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Messages in flight now, across the loops sharing this budget.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn free(&self) -> usize {
+        self.limit.saturating_sub(self.inflight())
+    }
+
+    fn take(&self) -> BudgetSlot {
+        self.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BudgetSlot(self.inflight.clone())
+    }
+}
+
+/// One message's share of a [`SharedBudget`], given back when dropped.
+struct BudgetSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Longest backoff between two deliveries of a message whose handler failed.
@@ -111,6 +164,9 @@ impl RetryBackoff {
     }
 }
 
+/// How often a loop whose lanes hold the whole shared budget looks again.
+const BUDGET_POLL: Duration = Duration::from_millis(5);
+
 /// How long one pull request waits for messages.
 pub const PULL_EXPIRES: Duration = Duration::from_millis(500);
 
@@ -142,8 +198,21 @@ where
     let low_water = (concurrency / 4).max(1);
     let mut inflight = FuturesUnordered::new();
     while !shutdown.is_cancelled() {
-        let free = concurrency - inflight.len();
-        if free < low_water {
+        let mut free = concurrency - inflight.len();
+        if let Some(budget) = &opts.budget {
+            free = free.min(budget.free());
+            if free == 0 && inflight.is_empty() {
+                // Other lanes hold the whole budget: look again shortly.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(BUDGET_POLL) => {}
+                }
+                continue;
+            }
+        }
+        if free < low_water.min(opts.budget.as_ref().map_or(usize::MAX, SharedBudget::limit))
+            && !inflight.is_empty()
+        {
             inflight.next().await;
             continue;
         }
@@ -180,7 +249,16 @@ where
             tokio::select! {
                 _ = &mut abandon => break,
                 item = batch.next() => match item {
-                    Some(Ok(message)) => inflight.push(settle(&bus, &opts, message, &*handler)),
+                    Some(Ok(message)) => {
+                        let slot = opts.budget.as_ref().map(SharedBudget::take);
+                        let bus = &bus;
+                        let opts = &opts;
+                        let handler = &*handler;
+                        inflight.push(async move {
+                            settle(bus, opts, message, handler).await;
+                            drop(slot);
+                        });
+                    }
                     Some(Err(error)) => tracing::debug!(%error, "Pull error."),
                     None => break,
                 },

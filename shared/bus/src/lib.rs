@@ -24,7 +24,7 @@ use exo_types::messages::{DeadLetter, HEADER_PROTOCOL, PROTOCOL_VERSION};
 use exo_types::subjects as subj;
 use serde::Serialize;
 
-pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, consume};
+pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, SharedBudget, consume};
 pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError, payload_ref};
 pub use replies::{Answer, Replies};
 
@@ -135,9 +135,9 @@ impl Bus {
 
     /// Creates every stream if missing (idempotent).
     pub async fn provision(&self) -> Result<(), Error> {
-        let work = |name: &str, subjects: &str| stream::Config {
+        let work = |name: &str, subjects: &[&str]| stream::Config {
             name: name.to_string(),
-            subjects: vec![subjects.to_string()],
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
@@ -152,11 +152,19 @@ impl Bus {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
+        let (source, destination) = subj::results_transform();
+        let results = stream::Config {
+            subject_transform: Some(stream::SubjectTransform {
+                source,
+                destination,
+            }),
+            ..work(subj::STREAM_RESULTS, &subj::RESULTS_SUBJECTS)
+        };
         let configs = [
-            work(subj::STREAM_COMMANDS, subj::COMMANDS_SUBJECTS),
-            work(subj::STREAM_STATES, subj::STATES_SUBJECTS),
-            work(subj::STREAM_RESULTS, subj::RESULTS_SUBJECTS),
-            work(subj::STREAM_DISPATCH, subj::DISPATCH_SUBJECTS),
+            work(subj::STREAM_COMMANDS, &[subj::COMMANDS_SUBJECTS]),
+            work(subj::STREAM_STATES, &[subj::STATES_SUBJECTS]),
+            results,
+            work(subj::STREAM_DISPATCH, &[subj::DISPATCH_SUBJECTS]),
             limits(
                 subj::STREAM_EVENTS,
                 subj::EVENTS_SUBJECTS,
@@ -179,7 +187,9 @@ impl Bus {
                         .map_err(|e| Error::js("stream info", e))?
                         .config
                         .clone();
-                    if current.subjects != cfg.subjects {
+                    if current.subjects != cfg.subjects
+                        || current.subject_transform != cfg.subject_transform
+                    {
                         self.js
                             .update_stream(&cfg)
                             .await
@@ -218,10 +228,32 @@ impl Bus {
             max_ack_pending: 20_000,
             ..Default::default()
         };
-        stream
-            .get_or_create_consumer(durable, cfg)
+        let mut consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(durable, cfg.clone())
             .await
-            .map_err(|e| Error::js("consumer provisioning", e))
+            .map_err(|e| Error::js("consumer provisioning", e))?;
+        // A consumer made by an earlier version keeps its filters unless
+        // they are brought up to date (e.g. result partitions added).
+        let have = &consumer.cached_info().config;
+        let mut have_filters = have.filter_subjects.clone();
+        if !have.filter_subject.is_empty() {
+            have_filters.push(have.filter_subject.clone());
+        }
+        if have_filters != cfg.filter_subjects {
+            tracing::info!(consumer = durable, ?have_filters, want = ?cfg.filter_subjects, "Updating the consumer's filter subjects.");
+            stream
+                .update_consumer(cfg)
+                .await
+                .map_err(|e| Error::js("consumer update", e))?;
+            consumer = stream
+                .get_consumer(durable)
+                .await
+                .map_err(|source| Error::JetStream {
+                    what: "consumer provisioning",
+                    source,
+                })?;
+        }
+        Ok(consumer)
     }
 
     /// Durable pull consumer of one (namespace, node) dispatch queue, shared by

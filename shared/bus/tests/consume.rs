@@ -30,6 +30,7 @@ async fn queued_messages_are_not_delivered_twice_behind_slow_handlers() -> anyho
         concurrency: 1,
         batch: 32,
         retry_backoff: Default::default(),
+        budget: None,
     };
     let s2 = seen.clone();
     let task = tokio::spawn(consume(
@@ -85,6 +86,7 @@ async fn failing_handlers_are_retried_without_limit_and_never_dead_lettered() ->
             first: Duration::from_millis(5),
             max: Duration::from_millis(20),
         },
+        budget: None,
     };
     let seen = deliveries.clone();
     let task = tokio::spawn(consume(

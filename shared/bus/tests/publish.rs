@@ -81,6 +81,7 @@ async fn requests_get_the_handlers_outcome() -> anyhow::Result<()> {
         concurrency: 4,
         batch: 8,
         retry_backoff: Default::default(),
+        budget: None,
     };
     let task = tokio::spawn(consume(
         bus.clone(),

@@ -33,12 +33,31 @@ pub struct WorkerSpec {
     pub service: &'static str,
     /// Stream to consume.
     pub stream: &'static str,
-    /// Durable consumer name.
-    pub consumer: &'static str,
-    /// Filter subjects.
-    pub filters: Vec<&'static str>,
-    /// Messages handled at once.
+    /// The durable consumers, each consumed by its own loop (its own queue),
+    /// all handled by the same handler.
+    pub lanes: Vec<Lane>,
+    /// Messages handled at once per lane; with several lanes, twice as many
+    /// across them (so a busy lane never leaves the others without room).
     pub concurrency: usize,
+}
+
+/// One durable consumer of a [`WorkerSpec`].
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Filter subjects.
+    pub filters: Vec<String>,
+}
+
+impl Lane {
+    /// A lane consuming `filters` through durable `consumer`.
+    pub fn new(consumer: impl Into<String>, filters: &[impl AsRef<str>]) -> Self {
+        Self {
+            consumer: consumer.into(),
+            filters: filters.iter().map(|f| f.as_ref().to_string()).collect(),
+        }
+    }
 }
 
 /// Connects to MongoDB and NATS, creating indexes and streams.
@@ -118,41 +137,55 @@ where
         e = connect(&common, spec.service) => e?,
         _ = shutdown.cancelled() => return Ok(()),
     };
-    let consumer = engine
-        .bus
-        .service_consumer(spec.stream, spec.consumer, &spec.filters)
-        .await
-        .context("create consumer")?;
+    let mut consumers = Vec::with_capacity(spec.lanes.len());
+    for lane in &spec.lanes {
+        let filters: Vec<&str> = lane.filters.iter().map(String::as_str).collect();
+        let consumer = engine
+            .bus
+            .service_consumer(spec.stream, &lane.consumer, &filters)
+            .await
+            .with_context(|| format!("create consumer {}", lane.consumer))?;
+        consumers.push((lane.consumer.clone(), consumer));
+    }
     let extra_task = tokio::spawn(extra(engine.clone(), shutdown.clone()));
     readiness.set(true);
     tracing::info!(
         exo.service = spec.service,
-        consumer = spec.consumer,
+        lanes = consumers.len(),
         "Service ready."
     );
-    let opts = ConsumeOptions {
-        stream: spec.stream.to_string(),
-        consumer: spec.consumer.to_string(),
-        concurrency: spec.concurrency,
-        batch: spec.concurrency.max(16) * 2,
-        retry_backoff: exo_bus::RetryBackoff::default(),
-    };
-    let e2 = engine.clone();
+    let budget = (consumers.len() > 1)
+        .then(|| exo_bus::SharedBudget::new(spec.concurrency.saturating_mul(2)));
     let handler = Arc::new(handler);
     let consume_token = CancellationToken::new();
-    let consume = tokio::spawn(exo_bus::consume(
-        engine.bus.clone(),
-        consumer,
-        opts,
-        consume_token.clone(),
-        move |d| handler(e2.clone(), d),
-    ));
+    let mut consume = tokio::task::JoinSet::new();
+    for (name, consumer) in consumers {
+        let opts = ConsumeOptions {
+            stream: spec.stream.to_string(),
+            consumer: name,
+            concurrency: spec.concurrency,
+            batch: spec.concurrency.max(16) * 2,
+            retry_backoff: exo_bus::RetryBackoff::default(),
+            budget: budget.clone(),
+        };
+        let (e2, handler) = (engine.clone(), handler.clone());
+        consume.spawn(exo_bus::consume(
+            engine.bus.clone(),
+            consumer,
+            opts,
+            consume_token.clone(),
+            move |d| handler(e2.clone(), d),
+        ));
+    }
     shutdown.cancelled().await;
     readiness.set(false);
     tracing::info!(exo.service = spec.service, "Draining in-flight messages.");
     consume_token.cancel();
     let grace = common.shutdown_grace();
-    if tokio::time::timeout(grace, consume).await.is_err() {
+    if tokio::time::timeout(grace, consume.join_all())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             grace_secs = grace.as_secs(),
             "Graceful shutdown did not complete in time."

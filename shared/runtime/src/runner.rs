@@ -445,6 +445,7 @@ async fn handle(
     let out = match wire {
         Report::Executed(outputs) => outgoing(
             ns,
+            &ctx.run_id,
             ResultKind::Executed,
             &id,
             attempt,
@@ -458,6 +459,7 @@ async fn handle(
             tracing::debug!(state_id = %id, %error, "Node failed.");
             outgoing(
                 ns,
+                &ctx.run_id,
                 ResultKind::Errored,
                 &id,
                 attempt,
@@ -470,6 +472,7 @@ async fn handle(
         }
         Report::Pruned(data) => outgoing(
             ns,
+            &ctx.run_id,
             ResultKind::Pruned,
             &id,
             attempt,
@@ -481,6 +484,7 @@ async fn handle(
         ),
         Report::Requeue(delay_ms) => outgoing(
             ns,
+            &ctx.run_id,
             ResultKind::Requeue,
             &id,
             attempt,
@@ -512,13 +516,14 @@ async fn handle(
 
 fn outgoing<T: serde::Serialize>(
     ns: &str,
+    run_id: &str,
     kind: ResultKind,
     state_id: &str,
     attempt: u32,
     body: &T,
 ) -> Result<Outgoing, exo_bus::Error> {
     Outgoing::json(
-        subjects::result(ns, kind),
+        subjects::result_of_run(ns, kind, run_id),
         m::result_msg_id(kind.token(), state_id, attempt),
         body,
     )

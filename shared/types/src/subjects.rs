@@ -36,8 +36,31 @@ pub const CONSUMER_RETRY: &str = "retry";
 pub const COMMANDS_SUBJECTS: &str = "exo.v1.*.run.*";
 /// Subject filters of [`STREAM_STATES`].
 pub const STATES_SUBJECTS: &str = "exo.v1.*.state.created";
-/// Subject filters of [`STREAM_RESULTS`].
-pub const RESULTS_SUBJECTS: &str = "exo.v1.*.result.*";
+/// Subject filters of [`STREAM_RESULTS`]: a result published without its
+/// run (`exo.v1.<ns>.result.<kind>`, the first protocol) and with it
+/// (`exo.v1.<ns>.result.<kind>.<run_id>`), which the stream stores on the
+/// run's partition (see [`results_transform`]).
+pub const RESULTS_SUBJECTS: [&str; 2] = ["exo.v1.*.result.*", "exo.v1.*.result.*.*"];
+
+/// Partitions of the results of runs: the stream maps the run token of
+/// `exo.v1.<ns>.result.<kind>.<run_id>` onto `0..RESULT_PARTITIONS` with
+/// NATS's deterministic subject-token partitioning, and each partition has
+/// its own consumer, so a wide run's backlog delays only the runs that hash
+/// to its partition. Changing it re-maps runs still in flight (their results
+/// go on being applied, possibly out of their earlier order, which the
+/// fences make harmless).
+pub const RESULT_PARTITIONS: u32 = 16;
+
+/// The results stream's subject transform, `(source, destination)`: the run
+/// token becomes its partition number (`exo.v1.<ns>.result.<kind>.<p>`).
+pub fn results_transform() -> (String, String) {
+    (
+        "exo.v1.*.result.*.*".to_string(),
+        format!(
+            "exo.v1.{{{{wildcard(1)}}}}.result.{{{{wildcard(2)}}}}.{{{{partition({RESULT_PARTITIONS},3)}}}}"
+        ),
+    )
+}
 /// Subject filters of [`STREAM_DISPATCH`].
 pub const DISPATCH_SUBJECTS: &str = "exo.v1.*.dispatch.*";
 /// Subject filters of [`STREAM_EVENTS`].
@@ -45,10 +68,29 @@ pub const EVENTS_SUBJECTS: &str = "exo.v1.*.event.>";
 /// Subject filters of [`STREAM_DLQ`].
 pub const DLQ_SUBJECTS: &str = "exo.dlq.v1.>";
 
-/// Filter subjects of the completion consumer.
+/// Filter subjects of the completion consumer of results published without
+/// their run (the first protocol); see [`completion_partition`] for the rest.
 pub const COMPLETION_FILTERS: [&str; 2] = ["exo.v1.*.result.executed", "exo.v1.*.result.pruned"];
-/// Filter subjects of the retry consumer.
-pub const RETRY_FILTERS: [&str; 2] = ["exo.v1.*.result.errored", "exo.v1.*.result.requeue"];
+/// Filter subjects of the retry consumer (every partition: errors and
+/// re-queues are applied one state at a time, so they need no lanes).
+pub const RETRY_FILTERS: [&str; 4] = [
+    "exo.v1.*.result.errored",
+    "exo.v1.*.result.requeue",
+    "exo.v1.*.result.errored.*",
+    "exo.v1.*.result.requeue.*",
+];
+
+/// Durable consumer and filter subjects of the completion service's lane
+/// for partition `p` of [`RESULT_PARTITIONS`].
+pub fn completion_partition(p: u32) -> (String, Vec<String>) {
+    (
+        format!("{CONSUMER_COMPLETION}-p{p}"),
+        vec![
+            format!("{PREFIX}.*.result.executed.{p}"),
+            format!("{PREFIX}.*.result.pruned.{p}"),
+        ],
+    )
+}
 
 /// Kinds of runtime result, the last token of a result subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +144,21 @@ pub fn dispatch(ns: &str, node: &str) -> String {
     format!("{PREFIX}.{ns}.dispatch.{node}")
 }
 
-/// `exo.v1.<ns>.result.<kind>`
+/// `exo.v1.<ns>.result.<kind>`: a result without its run (the first
+/// protocol, still consumed); prefer [`result_of_run`].
 pub fn result(ns: &str, kind: ResultKind) -> String {
     format!("{PREFIX}.{ns}.result.{}", kind.token())
+}
+
+/// `exo.v1.<ns>.result.<kind>.<run_id>`: a result of run `run_id`, stored on
+/// the run's partition. A run id that is not a subject token (never one this
+/// system made) falls back to [`result`].
+pub fn result_of_run(ns: &str, kind: ResultKind, run_id: &str) -> String {
+    if crate::names::is_valid_token(run_id) {
+        format!("{PREFIX}.{ns}.result.{}.{run_id}", kind.token())
+    } else {
+        result(ns, kind)
+    }
 }
 
 /// `exo.v1.<ns>.event.<entity>.<name>`, e.g. `event.run.finished`.
@@ -133,13 +187,16 @@ pub fn namespace_of(subject: &str) -> Option<&str> {
     rest.split('.').next().filter(|t| !t.is_empty())
 }
 
-/// The result kind of a `exo.v1.<ns>.result.<kind>` subject.
+/// The result kind of a `exo.v1.<ns>.result.<kind>[.<run or partition>]`
+/// subject.
 pub fn result_kind_of(subject: &str) -> Option<ResultKind> {
-    let (head, last) = subject.rsplit_once('.')?;
-    if !head.ends_with(".result") {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix('.')?;
+    let mut tokens = rest.split('.');
+    let (_ns, verb, kind) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    if verb != "result" || tokens.nth(1).is_some() {
         return None;
     }
-    ResultKind::from_token(last)
+    ResultKind::from_token(kind)
 }
 
 /// Durable consumer name of the queue of one (namespace, node).
@@ -173,6 +230,27 @@ mod tests {
             Some(ResultKind::Pruned)
         );
         assert_eq!(result_kind_of("exo.v1.ns.state.pruned"), None);
+        assert_eq!(
+            result_kind_of("exo.v1.ns.result.executed.7"),
+            Some(ResultKind::Executed)
+        );
+        assert_eq!(result_kind_of("exo.v1.ns.result.executed.7.x"), None);
+        assert_eq!(
+            result_of_run("ns", ResultKind::Executed, "r-1"),
+            "exo.v1.ns.result.executed.r-1"
+        );
+        assert_eq!(
+            result_of_run("ns", ResultKind::Executed, "a.b"),
+            "exo.v1.ns.result.executed"
+        );
+        assert_eq!(
+            completion_partition(3).1,
+            ["exo.v1.*.result.executed.3", "exo.v1.*.result.pruned.3"]
+        );
+        assert_eq!(
+            results_transform().1,
+            "exo.v1.{{wildcard(1)}}.result.{{wildcard(2)}}.{{partition(16,3)}}"
+        );
     }
 
     #[test]

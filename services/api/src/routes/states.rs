@@ -73,7 +73,7 @@ async fn publish_result<T: serde::Serialize>(
     check_token("namespace", &st.namespace_name)?;
     let answer = state
         .apply(Outgoing::json(
-            subjects::result(&st.namespace_name, kind),
+            subjects::result_of_run(&st.namespace_name, kind, &st.run_id),
             m::result_msg_id(kind.token(), &st.id.to_hex(), attempt_of(st)),
             msg,
         )?)
