@@ -18,9 +18,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg: exo_completion::Config =
         exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_completion::Config| {
-            c.common.validate()
+            c.validate()
         });
-    let runtime = exo_service::runtime::build(cfg.common.worker_threads.unwrap_or(0))?;
+    let runtime = exo_service::runtime::build(cfg.worker.common.worker_threads.unwrap_or(0))?;
     runtime.block_on(async {
         exo_service::telemetry::init("exo-completion");
         let shutdown = exo_service::shutdown::signal_token();

@@ -109,8 +109,8 @@ async fn a_run_s_results_share_one_partition_and_runs_spread_over_all() -> anyho
     }
     let used: BTreeSet<u32> = partitions_of.values().flatten().copied().collect();
     assert!(
-        used.len() >= 8,
-        "64 runs should use most of 16 partitions: {used:?}"
+        used.len() >= 24,
+        "64 runs should spread over many of the 64 partitions: {used:?}"
     );
 
     // The legacy result is the `completion` lane's; errors are the retry

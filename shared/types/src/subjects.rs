@@ -49,7 +49,7 @@ pub const RESULTS_SUBJECTS: [&str; 2] = ["exo.v1.*.result.*", "exo.v1.*.result.*
 /// to its partition. Changing it re-maps runs still in flight (their results
 /// go on being applied, possibly out of their earlier order, which the
 /// fences make harmless).
-pub const RESULT_PARTITIONS: u32 = 16;
+pub const RESULT_PARTITIONS: u32 = 64;
 
 /// The results stream's subject transform, `(source, destination)`: the run
 /// token becomes its partition number (`exo.v1.<ns>.result.<kind>.<p>`).
@@ -249,7 +249,7 @@ mod tests {
         );
         assert_eq!(
             results_transform().1,
-            "exo.v1.{{wildcard(1)}}.result.{{wildcard(2)}}.{{partition(16,3)}}"
+            "exo.v1.{{wildcard(1)}}.result.{{wildcard(2)}}.{{partition(64,3)}}"
         );
     }
 

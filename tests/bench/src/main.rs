@@ -125,6 +125,14 @@ pub struct Args {
     /// `exo-completion:EXO_CONCURRENCY=4`.
     #[arg(long, value_parser = parse_service_env)]
     pub service_env: Vec<(Option<String>, String, String)>,
+    /// Processes of a service, `SERVICE=N` (repeatable), e.g.
+    /// `exo-completion=2`; the API must stay at one (it binds one port).
+    #[arg(long, value_parser = parse_replicas)]
+    pub replicas: Vec<(String, usize)>,
+    /// Give each `exo-completion` replica its own share of the result
+    /// partitions (`EXO_PARTITIONS=i/N`) instead of every lane.
+    #[arg(long)]
+    pub share_partitions: bool,
     /// `RUST_LOG` of the services.
     #[arg(long, default_value = "info")]
     pub rust_log: String,
@@ -147,6 +155,8 @@ impl Args {
             rust_log: self.rust_log.clone(),
             mongo_proxy: self.mongo_proxy,
             service_env: self.service_env.clone(),
+            replicas: self.replicas.iter().cloned().collect(),
+            share_partitions: self.share_partitions,
         }
     }
 
@@ -168,6 +178,23 @@ impl Args {
     fn wants(&self, w: Workload) -> bool {
         self.workload.contains(&Workload::All) || self.workload.contains(&w)
     }
+}
+
+/// Parses `SERVICE=N` (N ≥ 1; not the API, which binds one port).
+fn parse_replicas(s: &str) -> Result<(String, usize), String> {
+    let (svc, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SERVICE=N, got {s:?}"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| format!("expected a count after '=', got {n:?}"))?;
+    if n == 0 || svc == "exo-api" || !crate::stack::SERVICES.contains(&svc) {
+        return Err(format!(
+            "SERVICE=N needs N >= 1 and one of {:?} except exo-api, got {s:?}",
+            crate::stack::SERVICES
+        ));
+    }
+    Ok((svc.to_string(), n))
 }
 
 /// Parses `[SERVICE:]KEY=VALUE`.
@@ -222,6 +249,8 @@ fn servers_section(args: &Args) -> Value {
             "rust_log": args.rust_log,
             "mongo_proxy": args.mongo_proxy,
             "extra_env": args.service_env.iter().map(|(s, k, v)| format!("{}{k}={v}", s.as_ref().map(|s| format!("{s}:")).unwrap_or_default())).collect::<Vec<_>>(),
+            "replicas": args.replicas.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>(),
+            "share_partitions": args.share_partitions,
         },
         "runtime": {
             "kind": "Rust SDK (exo-runtime) in the bench process",

@@ -48,6 +48,11 @@ pub struct StackOptions {
     pub mongo_proxy: bool,
     /// Extra environment: `(service or None for all, key, value)`.
     pub service_env: Vec<(Option<String>, String, String)>,
+    /// Processes per service (absent: one).
+    pub replicas: BTreeMap<String, usize>,
+    /// Give each `exo-completion` replica its share of the result
+    /// partitions (`EXO_PARTITIONS=i/N`) instead of every lane.
+    pub share_partitions: bool,
 }
 
 /// A nats-server started by the bench with its own configuration file
@@ -246,14 +251,38 @@ impl BenchStack {
                     env.push((k.clone(), v.clone()));
                 }
             }
-            let p = ServiceProcess::spawn_program(name, opts.bin_dir.join(name), &env)
-                .await
-                .with_context(|| format!("start {name}"))?;
-            services.push(p);
+            let n = opts.replicas.get(name).copied().unwrap_or(1).max(1);
+            for i in 0..n {
+                let mut env = env.clone();
+                if i > 0 {
+                    env.retain(|(k, _)| k != "EXO_ADMIN__ADDR");
+                    env.push((
+                        "EXO_ADMIN__ADDR".to_string(),
+                        format!("127.0.0.1:{}", free_port()),
+                    ));
+                }
+                if opts.share_partitions && name == "exo-completion" {
+                    env.push(("EXO_PARTITIONS".to_string(), format!("{i}/{n}")));
+                }
+                let p = ServiceProcess::spawn_program(name, opts.bin_dir.join(name), &env)
+                    .await
+                    .with_context(|| format!("start {name} #{i}"))?;
+                services.push(p);
+            }
         }
+        // Replicas of a service are told apart by their index (`#1`, ...).
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut procs: Vec<(String, u32)> = services
             .iter()
-            .filter_map(|p| p.pid().map(|pid| (p.name().to_string(), pid)))
+            .filter_map(|p| {
+                let k = seen.entry(p.name().to_string()).or_default();
+                let name = match *k {
+                    0 => p.name().to_string(),
+                    i => format!("{}#{i}", p.name()),
+                };
+                *k += 1;
+                p.pid().map(|pid| (name, pid))
+            })
             .collect();
         if let Some(pid) = nats.pid() {
             procs.push(("nats-server".into(), pid));

@@ -436,3 +436,102 @@ async fn cancelling_a_run_stops_dispatch_and_running_work() -> anyhow::Result<()
     stop.cancel();
     Ok(())
 }
+
+/// Two completion replicas, each owning half of the result partitions
+/// (`EXO_PARTITIONS=0/2`, `1/2`): runs on either half finish, each state
+/// once; while one replica is down only the runs of its half wait, and they
+/// finish when it returns (their results wait in its consumers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_replicas_split_the_result_partitions() -> anyhow::Result<()> {
+    let ns = "share";
+    let mut stack =
+        Stack::start_with(&["exo-api", "exo-trigger", "exo-scheduler", "exo-retry"]).await?;
+    stack
+        .respawn_with("exo-completion", &[("EXO_PARTITIONS", "0/2")])
+        .await?;
+    let spawn_b = |stack: &Stack| {
+        let mut env = stack.env(exo_test_support::free_port());
+        env.push(("EXO_PARTITIONS".into(), "1/2".into()));
+        async move { exo_test_support::ServiceProcess::spawn("exo-completion", &env).await }
+    };
+    let b = spawn_b(&stack).await?;
+    stack.services.insert("exo-completion-b".into(), b);
+    let (stop, _rt) = stack
+        .start_runtime(
+            stack
+                .runtime(ns, "rt")
+                .node(Append {
+                    name: "AppendA",
+                    suffix: "a",
+                    calls: counter(),
+                })
+                .node(Append {
+                    name: "AppendB",
+                    suffix: "b",
+                    calls: counter(),
+                }),
+        )
+        .await?;
+    let graph = json!({
+        "secrets": {},
+        "nodes": [
+            node("AppendA", "a", ns, json!({"text": "x"}), &["b"]),
+            node("AppendB", "b", ns, json!({"text": "${{ a.outputs.text }}"}), &[]),
+        ]
+    });
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    const RUNS: usize = 16;
+    let mut first = Vec::new();
+    for _ in 0..RUNS {
+        first.push(stack.trigger(ns, "g", &json!({})).await?);
+    }
+    for id in &first {
+        let run = stack.wait_run(id, WAIT).await?;
+        assert_eq!(run.status.as_deref(), Some("SUCCESS"), "{id}");
+        assert_run_consistent(&stack, &run).await?;
+    }
+
+    // Replica b down: the runs of its partitions wait, the others finish.
+    if let Some(mut b) = stack.services.remove("exo-completion-b") {
+        b.terminate(Duration::from_secs(5)).await;
+    }
+    let mut second = Vec::new();
+    for _ in 0..RUNS {
+        second.push(stack.trigger(ns, "g", &json!({})).await?);
+    }
+    let finished = |stack: &Stack, ids: Vec<String>| {
+        let store = stack.store.clone();
+        async move {
+            let mut n = 0;
+            for id in &ids {
+                if let Some(run) = store.run(id).await?
+                    && run.status.as_deref() == Some("SUCCESS")
+                {
+                    n += 1;
+                }
+            }
+            anyhow::Ok(n)
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while finished(&stack, second.clone()).await? == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for anything that could still finish without b to finish.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let without_b = finished(&stack, second.clone()).await?;
+    assert!(
+        without_b > 0 && without_b < RUNS,
+        "{without_b} of {RUNS} runs finished without replica b: every run \
+         hashed to one half (odds 1 in 32 768), or the shares are not honoured"
+    );
+    let b = spawn_b(&stack).await?;
+    stack.services.insert("exo-completion-b".into(), b);
+    for id in &second {
+        let run = stack.wait_run(id, WAIT).await?;
+        assert_eq!(run.status.as_deref(), Some("SUCCESS"), "{id}");
+        assert_run_consistent(&stack, &run).await?;
+    }
+    stop.cancel();
+    Ok(())
+}
