@@ -241,17 +241,7 @@ impl Bus {
         }
         if have_filters != cfg.filter_subjects {
             tracing::info!(consumer = durable, ?have_filters, want = ?cfg.filter_subjects, "Updating the consumer's filter subjects.");
-            stream
-                .update_consumer(cfg)
-                .await
-                .map_err(|e| Error::js("consumer update", e))?;
-            consumer = stream
-                .get_consumer(durable)
-                .await
-                .map_err(|source| Error::JetStream {
-                    what: "consumer provisioning",
-                    source,
-                })?;
+            consumer = replace_consumer(&stream, cfg).await?;
         }
         Ok(consumer)
     }
@@ -295,17 +285,7 @@ impl Bus {
             let have = consumer.cached_info().config.ack_wait;
             if have != want {
                 tracing::info!(consumer = %name, ?have, ?want, "Setting the dispatch consumer's ack_wait.");
-                stream
-                    .update_consumer(cfg)
-                    .await
-                    .map_err(|e| Error::js("dispatch consumer update", e))?;
-                consumer = stream
-                    .get_consumer(&name)
-                    .await
-                    .map_err(|source| Error::JetStream {
-                        what: "dispatch consumer provisioning",
-                        source,
-                    })?;
+                consumer = replace_consumer(&stream, cfg).await?;
             }
         }
         Ok(consumer)
@@ -409,4 +389,23 @@ impl Bus {
             tracing::debug!(%error, "NATS drain failed.");
         }
     }
+}
+
+/// Updates an existing durable consumer to `cfg` and returns it as updated.
+async fn replace_consumer(
+    stream: &stream::Stream,
+    cfg: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, Error> {
+    let name = cfg.durable_name.clone().unwrap_or_default();
+    stream
+        .update_consumer(cfg)
+        .await
+        .map_err(|e| Error::js("consumer update", e))?;
+    stream
+        .get_consumer(&name)
+        .await
+        .map_err(|source| Error::JetStream {
+            what: "consumer provisioning",
+            source,
+        })
 }
