@@ -374,15 +374,10 @@ impl Stack {
         };
         let js = async_nats::jetstream::new(client);
         use exo_types::subjects as s;
-        for (stream, consumer) in [
-            (s::STREAM_COMMANDS, s::CONSUMER_TRIGGER),
-            (s::STREAM_STATES, s::CONSUMER_SCHEDULER),
-            (s::STREAM_RESULTS, s::CONSUMER_COMPLETION),
-            (s::STREAM_RESULTS, s::CONSUMER_RETRY),
-        ] {
+        for (stream, consumer) in s::service_consumers() {
             let info = match js
                 .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                    consumer, stream,
+                    &consumer, stream,
                 )
                 .await
             {

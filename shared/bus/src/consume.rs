@@ -210,9 +210,7 @@ where
                 continue;
             }
         }
-        if free < low_water.min(opts.budget.as_ref().map_or(usize::MAX, SharedBudget::limit))
-            && !inflight.is_empty()
-        {
+        if free < low_water && !inflight.is_empty() {
             inflight.next().await;
             continue;
         }

@@ -124,6 +124,19 @@ impl ResultKind {
     }
 }
 
+/// Every durable consumer of the services, `(stream, consumer)`: what to
+/// watch to know whether the services have work queued or in hand.
+pub fn service_consumers() -> Vec<(&'static str, String)> {
+    let mut all = vec![
+        (STREAM_COMMANDS, CONSUMER_TRIGGER.to_string()),
+        (STREAM_STATES, CONSUMER_SCHEDULER.to_string()),
+        (STREAM_RESULTS, CONSUMER_COMPLETION.to_string()),
+        (STREAM_RESULTS, CONSUMER_RETRY.to_string()),
+    ];
+    all.extend((0..RESULT_PARTITIONS).map(|p| (STREAM_RESULTS, completion_partition(p).0)));
+    all
+}
+
 /// `exo.v1.<ns>.run.trigger`
 pub fn trigger(ns: &str) -> String {
     format!("{PREFIX}.{ns}.run.trigger")

@@ -638,14 +638,9 @@ impl Driver {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let mut busy = 0;
-            for (stream, consumer) in [
-                (s::STREAM_COMMANDS, s::CONSUMER_TRIGGER),
-                (s::STREAM_STATES, s::CONSUMER_SCHEDULER),
-                (s::STREAM_RESULTS, s::CONSUMER_COMPLETION),
-                (s::STREAM_RESULTS, s::CONSUMER_RETRY),
-            ] {
+            for (stream, consumer) in s::service_consumers() {
                 if let Ok(mut c) = js
-                    .get_consumer_from_stream::<Config, _, _>(consumer, stream)
+                    .get_consumer_from_stream::<Config, _, _>(&consumer, stream)
                     .await
                     && let Ok(i) = c.info().await
                 {
