@@ -31,6 +31,17 @@ pub struct Append {
     pub calls: Arc<AtomicUsize>,
 }
 
+impl Append {
+    /// `name` appending `+<suffix>`, with its own execution counter.
+    pub fn new(name: &'static str, suffix: &'static str) -> Self {
+        Self {
+            name,
+            suffix,
+            calls: counter(),
+        }
+    }
+}
+
 impl Node for Append {
     type Inputs = TextIn;
     type Outputs = TextOut;

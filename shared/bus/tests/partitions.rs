@@ -27,6 +27,25 @@ async fn by_subject(bus: &Bus, filter: &str) -> anyhow::Result<BTreeMap<String, 
     Ok(out)
 }
 
+/// Fetches and acks what `consumer` has now: `(subject, payload)` each.
+async fn take_all(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1000)
+        .expires(Duration::from_millis(200))
+        .messages()
+        .await?;
+    let mut out = Vec::new();
+    while let Some(msg) = batch.next().await {
+        let msg = msg.map_err(|e| anyhow::anyhow!(e))?;
+        out.push((msg.subject.to_string(), msg.payload.clone()));
+        msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok(out)
+}
+
 /// The partition the stream stores `run`'s results on, found by publishing
 /// a probe in namespace `probe` and purging it (once per run: a second probe
 /// would be a duplicate).
@@ -85,22 +104,10 @@ async fn a_run_s_results_share_one_partition_and_runs_spread_over_all() -> anyho
         let consumer = bus
             .service_consumer(subjects::STREAM_RESULTS, &durable, &filters)
             .await?;
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_millis(200))
-            .messages()
-            .await?;
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| anyhow::anyhow!(e))?;
-            let run: String = serde_json::from_slice(&msg.payload)?;
-            assert!(
-                msg.subject.ends_with(&format!(".{p}")),
-                "{} on lane {p}",
-                msg.subject
-            );
+        for (subject, payload) in take_all(&consumer).await? {
+            let run: String = serde_json::from_slice(&payload)?;
+            assert!(subject.ends_with(&format!(".{p}")), "{subject} on lane {p}");
             partitions_of.entry(run).or_default().insert(p);
-            msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
         }
     }
     assert_eq!(partitions_of.len(), runs.len(), "{partitions_of:?}");
@@ -116,18 +123,11 @@ async fn a_run_s_results_share_one_partition_and_runs_spread_over_all() -> anyho
     // The legacy result is the `completion` lane's; errors are the retry
     // service's, partitioned or not.
     let legacy = common::completion_consumer(&bus).await?;
-    let mut batch = legacy
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_millis(200))
-        .messages()
-        .await?;
-    let mut legacy_seen = Vec::new();
-    while let Some(msg) = batch.next().await {
-        let msg = msg.map_err(|e| anyhow::anyhow!(e))?;
-        legacy_seen.push(msg.subject.to_string());
-        msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-    }
+    let legacy_seen: Vec<String> = take_all(&legacy)
+        .await?
+        .into_iter()
+        .map(|(subject, _)| subject)
+        .collect();
     assert_eq!(legacy_seen, ["exo.v1.t.result.executed"]);
     let retry = bus
         .service_consumer(

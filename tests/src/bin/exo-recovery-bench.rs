@@ -53,11 +53,7 @@ async fn main() -> anyhow::Result<()> {
         .start_runtime(
             stack
                 .runtime(ns, "rt")
-                .node(Append {
-                    name: "AppendA",
-                    suffix: "x",
-                    calls: counter(),
-                })
+                .node(Append::new("AppendA", "x"))
                 .node(Picky {
                     fail_digits: "7",
                     prune_digits: "",

@@ -44,11 +44,7 @@ async fn main() -> anyhow::Result<()> {
         .nats_url(var("EXO_NATS__URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()))
         .ack_wait(ack_wait)
         .concurrency(concurrency)
-        .node(Append {
-            name: "AppendA",
-            suffix: "a",
-            calls: counter(),
-        })
+        .node(Append::new("AppendA", "a"))
         .node(FanOut)
         .node(Picky {
             fail_digits: leak(var("EXO_TEST_FAIL_DIGITS").unwrap_or_default()),

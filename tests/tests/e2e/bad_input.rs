@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use exo_e2e::nodes::{Append, counter};
+use exo_e2e::nodes::Append;
 use exo_e2e::{SERVICES, Stack};
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::{DeadLetter, TriggerCommand};
@@ -49,11 +49,7 @@ async fn bad_requests_and_poison_messages() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     let ns = "bad";
     let (stop, _) = stack
-        .start_runtime(stack.runtime(ns, "rt").node(Append {
-            name: "AppendA",
-            suffix: "a",
-            calls: counter(),
-        }))
+        .start_runtime(stack.runtime(ns, "rt").node(Append::new("AppendA", "a")))
         .await?;
 
     // Unknown graph.

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use exo_e2e::Stack;
-use exo_e2e::nodes::{Append, counter};
+use exo_e2e::nodes::Append;
 use exo_store::mongodb::bson::doc;
 use futures::TryStreamExt;
 use serde_json::json;
@@ -13,11 +13,7 @@ async fn cron_triggers_start_runs_until_removed() -> anyhow::Result<()> {
     let ns = "cron";
     let stack = Stack::start().await?;
     let (stop, _) = stack
-        .start_runtime(stack.runtime(ns, "rt").node(Append {
-            name: "AppendA",
-            suffix: "a",
-            calls: counter(),
-        }))
+        .start_runtime(stack.runtime(ns, "rt").node(Append::new("AppendA", "a")))
         .await?;
     let node = json!({"node_name": "AppendA", "identifier": "a", "namespace": ns, "inputs": {"text": "tick"}});
     // Six fields, croniter style: the sixth is seconds, so this fires every second.

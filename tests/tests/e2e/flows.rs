@@ -28,16 +28,8 @@ async fn chain_resolves_placeholders_from_ancestors_and_store() -> anyhow::Resul
         .start_runtime(
             stack
                 .runtime(ns, "rt")
-                .node(Append {
-                    name: "AppendA",
-                    suffix: "a",
-                    calls: counter(),
-                })
-                .node(Append {
-                    name: "AppendB",
-                    suffix: "b",
-                    calls: counter(),
-                })
+                .node(Append::new("AppendA", "a"))
+                .node(Append::new("AppendB", "b"))
                 .node(Join { name: "Join" }),
         )
         .await?;
@@ -110,11 +102,7 @@ async fn fan_stack(
             stack
                 .runtime(ns, "rt")
                 .concurrency(16)
-                .node(Append {
-                    name: "AppendA",
-                    suffix: "a",
-                    calls: counter(),
-                })
+                .node(Append::new("AppendA", "a"))
                 .node(FanOut)
                 .node(Picky {
                     fail_digits: fail,
@@ -293,11 +281,7 @@ async fn two_runtime_replicas_share_one_node_queue() -> anyhow::Result<()> {
         stack
             .runtime(ns, "rt")
             .concurrency(4)
-            .node(Append {
-                name: "AppendA",
-                suffix: "a",
-                calls: counter(),
-            })
+            .node(Append::new("AppendA", "a"))
             .node(FanOut)
             .node(Picky {
                 fail_digits: "",
@@ -370,11 +354,7 @@ async fn cancelling_a_run_stops_dispatch_and_running_work() -> anyhow::Result<()
             stack
                 .runtime(ns, "rt")
                 .concurrency(4)
-                .node(Append {
-                    name: "AppendA",
-                    suffix: "a",
-                    calls: counter(),
-                })
+                .node(Append::new("AppendA", "a"))
                 .node(FanOut)
                 .node(Picky {
                     fail_digits: "",
@@ -460,16 +440,8 @@ async fn completion_replicas_split_the_result_partitions() -> anyhow::Result<()>
         .start_runtime(
             stack
                 .runtime(ns, "rt")
-                .node(Append {
-                    name: "AppendA",
-                    suffix: "a",
-                    calls: counter(),
-                })
-                .node(Append {
-                    name: "AppendB",
-                    suffix: "b",
-                    calls: counter(),
-                }),
+                .node(Append::new("AppendA", "a"))
+                .node(Append::new("AppendB", "b")),
         )
         .await?;
     let graph = json!({

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use exo_e2e::nodes::{Append, counter};
+use exo_e2e::nodes::Append;
 use exo_e2e::{Stack, assert_run_consistent};
 use exo_store::mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
 use exo_types::status::StateStatus;
@@ -92,11 +92,7 @@ async fn exosphere_documents_are_listed_and_their_pending_states_finish() -> any
     // A runtime serving the nodes: the reconciler hands the CREATED state to
     // the scheduler (there was no hand-off message for it), and it finishes.
     let (stop, _) = stack
-        .start_runtime(stack.runtime(ns, "rt").node(Append {
-            name: "AppendB",
-            suffix: "b",
-            calls: counter(),
-        }))
+        .start_runtime(stack.runtime(ns, "rt").node(Append::new("AppendB", "b")))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

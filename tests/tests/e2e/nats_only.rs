@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use exo_e2e::nodes::{Append, counter};
+use exo_e2e::nodes::Append;
 use exo_e2e::{Stack, assert_run_consistent};
 use exo_store::mongodb::bson::{DateTime, doc};
 use exo_store::{GraphTemplateDoc, RegisteredNodeDoc};
@@ -77,16 +77,8 @@ async fn trigger_command_on_nats_runs_a_chain_without_the_api() -> anyhow::Resul
         .await?;
     let runtime = exo_runtime::Runtime::builder(ns, "rt")
         .nats_url(stack.servers.nats.url())
-        .node(Append {
-            name: "AppendA",
-            suffix: "a",
-            calls: counter(),
-        })
-        .node(Append {
-            name: "AppendB",
-            suffix: "b",
-            calls: counter(),
-        })
+        .node(Append::new("AppendA", "a"))
+        .node(Append::new("AppendB", "b"))
         .build();
     let stop = tokio_util::sync::CancellationToken::new();
     let s2 = stop.clone();

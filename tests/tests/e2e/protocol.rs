@@ -65,11 +65,7 @@ async fn every_message_the_services_publish_matches_the_asyncapi_document() -> a
         .start_runtime(
             stack
                 .runtime(ns, "rt")
-                .node(Append {
-                    name: "AppendA",
-                    suffix: "a",
-                    calls: counter(),
-                })
+                .node(Append::new("AppendA", "a"))
                 .node(FanOut)
                 .node(Picky {
                     fail_digits: "7",
