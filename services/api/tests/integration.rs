@@ -146,7 +146,7 @@ impl Env {
             match subjects::result_kind_of(subject).unwrap() {
                 ResultKind::Executed => {
                     let m: Executed = serde_json::from_slice(payload).unwrap();
-                    exo_completion::handlers::on_executed(e, m, seq, || async {}).await
+                    exo_completion::handlers::on_executed(e, m, seq).await
                 }
                 ResultKind::Pruned => {
                     exo_completion::handlers::on_pruned(

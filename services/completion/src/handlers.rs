@@ -19,7 +19,8 @@ use exo_types::messages::{Executed, Pruned};
 use exo_types::status::StateStatus;
 use exo_types::{ids, time};
 use futures::TryStreamExt;
-use serde_json::{Map, Value};
+
+use crate::outputs::{ExecutedResult, Outputs};
 
 /// States written per transaction when a result fans out (default of
 /// `EXO_FANOUT_CHUNK`).
@@ -39,21 +40,27 @@ pub fn fanout_chunk() -> usize {
     *CHUNK_SIZE
 }
 
-/// SHA-256 (hex) of an executed result's outputs.
-fn result_digest(outputs: &[Map<String, Value>]) -> String {
-    use sha2::{Digest, Sha256};
-    let bytes = serde_json::to_vec(outputs).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
-}
-
 /// `completion`: records outputs, fans out, creates successors, marks
 /// SUCCESS and lets unite groups close. `seq` is the result message's
 /// sequence in `EXO_RESULTS`: the successors are inserted QUEUED under it
 /// and dispatched at once (no scheduler hop), and only a redelivery of
-/// this very message dispatches them again.
-pub async fn on_executed<P, F>(
+/// this very message dispatches them again. An output that cannot be
+/// stored rejects the result. (The service reads results with
+/// [`ExecutedResult::decode`] and calls [`apply_executed`], which also
+/// reports progress on long fan-outs.)
+pub async fn on_executed(engine: &Engine, msg: Executed, seq: u64) -> Result<Outcome, Error> {
+    match ExecutedResult::try_from(msg) {
+        Ok(r) => apply_executed(engine, r, seq, || async {}).await,
+        Err(e) => Ok(Outcome::Reject(e)),
+    }
+}
+
+/// [`on_executed`] for a result read with [`ExecutedResult::decode`]: its
+/// outputs stay text until their chunk is written, so applying a fan-out
+/// takes memory for its payload, not for a document per output.
+pub async fn apply_executed<P, F>(
     engine: &Engine,
-    msg: Executed,
+    msg: ExecutedResult,
     seq: u64,
     progress: P,
 ) -> Result<Outcome, Error>
@@ -75,30 +82,18 @@ where
     {
         return Ok(Outcome::Stale(format!("state is {}", st.status)));
     }
-    let digest = result_digest(&msg.outputs);
-    if !fresh && st.result_digest.as_deref() != Some(digest.as_str()) {
+    let outputs = msg.outputs;
+    if !fresh && st.result_digest.as_deref() != Some(outputs.digest()) {
         return Ok(Outcome::Stale(
             "a different result was already applied to this attempt".into(),
         ));
     }
     tracing::debug!(exo.state_id = %st.id, fresh, attempt = msg.attempt, "Applying an executed result.");
-    let mut outputs = msg.outputs;
-    if outputs.is_empty() {
-        outputs.push(Map::new());
-    }
-    let mut out_docs = Vec::with_capacity(outputs.len());
-    for o in &outputs {
-        match json_to_doc(o) {
-            Ok(d) => out_docs.push(d),
-            Err(e) => return Ok(Outcome::Reject(e)),
-        }
-    }
-    drop(outputs);
     let lg = match engine.graph_for(&st).await? {
         Ok(g) => g,
         Err(u) => {
             if fresh {
-                fail_next_created(engine, &st, &out_docs[0], &u.to_string()).await?;
+                fail_next_created(engine, &st, &outputs.doc(0), &u.to_string()).await?;
             }
             return Ok(Outcome::Done);
         }
@@ -110,8 +105,7 @@ where
         .unwrap_or_else(fanout_chunk);
     let r = Applying {
         st,
-        out_docs,
-        digest,
+        outputs,
         now: time::now_ms(),
         chunk,
         queued_by: format!("{}:{seq}", exo_types::subjects::STREAM_RESULTS),
@@ -129,8 +123,7 @@ where
 /// fan-out index (index 0 is `st` itself).
 struct Applying {
     st: StateDoc,
-    out_docs: Vec<Document>,
-    digest: String,
+    outputs: Outputs,
     now: i64,
     /// States per transaction: the size recorded with the state when the
     /// result was first applied, else this replica's.
@@ -141,7 +134,11 @@ struct Applying {
 
 impl Applying {
     fn len(&self) -> usize {
-        self.out_docs.len()
+        self.outputs.len()
+    }
+
+    fn digest(&self) -> &str {
+        self.outputs.digest()
     }
 
     /// The state at fan-out index `j`: `st` itself for 0, else its sibling
@@ -162,7 +159,7 @@ impl Applying {
             s
         };
         s.status = StateStatus::Executed;
-        s.outputs = self.out_docs[j].clone();
+        s.outputs = self.outputs.doc(j);
         s.error = None;
         s
     }
@@ -267,8 +264,8 @@ async fn apply_single(
     let succ = Successors::load(engine, &r.st, lg).await?;
     let state = r.state(0);
     let mut set = doc! {
-        "outputs": r.out_docs[0].clone(),
-        "result_digest": &r.digest,
+        "outputs": r.outputs.doc(0),
+        "result_digest": r.digest(),
         "fanout_chunk": r.chunk as i64,
         "updated_at": DateTime::from_millis(r.now),
     };
@@ -298,7 +295,7 @@ async fn apply_single(
     }
     let applied = effects::apply(&engine.store, &fx, r.now).await?;
     if applied.is_none() {
-        return after_lost_race(engine, &r.st, &r.digest).await;
+        return after_lost_race(engine, &r.st, r.digest()).await;
     }
     engine.after_apply(&r.st, applied).await?;
     Ok(Outcome::Done)
@@ -330,8 +327,8 @@ where
             filter: state_at(r.st.id, StateStatus::Queued, r.st.attempt),
             update: doc! {"$set": {
                 "status": StateStatus::Executed.as_str(),
-                "outputs": r.out_docs[0].clone(),
-                "result_digest": &r.digest,
+                "outputs": r.outputs.doc(0),
+                "result_digest": r.digest(),
                 "fanout_chunk": r.chunk as i64,
                 "updated_at": DateTime::from_millis(r.now),
             }},
@@ -345,7 +342,7 @@ where
             // Another delivery, an `errored` report of the same attempt or a
             // cancellation moved S first: continue only if it is this very
             // result that was applied.
-            return after_lost_race(engine, &r.st, &r.digest).await.map(Some);
+            return after_lost_race(engine, &r.st, r.digest()).await.map(Some);
         }
         engine.after_apply(&r.st, applied).await?;
         if r.len() > chunk {
@@ -362,7 +359,7 @@ where
             // replaced by a different result of a second execution).
             fx.update(Update {
                 filter: doc! {"_id": r.st.id, "status": StateStatus::Executed.as_str(), "attempt": exo_store::filters::attempt_is(r.st.attempt),
-                "result_digest": &r.digest},
+                "result_digest": r.digest()},
                 update: doc! {"$set": {"updated_at": DateTime::from_millis(r.now)}},
                 expect: 1,
             });

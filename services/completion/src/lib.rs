@@ -13,6 +13,7 @@
 //! scheduler.
 
 pub mod handlers;
+pub mod outputs;
 
 use exo_bus::Disposition;
 use exo_engine::worker::{self, Lane, WorkerSpec};
@@ -107,12 +108,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         spec,
         |engine, d| async move {
             match subjects::result_kind_of(&d.subject) {
-                Some(ResultKind::Executed) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(
-                        handlers::on_executed(&engine, msg, d.seq, || d.progress()).await,
-                    ),
-                    Err(disposition) => disposition,
-                },
+                Some(ResultKind::Executed) => {
+                    match outputs::ExecutedResult::decode(d.payload.clone()) {
+                        Ok(msg) => worker::disposition(
+                            handlers::apply_executed(&engine, msg, d.seq, || d.progress()).await,
+                        ),
+                        Err(e) => {
+                            Disposition::Reject(format!("malformed message on {}: {e}", d.subject))
+                        }
+                    }
+                }
                 Some(ResultKind::Pruned) => match worker::decode(&d) {
                     Ok(msg) => worker::disposition(handlers::on_pruned(&engine, msg).await),
                     Err(disposition) => disposition,

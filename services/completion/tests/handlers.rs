@@ -30,17 +30,14 @@ async fn fanout_redelivery_after_a_crash_between_chunks_loses_nothing() -> anyho
     // The second commit of this delivery (chunk [256,512)) commits, then the
     // handler fails as if the process died right after it.
     exo_faults::configure("store.commit", "1*off->return(error)").map_err(anyhow::Error::msg)?;
-    let first = on_executed(&e.engine, msg.clone(), 1, || async {}).await;
+    let first = on_executed(&e.engine, msg.clone(), 1).await;
     assert!(
         first.is_err(),
         "the injected failure stops the first delivery"
     );
     exo_faults::clear("store.commit");
     assert_eq!(e.count("r1", "split").await?, 512);
-    assert_eq!(
-        on_executed(&e.engine, msg, 1, || async {}).await?,
-        Outcome::Done
-    );
+    assert_eq!(on_executed(&e.engine, msg, 1).await?, Outcome::Done);
     assert_eq!(
         e.count("r1", "split").await?,
         600,
@@ -72,7 +69,7 @@ async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
         attempt: 1,
         outputs: outputs(600),
     };
-    let executed = tokio::spawn(async move { on_executed(&engine, msg, 1, || async {}).await });
+    let executed = tokio::spawn(async move { on_executed(&engine, msg, 1).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let errored = on_errored(
         &e.engine,
@@ -135,11 +132,7 @@ async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> a
     };
     // The handler dies right after its first commit.
     exo_faults::configure("store.commit", "1*return(error)").map_err(anyhow::Error::msg)?;
-    assert!(
-        on_executed(&e.engine, msg.clone(), 1, || async {})
-            .await
-            .is_err()
-    );
+    assert!(on_executed(&e.engine, msg.clone(), 1).await.is_err());
     exo_faults::clear("store.commit");
     assert_eq!(
         e.status(&root).await?,
@@ -152,25 +145,16 @@ async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> a
     assert_eq!(e.dispatched("Work").await?, 0, "it died before dispatching");
     // Another message with the same result does not dispatch a state that
     // the first one holds (it may be executing already).
-    assert_eq!(
-        on_executed(&e.engine, msg.clone(), 2, || async {}).await?,
-        Outcome::Done
-    );
+    assert_eq!(on_executed(&e.engine, msg.clone(), 2).await?, Outcome::Done);
     assert_eq!(e.dispatched("Work").await?, 0);
-    assert_eq!(
-        on_executed(&e.engine, msg.clone(), 1, || async {}).await?,
-        Outcome::Done
-    );
+    assert_eq!(on_executed(&e.engine, msg.clone(), 1).await?, Outcome::Done);
     assert_eq!(e.count("r3", "work").await?, 1, "the successor exists once");
     assert_eq!(
         e.dispatched("Work").await?,
         1,
         "the redelivery dispatched it"
     );
-    assert_eq!(
-        on_executed(&e.engine, msg.clone(), 1, || async {}).await?,
-        Outcome::Done
-    );
+    assert_eq!(on_executed(&e.engine, msg.clone(), 1).await?, Outcome::Done);
     assert_eq!(e.dispatched("Work").await?, 1, "deduplicated by its id");
     // A different result for the same attempt is refused.
     let other = Executed {
@@ -178,8 +162,33 @@ async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> a
         ..msg
     };
     assert!(matches!(
-        on_executed(&e.engine, other, 1, || async {}).await?,
+        on_executed(&e.engine, other, 1).await?,
         Outcome::Stale(_)
     ));
+    Ok(())
+}
+
+/// An output that cannot be stored (here an integer beyond BSON's range)
+/// anywhere in a fan-out rejects the whole result before anything is
+/// written: outputs are kept as text and converted chunk by chunk, so they
+/// are all checked first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unstorable_output_rejects_the_fanout_before_any_write() -> anyhow::Result<()> {
+    let e = HandlerEnv::start(split_work()).await?;
+    let root = e.seed_root("r9", StateStatus::Queued, 0).await?;
+    let mut outs = outputs(600);
+    outs[400].insert("big".into(), serde_json::json!(u64::MAX));
+    let msg = Executed {
+        state_id: root.clone(),
+        attempt: 1,
+        outputs: outs,
+    };
+    match on_executed(&e.engine, msg, 1).await? {
+        Outcome::Reject(why) => assert!(why.contains("output 400"), "{why}"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(e.count("r9", "split").await?, 1, "no sibling written");
+    assert_eq!(e.count("r9", "work").await?, 0, "no successor written");
+    assert_eq!(e.status(&root).await?, StateStatus::Queued);
     Ok(())
 }

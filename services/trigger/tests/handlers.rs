@@ -26,10 +26,7 @@ async fn cancelling_a_wide_run_resumes_after_a_crash_between_batches() -> anyhow
         attempt: 1,
         outputs: outputs(2500),
     };
-    assert_eq!(
-        on_executed(&e.engine, msg, 1, || async {}).await?,
-        Outcome::Done
-    );
+    assert_eq!(on_executed(&e.engine, msg, 1).await?, Outcome::Done);
     assert_eq!(e.count("r8", "work").await?, 2500);
     let cmd = exo_types::messages::CancelCommand {
         run_id: "r8".into(),

@@ -336,23 +336,18 @@ pub async fn fanout_run(env: &Env, n: usize, timeout: Duration) -> anyhow::Resul
     let store = &env.stack.store;
     let mut merge_seen_us = None;
     let mut last_print = Instant::now();
+    // start, the split and its siblings, the work states, the unite: the
+    // run's `total_count` reaches this in the transaction that inserts the
+    // unite state (a read of the run by its unique id, where looking the
+    // unite up by name would scan the run's states on every poll).
+    let all_states = (2 + n.max(1) + n) as i64;
     let run = loop {
         let done = env.rec.work_done.load(Ordering::SeqCst);
-        if done >= n && merge_seen_us.is_none() {
-            let found = store
-                .states_raw()
-                .find_one(doc! {"run_id": &run_id, "identifier": "merge"})
-                .projection(doc! {"_id": 1})
-                .await?;
-            if found.is_some() {
-                merge_seen_us = Some(now_us());
-            } else {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                continue;
-            }
-        }
         // The run document appears once the trigger service has handled the command.
         let run = store.run(&run_id).await?;
+        if merge_seen_us.is_none() && run.as_ref().is_some_and(|r| r.total_count >= all_states) {
+            merge_seen_us = Some(now_us());
+        }
         if let Some(run) = &run
             && matches!(run.status.as_deref(), Some("SUCCESS") | Some("FAILED"))
         {
@@ -372,7 +367,13 @@ pub async fn fanout_run(env: &Env, n: usize, timeout: Duration) -> anyhow::Resul
         if started.elapsed() > timeout {
             bail!("fan-out run {run_id} (n={n}) not finished within {timeout:?}: {run:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Closely once the runtime is done, to time the unite.
+        let pause = if done >= n && merge_seen_us.is_none() {
+            2
+        } else {
+            50
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     };
     ensure!(
         run.status.as_deref() == Some("SUCCESS"),
