@@ -8,19 +8,22 @@ use serde_json::{Map, Value};
 
 use crate::validate::{Checker, Loc, Model, at, body_loc};
 
-const RETRY_STRATEGIES: [&str; 9] = [
-    "EXPONENTIAL",
-    "EXPONENTIAL_FULL_JITTER",
-    "EXPONENTIAL_EQUAL_JITTER",
-    "LINEAR",
-    "LINEAR_FULL_JITTER",
-    "LINEAR_EQUAL_JITTER",
-    "FIXED",
-    "FIXED_FULL_JITTER",
-    "FIXED_EQUAL_JITTER",
-];
 const UNITES_STRATEGIES: [&str; 2] = ["ALL_SUCCESS", "ALL_DONE"];
 const TRIGGER_TYPES: [&str; 1] = ["CRON"];
+
+/// A body whose one field is required: its value at `key`, checked by
+/// `check` (which records what is wrong with it).
+fn only_field<'v, T>(
+    v: &'v Value,
+    c: &mut Checker,
+    key: &str,
+    check: impl FnOnce(&mut Checker, &[Value], &'v Value) -> Option<T>,
+) -> Option<T> {
+    let obj = top(v, c)?;
+    let l = body_loc();
+    let x = c.required(&l, obj, key)?;
+    check(c, &at(&l, key), x)
+}
 
 fn top<'a>(v: &'a Value, c: &mut Checker) -> Option<&'a Map<String, Value>> {
     c.model(&body_loc(), v, None)
@@ -145,7 +148,11 @@ fn retry_policy(loc: &Loc, v: &Value, c: &mut Checker) -> Option<RetryPolicy> {
     let strategy = match obj.get("strategy") {
         None => Some(d.strategy),
         Some(s) => c
-            .enumeration(&at(loc, "strategy"), s, &RETRY_STRATEGIES)
+            .enumeration(
+                &at(loc, "strategy"),
+                s,
+                &RetryStrategy::ALL.map(RetryStrategy::as_str),
+            )
             .and_then(|s| serde_json::from_value::<RetryStrategy>(Value::String(s)).ok()),
     };
     let backoff_factor = int("backoff_factor", d.backoff_factor, c);
@@ -323,20 +330,18 @@ pub struct ExecutedBody {
 
 impl Model for ExecutedBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        let obj = top(v, c)?;
-        let l = body_loc();
-        let raw = c.required(&l, obj, "outputs")?;
-        let loc = at(&l, "outputs");
-        let list = c.list(&loc, raw)?;
-        let mut outputs = Vec::with_capacity(list.len());
-        let mut ok = true;
-        for (i, item) in list.iter().enumerate() {
-            match c.dict(&at(&loc, i), item) {
-                Some(m) => outputs.push(m.clone()),
-                None => ok = false,
+        only_field(v, c, "outputs", |c, loc, raw| {
+            let list = c.list(loc, raw)?;
+            let mut outputs = Vec::with_capacity(list.len());
+            let mut ok = true;
+            for (i, item) in list.iter().enumerate() {
+                match c.dict(&at(loc, i), item) {
+                    Some(m) => outputs.push(m.clone()),
+                    None => ok = false,
+                }
             }
-        }
-        ok.then_some(Self { outputs })
+            ok.then_some(Self { outputs })
+        })
     }
 }
 
@@ -349,12 +354,7 @@ pub struct ErroredBody {
 
 impl Model for ErroredBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        let obj = top(v, c)?;
-        let l = body_loc();
-        let error = c
-            .required(&l, obj, "error")
-            .and_then(|x| c.string(&at(&l, "error"), x))?;
-        Some(Self { error })
+        only_field(v, c, "error", Checker::string).map(|error| Self { error })
     }
 }
 
@@ -367,13 +367,7 @@ pub struct PruneBody {
 
 impl Model for PruneBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        let obj = top(v, c)?;
-        let l = body_loc();
-        let data = c
-            .required(&l, obj, "data")
-            .and_then(|x| c.dict(&at(&l, "data"), x))?
-            .clone();
-        Some(Self { data })
+        only_field(v, c, "data", |c, l, x| c.dict(l, x).cloned()).map(|data| Self { data })
     }
 }
 
@@ -386,12 +380,8 @@ pub struct ReEnqueueBody {
 
 impl Model for ReEnqueueBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        let obj = top(v, c)?;
-        let l = body_loc();
-        let enqueue_after = c
-            .required(&l, obj, "enqueue_after")
-            .and_then(|x| c.int_gt(&at(&l, "enqueue_after"), x, 0))?;
-        Some(Self { enqueue_after })
+        only_field(v, c, "enqueue_after", |c, l, x| c.int_gt(l, x, 0))
+            .map(|enqueue_after| Self { enqueue_after })
     }
 }
 
@@ -404,12 +394,7 @@ pub struct ManualRetryBody {
 
 impl Model for ManualRetryBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        let obj = top(v, c)?;
-        let l = body_loc();
-        let fanout_id = c
-            .required(&l, obj, "fanout_id")
-            .and_then(|x| c.string(&at(&l, "fanout_id"), x))?;
-        Some(Self { fanout_id })
+        only_field(v, c, "fanout_id", Checker::string).map(|fanout_id| Self { fanout_id })
     }
 }
 

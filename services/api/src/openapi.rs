@@ -944,14 +944,9 @@ mod tests {
         );
         assert_eq!(
             enum_of("RetryStrategy"),
-            exo_types::retry::RetryStrategy::ALL
-                .iter()
-                .map(|s| serde_json::to_value(s)
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_string())
-                .collect::<Vec<_>>()
+            all(exo_types::retry::RetryStrategy::ALL
+                .map(exo_types::retry::RetryStrategy::as_str)
+                .to_vec())
         );
         assert_eq!(
             enum_of("RunStatus"),

@@ -422,45 +422,6 @@ fn lookup<'a>(v: &'a Value, path: &[&LocPart]) -> Option<&'a Value> {
     Some(cur)
 }
 
-/// Python's `repr()` of a set of strings, e.g. `{'k1', 'k2'}` (upstream's
-/// "Missing store keys" message).
-pub fn python_set_repr(items: &[String]) -> String {
-    if items.is_empty() {
-        return "set()".into();
-    }
-    let parts: Vec<String> = items.iter().map(|s| python_str_repr(s)).collect();
-    format!("{{{}}}", parts.join(", "))
-}
-
-/// Python's `repr()` of a string.
-pub fn python_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for ch in s.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,22 +535,10 @@ mod tests {
             "Invalid cron expression",
         );
         assert_eq!(field_error_item(&body, &e)["input"], "bad");
-        let e = FieldError::new(
-            vec!["triggers".into(), 1usize.into(), "expression".into()],
-            "Field required",
-        );
+        let e = FieldError::missing(vec!["triggers".into(), 1usize.into(), "expression".into()]);
         let item = field_error_item(&body, &e);
         assert_eq!(item["type"], "missing");
         assert_eq!(item["input"], json!({}));
         assert!(item.get("ctx").is_none());
-    }
-
-    #[test]
-    fn python_reprs() {
-        assert_eq!(python_set_repr(&["k1".into(), "k2".into()]), "{'k1', 'k2'}");
-        assert_eq!(python_set_repr(&[]), "set()");
-        assert_eq!(python_str_repr("it's"), "\"it's\"");
-        assert_eq!(python_str_repr("a'\"b"), "'a\\'\"b'");
-        assert_eq!(python_str_repr("a\\b\n"), "'a\\\\b\\n'");
     }
 }

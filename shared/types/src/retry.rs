@@ -5,7 +5,7 @@
 //! upstream Python (unbounded integers), every computation saturates at
 //! `i64::MAX` before the `max_delay` cap, so huge exponents never overflow.
 
-use crate::graph::{FieldError, LocPart};
+use crate::validation::{FieldError, LocPart};
 use serde::{Deserialize, Serialize};
 
 /// How the delay grows with the retry count.
@@ -47,6 +47,22 @@ impl RetryStrategy {
         RetryStrategy::FixedFullJitter,
         RetryStrategy::FixedEqualJitter,
     ];
+
+    /// The wire name (`EXPONENTIAL_FULL_JITTER`, …), as serialised.
+    pub fn as_str(self) -> &'static str {
+        use RetryStrategy::*;
+        match self {
+            Exponential => "EXPONENTIAL",
+            ExponentialFullJitter => "EXPONENTIAL_FULL_JITTER",
+            ExponentialEqualJitter => "EXPONENTIAL_EQUAL_JITTER",
+            Linear => "LINEAR",
+            LinearFullJitter => "LINEAR_FULL_JITTER",
+            LinearEqualJitter => "LINEAR_EQUAL_JITTER",
+            Fixed => "FIXED",
+            FixedFullJitter => "FIXED_FULL_JITTER",
+            FixedEqualJitter => "FIXED_EQUAL_JITTER",
+        }
+    }
 
     /// The jitter applied on top of the base delay.
     pub fn jitter(self) -> Jitter {
@@ -106,24 +122,18 @@ impl RetryPolicy {
     /// validation prefixes them with `"retry_policy"`.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        let field = |name: &str, msg: &str| FieldError {
-            loc: vec![LocPart::Key(name.to_owned())],
-            msg: msg.to_owned(),
-        };
+        let at = |name: &str| [LocPart::Key(name.to_owned())];
         if self.max_retries < 0 {
-            errors.push(field(
-                "max_retries",
-                "Input should be greater than or equal to 0",
-            ));
+            errors.push(FieldError::below(at("max_retries"), 0));
         }
         if self.backoff_factor <= 0 {
-            errors.push(field("backoff_factor", "Input should be greater than 0"));
+            errors.push(FieldError::not_greater_than(at("backoff_factor"), 0));
         }
         if self.exponent <= 0 {
-            errors.push(field("exponent", "Input should be greater than 0"));
+            errors.push(FieldError::not_greater_than(at("exponent"), 0));
         }
         if matches!(self.max_delay, Some(d) if d <= 0) {
-            errors.push(field("max_delay", "Input should be greater than 0"));
+            errors.push(FieldError::not_greater_than(at("max_delay"), 0));
         }
         errors
     }
@@ -222,11 +232,9 @@ mod tests {
         let names: Vec<String> = RetryStrategy::ALL
             .iter()
             .map(|s| {
-                serde_json::to_value(s)
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
+                let wire = serde_json::to_value(s).unwrap();
+                assert_eq!(wire, s.as_str(), "as_str is the serialised name");
+                wire.as_str().unwrap().to_owned()
             })
             .collect();
         assert_eq!(

@@ -113,19 +113,6 @@ pub enum CounterGroup {
     Cancelled,
 }
 
-impl CounterGroup {
-    /// Field name of this group's counter on a run document.
-    pub fn field(self) -> &'static str {
-        match self {
-            Self::Pending => "pending_count",
-            Self::Success => "success_count",
-            Self::Errored => "errored_count",
-            Self::Retried => "retried_count",
-            Self::Cancelled => "cancelled_count",
-        }
-    }
-}
-
 /// Status of a whole run, as listed by the runs endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -150,11 +137,6 @@ impl RunStatus {
             Self::Failed => "FAILED",
             Self::Cancelled => "CANCELLED",
         }
-    }
-
-    /// True once the run can no longer change status.
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Pending)
     }
 }
 

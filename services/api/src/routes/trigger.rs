@@ -21,7 +21,8 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::models::TriggerGraph;
 use crate::routes::check_token;
-use crate::validate::{ValidJson, python_set_repr};
+use crate::validate::ValidJson;
+use exo_types::pyrepr;
 
 /// `POST /v0/namespace/{ns}/graph/{graph}/trigger`.
 #[utoipa::path(
@@ -71,7 +72,7 @@ pub async fn trigger(
         Err(RootError::MissingStoreKeys(keys)) => {
             return Err(ApiError::bad_request(format!(
                 "Missing store keys: {}",
-                python_set_repr(&keys)
+                pyrepr::set_repr(&keys)
             )));
         }
     }

@@ -1,0 +1,175 @@
+//! Field-level (HTTP 422) validation of an upsert body.
+
+use super::RESERVED_IDENTIFIER;
+use super::model::{GraphSpec, NodeTemplate, Trigger, TriggerType};
+use crate::cron;
+use crate::validation::{FieldError, LocPart};
+use std::collections::HashSet;
+
+fn loc<const N: usize>(parts: [LocPart; N]) -> Vec<LocPart> {
+    parts.into()
+}
+
+/// All field-level (HTTP 422) problems of an upsert body, all reported, in
+/// the order nodes, retry policy, store config, triggers. Values are checked
+/// trimmed, so this gives the same answer before and after
+/// [`GraphSpec::normalize`].
+pub fn validate_fields(spec: &GraphSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, node) in spec.nodes.iter().enumerate() {
+        node_fields(i, node, &mut errors);
+    }
+    retry_policies(spec, &mut errors);
+    store_config(spec, &mut errors);
+    for (i, trigger) in spec.triggers.iter().enumerate() {
+        trigger_fields(i, trigger, &mut errors);
+    }
+    errors
+}
+
+/// Node `i`: a name, an identifier that is not the reserved one, unique
+/// non-empty `next_nodes`, a non-empty unites target.
+fn node_fields(i: usize, node: &NodeTemplate, errors: &mut Vec<FieldError>) {
+    let at = |field: &str| loc(["nodes".into(), i.into(), field.into()]);
+    if node.node_name.trim().is_empty() {
+        errors.push(FieldError::value_error(
+            at("node_name"),
+            "Node name cannot be empty",
+        ));
+    }
+    let identifier = node.identifier.trim();
+    if identifier.is_empty() {
+        errors.push(FieldError::value_error(
+            at("identifier"),
+            "Node identifier cannot be empty",
+        ));
+    } else if identifier == RESERVED_IDENTIFIER {
+        errors.push(FieldError::value_error(
+            at("identifier"),
+            "Node identifier cannot be reserved word 'store'",
+        ));
+    }
+    if let Some(next) = &node.next_nodes {
+        let problems = next_node_problems(next);
+        if !problems.is_empty() {
+            errors.push(FieldError::value_error(
+                at("next_nodes"),
+                &problems.join("\n"),
+            ));
+        }
+    }
+    if let Some(unites) = &node.unites
+        && unites.identifier.trim().is_empty()
+    {
+        errors.push(FieldError::value_error(
+            at("unites"),
+            "Unites identifier cannot be empty",
+        ));
+    }
+}
+
+/// Empty and repeated `next_nodes` entries (trimmed).
+fn next_node_problems(next: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut problems = Vec::new();
+    for entry in next {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            problems.push("Next node identifier cannot be empty".to_owned());
+        } else if !seen.insert(entry) {
+            problems.push(format!("Next node identifier {entry} is not unique"));
+        }
+    }
+    problems
+}
+
+/// The graph's retry policy, then each node's.
+fn retry_policies(spec: &GraphSpec, errors: &mut Vec<FieldError>) {
+    errors.extend(
+        spec.retry_policy
+            .validate()
+            .into_iter()
+            .map(|e| e.prefixed(["retry_policy".into()])),
+    );
+    for (i, node) in spec.nodes.iter().enumerate() {
+        if let Some(p) = &node.retry_policy {
+            errors.extend(p.validate().into_iter().map(|e| {
+                e.prefixed([
+                    LocPart::Key("nodes".into()),
+                    LocPart::Index(i),
+                    LocPart::Key("retry_policy".into()),
+                ])
+            }));
+        }
+    }
+}
+
+/// Required keys, then default value keys.
+fn store_config(spec: &GraphSpec, errors: &mut Vec<FieldError>) {
+    let config = &spec.store_config;
+    let lists = [
+        (
+            "required_keys",
+            store_key_problems(config.required_keys.iter().map(String::as_str)),
+        ),
+        (
+            "default_values",
+            store_key_problems(config.default_values.keys().map(String::as_str)),
+        ),
+    ];
+    for (field, problems) in lists {
+        if !problems.is_empty() {
+            errors.push(FieldError::value_error(
+                loc(["store_config".into(), field.into()]),
+                &problems.join("\n"),
+            ));
+        }
+    }
+}
+
+/// Trigger `i`: the keys its type reads are strings (upstream ignores the
+/// others, whatever their type), and its expression is valid.
+fn trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>) {
+    let mut value_ok = true;
+    for (key, value) in trigger.value.iter().filter(|(k, _)| *k == "expression") {
+        if !value.is_string() {
+            value_ok = false;
+            errors.push(FieldError::not_a_string(loc([
+                "triggers".into(),
+                i.into(),
+                "value".into(),
+                key.as_str().into(),
+            ])));
+        }
+    }
+    if !value_ok {
+        return;
+    }
+    let at = loc(["triggers".into(), i.into(), "expression".into()]);
+    match trigger.kind {
+        TriggerType::Cron => match trigger.cron_expression() {
+            None => errors.push(FieldError::missing(at)),
+            Some(expr) if !cron::is_valid(expr) => {
+                errors.push(FieldError::value_error(at, "Invalid cron expression"));
+            }
+            Some(_) => {}
+        },
+    }
+}
+
+/// The store key rules of spec §9, applied to trimmed keys.
+fn store_key_problems<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut problems = Vec::new();
+    for key in keys {
+        let key = key.trim();
+        if key.is_empty() {
+            problems.push("Key cannot be empty or contain only whitespace".to_owned());
+        } else if key.contains('.') {
+            problems.push(format!("Key '{key}' cannot contain '.' character"));
+        } else if !seen.insert(key) {
+            problems.push(format!("Key '{key}' is duplicated"));
+        }
+    }
+    problems
+}
