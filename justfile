@@ -7,7 +7,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Install nats-server, secantusd-rs, just and cargo-nextest (idempotent).
+# Install nats-server, secantusd-rs, just, cargo-nextest and cargo-machete (idempotent).
 setup:
     deploy/install.sh
 
@@ -31,10 +31,11 @@ build:
 fmt:
     cargo fmt --all
 
-# Format check + clippy with warnings denied.
+# Format check, clippy with warnings denied, no unused dependencies.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo machete
 
 # Install tools, build the binaries, run all tests (extra args go to nextest).
 test *ARGS: setup build

