@@ -400,83 +400,14 @@ where
     let mut j = 0;
     while j < r.len() {
         let end = r.len().min(j + chunk);
-        let chunk_ids: Vec<ObjectId> = (j..end)
-            .map(|k| {
-                if k == 0 {
-                    r.st.id
-                } else {
-                    oid(ids::fanout_sibling_id(&r.st.id.to_hex(), k))
-                }
-            })
-            .collect();
-        let mut still: HashSet<ObjectId> = HashSet::new();
-        let mut cur = engine
-            .store
-            .states_raw()
-            .find(doc! {"_id": {"$in": &chunk_ids}, "status": StateStatus::Executed.as_str(), "attempt": exo_store::filters::attempt_is(r.st.attempt)})
-            .projection(doc! {"_id": 1})
-            .await
-            .map_err(exo_store::Error::from)?;
-        while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
-            if let Ok(id) = d.get_object_id("_id") {
-                still.insert(id);
-            }
-        }
-        let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
-        let mut again: Vec<ObjectId> = Vec::new();
-        let mut ok_ids = Vec::new();
-        for k in j..end {
-            let state = r.state(k);
-            let (kids, failure) = match succ.children(r, &state) {
-                Ok(kids) => (kids, None),
-                Err(e) => (Vec::new(), Some(e)),
-            };
-            if !still.contains(&state.id) {
-                // Already advanced by an earlier delivery, which may have
-                // died before handing its children on.
-                if failure.is_none() {
-                    again.extend(kids.iter().map(|k| k.id));
-                }
-                continue;
-            }
-            match failure {
-                None => {
-                    ok_ids.push(state.id);
-                    fx.count_transition(&state, StateStatus::Executed, StateStatus::Success);
-                    for kid in kids {
-                        fx.insert(kid);
-                    }
-                }
-                Some(error) => {
-                    warn_next_created_error(&state, &error);
-                    fx.transition(
-                        &state,
-                        StateStatus::Executed,
-                        StateStatus::NextCreatedError,
-                        Update {
-                            filter: state_in(state.id, StateStatus::Executed),
-                            update: doc! {"$set": {"status": StateStatus::NextCreatedError.as_str(), "error": error}},
-                            expect: 1,
-                        },
-                    );
-                }
-            }
-        }
-        let ok_ids_len = ok_ids.len();
-        if !ok_ids.is_empty() {
-            let count = ok_ids.len() as u64;
-            fx.update(Update {
-                filter: states_in(&ok_ids, StateStatus::Executed),
-                update: doc! {"$set": {"status": StateStatus::Success.as_str()}},
-                expect: count,
-            });
-        }
+        let still = still_executed(engine, r, j..end).await?;
+        let (fx, again, advanced) = phase2_chunk(r, lg, &succ, j..end, &still);
         let applied = if fx.is_empty() {
             None
         } else {
             effects::apply(&engine.store, &fx, r.now).await?
         };
-        tracing::debug!(exo.state_id = %r.st.id, chunk = j, advanced = ok_ids_len, applied = applied.is_some(), "Phase 2 chunk done.");
+        tracing::debug!(exo.state_id = %r.st.id, chunk = j, advanced, applied = applied.is_some(), "Phase 2 chunk done.");
         if let Some(a) = applied {
             if a.finished.is_some() {
                 finished = a.finished;
@@ -493,6 +424,99 @@ where
             .await?;
     }
     Ok(Outcome::Done)
+}
+
+/// The effects of phase 2 for fan-out indexes `range`: each state still
+/// EXECUTED (in `still`) goes SUCCESS with its children inserted, or
+/// NEXT_CREATED_ERROR; the children of states an earlier delivery advanced
+/// are returned to be announced again. Also returns how many advance.
+fn phase2_chunk(
+    r: &Applying,
+    lg: &Arc<LoadedGraph>,
+    succ: &Successors<'_>,
+    range: std::ops::Range<usize>,
+    still: &HashSet<ObjectId>,
+) -> (Effects, Vec<ObjectId>, usize) {
+    let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
+    let mut again: Vec<ObjectId> = Vec::new();
+    let mut ok_ids = Vec::new();
+    for k in range {
+        let state = r.state(k);
+        let (kids, failure) = match succ.children(r, &state) {
+            Ok(kids) => (kids, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        if !still.contains(&state.id) {
+            // Already advanced by an earlier delivery, which may have
+            // died before handing its children on.
+            if failure.is_none() {
+                again.extend(kids.iter().map(|k| k.id));
+            }
+            continue;
+        }
+        match failure {
+            None => {
+                ok_ids.push(state.id);
+                fx.count_transition(&state, StateStatus::Executed, StateStatus::Success);
+                for kid in kids {
+                    fx.insert(kid);
+                }
+            }
+            Some(error) => {
+                warn_next_created_error(&state, &error);
+                fx.transition(
+                    &state,
+                    StateStatus::Executed,
+                    StateStatus::NextCreatedError,
+                    Update {
+                        filter: state_in(state.id, StateStatus::Executed),
+                        update: doc! {"$set": {"status": StateStatus::NextCreatedError.as_str(), "error": error}},
+                        expect: 1,
+                    },
+                );
+            }
+        }
+    }
+    if !ok_ids.is_empty() {
+        fx.update(Update {
+            filter: states_in(&ok_ids, StateStatus::Executed),
+            update: doc! {"$set": {"status": StateStatus::Success.as_str()}},
+            expect: ok_ids.len() as u64,
+        });
+    }
+    (fx, again, ok_ids.len())
+}
+
+/// The states of fan-out indexes `range` still EXECUTED with this attempt
+/// (the others were advanced by an earlier delivery).
+async fn still_executed(
+    engine: &Engine,
+    r: &Applying,
+    range: std::ops::Range<usize>,
+) -> Result<HashSet<ObjectId>, Error> {
+    let chunk_ids: Vec<ObjectId> = range
+        .map(|k| {
+            if k == 0 {
+                r.st.id
+            } else {
+                oid(ids::fanout_sibling_id(&r.st.id.to_hex(), k))
+            }
+        })
+        .collect();
+    let mut still = HashSet::new();
+    let mut cur = engine
+        .store
+        .states_raw()
+        .find(doc! {"_id": {"$in": &chunk_ids}, "status": StateStatus::Executed.as_str(), "attempt": exo_store::filters::attempt_is(r.st.attempt)})
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(exo_store::Error::from)?;
+    while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
+        if let Ok(id) = d.get_object_id("_id") {
+            still.insert(id);
+        }
+    }
+    Ok(still)
 }
 
 /// After a fresh result lost the race for its state's first transition:

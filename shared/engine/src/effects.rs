@@ -528,25 +528,71 @@ async fn apply_updates(
     Ok(())
 }
 
+/// Everything `fx` does, inside transaction `s`: state updates and inserts,
+/// unite groups counted (closing ones create their unite states), a
+/// finished run reopened, the run's counters and, when nothing is pending
+/// any more, its final status.
 async fn apply_in(
     s: &mut ClientSession,
     store: &Store,
     fx: &Effects,
     now_ms: i64,
 ) -> Result<Applied, MongoError> {
-    let states = store.states();
     apply_updates(s, store, &fx.updates).await?;
     if !fx.inserts.is_empty() {
-        states.insert_many(&fx.inserts).session(&mut *s).await?;
+        store
+            .states()
+            .insert_many(&fx.inserts)
+            .session(&mut *s)
+            .await?;
     }
     let mut applied = Applied::inserted(&fx.inserts);
     let mut counters = fx.counters;
-    let mut failed_unites = 0i64;
+    let (unite_states, failed_unites) = match fx.graph.as_deref() {
+        Some(graph) => count_unite_groups(s, store, fx, graph, now_ms).await?,
+        None => (Vec::new(), 0),
+    };
+    if !unite_states.is_empty() {
+        store
+            .states()
+            .insert_many(&unite_states)
+            .session(&mut *s)
+            .await?;
+        counters.total += unite_states.len() as i64;
+        counters.pending += unite_states.len() as i64;
+        open_ancestor_groups(s, store, fx, &unite_states).await?;
+        applied.created.extend(unite_states);
+    }
+    if fx.reopen {
+        store
+            .runs()
+            .update_one(
+                doc! {"run_id": &fx.run_id, "status": {"$in": [RunStatus::Success.as_str(), RunStatus::Failed.as_str()]}},
+                doc! {"$set": {"status": RunStatus::Pending.as_str()}, "$unset": {"finished_at": ""}},
+            )
+            .session(&mut *s)
+            .await?;
+    }
+    if !counters.is_zero() || failed_unites != 0 {
+        applied.finished = count_run(s, store, fx, &counters, failed_unites, now_ms).await?;
+    }
+    Ok(applied)
+}
+
+/// Applies each unite group's delta; a group that closes gets its unite
+/// state built (returned, to be inserted) or is marked failed. Returns the
+/// unite states and how many groups closed without firing.
+async fn count_unite_groups(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    graph: &LoadedGraph,
+    now_ms: i64,
+) -> Result<(Vec<StateDoc>, i64), MongoError> {
     let groups = store.unite_groups();
-    let mut unite_states: Vec<StateDoc> = Vec::new();
-    let graph = fx.graph.as_deref();
+    let mut unite_states = Vec::new();
+    let mut failed_unites = 0i64;
     for (gid, g) in &fx.groups {
-        let Some(graph) = graph else { break };
         let after = groups
             .find_one_and_update(
                 doc! {"_id": gid},
@@ -570,8 +616,7 @@ async fn apply_in(
             .and_then(|n| n.unites.as_ref())
             .map(|u| u.strategy)
             .unwrap_or_default();
-        let fire = after.failed == 0 || strategy == UnitesStrategy::AllDone;
-        let outcome = if fire {
+        let outcome = if after.failed == 0 || strategy == UnitesStrategy::AllDone {
             build_unite(s, store, graph, g, now_ms).await?
         } else {
             Err(format!(
@@ -584,11 +629,11 @@ async fn apply_in(
                 unite_states.push(st);
                 (true, None)
             }
-            Err(e) => (false, Some(e)),
+            Err(e) => {
+                failed_unites += 1;
+                (false, Some(e))
+            }
         };
-        if !fired {
-            failed_unites += 1;
-        }
         groups
             .update_one(
                 doc! {"_id": gid},
@@ -597,95 +642,100 @@ async fn apply_in(
             .session(&mut *s)
             .await?;
     }
-    if !unite_states.is_empty() {
-        states.insert_many(&unite_states).session(&mut *s).await?;
-        // Unite states are new pending members of their ancestors' groups.
-        let mut extra: BTreeMap<String, (ObjectId, String)> = BTreeMap::new();
-        let mut extra_open: HashMap<String, i64> = HashMap::new();
-        for st in &unite_states {
-            counters.total += 1;
-            counters.pending += 1;
-            for (ident, id) in st.parent_pairs() {
-                for unite in fx.unites_targeting(&ident) {
-                    let gid = unite_group_id(&id, &unite);
-                    extra.insert(gid.clone(), (id, unite.clone()));
-                    *extra_open.entry(gid).or_default() += 1;
-                }
+    Ok((unite_states, failed_unites))
+}
+
+/// New unite states are new pending members of their ancestors' groups.
+async fn open_ancestor_groups(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    unite_states: &[StateDoc],
+) -> Result<(), MongoError> {
+    let mut extra: BTreeMap<String, (ObjectId, String)> = BTreeMap::new();
+    let mut extra_open: HashMap<String, i64> = HashMap::new();
+    for st in unite_states {
+        for (ident, id) in st.parent_pairs() {
+            for unite in fx.unites_targeting(&ident) {
+                let gid = unite_group_id(&id, &unite);
+                extra.insert(gid.clone(), (id, unite.clone()));
+                *extra_open.entry(gid).or_default() += 1;
             }
         }
-        for (gid, (target, unite)) in extra {
-            let open = extra_open.get(&gid).copied().unwrap_or_default();
-            groups
-                .update_one(
-                    doc! {"_id": &gid},
-                    doc! {
-                        "$inc": {"open": open},
-                        "$setOnInsert": {"run_id": &fx.run_id, "target_id": target, "unite_identifier": unite,
-                                         "failed": 0i64, "closed": false, "fired": false},
-                    },
-                )
-                .upsert(true)
-                .session(&mut *s)
-                .await?;
-        }
-        applied.created.extend(unite_states);
     }
-    if fx.reopen {
+    for (gid, (target, unite)) in extra {
+        let open = extra_open.get(&gid).copied().unwrap_or_default();
         store
-            .runs()
+            .unite_groups()
             .update_one(
-                doc! {"run_id": &fx.run_id, "status": {"$in": [RunStatus::Success.as_str(), RunStatus::Failed.as_str()]}},
-                doc! {"$set": {"status": RunStatus::Pending.as_str()}, "$unset": {"finished_at": ""}},
+                doc! {"_id": &gid},
+                doc! {
+                    "$inc": {"open": open},
+                    "$setOnInsert": {"run_id": &fx.run_id, "target_id": target, "unite_identifier": unite,
+                                     "failed": 0i64, "closed": false, "fired": false},
+                },
             )
+            .upsert(true)
             .session(&mut *s)
             .await?;
     }
-    if !counters.is_zero() || failed_unites != 0 {
-        let after = store
+    Ok(())
+}
+
+/// Adds `counters` to the run and ends it when nothing is pending any more
+/// (returning its final status). A cancelled run refuses the whole
+/// transaction; a run Exosphere started must be adopted first.
+async fn count_run(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    counters: &Counters,
+    failed_unites: i64,
+    now_ms: i64,
+) -> Result<Option<RunStatus>, MongoError> {
+    let after = store
+        .runs()
+        .find_one_and_update(
+            doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}, "cancelling": {"$ne": true}},
+            doc! {"$inc": counters.run_fields(failed_unites)},
+        )
+        .return_document(ReturnDocument::After)
+        .session(&mut *s)
+        .await?;
+    let Some(run) = after else {
+        if store
             .runs()
-            .find_one_and_update(
-                doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}, "cancelling": {"$ne": true}},
-                doc! {"$inc": counters.run_fields(failed_unites)},
-            )
-            .return_document(ReturnDocument::After)
+            .find_one(doc! {"run_id": &fx.run_id})
             .session(&mut *s)
-            .await?;
-        if after.is_none()
-            && store
-                .runs()
-                .find_one(doc! {"run_id": &fx.run_id})
-                .session(&mut *s)
-                .await?
-                .is_some()
+            .await?
+            .is_some()
         {
             // The run was cancelled: nothing more happens in it.
             return Err(MongoError::custom(AlreadyApplied));
         }
-        if after.as_ref().is_some_and(|run| run.status.is_none()) {
-            // Started by Exosphere: adopt it first (see `legacy`).
-            return Err(MongoError::custom(crate::legacy::NotAdopted));
-        }
-        if let Some(run) = after
-            && run.pending_count == 0
-            && run.status.as_deref() == Some(RunStatus::Pending.as_str())
-        {
-            let status = if run.errored_count > 0 || run.failed_unites > 0 {
-                RunStatus::Failed
-            } else {
-                RunStatus::Success
-            };
-            store
-                .runs()
-                .update_one(
-                    doc! {"run_id": &fx.run_id, "status": RunStatus::Pending.as_str()},
-                    doc! {"$set": {"status": status.as_str(), "finished_at": DateTime::from_millis(now_ms)}},
-                )
-                .session(&mut *s)
-                .await?;
-            applied.finished = Some(status);
-        }
+        return Ok(None);
+    };
+    if run.status.is_none() {
+        // Started by Exosphere: adopt it first (see `legacy`).
+        return Err(MongoError::custom(crate::legacy::NotAdopted));
     }
-    Ok(applied)
+    if run.pending_count != 0 || run.status.as_deref() != Some(RunStatus::Pending.as_str()) {
+        return Ok(None);
+    }
+    let status = if run.errored_count > 0 || run.failed_unites > 0 {
+        RunStatus::Failed
+    } else {
+        RunStatus::Success
+    };
+    store
+        .runs()
+        .update_one(
+            doc! {"run_id": &fx.run_id, "status": RunStatus::Pending.as_str()},
+            doc! {"$set": {"status": status.as_str(), "finished_at": DateTime::from_millis(now_ms)}},
+        )
+        .session(&mut *s)
+        .await?;
+    Ok(Some(status))
 }
 
 /// Builds the unite state of group `g`, reading the target and its ancestors

@@ -216,51 +216,11 @@ impl Runtime {
         let bus = Bus::connect(&cfg.nats_url, &format!("exo-runtime-{}", cfg.name)).await?;
         bus.provision().await?;
         let inflight = Arc::new(Inflight::default());
-        // Run cancellations stop the executions of that run.
-        let mut cancels = bus
-            .client()
-            .subscribe(subjects::event(&cfg.namespace, "run", "cancelled"))
-            .await
-            .map_err(|e| Error::Register(format!("subscribe to cancellations: {e}")))?;
-        {
-            let inflight = inflight.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    let msg = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        m = cancels.next() => match m { Some(m) => m, None => return },
-                    };
-                    if let Ok(ev) =
-                        serde_json::from_slice::<exo_types::messages::RunEvent>(&msg.payload)
-                    {
-                        let n = inflight.abort_run(&ev.run_id);
-                        tracing::info!(exo.run_id = %ev.run_id, stopped = n, "Run cancelled; executions stopped.");
-                    }
-                }
-            });
-        }
+        stop_cancelled_runs(&bus, &cfg.namespace, inflight.clone(), shutdown.clone()).await?;
         let mut tasks = Vec::new();
         for node in &cfg.nodes {
-            // The services create the streams; a runtime started first
-            // waits for them.
-            let mut wait = Duration::from_millis(100);
-            let consumer = loop {
-                match bus
-                    .dispatch_consumer(&cfg.namespace, node.name(), Some(cfg.ack_wait))
-                    .await
-                {
-                    Ok(c) => break c,
-                    Err(error) => {
-                        tracing::warn!(%error, node = node.name(),
-                            "Cannot bind the dispatch queue yet (are the services started?); retrying.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                }
+            let Some(consumer) = bind_dispatch(&bus, cfg, node.name(), &shutdown).await else {
+                return Ok(());
             };
             tasks.push(tokio::spawn(serve_node(
                 bus.clone(),
@@ -352,6 +312,66 @@ async fn serve_node(
     }
 }
 
+/// Run cancellations (`run.cancelled` events of the namespace) stop the
+/// executions of that run, until `shutdown`.
+async fn stop_cancelled_runs(
+    bus: &Bus,
+    namespace: &str,
+    inflight: Arc<Inflight>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let mut cancels = bus
+        .client()
+        .subscribe(subjects::event(namespace, "run", "cancelled"))
+        .await
+        .map_err(|e| Error::Register(format!("subscribe to cancellations: {e}")))?;
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = cancels.next() => match m { Some(m) => m, None => return },
+            };
+            if let Ok(ev) = serde_json::from_slice::<exo_types::messages::RunEvent>(&msg.payload) {
+                let n = inflight.abort_run(&ev.run_id);
+                tracing::info!(exo.run_id = %ev.run_id, stopped = n, "Run cancelled; executions stopped.");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The dispatch queue of `node`. The services create the streams: a
+/// runtime started first waits for them (`None` if `shutdown` comes
+/// first).
+async fn bind_dispatch(
+    bus: &Bus,
+    cfg: &Builder,
+    node: &str,
+    shutdown: &CancellationToken,
+) -> Option<jetstream::consumer::PullConsumer> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match bus
+            .dispatch_consumer(&cfg.namespace, node, Some(cfg.ack_wait))
+            .await
+        {
+            Ok(c) => return Some(c),
+            Err(error) => {
+                tracing::warn!(%error, node,
+                    "Cannot bind the dispatch queue yet (are the services started?); retrying.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One dispatch: read, executed (unless its run was cancelled or it was
+/// delivered too often), its result published, then acked; handed back
+/// when the result cannot be published.
 async fn handle(
     bus: &Bus,
     cfg: &Builder,
@@ -359,36 +379,97 @@ async fn handle(
     inflight: &Inflight,
     msg: jetstream::Message,
 ) {
-    // A dispatch too large for the server's max_payload is in the object store.
-    let payload = match bus.payload_of(&msg).await {
-        Ok(p) => p,
-        Err(exo_bus::PayloadError::Missing(object)) => {
-            tracing::error!(%object, subject = %msg.subject, "Dispatch payload missing; terminating it.");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
-        Err(error) => {
-            tracing::warn!(%error, subject = %msg.subject, "Could not read a dispatch payload; handing it back.");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-            return;
-        }
-    };
-    let dispatch: Dispatch = match serde_json::from_slice(&payload) {
-        Ok(d) => d,
-        Err(error) => {
-            tracing::error!(%error, subject = %msg.subject, "Malformed dispatch; terminating it.");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
+    let Some(dispatch) = read_dispatch(bus, &msg).await else {
+        return;
     };
     if inflight.is_cancelled(&dispatch.run_id) {
         tracing::debug!(state_id = %dispatch.state_id, "Dropping a dispatch of a cancelled run.");
         let _ = msg.ack().await;
         return;
     }
-    let ctx = Context {
+    let ctx = context(bus, cfg, &dispatch, &msg);
+    let heartbeat = {
+        let every = cfg.ack_wait / 3;
+        let acker = msg.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if acker.ack_with(AckKind::Progress).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let report = if ctx.delivered > cfg.max_deliveries {
+        Some(Report::Errored(format!(
+            "dispatch delivered {} times without a result (the node crashed or hung its runtime)",
+            ctx.delivered
+        )))
+    } else {
+        let (handle, registration) = AbortHandle::new_pair();
+        let id = inflight.register(&ctx.run_id, handle);
+        let result = Abortable::new(node.run(dispatch.inputs, &ctx), registration).await;
+        inflight.remove(&ctx.run_id, id);
+        result.ok()
+    };
+    heartbeat.abort();
+    let Some(report) = report else {
+        // Stopped by a run cancellation: the state is already CANCELLED,
+        // there is nothing to report.
+        tracing::debug!(state_id = %ctx.state_id, "Execution stopped by a run cancellation.");
+        let _ = msg.ack().await;
+        return;
+    };
+    let published = match result_message(&cfg.namespace, &ctx, report) {
+        Ok(o) => bus.publish(o).await,
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok(()) => {
+            if let Err(error) = msg.ack().await {
+                tracing::debug!(%error, "Could not ack a dispatch; it may run again.");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, state_id = %ctx.state_id, "Could not publish a result; handing the dispatch back.");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
+    }
+}
+
+/// The dispatch a message carries (its payload may be in the object
+/// store); `None` once the message is settled because it cannot be read.
+async fn read_dispatch(bus: &Bus, msg: &jetstream::Message) -> Option<Dispatch> {
+    let payload = match bus.payload_of(msg).await {
+        Ok(p) => p,
+        Err(exo_bus::PayloadError::Missing(object)) => {
+            tracing::error!(%object, subject = %msg.subject, "Dispatch payload missing; terminating it.");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return None;
+        }
+        Err(error) => {
+            tracing::warn!(%error, subject = %msg.subject, "Could not read a dispatch payload; handing it back.");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return None;
+        }
+    };
+    match serde_json::from_slice(&payload) {
+        Ok(d) => Some(d),
+        Err(error) => {
+            tracing::error!(%error, subject = %msg.subject, "Malformed dispatch; terminating it.");
+            let _ = msg.ack_with(AckKind::Term).await;
+            None
+        }
+    }
+}
+
+/// What a node execution sees of its dispatch.
+fn context(bus: &Bus, cfg: &Builder, dispatch: &Dispatch, msg: &jetstream::Message) -> Context {
+    Context {
         state_id: dispatch.state_id.clone(),
         run_id: dispatch.run_id.clone(),
         graph_name: dispatch.graph_name.clone(),
@@ -404,122 +485,60 @@ async fn handle(
                 namespace: cfg.namespace.clone(),
                 api_key: r.api_key.clone(),
             }),
-    };
-    let heartbeat = {
-        let every = cfg.ack_wait / 3;
-        let acker = msg.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if acker.ack_with(AckKind::Progress).await.is_err() {
-                    return;
-                }
-            }
-        })
-    };
-    let wire = if ctx.delivered > cfg.max_deliveries {
-        Report::Errored(format!(
-            "dispatch delivered {} times without a result (the node crashed or hung its runtime)",
-            ctx.delivered
-        ))
-    } else {
-        let (handle, registration) = AbortHandle::new_pair();
-        let id = inflight.register(&ctx.run_id, handle);
-        let result = Abortable::new(node.run(dispatch.inputs, &ctx), registration).await;
-        inflight.remove(&ctx.run_id, id);
-        match result {
-            Ok(report) => report,
-            Err(_aborted) => {
-                heartbeat.abort();
-                // The state is already CANCELLED; there is nothing to report.
-                tracing::debug!(state_id = %ctx.state_id, "Execution stopped by a run cancellation.");
-                let _ = msg.ack().await;
-                return;
-            }
-        }
-    };
-    heartbeat.abort();
-    let ns = &cfg.namespace;
-    let id = ctx.state_id.clone();
-    let attempt = ctx.attempt;
-    let out = match wire {
+    }
+}
+
+/// The result message of an execution.
+fn result_message(ns: &str, ctx: &Context, report: Report) -> Result<Outgoing, exo_bus::Error> {
+    let (state_id, attempt) = (ctx.state_id.clone(), ctx.attempt);
+    let at = (ns, ctx.run_id.as_str(), ctx.state_id.as_str(), attempt);
+    match report {
         Report::Executed(outputs) => outgoing(
-            ns,
-            &ctx.run_id,
+            at,
             ResultKind::Executed,
-            &id,
-            attempt,
             &Executed {
-                state_id: id.clone(),
+                state_id,
                 attempt,
                 outputs,
             },
         ),
         Report::Errored(error) => {
-            tracing::debug!(state_id = %id, %error, "Node failed.");
+            tracing::debug!(state_id = %ctx.state_id, %error, "Node failed.");
             outgoing(
-                ns,
-                &ctx.run_id,
+                at,
                 ResultKind::Errored,
-                &id,
-                attempt,
                 &Errored {
-                    state_id: id.clone(),
+                    state_id,
                     attempt,
                     error,
                 },
             )
         }
         Report::Pruned(data) => outgoing(
-            ns,
-            &ctx.run_id,
+            at,
             ResultKind::Pruned,
-            &id,
-            attempt,
             &Pruned {
-                state_id: id.clone(),
+                state_id,
                 attempt,
                 data,
             },
         ),
         Report::Requeue(delay_ms) => outgoing(
-            ns,
-            &ctx.run_id,
+            at,
             ResultKind::Requeue,
-            &id,
-            attempt,
             &Requeue {
-                state_id: id.clone(),
+                state_id,
                 attempt,
                 delay_ms,
             },
         ),
-    };
-    let published = match out {
-        Ok(o) => bus.publish(o).await,
-        Err(e) => Err(e),
-    };
-    match published {
-        Ok(()) => {
-            if let Err(error) = msg.ack().await {
-                tracing::debug!(%error, "Could not ack a dispatch; it may run again.");
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, state_id = %id, "Could not publish a result; handing the dispatch back.");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-        }
     }
 }
 
+/// A result message: (namespace, run, state, attempt), kind and body.
 fn outgoing<T: serde::Serialize>(
-    ns: &str,
-    run_id: &str,
+    (ns, run_id, state_id, attempt): (&str, &str, &str, u32),
     kind: ResultKind,
-    state_id: &str,
-    attempt: u32,
     body: &T,
 ) -> Result<Outgoing, exo_bus::Error> {
     Outgoing::json(
