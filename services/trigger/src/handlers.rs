@@ -55,38 +55,15 @@ pub async fn on_trigger(
         Ok(i) => i,
         Err(e) => return Ok(Outcome::Reject(e.to_string())),
     };
-    // The run executes this version even if the template is replaced.
-    engine.graphs.pin(&lg).await?;
-    let requested = cmd.requested_at_ms.unwrap_or_else(time::now_ms);
-    let root_id = oid(ids::root_state_id(&cmd.run_id));
-    let tmpl = lg.graph.root();
     let inputs_doc = match json_to_doc(&root_inputs) {
         Ok(d) => d,
         Err(e) => return Ok(Outcome::Reject(e)),
     };
-    let mut root = inputs::new_state(
-        root_id,
-        tmpl,
-        &inputs::Placement {
-            graph_ns: ns,
-            run_id: &cmd.run_id,
-            graph_name: &cmd.graph_name,
-            graph_version: Some(&lg.version),
-        },
-        inputs_doc,
-        Document::new(),
-        false,
-        requested,
-    );
-    // The root takes the graph's namespace (spec §5.3).
-    root.namespace_name = ns.to_string();
-    root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
-    if cmd.start_delay_ms == 0 {
-        // Due now: inserted as claimed, dispatched below (no scheduler hop).
-        root.status = StateStatus::Queued;
-        root.attempt = 1;
-        root.queued_by = Some(queued_by.to_string());
-    }
+    // The run executes this version even if the template is replaced.
+    engine.graphs.pin(&lg).await?;
+    let requested = cmd.requested_at_ms.unwrap_or_else(time::now_ms);
+    let root = root_state(&lg, ns, &cmd, inputs_doc, requested, queued_by);
+    let root_id = root.id;
     let now = DateTime::from_millis(requested);
     let run = RunDoc::pending(&cmd.run_id, &cmd.graph_name, ns, now);
     let store_docs: Vec<StoreDoc> = cmd
@@ -130,6 +107,42 @@ pub async fn on_trigger(
         ))
         .await?;
     Ok(Outcome::Done)
+}
+
+/// The root state of a new run: due at `requested` plus the start delay;
+/// without delay inserted QUEUED under `queued_by`, to be dispatched by
+/// the trigger itself (no scheduler hop).
+fn root_state(
+    lg: &exo_engine::graphs::LoadedGraph,
+    ns: &str,
+    cmd: &TriggerCommand,
+    inputs_doc: Document,
+    requested: i64,
+    queued_by: &str,
+) -> exo_store::StateDoc {
+    let mut root = inputs::new_state(
+        oid(ids::root_state_id(&cmd.run_id)),
+        lg.graph.root(),
+        &inputs::Placement {
+            graph_ns: ns,
+            run_id: &cmd.run_id,
+            graph_name: &cmd.graph_name,
+            graph_version: Some(&lg.version),
+        },
+        inputs_doc,
+        Document::new(),
+        false,
+        requested,
+    );
+    // The root takes the graph's namespace (spec §5.3).
+    root.namespace_name = ns.to_string();
+    root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
+    if cmd.start_delay_ms == 0 {
+        root.status = StateStatus::Queued;
+        root.attempt = 1;
+        root.queued_by = Some(queued_by.to_string());
+    }
+    root
 }
 
 /// `trigger`: cancels a run. First the run alone is fenced (`cancelling`,

@@ -25,62 +25,63 @@ fn ttl_index(keys: Document, name: &str) -> IndexModel {
     IndexModel::builder().keys(keys).options(opts).build()
 }
 
+/// The indexes of the states collection.
+fn state_indexes() -> Vec<IndexModel> {
+    vec![
+        index(
+            doc! {"state_fingerprint": 1},
+            "uniq_state_fingerprint_unites",
+            true,
+            Some(doc! {"does_unites": true}),
+        ),
+        index(
+            doc! {"enqueue_after": 1, "status": 1, "namespace_name": 1, "node_name": 1},
+            "enqueue_query",
+            false,
+            None,
+        ),
+        index(
+            doc! {"node_name": 1, "namespace_name": 1, "graph_name": 1, "identifier": 1,
+            "run_id": 1, "retry_count": 1, "fanout_id": 1},
+            "uniq_fanout_retry",
+            true,
+            None,
+        ),
+        index(
+            doc! {"run_id": 1, "status": 1},
+            "run_id_status_index",
+            false,
+            None,
+        ),
+        // Bound the scheduler's sweeps. Partial, so a state costs an
+        // index entry only while it is CREATED (resp. parked): the
+        // reconciler reads CREATED states due long ago, the due sweep
+        // reads parked states that fell due.
+        index(
+            doc! {"enqueue_after": 1},
+            "created_due_index",
+            false,
+            Some(doc! {"status": exo_types::status::StateStatus::Created.as_str()}),
+        ),
+        index(
+            doc! {"enqueue_after": 1},
+            "parked_due_index",
+            false,
+            Some(doc! {"parked": true}),
+        ),
+        index(
+            doc! {"lease_until": 1},
+            "lease_until_index",
+            false,
+            Some(doc! {"lease_until": {"$exists": true}}),
+        ),
+    ]
+}
+
 /// Creates every index this implementation relies on.
 pub async fn ensure(store: &Store) -> Result<(), Error> {
-    let db = store.db();
     let sets: Vec<(&str, Vec<IndexModel>)> = vec![
-        (
-            crate::STATES,
-            vec![
-                index(
-                    doc! {"state_fingerprint": 1},
-                    "uniq_state_fingerprint_unites",
-                    true,
-                    Some(doc! {"does_unites": true}),
-                ),
-                index(
-                    doc! {"enqueue_after": 1, "status": 1, "namespace_name": 1, "node_name": 1},
-                    "enqueue_query",
-                    false,
-                    None,
-                ),
-                index(
-                    doc! {"node_name": 1, "namespace_name": 1, "graph_name": 1, "identifier": 1,
-                    "run_id": 1, "retry_count": 1, "fanout_id": 1},
-                    "uniq_fanout_retry",
-                    true,
-                    None,
-                ),
-                index(
-                    doc! {"run_id": 1, "status": 1},
-                    "run_id_status_index",
-                    false,
-                    None,
-                ),
-                // Bound the scheduler's sweeps. Partial, so a state costs an
-                // index entry only while it is CREATED (resp. parked): the
-                // reconciler reads CREATED states due long ago, the due sweep
-                // reads parked states that fell due.
-                index(
-                    doc! {"enqueue_after": 1},
-                    "created_due_index",
-                    false,
-                    Some(doc! {"status": exo_types::status::StateStatus::Created.as_str()}),
-                ),
-                index(
-                    doc! {"enqueue_after": 1},
-                    "parked_due_index",
-                    false,
-                    Some(doc! {"parked": true}),
-                ),
-                index(
-                    doc! {"lease_until": 1},
-                    "lease_until_index",
-                    false,
-                    Some(doc! {"lease_until": {"$exists": true}}),
-                ),
-            ],
-        ),
+        (crate::STATES, state_indexes()),
         (
             crate::GRAPH_TEMPLATES,
             vec![index(
@@ -148,28 +149,34 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
         ),
     ];
     for (coll, models) in sets {
-        let c = db.collection::<Document>(coll);
-        // An index that exists under the same name (Exosphere's, or ours from
-        // an earlier start) is kept as it is: servers compare specifications
-        // differently (secantusd-rs by field order), so re-creating an equal
-        // index can fail with `IndexKeySpecsConflict`.
-        let existing = match c.list_index_names().await {
-            Ok(names) => names,
-            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
-                Vec::new()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let missing: Vec<IndexModel> = models
-            .into_iter()
-            .filter(|m| {
-                let name = m.options.as_ref().and_then(|o| o.name.as_deref());
-                !name.is_some_and(|n| existing.iter().any(|e| e == n))
-            })
-            .collect();
-        if !missing.is_empty() {
-            c.create_indexes(missing).await?;
+        create_missing(store, coll, models).await?;
+    }
+    Ok(())
+}
+
+/// Creates the indexes of `models` that `coll` does not have by name.
+async fn create_missing(store: &Store, coll: &str, models: Vec<IndexModel>) -> Result<(), Error> {
+    let c = store.db().collection::<Document>(coll);
+    // An index that exists under the same name (Exosphere's, or ours from
+    // an earlier start) is kept as it is: servers compare specifications
+    // differently (secantusd-rs by field order), so re-creating an equal
+    // index can fail with `IndexKeySpecsConflict`.
+    let existing = match c.list_index_names().await {
+        Ok(names) => names,
+        Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+            Vec::new()
         }
+        Err(e) => return Err(e.into()),
+    };
+    let missing: Vec<IndexModel> = models
+        .into_iter()
+        .filter(|m| {
+            let name = m.options.as_ref().and_then(|o| o.name.as_deref());
+            !name.is_some_and(|n| existing.iter().any(|e| e == n))
+        })
+        .collect();
+    if !missing.is_empty() {
+        c.create_indexes(missing).await?;
     }
     Ok(())
 }
