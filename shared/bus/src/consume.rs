@@ -203,10 +203,7 @@ where
             free = free.min(budget.free());
             if free == 0 && inflight.is_empty() {
                 // Other lanes hold the whole budget: look again shortly.
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(BUDGET_POLL) => {}
-                }
+                pause(&mut inflight, BUDGET_POLL, &shutdown).await;
                 continue;
             }
         }
@@ -225,15 +222,7 @@ where
             Ok(b) => b,
             Err(error) => {
                 tracing::warn!(%error, consumer = %opts.consumer, "Could not pull; retrying.");
-                let pause = tokio::time::sleep(Duration::from_secs(1));
-                tokio::pin!(pause);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = &mut pause => break,
-                        Some(()) = inflight.next(), if !inflight.is_empty() => {}
-                    }
-                }
+                pause(&mut inflight, Duration::from_secs(1), &shutdown).await;
                 continue;
             }
         };
@@ -266,6 +255,23 @@ where
     }
     while inflight.next().await.is_some() {}
     Ok(())
+}
+
+/// Waits `d` (less if `shutdown` comes) while the handlers in flight go on.
+async fn pause<Fut: std::future::Future<Output = ()>>(
+    inflight: &mut futures::stream::FuturesUnordered<Fut>,
+    d: Duration,
+    shutdown: &CancellationToken,
+) {
+    let pause = tokio::time::sleep(d);
+    tokio::pin!(pause);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut pause => break,
+            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+        }
+    }
 }
 
 async fn settle<H, F>(bus: &Bus, opts: &ConsumeOptions, message: jetstream::Message, handler: &H)

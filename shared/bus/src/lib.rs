@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, message::PublishMessage as Publish, stream};
+
+/// A durable pull consumer, as [`Bus::service_consumer`] returns it.
+pub use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
 use exo_types::messages::{DeadLetter, HEADER_PROTOCOL, PROTOCOL_VERSION};
 use exo_types::subjects as subj;

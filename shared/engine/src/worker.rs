@@ -137,16 +137,7 @@ where
         e = connect(&common, spec.service) => e?,
         _ = shutdown.cancelled() => return Ok(()),
     };
-    let mut consumers = Vec::with_capacity(spec.lanes.len());
-    for lane in &spec.lanes {
-        let filters: Vec<&str> = lane.filters.iter().map(String::as_str).collect();
-        let consumer = engine
-            .bus
-            .service_consumer(spec.stream, &lane.consumer, &filters)
-            .await
-            .with_context(|| format!("create consumer {}", lane.consumer))?;
-        consumers.push((lane.consumer.clone(), consumer));
-    }
+    let consumers = bind_lanes(&engine, &spec).await?;
     let extra_task = tokio::spawn(extra(engine.clone(), shutdown.clone()));
     readiness.set(true);
     tracing::info!(
@@ -154,29 +145,8 @@ where
         lanes = consumers.len(),
         "Service ready."
     );
-    let budget = (consumers.len() > 1)
-        .then(|| exo_bus::SharedBudget::new(spec.concurrency.saturating_mul(2)));
-    let handler = Arc::new(handler);
     let consume_token = CancellationToken::new();
-    let mut consume = tokio::task::JoinSet::new();
-    for (name, consumer) in consumers {
-        let opts = ConsumeOptions {
-            stream: spec.stream.to_string(),
-            consumer: name,
-            concurrency: spec.concurrency,
-            batch: spec.concurrency.max(16) * 2,
-            retry_backoff: exo_bus::RetryBackoff::default(),
-            budget: budget.clone(),
-        };
-        let (e2, handler) = (engine.clone(), handler.clone());
-        consume.spawn(exo_bus::consume(
-            engine.bus.clone(),
-            consumer,
-            opts,
-            consume_token.clone(),
-            move |d| handler(e2.clone(), d),
-        ));
-    }
+    let consume = consume_lanes(&engine, &spec, consumers, handler, &consume_token);
     shutdown.cancelled().await;
     readiness.set(false);
     tracing::info!(exo.service = spec.service, "Draining in-flight messages.");
@@ -196,6 +166,62 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!(exo.service = spec.service, "Stopped.");
     Ok(())
+}
+
+/// The durable consumer of each lane of `spec` (created or reconciled).
+async fn bind_lanes(
+    engine: &Engine,
+    spec: &WorkerSpec,
+) -> anyhow::Result<Vec<(String, exo_bus::PullConsumer)>> {
+    let mut consumers = Vec::with_capacity(spec.lanes.len());
+    for lane in &spec.lanes {
+        let filters: Vec<&str> = lane.filters.iter().map(String::as_str).collect();
+        let consumer = engine
+            .bus
+            .service_consumer(spec.stream, &lane.consumer, &filters)
+            .await
+            .with_context(|| format!("create consumer {}", lane.consumer))?;
+        consumers.push((lane.consumer.clone(), consumer));
+    }
+    Ok(consumers)
+}
+
+/// One consume loop per lane, all under one in-flight budget when there
+/// are several, until `token` is cancelled.
+fn consume_lanes<H, F>(
+    engine: &Engine,
+    spec: &WorkerSpec,
+    consumers: Vec<(String, exo_bus::PullConsumer)>,
+    handler: H,
+    token: &CancellationToken,
+) -> tokio::task::JoinSet<Result<(), exo_bus::Error>>
+where
+    H: Fn(Engine, Delivery) -> F + Send + Sync + 'static,
+    F: Future<Output = Disposition> + Send + 'static,
+{
+    let budget = (consumers.len() > 1)
+        .then(|| exo_bus::SharedBudget::new(spec.concurrency.saturating_mul(2)));
+    let handler = Arc::new(handler);
+    let mut consume = tokio::task::JoinSet::new();
+    for (name, consumer) in consumers {
+        let opts = ConsumeOptions {
+            stream: spec.stream.to_string(),
+            consumer: name,
+            concurrency: spec.concurrency,
+            batch: spec.concurrency.max(16) * 2,
+            retry_backoff: exo_bus::RetryBackoff::default(),
+            budget: budget.clone(),
+        };
+        let (e2, handler) = (engine.clone(), handler.clone());
+        consume.spawn(exo_bus::consume(
+            engine.bus.clone(),
+            consumer,
+            opts,
+            token.clone(),
+            move |d| handler(e2.clone(), d),
+        ));
+    }
+    consume
 }
 
 /// No extra task.
