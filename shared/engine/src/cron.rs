@@ -136,6 +136,45 @@ pub fn occurrence_run_id(t: &TriggerDoc) -> String {
     )
 }
 
+/// Inserts the occurrence after `t`, unless an upsert removed its
+/// expression meanwhile.
+async fn schedule_next(
+    engine: &Engine,
+    t: &TriggerDoc,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Error> {
+    let Some(expr) = &t.expression else {
+        return Ok(());
+    };
+    let Some(d) = next_doc(&t.namespace, &t.graph_name, expr, now) else {
+        return Ok(());
+    };
+    let next_time = d.trigger_time;
+    insert_ignoring_duplicates(&engine.store, d).await?;
+    exo_faults::point("store.write")?;
+    // An upsert writes the template, then replaces the PENDING occurrences.
+    // If it removed this expression meanwhile, the occurrence just inserted
+    // may have missed its delete: read the template after the insert and
+    // withdraw the occurrence.
+    if still_scheduled(&engine.store, &t.namespace, &t.graph_name, expr).await? {
+        return Ok(());
+    }
+    engine
+        .store
+        .triggers()
+        .delete_one(
+            doc! {"namespace": &t.namespace, "graph_name": &t.graph_name,
+            "type": "CRON", "expression": expr.as_str(),
+            "trigger_time": next_time, "trigger_status": TriggerStatus::Pending.as_str()},
+        )
+        .await
+        .map_err(exo_store::Error::from)?;
+    exo_faults::point("store.write")?;
+    tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, expression = %expr,
+        "Cron expression removed by an upsert; not scheduled again.");
+    Ok(())
+}
+
 /// Fires every due occurrence, one claim at a time; a claim older than
 /// `stale_claim` (its holder crashed) is taken over. Returns how many fired.
 pub async fn fire_due<S, Fut>(
@@ -187,32 +226,7 @@ where
         tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, exo.run_id = %run_id,
             status = status.as_str(), error = error.as_deref().unwrap_or(""), "Cron trigger fired.");
         // The next occurrence first, so a crash after it cannot stop the schedule.
-        if let Some(expr) = &t.expression
-            && let Some(d) = next_doc(&t.namespace, &t.graph_name, expr, now)
-        {
-            let next_time = d.trigger_time;
-            insert_ignoring_duplicates(&engine.store, d).await?;
-            exo_faults::point("store.write")?;
-            // An upsert writes the template, then replaces the PENDING
-            // occurrences. If it removed this expression meanwhile, the
-            // occurrence just inserted may have missed its delete: read the
-            // template after the insert and withdraw the occurrence.
-            if !still_scheduled(&engine.store, &t.namespace, &t.graph_name, expr).await? {
-                engine
-                    .store
-                    .triggers()
-                    .delete_one(
-                        doc! {"namespace": &t.namespace, "graph_name": &t.graph_name,
-                        "type": "CRON", "expression": expr.as_str(),
-                        "trigger_time": next_time, "trigger_status": TriggerStatus::Pending.as_str()},
-                    )
-                    .await
-                    .map_err(exo_store::Error::from)?;
-                exo_faults::point("store.write")?;
-                tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, expression = %expr,
-                    "Cron expression removed by an upsert; not scheduled again.");
-            }
-        }
+        schedule_next(engine, &t, now).await?;
         let expires = DateTime::from_millis(now.timestamp_millis() + RETENTION.as_millis() as i64);
         engine
             .store

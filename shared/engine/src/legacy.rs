@@ -42,6 +42,61 @@ struct Group {
     failed: i64,
 }
 
+/// What a legacy run's states add up to: counters, unite groups, the groups
+/// whose unite state exists (fired) and those whose target is SUCCESS
+/// (armed).
+#[derive(Default)]
+struct Census<'g> {
+    graph: Option<&'g LoadedGraph>,
+    counters: Counters,
+    groups: BTreeMap<String, Group>,
+    fired: HashSet<String>,
+    armed: HashSet<String>,
+}
+
+impl Census<'_> {
+    fn unites_targeting(&self, ident: &str) -> Vec<String> {
+        self.graph
+            .map(|g| g.graph.unites_targeting(ident).to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Counts state `st`.
+    fn add(&mut self, st: &exo_store::StateDoc) {
+        self.counters.total += 1;
+        *self.counters.slot(st.status.group()) += 1;
+        let open = i64::from(st.status.is_pending());
+        let failed = i64::from(st.status.is_failure());
+        for (ident, id) in st.parent_pairs() {
+            for unite in self.unites_targeting(&ident) {
+                let g = self.groups.entry(unite_group_id(&id, &unite)).or_default();
+                g.target = Some(id);
+                g.unite = unite;
+                g.open += open;
+                g.failed += failed;
+            }
+        }
+        if st.does_unites
+            && let Some(Bson::ObjectId(target)) = self
+                .graph
+                .and_then(|g| g.graph.node(&st.identifier))
+                .and_then(|n| n.unites.as_ref())
+                .and_then(|u| st.parents.get(&u.identifier))
+        {
+            self.fired.insert(unite_group_id(target, &st.identifier));
+        }
+        if st.status == StateStatus::Success {
+            for unite in self.unites_targeting(&st.identifier) {
+                let gid = unite_group_id(&st.id, &unite);
+                self.armed.insert(gid.clone());
+                let g = self.groups.entry(gid).or_default();
+                g.target = Some(st.id);
+                g.unite = unite;
+            }
+        }
+    }
+}
+
 /// Adopts run `run_id` inside session `s` if it is still Exosphere's: sets
 /// its status and counters and writes its unite groups. Returns the groups
 /// that are complete and armed (their target SUCCESS) but have no unite
@@ -61,52 +116,25 @@ pub(crate) async fn adopt_in(
     if legacy.is_none() {
         return Ok(Vec::new());
     }
-    let unites_targeting = |ident: &str| -> Vec<String> {
-        graph
-            .map(|g| g.graph.unites_targeting(ident).to_vec())
-            .unwrap_or_default()
+    let mut census = Census {
+        graph,
+        ..Census::default()
     };
-    let mut c = Counters::default();
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    let mut fired: HashSet<String> = HashSet::new();
-    let mut armed: HashSet<String> = HashSet::new();
     let mut cur = store
         .states()
         .find(doc! {"run_id": run_id})
         .session(&mut *s)
         .await?;
     while let Some(st) = cur.next(&mut *s).await.transpose()? {
-        c.total += 1;
-        *c.slot(st.status.group()) += 1;
-        let open = i64::from(st.status.is_pending());
-        let failed = i64::from(st.status.is_failure());
-        for (ident, id) in st.parent_pairs() {
-            for unite in unites_targeting(&ident) {
-                let g = groups.entry(unite_group_id(&id, &unite)).or_default();
-                g.target = Some(id);
-                g.unite = unite;
-                g.open += open;
-                g.failed += failed;
-            }
-        }
-        if st.does_unites
-            && let Some(Bson::ObjectId(target)) = graph
-                .and_then(|g| g.graph.node(&st.identifier))
-                .and_then(|n| n.unites.as_ref())
-                .and_then(|u| st.parents.get(&u.identifier))
-        {
-            fired.insert(unite_group_id(target, &st.identifier));
-        }
-        if st.status == StateStatus::Success {
-            for unite in unites_targeting(&st.identifier) {
-                let gid = unite_group_id(&st.id, &unite);
-                armed.insert(gid.clone());
-                let g = groups.entry(gid).or_default();
-                g.target = Some(st.id);
-                g.unite = unite;
-            }
-        }
+        census.add(&st);
     }
+    let Census {
+        counters: c,
+        groups,
+        fired,
+        armed,
+        ..
+    } = census;
     let mut touches = Vec::new();
     for (gid, g) in &groups {
         let Some(target) = g.target else { continue };
