@@ -296,22 +296,7 @@ async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -
         }
     }
     settle_later(stale, AckKind::Ack, state);
-    // Dispatches of older versions carry no creation time: read it.
-    let missing: Vec<ObjectId> = handed
-        .iter()
-        .filter(|t| t.dispatch.created_at_ms.is_none())
-        .map(|t| t.id)
-        .collect();
-    let mut created: HashMap<ObjectId, DateTime> = HashMap::new();
-    if !missing.is_empty() {
-        match store.states().find(doc! {"_id": {"$in": &missing}}).await {
-            Ok(cur) => {
-                let docs: Vec<StateDoc> = cur.try_collect().await.unwrap_or_default();
-                created.extend(docs.into_iter().map(|st| (st.id, st.created_at)));
-            }
-            Err(error) => tracing::warn!(%error, "Could not read creation times."),
-        }
-    }
+    let created = creation_times(store, &handed).await;
     let out = handed
         .iter()
         .map(|t| {
@@ -333,6 +318,28 @@ async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -
         .collect();
     settle_later(handed, AckKind::Ack, state);
     out
+}
+
+/// The creation times of handed-out states whose dispatch does not carry
+/// it (dispatches of older versions), read from their documents.
+async fn creation_times(store: &exo_store::Store, handed: &[Taken]) -> HashMap<ObjectId, DateTime> {
+    let missing: Vec<ObjectId> = handed
+        .iter()
+        .filter(|t| t.dispatch.created_at_ms.is_none())
+        .map(|t| t.id)
+        .collect();
+    let mut created = HashMap::new();
+    if missing.is_empty() {
+        return created;
+    }
+    match store.states().find(doc! {"_id": {"$in": &missing}}).await {
+        Ok(cur) => {
+            let docs: Vec<StateDoc> = cur.try_collect().await.unwrap_or_default();
+            created.extend(docs.into_iter().map(|st| (st.id, st.created_at)));
+        }
+        Err(error) => tracing::warn!(%error, "Could not read creation times."),
+    }
+    created
 }
 
 /// The states of `ids` that carry the lease (`until`, `attempt`, `holder`).

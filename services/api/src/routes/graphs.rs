@@ -15,7 +15,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use exo_store::GraphTemplateDoc;
-use exo_store::mongodb::bson::{self, Bson, DateTime, doc};
+use exo_store::mongodb::bson::{self, Bson, DateTime, Document, doc};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_types::graph::{
     Graph, GraphSpec, RegisteredNodeSchema, validate_fields, verify_against_registry,
@@ -148,27 +148,7 @@ pub async fn upsert(
         ValidationStatus::Invalid
     };
 
-    let mut encrypted = BTreeMap::new();
-    if !spec.secrets.is_empty() {
-        let Some(cipher) = state.settings.cipher.as_ref() else {
-            tracing::error!(
-                exo.namespace = %ns,
-                exo.graph = %name,
-                "A graph with secrets was refused: SECRETS_ENCRYPTION_KEY is not configured."
-            );
-            return Err(ApiError::Http(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SECRETS_ENCRYPTION_KEY is not configured on the server; graphs with secrets cannot be stored".into(),
-            ));
-        };
-        for (k, v) in &spec.secrets {
-            let ct = cipher
-                .encrypt(v)
-                .map_err(|e| ApiError::internal("encrypt secret", e))?;
-            encrypted.insert(k.clone(), ct);
-        }
-    }
-
+    let encrypted = encrypt_secrets(&state, &ns, &name, &spec)?;
     let now = DateTime::from_millis(exo_types::time::now_ms());
     let set = doc! {
         "nodes": to_bson("nodes", &spec.nodes)?,
@@ -180,24 +160,12 @@ pub async fn upsert(
         "store_config": to_bson("store config", &spec.store_config)?,
         "updated_at": now,
     };
-    let filter = doc! {"name": &name, "namespace": &ns};
-    let update = doc! {"$set": set, "$setOnInsert": {"created_at": now}};
-    let coll = state.engine.store.graph_templates();
-    let mut attempt = 0;
-    let stored = loop {
-        let r = coll
-            .find_one_and_update(filter.clone(), update.clone())
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await;
-        match r {
-            Ok(Some(d)) => break d,
-            Ok(None) => return Err(ApiError::Internal("upsert returned no document".into())),
-            // Two first-time upserts raced on the unique index: the loser retries as an update.
-            Err(e) if exo_store::is_duplicate_key(&e) && attempt < 2 => attempt += 1,
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let stored = store_template(
+        &state,
+        doc! {"name": &name, "namespace": &ns},
+        doc! {"$set": set, "$setOnInsert": {"created_at": now}},
+    )
+    .await?;
     state.engine.graphs.invalidate(&ns, &name);
     exo_engine::cron::reschedule(
         &state.engine.store,
@@ -222,6 +190,62 @@ pub async fn upsert(
             &[],
         )),
     ))
+}
+
+/// The graph's secrets encrypted for storage (a server without
+/// `SECRETS_ENCRYPTION_KEY` refuses a graph that has some).
+fn encrypt_secrets(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    spec: &GraphSpec,
+) -> ApiResult<BTreeMap<String, String>> {
+    let mut encrypted = BTreeMap::new();
+    if spec.secrets.is_empty() {
+        return Ok(encrypted);
+    }
+    let Some(cipher) = state.settings.cipher.as_ref() else {
+        tracing::error!(
+            exo.namespace = %ns,
+            exo.graph = %name,
+            "A graph with secrets was refused: SECRETS_ENCRYPTION_KEY is not configured."
+        );
+        return Err(ApiError::Http(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "SECRETS_ENCRYPTION_KEY is not configured on the server; graphs with secrets cannot be stored".into(),
+        ));
+    };
+    for (k, v) in &spec.secrets {
+        let ct = cipher
+            .encrypt(v)
+            .map_err(|e| ApiError::internal("encrypt secret", e))?;
+        encrypted.insert(k.clone(), ct);
+    }
+    Ok(encrypted)
+}
+
+/// Upserts the template document and returns it as stored.
+async fn store_template(
+    state: &AppState,
+    filter: Document,
+    update: Document,
+) -> ApiResult<GraphTemplateDoc> {
+    let coll = state.engine.store.graph_templates();
+    let mut attempt = 0;
+    loop {
+        let r = coll
+            .find_one_and_update(filter.clone(), update.clone())
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        match r {
+            Ok(Some(d)) => return Ok(d),
+            Ok(None) => return Err(ApiError::Internal("upsert returned no document".into())),
+            // Two first-time upserts raced on the unique index: the loser retries as an update.
+            Err(e) if exo_store::is_duplicate_key(&e) && attempt < 2 => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// `GET /v0/namespace/{ns}/graph/{graph}`.
