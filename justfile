@@ -31,11 +31,12 @@ build:
 fmt:
     cargo fmt --all
 
-# Format check, clippy with warnings denied, no unused dependencies.
+# Format check, clippy with warnings denied, no unused dependencies, size limits.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo machete
+    python3 deploy/check-size.py --allow tests/bench/
 
 # Install tools, build the binaries, run all tests (extra args go to nextest).
 test *ARGS: setup build

@@ -6,7 +6,9 @@ Scans the `.rs` files of `services/`, `shared/`, `runtimes/` and
 `tests/bench/` that are not test files (`tests/` folders, inline
 `#[cfg(test)]` modules are cut off where they start). A function is
 measured from its `fn` line to its closing brace. Prints every offender
-and exits 1 if there is one; `--report N` lists the N longest functions.
+and exits 1 if there is one; `--report N` lists the N longest functions;
+`--allow PREFIX` reports offenders under PREFIX without failing (a known
+backlog: CI passes `--allow tests/bench/` until the bench is split).
 """
 
 import argparse
@@ -105,6 +107,7 @@ def functions(lines):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--report", type=int, default=0, help="list the N longest functions")
+    ap.add_argument("--allow", action="append", default=[], help="path prefix reported, not failed")
     args = ap.parse_args()
     root = pathlib.Path(__file__).resolve().parent.parent
     bad, all_fns = [], []
@@ -118,6 +121,10 @@ def main() -> int:
                 bad.append(f"{rel}:{line}: fn {name} is {length} lines (max {MAX_FN})")
     for length, where in sorted(all_fns, reverse=True)[: args.report]:
         print(f"{length:5} {where}")
+    allowed = [b for b in bad if any(b.startswith(a) for a in args.allow)]
+    bad = [b for b in bad if b not in allowed]
+    for b in allowed:
+        print(f"allowed for now: {b}", file=sys.stderr)
     for b in bad:
         print(b, file=sys.stderr)
     if bad:

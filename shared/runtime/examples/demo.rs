@@ -193,12 +193,38 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move { runtime.run(stop).await })
     };
     let http = reqwest::Client::new();
-    // Wait for the runtime's registration.
+    wait_registered(&http, &cli).await?;
+    println!("==> runtime registered nodes Start, Fan, Work, Report in namespace {ns}");
+    upsert_graph(&http, &cli).await?;
+    let t0 = Instant::now();
+    let trig = call(
+        &http,
+        &cli,
+        reqwest::Method::POST,
+        "/graph/demo-graph/trigger",
+        Some(json!({"store": {"who": "world"}})),
+    )
+    .await?;
+    let run_id = trig["run_id"].as_str().unwrap_or_default().to_string();
+    println!("==> triggered run {run_id}");
+    let final_status = follow(&http, &cli, &run_id, t0).await?;
+    println!(
+        "==> run {run_id} finished: {final_status} in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    stop.cancel();
+    let _ = rt.await;
+    anyhow::ensure!(final_status == "SUCCESS", "run ended {final_status}");
+    Ok(())
+}
+
+/// Waits (up to 20 s) until the runtime's four nodes are registered.
+async fn wait_registered(http: &reqwest::Client, cli: &Cli) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let nodes = call(&http, &cli, reqwest::Method::GET, "/nodes/", None).await?;
+        let nodes = call(http, cli, reqwest::Method::GET, "/nodes/", None).await?;
         if nodes["count"].as_u64().unwrap_or(0) >= 4 {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
@@ -206,7 +232,11 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("==> runtime registered nodes Start, Fan, Work, Report in namespace {ns}");
+}
+
+/// Stores the demo graph and checks that it is VALID.
+async fn upsert_graph(http: &reqwest::Client, cli: &Cli) -> anyhow::Result<()> {
+    let ns = &cli.namespace;
     let graph = json!({
         "secrets": {},
         "store_config": {"required_keys": ["who"]},
@@ -221,35 +251,35 @@ async fn main() -> anyhow::Result<()> {
         ]
     });
     call(
-        &http,
-        &cli,
+        http,
+        cli,
         reqwest::Method::PUT,
         "/graph/demo-graph",
         Some(graph),
     )
     .await?;
-    let g = call(&http, &cli, reqwest::Method::GET, "/graph/demo-graph", None).await?;
+    let g = call(http, cli, reqwest::Method::GET, "/graph/demo-graph", None).await?;
     anyhow::ensure!(g["validation_status"] == "VALID", "graph not valid: {g}");
     println!(
         "==> graph demo-graph is VALID: start -> fan (x{}) -> work -> report (unites start)",
         cli.width
     );
-    let t0 = Instant::now();
-    let trig = call(
-        &http,
-        &cli,
-        reqwest::Method::POST,
-        "/graph/demo-graph/trigger",
-        Some(json!({"store": {"who": "world"}})),
-    )
-    .await?;
-    let run_id = trig["run_id"].as_str().unwrap_or_default().to_string();
-    println!("==> triggered run {run_id}");
-    let final_status = loop {
+    Ok(())
+}
+
+/// Prints the run's progress until it ends (at most 300 s); its final
+/// status.
+async fn follow(
+    http: &reqwest::Client,
+    cli: &Cli,
+    run_id: &str,
+    t0: Instant,
+) -> anyhow::Result<String> {
+    loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let r = call(
-            &http,
-            &cli,
+            http,
+            cli,
             reqwest::Method::GET,
             &format!("/run/{run_id}"),
             None,
@@ -266,21 +296,11 @@ async fn main() -> anyhow::Result<()> {
             r["retried_count"]
         );
         match r["status"].as_str() {
-            Some("SUCCESS") | Some("FAILED") => {
-                break r["status"].as_str().unwrap_or_default().to_string();
-            }
+            Some(done @ ("SUCCESS" | "FAILED")) => return Ok(done.to_string()),
             _ if t0.elapsed() > Duration::from_secs(300) => {
                 anyhow::bail!("run did not finish in 300 s")
             }
             _ => {}
         }
-    };
-    println!(
-        "==> run {run_id} finished: {final_status} in {:.2}s",
-        t0.elapsed().as_secs_f64()
-    );
-    stop.cancel();
-    let _ = rt.await;
-    anyhow::ensure!(final_status == "SUCCESS", "run ended {final_status}");
-    Ok(())
+    }
 }

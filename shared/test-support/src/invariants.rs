@@ -226,61 +226,7 @@ fn check_unites(c: &CheckedRun) -> anyhow::Result<()> {
             );
             continue;
         }
-        ensure!(
-            g.closed,
-            "unite group {} never closed (open {}, failed {})",
-            g.id,
-            g.open,
-            g.failed
-        );
-        ensure!(
-            g.open == 0,
-            "unite group {} is closed with {} open members",
-            g.id,
-            g.open
-        );
-        let Some(target) = by_id.get(&g.target_id) else {
-            bail!(
-                "unite group {}: target {} does not exist",
-                g.id,
-                g.target_id
-            );
-        };
-        let failed = c
-            .states
-            .iter()
-            .filter(|s| {
-                s.parents.get_object_id(&target.identifier).ok() == Some(target.id)
-                    && s.id != target.id
-                    && s.status.is_failure()
-            })
-            .count() as i64;
-        ensure!(
-            g.failed == failed,
-            "unite group {}: failed is {} but {failed} descendants of its target failed",
-            g.id,
-            g.failed
-        );
-        let unite_id = oid(ids::unite_state_id(
-            &target.id.to_hex(),
-            &g.unite_identifier,
-        ));
-        let exists = by_id.contains_key(&unite_id);
-        ensure!(
-            exists == g.fired,
-            "unite group {}: fired is {} but the unite state {} {}",
-            g.id,
-            g.fired,
-            unite_id,
-            if exists { "exists" } else { "does not exist" }
-        );
-        ensure!(
-            target.status == StateStatus::Success,
-            "unite group {} closed but its target is {}",
-            g.id,
-            target.status
-        );
-        if exists {
+        if let Some(unite_id) = check_closed_group(c, &by_id, g)? {
             group_of_unite.insert(unite_id);
         }
     }
@@ -293,6 +239,71 @@ fn check_unites(c: &CheckedRun) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A group of a run that is not cancelled: closed, nothing open, its
+/// failures counted, fired exactly when its unite state exists, its target
+/// SUCCESS. Returns the unite state's id when it fired.
+fn check_closed_group(
+    c: &CheckedRun,
+    by_id: &HashMap<ObjectId, &StateDoc>,
+    g: &UniteGroupDoc,
+) -> anyhow::Result<Option<ObjectId>> {
+    ensure!(
+        g.closed,
+        "unite group {} never closed (open {}, failed {})",
+        g.id,
+        g.open,
+        g.failed
+    );
+    ensure!(
+        g.open == 0,
+        "unite group {} is closed with {} open members",
+        g.id,
+        g.open
+    );
+    let Some(target) = by_id.get(&g.target_id) else {
+        bail!(
+            "unite group {}: target {} does not exist",
+            g.id,
+            g.target_id
+        );
+    };
+    let failed = c
+        .states
+        .iter()
+        .filter(|s| {
+            s.parents.get_object_id(&target.identifier).ok() == Some(target.id)
+                && s.id != target.id
+                && s.status.is_failure()
+        })
+        .count() as i64;
+    ensure!(
+        g.failed == failed,
+        "unite group {}: failed is {} but {failed} descendants of its target failed",
+        g.id,
+        g.failed
+    );
+    let unite_id = oid(ids::unite_state_id(
+        &target.id.to_hex(),
+        &g.unite_identifier,
+    ));
+    let exists = by_id.contains_key(&unite_id);
+    ensure!(
+        exists == g.fired,
+        "unite group {}: fired is {} but the unite state {} {}",
+        g.id,
+        g.fired,
+        unite_id,
+        if exists { "exists" } else { "does not exist" }
+    );
+    ensure!(
+        target.status == StateStatus::Success,
+        "unite group {} closed but its target is {}",
+        g.id,
+        target.status
+    );
+    Ok(exists.then_some(unite_id))
 }
 
 fn check_status(c: &CheckedRun) -> anyhow::Result<()> {
