@@ -135,6 +135,22 @@ impl AppState {
         }
     }
 
+    /// The secrets cipher, or a 500 saying `SECRETS_ENCRYPTION_KEY` is not
+    /// configured so secrets cannot be `what` (stored, decrypted).
+    pub fn cipher(&self, what: &str) -> Result<&crypto::SecretCipher, error::ApiError> {
+        self.settings.cipher.as_ref().ok_or_else(|| {
+            tracing::error!(
+                "Secrets cannot be {what}: SECRETS_ENCRYPTION_KEY is not configured."
+            );
+            error::ApiError::Http(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "SECRETS_ENCRYPTION_KEY is not configured on the server; secrets cannot be {what}"
+                ),
+            )
+        })
+    }
+
     /// A runtime at `caller` asked for work or reported a result in `ns`:
     /// it is alive, so every state it holds there keeps its lease for
     /// another full lease (at most once per tenth of a lease per caller;

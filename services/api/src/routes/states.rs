@@ -383,16 +383,7 @@ pub(crate) async fn secrets_of(
     };
     let mut out = Map::new();
     if !graph.secrets.is_empty() {
-        let Some(cipher) = state.settings.cipher.as_ref() else {
-            tracing::error!(
-                exo.graph = %st.graph_name,
-                "Secrets requested but SECRETS_ENCRYPTION_KEY is not configured."
-            );
-            return Err(ApiError::Http(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "SECRETS_ENCRYPTION_KEY is not configured on the server; secrets cannot be decrypted".into(),
-            ));
-        };
+        let cipher = state.cipher("decrypted")?;
         for (name, ct) in &graph.secrets {
             let plain = cipher
                 .decrypt(ct)
