@@ -35,6 +35,16 @@ pub struct Config {
     pub partitions: Option<String>,
 }
 
+impl exo_service::binary::ServiceConfig for Config {
+    fn common(&self) -> &exo_service::config::CommonConfig {
+        &self.worker.common
+    }
+
+    fn validate(&self) -> Result<(), exo_service::config::Error> {
+        Config::validate(self)
+    }
+}
+
 /// A replica's share of the lanes, parsed from `i/N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
@@ -118,10 +128,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                         }
                     }
                 }
-                Some(ResultKind::Pruned) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(handlers::on_pruned(&engine, msg).await),
-                    Err(disposition) => disposition,
-                },
+                Some(ResultKind::Pruned) => {
+                    worker::handle_json(&d, |m| handlers::on_pruned(&engine, m)).await
+                }
                 _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
             }
         },

@@ -33,14 +33,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         spec,
         |engine, d| async move {
             match subjects::result_kind_of(&d.subject) {
-                Some(ResultKind::Errored) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(handlers::on_errored(&engine, msg).await),
-                    Err(disposition) => disposition,
-                },
-                Some(ResultKind::Requeue) => match worker::decode(&d) {
-                    Ok(msg) => worker::disposition(handlers::on_requeue(&engine, msg).await),
-                    Err(disposition) => disposition,
-                },
+                Some(ResultKind::Errored) => {
+                    worker::handle_json(&d, |m| handlers::on_errored(&engine, m)).await
+                }
+                Some(ResultKind::Requeue) => {
+                    worker::handle_json(&d, |m| handlers::on_requeue(&engine, m)).await
+                }
                 _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
             }
         },

@@ -1,29 +1,10 @@
 //! `exo-retry` binary: parses flags, loads configuration, installs telemetry
 //! and signal handling, then hands over to [`exo_retry::run`].
 
-use clap::Parser;
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Exosphere-compatible orchestrator: the retry service"
-)]
-struct Cli {
-    /// Optional TOML config file; EXO_* environment variables override it.
-    #[arg(long, env = "EXO_CONFIG")]
-    config: Option<std::path::PathBuf>,
-}
-
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let cfg: exo_retry::Config =
-        exo_service::config::load_or_exit(cli.config.as_deref(), |c: &exo_retry::Config| {
-            c.common.validate()
-        });
-    let runtime = exo_service::runtime::build(cfg.common.worker_threads.unwrap_or(0))?;
-    runtime.block_on(async {
-        exo_service::telemetry::init("exo-retry");
-        let shutdown = exo_service::shutdown::signal_token();
-        exo_retry::run(cfg, shutdown).await
-    })
+    exo_service::binary::main::<exo_retry::Config, _, _>(
+        "exo-retry",
+        "Exosphere-compatible orchestrator: the retry service",
+        exo_retry::run,
+    )
 }

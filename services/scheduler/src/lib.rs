@@ -53,10 +53,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         shutdown,
         spec,
         |engine, d| async move {
-            match worker::decode::<StateCreated>(&d) {
-                Ok(msg) => worker::disposition(handlers::on_created(&engine, msg, d.seq).await),
-                Err(disposition) => disposition,
-            }
+            worker::handle_json(&d, |m: StateCreated| {
+                handlers::on_created(&engine, m, d.seq)
+            })
+            .await
         },
         reconcile,
     )

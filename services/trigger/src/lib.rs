@@ -17,6 +17,12 @@ use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
 use tokio_util::sync::CancellationToken;
 
+impl exo_service::binary::ServiceConfig for Config {
+    fn common(&self) -> &exo_service::config::CommonConfig {
+        &self.worker.common
+    }
+}
+
 /// Configuration of the `trigger` service.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default)]
@@ -63,17 +69,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 return exo_bus::Disposition::Reject(format!("unexpected subject {}", d.subject));
             };
             if d.subject.ends_with(".run.cancel") {
-                return match worker::decode::<CancelCommand>(&d) {
-                    Ok(cmd) => worker::disposition(handlers::on_cancel(&engine, &ns, cmd).await),
-                    Err(disposition) => disposition,
-                };
+                return worker::handle_json(&d, |c: CancelCommand| {
+                    handlers::on_cancel(&engine, &ns, c)
+                })
+                .await;
             }
-            let cmd: TriggerCommand = match worker::decode(&d) {
-                Ok(c) => c,
-                Err(disposition) => return disposition,
-            };
             let queued_by = format!("{}:{}", subjects::STREAM_COMMANDS, d.seq);
-            worker::disposition(handlers::on_trigger(&engine, &ns, cmd, &queued_by).await)
+            worker::handle_json(&d, |c: TriggerCommand| {
+                handlers::on_trigger(&engine, &ns, c, &queued_by)
+            })
+            .await
         },
         move |engine, shutdown| cron_loop(engine, claim_timeout, shutdown),
     )

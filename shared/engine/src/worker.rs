@@ -26,6 +26,12 @@ pub struct Config {
     pub concurrency: Option<usize>,
 }
 
+impl exo_service::binary::ServiceConfig for Config {
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+}
+
 /// What a consuming service consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -106,6 +112,19 @@ pub fn disposition(result: Result<Outcome, Error>) -> Disposition {
 pub fn decode<T: serde::de::DeserializeOwned>(d: &Delivery) -> Result<T, Disposition> {
     serde_json::from_slice(&d.payload)
         .map_err(|e| Disposition::Reject(format!("malformed message on {}: {e}", d.subject)))
+}
+
+/// Decodes a delivery's JSON payload and applies `handle` to it; a payload
+/// that does not decode is rejected.
+pub async fn handle_json<T, Fut>(d: &Delivery, handle: impl FnOnce(T) -> Fut) -> Disposition
+where
+    T: serde::de::DeserializeOwned,
+    Fut: Future<Output = Result<Outcome, Error>>,
+{
+    match decode(d) {
+        Ok(msg) => disposition(handle(msg).await),
+        Err(rejected) => rejected,
+    }
 }
 
 /// Runs a consuming service until `shutdown`. `extra` is started beside the

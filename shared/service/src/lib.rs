@@ -5,9 +5,11 @@
 //! - [`telemetry`]: tracing initialisation (`RUST_LOG`, `EXO_LOG_FORMAT`);
 //! - [`shutdown`]: a signal-driven [`tokio_util::sync::CancellationToken`];
 //! - [`admin`]: the `/livez` and `/readyz` admin endpoints;
-//! - [`runtime`]: the tokio runtime, with its configured worker threads.
+//! - [`runtime`]: the tokio runtime, with its configured worker threads;
+//! - [`binary`]: the `main` of a consuming service binary.
 
 pub mod admin;
+pub mod binary;
 pub mod config;
 pub mod runtime;
 pub mod shutdown;
