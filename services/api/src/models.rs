@@ -345,58 +345,57 @@ impl Model for ExecutedBody {
     }
 }
 
-/// `POST /state/{id}/errored`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ErroredBody {
-    /// Error text.
-    pub error: String,
+/// A request body with one required field, `$key`, read by `$check`
+/// (a `Checker` method or closure taking the checker, the field's location
+/// and its value).
+macro_rules! one_field_body {
+    ($(#[$doc:meta])* $name:ident { $(#[$fdoc:meta])* $field:ident: $ty:ty } = $key:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            $(#[$fdoc])*
+            pub $field: $ty,
+        }
+
+        impl Model for $name {
+            fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+                only_field(v, c, $key, $check).map(|$field| Self { $field })
+            }
+        }
+    };
 }
 
-impl Model for ErroredBody {
-    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        only_field(v, c, "error", Checker::string).map(|error| Self { error })
-    }
-}
+one_field_body!(
+    /// `POST /state/{id}/errored`.
+    ErroredBody {
+        /// Error text.
+        error: String
+    } = "error", Checker::string
+);
 
-/// `POST /state/{id}/prune`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PruneBody {
-    /// Prune data.
-    pub data: Map<String, Value>,
-}
+one_field_body!(
+    /// `POST /state/{id}/prune`.
+    PruneBody {
+        /// Prune data.
+        data: Map<String, Value>
+    } = "data", |c: &mut Checker, l: &[Value], x| c.dict(l, x).cloned()
+);
 
-impl Model for PruneBody {
-    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        only_field(v, c, "data", |c, l, x| c.dict(l, x).cloned()).map(|data| Self { data })
-    }
-}
+one_field_body!(
+    /// `POST /state/{id}/re-enqueue-after`.
+    ReEnqueueBody {
+        /// Delay in ms (> 0).
+        enqueue_after: i64
+    } = "enqueue_after", |c: &mut Checker, l: &[Value], x| c.int_gt(l, x, 0)
+);
 
-/// `POST /state/{id}/re-enqueue-after`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReEnqueueBody {
-    /// Delay in ms (> 0).
-    pub enqueue_after: i64,
-}
-
-impl Model for ReEnqueueBody {
-    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        only_field(v, c, "enqueue_after", |c, l, x| c.int_gt(l, x, 0))
-            .map(|enqueue_after| Self { enqueue_after })
-    }
-}
-
-/// `POST /state/{id}/manual-retry`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ManualRetryBody {
-    /// Fan-out id of the new copy (any string).
-    pub fanout_id: String,
-}
-
-impl Model for ManualRetryBody {
-    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
-        only_field(v, c, "fanout_id", Checker::string).map(|fanout_id| Self { fanout_id })
-    }
-}
+one_field_body!(
+    /// `POST /state/{id}/manual-retry`.
+    ManualRetryBody {
+        /// Fan-out id of the new copy (any string).
+        fanout_id: String
+    } = "fanout_id", Checker::string
+);
 
 /// `POST /states/enqueue`.
 #[derive(Debug, Clone, PartialEq)]
