@@ -331,8 +331,81 @@ fn ms_of(d: Option<&DateTime>) -> Option<i64> {
 pub async fn fanout_run(env: &Env, n: usize, timeout: Duration) -> anyhow::Result<FanoutRun> {
     env.rec.clear();
     let triggered_us = now_us();
-    let started = Instant::now();
     let run_id = env.stack.trigger("fan").await?;
+    let (run, merge_seen_us) = follow_fanout(env, &run_id, n, timeout).await?;
+    let c = FanoutCensus::read(env, &run_id, n).await?;
+    let states = c.by_id.values().sum::<usize>();
+    // Transitions: status changes after a state is inserted. A dispatched
+    // state goes CREATED→QUEUED→EXECUTED→SUCCESS (3); a fan-out sibling is
+    // inserted EXECUTED and goes →SUCCESS (1).
+    let siblings = n.max(1) - 1;
+    let transitions = 3 * (states - siblings) + siblings;
+    let wall_ms = run_wall_ms(&run);
+    let transitions_per_s = transitions as f64 / (wall_ms / 1000.0);
+
+    let execs = env.rec.of_run(&run_id);
+    let find = |id: &str| execs.iter().find(|e| e.identifier == id);
+    let (start, split, merge) = (find("start"), find("split"), find("merge"));
+    let work_first = env.rec.work_first_start_us.load(Ordering::SeqCst);
+    let work_last = env.rec.work_last_end_us.load(Ordering::SeqCst);
+    let ms = |a: Option<i64>, b: Option<i64>| -> Value {
+        match (a, b) {
+            (Some(a), Some(b)) => json!(round3((b - a) as f64 / 1000.0)),
+            _ => Value::Null,
+        }
+    };
+    let created_ms = run.created_at.timestamp_millis();
+    let finished_ms = run.finished_at.map(|f| f.timestamp_millis());
+    let unite_after_last_result_ms = merge_seen_us.map(|m| round3((m - work_last) as f64 / 1000.0));
+    let figures = json!({
+        "n": n,
+        "run_id": run_id,
+        "states": states,
+        "states_by_identifier": c.by_id,
+        "transitions": transitions,
+        "transitions_counting": "3 per dispatched state (CREATED→QUEUED→EXECUTED→SUCCESS), 1 per fan-out sibling (inserted EXECUTED →SUCCESS); insertions not counted",
+        "run_wall_ms": wall_ms,
+        "transitions_per_s": round3(transitions_per_s),
+        "states_per_s": round3(states as f64 / (wall_ms / 1000.0)),
+        "work_executions_per_s": if work_last > work_first {
+            json!(round3(n as f64 / ((work_last - work_first) as f64 / 1e6)))
+        } else { Value::Null },
+        "phases_ms": {
+            "trigger_to_start_exec": ms(Some(triggered_us), start.map(|e| e.start_us)),
+            "start_end_to_split_exec": ms(start.map(|e| e.end_us), split.map(|e| e.start_us)),
+            "split_end_to_first_work": ms(split.map(|e| e.end_us), (work_first > 0).then_some(work_first)),
+            "first_work_to_last_work_end": ms((work_first > 0).then_some(work_first), (work_last > 0).then_some(work_last)),
+            "last_work_end_to_merge_visible": unite_after_last_result_ms,
+            "last_work_end_to_merge_dispatched": ms((work_last > 0).then_some(work_last), merge.and_then(|e| e.dispatched_us)),
+            "last_work_end_to_merge_exec": ms((work_last > 0).then_some(work_last), merge.map(|e| e.start_us)),
+            "merge_end_to_run_finished": ms(merge.map(|e| e.end_us / 1000 * 1000), finished_ms.map(|f| f * 1000)),
+        },
+        "mongo_ms": {
+            "run_created_at": created_ms,
+            "run_finished_at": finished_ms,
+            "max_work_updated_at": c.work_max_updated,
+            "max_work_created_at": c.work_max_created,
+            "merge_created_at": c.merge_created,
+            "merge_created_minus_max_work_updated": match (c.merge_created, c.work_max_updated) {
+                (Some(m), Some(w)) => json!(m - w), _ => Value::Null },
+        },
+    });
+    Ok(FanoutRun {
+        figures,
+        transitions_per_s,
+        unite_after_last_result_ms,
+    })
+}
+
+/// Polls run `run_id` until it ends; also returns when (µs) its unite
+/// state appeared, seen from the run's `total_count`.
+async fn follow_fanout(
+    env: &Env,
+    run_id: &str,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<(exo_store::RunDoc, Option<i64>)> {
+    let started = Instant::now();
     let store = &env.stack.store;
     let mut merge_seen_us = None;
     let mut last_print = Instant::now();
@@ -344,7 +417,7 @@ pub async fn fanout_run(env: &Env, n: usize, timeout: Duration) -> anyhow::Resul
     let run = loop {
         let done = env.rec.work_done.load(Ordering::SeqCst);
         // The run document appears once the trigger service has handled the command.
-        let run = store.run(&run_id).await?;
+        let run = store.run(run_id).await?;
         if merge_seen_us.is_none() && run.as_ref().is_some_and(|r| r.total_count >= all_states) {
             merge_seen_us = Some(now_us());
         }
@@ -381,106 +454,72 @@ pub async fn fanout_run(env: &Env, n: usize, timeout: Duration) -> anyhow::Resul
         run.status
     );
 
-    // What MongoDB holds.
-    let mut cur = store
-        .states_raw()
-        .find(doc! {"run_id": &run_id})
-        .projection(doc! {"identifier": 1, "status": 1, "created_at": 1, "updated_at": 1})
-        .await?;
-    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
-    let mut not_success = 0usize;
-    let mut work_max_updated: Option<i64> = None;
-    let mut work_max_created: Option<i64> = None;
-    let mut merge_created: Option<i64> = None;
-    while let Some(d) = cur.try_next().await? {
-        let d: Document = d;
-        let ident = d.get_str("identifier").unwrap_or("?").to_string();
-        if d.get_str("status").unwrap_or("") != "SUCCESS" {
-            not_success += 1;
-        }
-        let created = ms_of(d.get_datetime("created_at").ok());
-        let updated = ms_of(d.get_datetime("updated_at").ok());
-        match ident.as_str() {
-            "work" => {
-                work_max_updated = work_max_updated.max(updated);
-                work_max_created = work_max_created.max(created);
-            }
-            "merge" => merge_created = created,
-            _ => {}
-        }
-        *by_id.entry(ident).or_default() += 1;
-    }
-    let count = |k: &str| by_id.get(k).copied().unwrap_or(0);
     ensure!(
-        (
-            count("start"),
-            count("split"),
-            count("work"),
-            count("merge")
-        ) == (1, n.max(1), n, 1),
-        "unexpected states of run {run_id}: {by_id:?}"
+        run.status.as_deref() == Some("SUCCESS"),
+        "fan-out run {run_id} ended {:?}",
+        run.status
     );
-    ensure!(not_success == 0, "{not_success} states not SUCCESS");
-    let states = by_id.values().sum::<usize>();
-    // Transitions: status changes after a state is inserted. A dispatched
-    // state goes CREATED→QUEUED→EXECUTED→SUCCESS (3); a fan-out sibling is
-    // inserted EXECUTED and goes →SUCCESS (1).
-    let siblings = count("split").saturating_sub(1);
-    let dispatched = states - siblings;
-    let transitions = 3 * dispatched + siblings;
-    let wall_ms = run_wall_ms(&run);
-    let transitions_per_s = transitions as f64 / (wall_ms / 1000.0);
+    Ok((run, merge_seen_us))
+}
 
-    let execs = env.rec.of_run(&run_id);
-    let find = |id: &str| execs.iter().find(|e| e.identifier == id);
-    let (start, split, merge) = (find("start"), find("split"), find("merge"));
-    let work_first = env.rec.work_first_start_us.load(Ordering::SeqCst);
-    let work_last = env.rec.work_last_end_us.load(Ordering::SeqCst);
-    let ms = |a: Option<i64>, b: Option<i64>| -> Value {
-        match (a, b) {
-            (Some(a), Some(b)) => json!(round3((b - a) as f64 / 1000.0)),
-            _ => Value::Null,
+/// What MongoDB holds of a fan-out run: states per identifier (checked:
+/// 1 start, `n` split states, `n` work states, 1 merge, all SUCCESS) and
+/// the timestamps the figures use.
+struct FanoutCensus {
+    by_id: BTreeMap<String, usize>,
+    work_max_updated: Option<i64>,
+    work_max_created: Option<i64>,
+    merge_created: Option<i64>,
+}
+
+impl FanoutCensus {
+    async fn read(env: &Env, run_id: &str, n: usize) -> anyhow::Result<Self> {
+        let mut cur = env
+            .stack
+            .store
+            .states_raw()
+            .find(doc! {"run_id": run_id})
+            .projection(doc! {"identifier": 1, "status": 1, "created_at": 1, "updated_at": 1})
+            .await?;
+        let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+        let mut not_success = 0usize;
+        let mut work_max_updated: Option<i64> = None;
+        let mut work_max_created: Option<i64> = None;
+        let mut merge_created: Option<i64> = None;
+        while let Some(d) = cur.try_next().await? {
+            let d: Document = d;
+            let ident = d.get_str("identifier").unwrap_or("?").to_string();
+            if d.get_str("status").unwrap_or("") != "SUCCESS" {
+                not_success += 1;
+            }
+            let created = ms_of(d.get_datetime("created_at").ok());
+            let updated = ms_of(d.get_datetime("updated_at").ok());
+            match ident.as_str() {
+                "work" => {
+                    work_max_updated = work_max_updated.max(updated);
+                    work_max_created = work_max_created.max(created);
+                }
+                "merge" => merge_created = created,
+                _ => {}
+            }
+            *by_id.entry(ident).or_default() += 1;
         }
-    };
-    let created_ms = run.created_at.timestamp_millis();
-    let finished_ms = run.finished_at.map(|f| f.timestamp_millis());
-    let unite_after_last_result_ms = merge_seen_us.map(|m| round3((m - work_last) as f64 / 1000.0));
-    let figures = json!({
-        "n": n,
-        "run_id": run_id,
-        "states": states,
-        "states_by_identifier": by_id,
-        "transitions": transitions,
-        "transitions_counting": "3 per dispatched state (CREATED→QUEUED→EXECUTED→SUCCESS), 1 per fan-out sibling (inserted EXECUTED →SUCCESS); insertions not counted",
-        "run_wall_ms": wall_ms,
-        "transitions_per_s": round3(transitions_per_s),
-        "states_per_s": round3(states as f64 / (wall_ms / 1000.0)),
-        "work_executions_per_s": if work_last > work_first {
-            json!(round3(n as f64 / ((work_last - work_first) as f64 / 1e6)))
-        } else { Value::Null },
-        "phases_ms": {
-            "trigger_to_start_exec": ms(Some(triggered_us), start.map(|e| e.start_us)),
-            "start_end_to_split_exec": ms(start.map(|e| e.end_us), split.map(|e| e.start_us)),
-            "split_end_to_first_work": ms(split.map(|e| e.end_us), (work_first > 0).then_some(work_first)),
-            "first_work_to_last_work_end": ms((work_first > 0).then_some(work_first), (work_last > 0).then_some(work_last)),
-            "last_work_end_to_merge_visible": unite_after_last_result_ms,
-            "last_work_end_to_merge_dispatched": ms((work_last > 0).then_some(work_last), merge.and_then(|e| e.dispatched_us)),
-            "last_work_end_to_merge_exec": ms((work_last > 0).then_some(work_last), merge.map(|e| e.start_us)),
-            "merge_end_to_run_finished": ms(merge.map(|e| e.end_us / 1000 * 1000), finished_ms.map(|f| f * 1000)),
-        },
-        "mongo_ms": {
-            "run_created_at": created_ms,
-            "run_finished_at": finished_ms,
-            "max_work_updated_at": work_max_updated,
-            "max_work_created_at": work_max_created,
-            "merge_created_at": merge_created,
-            "merge_created_minus_max_work_updated": match (merge_created, work_max_updated) {
-                (Some(m), Some(w)) => json!(m - w), _ => Value::Null },
-        },
-    });
-    Ok(FanoutRun {
-        figures,
-        transitions_per_s,
-        unite_after_last_result_ms,
-    })
+        let count = |k: &str| by_id.get(k).copied().unwrap_or(0);
+        ensure!(
+            (
+                count("start"),
+                count("split"),
+                count("work"),
+                count("merge")
+            ) == (1, n.max(1), n, 1),
+            "unexpected states of run {run_id}: {by_id:?}"
+        );
+        ensure!(not_success == 0, "{not_success} states not SUCCESS");
+        Ok(Self {
+            by_id,
+            work_max_updated,
+            work_max_created,
+            merge_created,
+        })
+    }
 }

@@ -172,55 +172,8 @@ pub async fn dispatch(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
         ),
     );
 
-    // Heavy: chains back to back while a wide fan-out runs.
-    env.rec.clear();
-    let fan_run = env.stack.trigger("fan").await?;
     let fan_started = Instant::now();
-    let mut heavy: Vec<ChainRun> = Vec::new();
-    let timeout = Duration::from_secs(300 + args.heavy_fanout as u64 / 50);
-    let fan_end_us = loop {
-        let run = env.stack.store.run(&fan_run).await?;
-        if let Some(run) = run
-            && matches!(run.status.as_deref(), Some("SUCCESS") | Some("FAILED"))
-        {
-            break run
-                .finished_at
-                .map(|f| f.timestamp_millis() * 1000)
-                .unwrap_or(i64::MAX);
-        }
-        if fan_started.elapsed() > timeout {
-            bail!("heavy fan-out {fan_run} not finished within {timeout:?}");
-        }
-        let r = chain_run(&env, args.chain_len, timeout).await?;
-        eprintln!(
-            "    heavy chain {}: {:.0} ms ({:.1} ms/step), fan-out running {:.1} s",
-            heavy.len() + 1,
-            r.wall_ms,
-            r.wall_ms / args.chain_len as f64,
-            fan_started.elapsed().as_secs_f64()
-        );
-        env.rec.clear();
-        heavy.push(r);
-    };
-    // Keep only the hand-offs that happened while the fan-out ran.
-    for r in &mut heavy {
-        let keep: Vec<bool> = r
-            .starts_us
-            .iter()
-            .skip(1)
-            .map(|&s| s < fan_end_us)
-            .collect();
-        let filt = |v: &mut Vec<i64>| {
-            if v.len() == keep.len() {
-                let mut k = keep.iter();
-                v.retain(|_| *k.next().unwrap_or(&false));
-            }
-        };
-        filt(&mut r.handoff_us);
-        filt(&mut r.step_us);
-        filt(&mut r.to_dispatch_us);
-        filt(&mut r.delivery_us);
-    }
+    let heavy = heavy_chains(&env, args).await?;
     let heavy_v = chain_summary(&heavy, args.chain_len);
     report.fig(
         "dispatch",
@@ -255,6 +208,60 @@ pub async fn dispatch(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
         }),
     );
     Ok(env)
+}
+
+/// Heavy load: chains back to back while a wide fan-out runs; only the
+/// hand-offs that happened before the fan-out ended are kept.
+async fn heavy_chains(env: &Env, args: &Args) -> anyhow::Result<Vec<ChainRun>> {
+    env.rec.clear();
+    let fan_run = env.stack.trigger("fan").await?;
+    let fan_started = Instant::now();
+    let mut heavy: Vec<ChainRun> = Vec::new();
+    let timeout = Duration::from_secs(300 + args.heavy_fanout as u64 / 50);
+    let fan_end_us = loop {
+        let run = env.stack.store.run(&fan_run).await?;
+        if let Some(run) = run
+            && matches!(run.status.as_deref(), Some("SUCCESS") | Some("FAILED"))
+        {
+            break run
+                .finished_at
+                .map(|f| f.timestamp_millis() * 1000)
+                .unwrap_or(i64::MAX);
+        }
+        if fan_started.elapsed() > timeout {
+            bail!("heavy fan-out {fan_run} not finished within {timeout:?}");
+        }
+        let r = chain_run(env, args.chain_len, timeout).await?;
+        eprintln!(
+            "    heavy chain {}: {:.0} ms ({:.1} ms/step), fan-out running {:.1} s",
+            heavy.len() + 1,
+            r.wall_ms,
+            r.wall_ms / args.chain_len as f64,
+            fan_started.elapsed().as_secs_f64()
+        );
+        env.rec.clear();
+        heavy.push(r);
+    };
+    // Keep only the hand-offs that happened while the fan-out ran.
+    for r in &mut heavy {
+        let keep: Vec<bool> = r
+            .starts_us
+            .iter()
+            .skip(1)
+            .map(|&s| s < fan_end_us)
+            .collect();
+        let filt = |v: &mut Vec<i64>| {
+            if v.len() == keep.len() {
+                let mut k = keep.iter();
+                v.retain(|_| *k.next().unwrap_or(&false));
+            }
+        };
+        filt(&mut r.handoff_us);
+        filt(&mut r.step_us);
+        filt(&mut r.to_dispatch_us);
+        filt(&mut r.delivery_us);
+    }
+    Ok(heavy)
 }
 
 /// 2. Fan-out + unite, one fresh stack per width.
