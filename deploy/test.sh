@@ -70,7 +70,7 @@ fi
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step machete cargo machete
-step size python3 deploy/check-size.py --allow tests/bench/
+step size python3 deploy/check-size.py
 
 banner "summary"
 if [ "${#FAILED[@]}" -gt 0 ]; then

@@ -97,23 +97,7 @@ pub async fn run(
         let queued = cap - tx.capacity();
         let mut pause = poll;
         if queued < cfg.batch_size {
-            counters.enqueue_calls.fetch_add(1, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let got = async {
-                let r = http
-                    .post(&url)
-                    .header("x-api-key", API_KEY)
-                    .json(&body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(r.status().is_success(), "enqueue: {}", r.status());
-                Ok::<Value, anyhow::Error>(r.json().await?)
-            }
-            .await;
-            if let Ok(mut l) = counters.enqueue_ms.lock() {
-                l.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            match got {
+            match enqueue(&http, &url, &body, &counters).await {
                 Ok(v) => {
                     for s in v["states"].as_array().cloned().unwrap_or_default() {
                         counters.states.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +126,32 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// One `enqueue` call, timed and counted.
+async fn enqueue(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    counters: &HttpCounters,
+) -> anyhow::Result<Value> {
+    counters.enqueue_calls.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let got = async {
+        let r = http
+            .post(url)
+            .header("x-api-key", API_KEY)
+            .json(body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "enqueue: {}", r.status());
+        Ok::<Value, anyhow::Error>(r.json().await?)
+    }
+    .await;
+    if let Ok(mut l) = counters.enqueue_ms.lock() {
+        l.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    got
 }
 
 async fn work(

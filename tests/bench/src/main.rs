@@ -307,6 +307,32 @@ async fn run_all(args: &Args, report: &mut Report) -> Option<Env> {
     kept
 }
 
+/// `--keep-servers`: prints where the last workload's servers and logs
+/// are, and keeps them until Ctrl-C.
+async fn keep_until_ctrl_c(env: drive::Env) {
+    println!("\nServers kept running (Ctrl-C to stop):");
+    println!(
+        "  NATS      {} (monitor {})",
+        env.stack.nats.url(),
+        env.stack.nats.monitor_url()
+    );
+    println!(
+        "  MongoDB   {} database {}",
+        env.stack.mongo.uri(),
+        env.stack.db
+    );
+    println!(
+        "  API       {} (x-api-key: {})",
+        env.stack.api_url,
+        stack::API_KEY
+    );
+    for (name, path) in env.stack.log_paths() {
+        println!("  log       {name}: {}", path.display());
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    drop(env);
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -362,27 +388,7 @@ async fn main() -> ExitCode {
     if args.keep_servers
         && let Some(env) = kept
     {
-        println!("\nServers kept running (Ctrl-C to stop):");
-        println!(
-            "  NATS      {} (monitor {})",
-            env.stack.nats.url(),
-            env.stack.nats.monitor_url()
-        );
-        println!(
-            "  MongoDB   {} database {}",
-            env.stack.mongo.uri(),
-            env.stack.db
-        );
-        println!(
-            "  API       {} (x-api-key: {})",
-            env.stack.api_url,
-            stack::API_KEY
-        );
-        for (name, path) in env.stack.log_paths() {
-            println!("  log       {name}: {}", path.display());
-        }
-        let _ = tokio::signal::ctrl_c().await;
-        drop(env);
+        keep_until_ctrl_c(env).await;
     }
     if report.errors.is_empty() {
         ExitCode::SUCCESS

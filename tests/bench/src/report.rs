@@ -65,6 +65,25 @@ impl Report {
         }));
     }
 
+    /// [`Report::check`] where the target applies (`applies`), else
+    /// [`Report::fig`]; `target` is the target's text and `met` tells
+    /// whether `measured` meets it.
+    pub fn check_where(
+        &mut self,
+        applies: bool,
+        (workload, metric): (&str, &str),
+        value: String,
+        target: &str,
+        measured: f64,
+        met: impl FnOnce(f64) -> bool,
+    ) {
+        if applies {
+            self.check(workload, metric, value, target, measured, met(measured));
+        } else {
+            self.fig(workload, metric, value);
+        }
+    }
+
     /// Prints the table.
     pub fn print_table(&self) {
         let w0 = self

@@ -191,6 +191,75 @@ pub struct BenchStack {
     pub watch: Watch,
 }
 
+/// The environment of service `name`: connections, ports, the bench's
+/// key and settings, then `--service-env` overrides.
+fn service_env(
+    opts: &StackOptions,
+    name: &str,
+    nats_url: &str,
+    mongo_uri: &str,
+    db: &str,
+    api_port: u16,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("EXO_NATS__URL", nats_url.to_string()),
+        ("EXO_MONGO__URI", mongo_uri.to_string()),
+        ("EXO_MONGO__DATABASE", db.to_string()),
+        ("EXO_ADMIN__ADDR", format!("127.0.0.1:{}", free_port())),
+        ("EXO_API__ADDR", format!("127.0.0.1:{api_port}")),
+        ("EXO_API__KEY", API_KEY.to_string()),
+        (
+            "EXO_API__SECRETS_ENCRYPTION_KEY",
+            "YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=".to_string(),
+        ),
+        ("EXO_SHUTDOWN_GRACE_SECS", "5".to_string()),
+        ("RUST_LOG", opts.rust_log.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (svc, k, v) in &opts.service_env {
+        if svc.as_deref().is_none_or(|s| s == name) {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    env
+}
+
+/// The processes to watch: services (replicas told apart by their index,
+/// `#1`, …), the servers and this process (which runs the runtime).
+fn watched(
+    services: &[ServiceProcess],
+    nats: &BenchNats,
+    mongo: &MongoServer,
+) -> Vec<(String, u32)> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut procs: Vec<(String, u32)> = services
+        .iter()
+        .filter_map(|p| {
+            let k = seen.entry(p.name().to_string()).or_default();
+            let name = match *k {
+                0 => p.name().to_string(),
+                i => format!("{}#{i}", p.name()),
+            };
+            *k += 1;
+            p.pid().map(|pid| (name, pid))
+        })
+        .collect();
+    if let Some(pid) = nats.pid() {
+        procs.push(("nats-server".into(), pid));
+    }
+    if let Some(pid) = mongo
+        .storage_dir()
+        .and_then(|d| procstat::find_pid(&d.display().to_string()))
+    {
+        procs.push(("secantusd-rs".into(), pid));
+    }
+    procs.push(("exo-bench (runtime)".into(), std::process::id()));
+    procs
+}
+
 impl BenchStack {
     /// Starts the servers and the five services from `opts.bin_dir`.
     pub async fn start(opts: &StackOptions) -> anyhow::Result<Self> {
@@ -227,30 +296,7 @@ impl BenchStack {
                 Some(p) => format!("mongodb://127.0.0.1:{}/?directConnection=true", p.port),
                 None => mongo.uri(),
             };
-            let env = vec![
-                ("EXO_NATS__URL".to_string(), nats.url()),
-                ("EXO_MONGO__URI".to_string(), mongo_uri),
-                ("EXO_MONGO__DATABASE".to_string(), db.clone()),
-                (
-                    "EXO_ADMIN__ADDR".to_string(),
-                    format!("127.0.0.1:{}", free_port()),
-                ),
-                ("EXO_API__ADDR".to_string(), format!("127.0.0.1:{api_port}")),
-                ("EXO_API__KEY".to_string(), API_KEY.to_string()),
-                (
-                    "EXO_API__SECRETS_ENCRYPTION_KEY".to_string(),
-                    "YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=".to_string(),
-                ),
-                ("EXO_SHUTDOWN_GRACE_SECS".to_string(), "5".to_string()),
-                ("RUST_LOG".to_string(), opts.rust_log.clone()),
-            ];
-            let mut env = env;
-            for (svc, k, v) in &opts.service_env {
-                if svc.as_deref().is_none_or(|s| s == name) {
-                    env.retain(|(key, _)| key != k);
-                    env.push((k.clone(), v.clone()));
-                }
-            }
+            let env = service_env(opts, name, &nats.url(), &mongo_uri, &db, api_port);
             let n = opts.replicas.get(name).copied().unwrap_or(1).max(1);
             for i in 0..n {
                 let mut env = env.clone();
@@ -270,30 +316,7 @@ impl BenchStack {
                 services.push(p);
             }
         }
-        // Replicas of a service are told apart by their index (`#1`, ...).
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        let mut procs: Vec<(String, u32)> = services
-            .iter()
-            .filter_map(|p| {
-                let k = seen.entry(p.name().to_string()).or_default();
-                let name = match *k {
-                    0 => p.name().to_string(),
-                    i => format!("{}#{i}", p.name()),
-                };
-                *k += 1;
-                p.pid().map(|pid| (name, pid))
-            })
-            .collect();
-        if let Some(pid) = nats.pid() {
-            procs.push(("nats-server".into(), pid));
-        }
-        if let Some(pid) = mongo
-            .storage_dir()
-            .and_then(|d| procstat::find_pid(&d.display().to_string()))
-        {
-            procs.push(("secantusd-rs".into(), pid));
-        }
-        procs.push(("exo-bench (runtime)".into(), std::process::id()));
+        let procs = watched(&services, &nats, &mongo);
         Ok(Self {
             nats,
             mongo,

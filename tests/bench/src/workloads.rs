@@ -284,78 +284,33 @@ pub async fn fanout(args: &Args, report: &mut Report) -> anyhow::Result<Option<E
             .await;
         let label = format!("fanout {n}");
         let tps = r.transitions_per_s;
-        if n >= 10_000 {
-            report.check(
-                &label,
-                "transitions/s (whole pipeline)",
-                format!(
-                    "{tps:.0} ({} in {:.1} s)",
-                    v["transitions"],
-                    f(&v, &["run_wall_ms"]) / 1000.0
-                ),
-                "≥ 10,000/s",
-                tps,
-                tps >= 10_000.0,
-            );
-        } else {
-            report.fig(
-                &label,
-                "transitions/s (whole pipeline)",
-                format!(
-                    "{tps:.0} ({} in {:.1} s)",
-                    v["transitions"],
-                    f(&v, &["run_wall_ms"]) / 1000.0
-                ),
-            );
-        }
+        report.check_where(
+            n >= 10_000,
+            (&label, "transitions/s (whole pipeline)"),
+            format!(
+                "{tps:.0} ({} in {:.1} s)",
+                v["transitions"],
+                f(&v, &["run_wall_ms"]) / 1000.0
+            ),
+            "≥ 10,000/s",
+            tps,
+            |x| x >= 10_000.0,
+        );
         let unite = r.unite_after_last_result_ms.unwrap_or(f64::NAN);
         let unite_text = format!(
             "{} ms after the last result (MongoDB stamps: {} ms)",
             fmt_ms(unite),
             v["mongo_ms"]["merge_created_minus_max_work_updated"]
         );
-        if n >= 100_000 {
-            report.check(
-                &label,
-                "unite created after last child",
-                unite_text,
-                "≤ 1000 ms",
-                unite,
-                unite <= 1000.0,
-            );
-        } else {
-            report.fig(&label, "unite created after last child", unite_text);
-        }
-        let rss = v["cost"]["peak_rss_mb"].clone();
-        let services_max = crate::stack::SERVICES
-            .iter()
-            .filter_map(|s| rss[*s].as_f64())
-            .fold(0.0, f64::max);
-        let rss_text = crate::stack::SERVICES
-            .iter()
-            .map(|s| format!("{}={}", s.trim_start_matches("exo-"), rss[*s]))
-            .collect::<Vec<_>>()
-            .join(" ");
-        if n >= 100_000 {
-            report.check(
-                &label,
-                "peak RSS per service (MiB)",
-                rss_text,
-                "each ≤ 512 MiB",
-                services_max,
-                services_max <= 512.0,
-            );
-        } else {
-            report.fig(&label, "peak RSS per service (MiB)", rss_text);
-        }
-        report.fig(
-            &label,
-            "peak RSS servers / bench (MiB)",
-            format!(
-                "nats={} secantusd={} bench+runtime={}",
-                rss["nats-server"], rss["secantusd-rs"], rss["exo-bench (runtime)"]
-            ),
+        report.check_where(
+            n >= 100_000,
+            (&label, "unite created after last child"),
+            unite_text,
+            "≤ 1000 ms",
+            unite,
+            |x| x <= 1000.0,
         );
+        report_rss(report, &label, n >= 100_000, &v["cost"]["peak_rss_mb"]);
         report.fig(
             &label,
             "work executions/s (runtime)",
@@ -373,6 +328,36 @@ pub async fn fanout(args: &Args, report: &mut Report) -> anyhow::Result<Option<E
         .workloads
         .insert("fanout".into(), Value::Array(sections));
     Ok(last)
+}
+
+/// Peak RSS rows: per service (checked against 512 MiB where `checked`),
+/// and the servers' and the bench's.
+fn report_rss(report: &mut Report, label: &str, checked: bool, rss: &Value) {
+    let services_max = crate::stack::SERVICES
+        .iter()
+        .filter_map(|s| rss[*s].as_f64())
+        .fold(0.0, f64::max);
+    let rss_text = crate::stack::SERVICES
+        .iter()
+        .map(|s| format!("{}={}", s.trim_start_matches("exo-"), rss[*s]))
+        .collect::<Vec<_>>()
+        .join(" ");
+    report.check_where(
+        checked,
+        (label, "peak RSS per service (MiB)"),
+        rss_text,
+        "each ≤ 512 MiB",
+        services_max,
+        |x| x <= 512.0,
+    );
+    report.fig(
+        label,
+        "peak RSS servers / bench (MiB)",
+        format!(
+            "nats={} secantusd={} bench+runtime={}",
+            rss["nats-server"], rss["secantusd-rs"], rss["exo-bench (runtime)"]
+        ),
+    );
 }
 
 /// Samples the number of runs in the database until it reaches `target`.
@@ -426,74 +411,14 @@ pub async fn trigger(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     env.stack.upsert_graph("one", &single_graph()).await?;
     let mark = env.mark().await;
 
-    // HTTP.
-    let next = Arc::new(AtomicUsize::new(0));
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(m)));
-    let start = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..args.trigger_clients {
-        let (next, lat, http) = (next.clone(), latencies.clone(), env.stack.http.clone());
-        let url = format!("{}/v0/namespace/{NS}/graph/one/trigger", env.stack.api_url);
-        clients.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::SeqCst) < m {
-                let t = Instant::now();
-                let r = http
-                    .post(&url)
-                    .header("x-api-key", API_KEY)
-                    .json(&json!({}))
-                    .send()
-                    .await?;
-                anyhow::ensure!(r.status().is_success(), "trigger: {}", r.status());
-                if let Ok(mut l) = lat.lock() {
-                    l.push(t.elapsed().as_micros() as i64);
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        }));
-    }
-    let counting = count_runs_until(&env, m as u64, start, Duration::from_secs(600));
-    let (samples, accepted_s) = {
-        let accept = async {
-            for c in clients {
-                c.await??;
-            }
-            Ok::<f64, anyhow::Error>(start.elapsed().as_secs_f64())
-        };
-        let (s, a) = tokio::join!(counting, accept);
-        (s?, a?)
-    };
-    let (http_rate, http_steady, http_done) = creation_rates(&samples, 0, m as u64);
-    let lat = Summary::of_us(&latencies.lock().map(|l| l.clone()).unwrap_or_default());
+    let (http, lat) = trigger_over_http(&env, m, args.trigger_clients).await?;
+    let (http_rate, http_steady, http_done, accepted_s) =
+        (http.rate, http.steady, http.done, http.sent_s);
     let http_cost = env.cost_since(&mark, m as f64, "run").await;
 
-    // NATS.
-    let bus = Bus::connect(&env.stack.nats.url(), "exo-bench-trigger").await?;
-    let now = exo_types::time::now_ms();
-    let msgs: Vec<Outgoing> = (0..m)
-        .map(|_| {
-            let cmd = TriggerCommand {
-                run_id: uuid::Uuid::new_v4().to_string(),
-                graph_name: "one".into(),
-                inputs: Default::default(),
-                store: Default::default(),
-                start_delay_ms: 0,
-                requested_at_ms: Some(now),
-            };
-            Outgoing::json(subjects::trigger(NS), trigger_msg_id(&cmd.run_id), &cmd)
-        })
-        .collect::<Result<_, _>>()?;
-    let mark = env.mark().await;
-    let start = Instant::now();
-    let counting = count_runs_until(&env, 2 * m as u64, start, Duration::from_secs(600));
-    let publish = async {
-        bus.publish_batch(msgs).await?;
-        Ok::<f64, anyhow::Error>(start.elapsed().as_secs_f64())
-    };
-    let (samples, published_s) = tokio::join!(counting, publish);
-    let (samples, published_s) = (samples?, published_s?);
-    let (nats_rate, nats_steady, nats_done) = creation_rates(&samples, m as u64, m as u64);
-    let nats_cost = env.cost_since(&mark, m as f64, "run").await;
-    bus.drain().await;
+    let (nats, nats_cost) = trigger_over_nats(&env, m).await?;
+    let (nats_rate, nats_steady, nats_done, published_s) =
+        (nats.rate, nats.steady, nats.done, nats.sent_s);
 
     report.fig(
         "trigger",
@@ -539,8 +464,112 @@ pub async fn trigger(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     Ok(env)
 }
 
-/// 5. Chain and fan-out driven by a Python-SDK-style HTTP runtime.
-pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env>> {
+/// How fast a batch of triggers became runs: overall and steady rate,
+/// when the last run existed, and how long sending took (s).
+struct Rates {
+    rate: f64,
+    steady: f64,
+    done: f64,
+    sent_s: f64,
+}
+
+/// `m` triggers over HTTP from `clients` concurrent clients; also the
+/// request latencies.
+async fn trigger_over_http(
+    env: &Env,
+    m: usize,
+    clients_n: usize,
+) -> anyhow::Result<(Rates, Summary)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(m)));
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..clients_n {
+        let (next, lat, http) = (next.clone(), latencies.clone(), env.stack.http.clone());
+        let url = format!("{}/v0/namespace/{NS}/graph/one/trigger", env.stack.api_url);
+        clients.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < m {
+                let t = Instant::now();
+                let r = http
+                    .post(&url)
+                    .header("x-api-key", API_KEY)
+                    .json(&json!({}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "trigger: {}", r.status());
+                if let Ok(mut l) = lat.lock() {
+                    l.push(t.elapsed().as_micros() as i64);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    let counting = count_runs_until(env, m as u64, start, Duration::from_secs(600));
+    let (samples, accepted_s) = {
+        let accept = async {
+            for c in clients {
+                c.await??;
+            }
+            Ok::<f64, anyhow::Error>(start.elapsed().as_secs_f64())
+        };
+        let (s, a) = tokio::join!(counting, accept);
+        (s?, a?)
+    };
+    let (rate, steady, done) = creation_rates(&samples, 0, m as u64);
+    let lat = Summary::of_us(&latencies.lock().map(|l| l.clone()).unwrap_or_default());
+    Ok((
+        Rates {
+            rate,
+            steady,
+            done,
+            sent_s: accepted_s,
+        },
+        lat,
+    ))
+}
+
+/// `m` trigger commands published on NATS at once (after `m` runs exist).
+/// Also the cost of the window (from after the messages are built).
+async fn trigger_over_nats(env: &Env, m: usize) -> anyhow::Result<(Rates, Value)> {
+    let bus = Bus::connect(&env.stack.nats.url(), "exo-bench-trigger").await?;
+    let now = exo_types::time::now_ms();
+    let msgs: Vec<Outgoing> = (0..m)
+        .map(|_| {
+            let cmd = TriggerCommand {
+                run_id: uuid::Uuid::new_v4().to_string(),
+                graph_name: "one".into(),
+                inputs: Default::default(),
+                store: Default::default(),
+                start_delay_ms: 0,
+                requested_at_ms: Some(now),
+            };
+            Outgoing::json(subjects::trigger(NS), trigger_msg_id(&cmd.run_id), &cmd)
+        })
+        .collect::<Result<_, _>>()?;
+    let mark = env.mark().await;
+    let start = Instant::now();
+    let counting = count_runs_until(env, 2 * m as u64, start, Duration::from_secs(600));
+    let publish = async {
+        bus.publish_batch(msgs).await?;
+        Ok::<f64, anyhow::Error>(start.elapsed().as_secs_f64())
+    };
+    let (samples, published_s) = tokio::join!(counting, publish);
+    let (samples, published_s) = (samples?, published_s?);
+    let (rate, steady, done) = creation_rates(&samples, m as u64, m as u64);
+    let cost = env.cost_since(&mark, m as f64, "run").await;
+    bus.drain().await;
+    let rates = Rates {
+        rate,
+        steady,
+        done,
+        sent_s: published_s,
+    };
+    Ok((rates, cost))
+}
+
+/// The HTTP runtime's settings measured: the SDK's defaults (one chain),
+/// then tuned ones (`--runs` chains) unless `--http-sdk-only`.
+fn http_profiles(args: &Args) -> Vec<(&'static str, HttpRuntimeConfig, usize)> {
     let sdk = HttpRuntimeConfig {
         batch_size: args.http_batch,
         workers: args.http_workers,
@@ -551,52 +580,77 @@ pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env
         workers: 32,
         poll_ms: 0,
     };
-    let profiles: Vec<(&str, HttpRuntimeConfig, usize)> = if args.http_sdk_only {
+    if args.http_sdk_only {
         vec![("sdk", sdk, 1)]
     } else {
         vec![("sdk", sdk, 1), ("tuned", tuned, args.runs)]
-    };
+    }
+}
+
+/// `runs` chains summarised, with their cost per step.
+async fn costed_chains(env: &Env, args: &Args, runs: usize, label: &str) -> anyhow::Result<Value> {
+    let mark = env.mark().await;
+    let runs_v = chains(env, args.chain_len, runs, label).await?;
+    let mut chain_v = chain_summary(&runs_v, args.chain_len);
+    chain_v["cost"] = env
+        .cost_since(&mark, (runs_v.len() * args.chain_len) as f64, "step")
+        .await;
+    Ok(chain_v)
+}
+
+/// A fan-out's rate, wall time and runtime rate, for a report row.
+fn fanout_text(transitions_per_s: f64, v: &Value) -> String {
+    format!(
+        "{:.0} (run {:.1} s, work {:.0}/s)",
+        transitions_per_s,
+        f(v, &["run_wall_ms"]) / 1000.0,
+        f(v, &["work_executions_per_s"])
+    )
+}
+
+/// A stack with the Python-SDK-style HTTP runtime (`cfg`) serving, and the
+/// chain and fan-out graphs stored.
+async fn http_env(args: &Args, cfg: HttpRuntimeConfig) -> anyhow::Result<(Env, Arc<HttpCounters>)> {
+    let mut env = Env::start(&args.stack_options(), None).await?;
+    let counters = Arc::new(HttpCounters::default());
+    let (url, rec, c, stop) = (
+        env.stack.api_url.clone(),
+        env.rec.clone(),
+        counters.clone(),
+        env.stop.clone(),
+    );
+    env.spawn(async move {
+        if let Err(error) = httprt::run(url, rec, cfg, c, stop).await {
+            eprintln!("http runtime failed: {error:#}");
+        }
+    });
+    env.stack
+        .wait_registered(crate::nodes::NODE_NAMES.len() as u64)
+        .await?;
+    env.stack
+        .upsert_graph("chain", &chain_graph(args.chain_len))
+        .await
+        .context("chain graph")?;
+    env.stack
+        .upsert_graph("fan", &fan_graph(args.http_fanout))
+        .await?;
+    Ok((env, counters))
+}
+
+/// 5. Chain and fan-out driven by a Python-SDK-style HTTP runtime.
+pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env>> {
     let mut section = serde_json::Map::new();
     let mut last = None;
-    for (name, cfg, runs) in profiles {
+    for (name, cfg, runs) in http_profiles(args) {
         eprintln!(
             "== http ({name}: batch_size {}, workers {}, poll {} ms): chain ×{runs}, fan-out {}",
             cfg.batch_size, cfg.workers, cfg.poll_ms, args.http_fanout
         );
-        let mut env = Env::start(&args.stack_options(), None).await?;
-        let counters = Arc::new(HttpCounters::default());
-        {
-            let (url, rec, c, stop) = (
-                env.stack.api_url.clone(),
-                env.rec.clone(),
-                counters.clone(),
-                env.stop.clone(),
-            );
-            env.spawn(async move {
-                if let Err(error) = httprt::run(url, rec, cfg, c, stop).await {
-                    eprintln!("http runtime failed: {error:#}");
-                }
-            });
-        }
-        env.stack
-            .wait_registered(crate::nodes::NODE_NAMES.len() as u64)
-            .await?;
-        env.stack
-            .upsert_graph("chain", &chain_graph(args.chain_len))
-            .await
-            .context("chain graph")?;
-        env.stack
-            .upsert_graph("fan", &fan_graph(args.http_fanout))
-            .await?;
+        let (env, counters) = http_env(args, cfg).await?;
         if runs > 1 {
             warm_up(&env, args.chain_len).await?;
         }
-        let mark = env.mark().await;
-        let runs_v = chains(&env, args.chain_len, runs, &format!("http {name}")).await?;
-        let mut chain_v = chain_summary(&runs_v, args.chain_len);
-        chain_v["cost"] = env
-            .cost_since(&mark, (runs_v.len() * args.chain_len) as f64, "step")
-            .await;
+        let chain_v = costed_chains(&env, args, runs, &format!("http {name}")).await?;
         let mark = env.mark().await;
         let timeout = Duration::from_secs(600 + args.http_fanout as u64 / 5);
         let fan = fanout_run(&env, args.http_fanout, timeout).await?;
@@ -619,12 +673,7 @@ pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env
         report.fig(
             &format!("http {name}"),
             &format!("fan-out {}: transitions/s", args.http_fanout),
-            format!(
-                "{:.0} (run {:.1} s, work {:.0}/s)",
-                fan.transitions_per_s,
-                f(&fan_v, &["run_wall_ms"]) / 1000.0,
-                f(&fan_v, &["work_executions_per_s"])
-            ),
+            fanout_text(fan.transitions_per_s, &fan_v),
         );
         let enqueue = crate::stats::Summary::of(
             &counters
@@ -638,20 +687,15 @@ pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env
             "enqueue latency (whole run)",
             enqueue.short(),
         );
+        let requests = json!({
+            "enqueue_calls": counters.enqueue_calls.load(Ordering::Relaxed),
+            "states_received": counters.states.load(Ordering::Relaxed),
+            "results_posted": counters.results.load(Ordering::Relaxed),
+            "errors": counters.errors.load(Ordering::Relaxed),
+        });
         section.insert(
             name.to_string(),
-            json!({
-                "config": cfg,
-                "enqueue_ms": enqueue,
-                "chain": chain_v,
-                "fanout": fan_v,
-                "requests": {
-                    "enqueue_calls": counters.enqueue_calls.load(Ordering::Relaxed),
-                    "states_received": counters.states.load(Ordering::Relaxed),
-                    "results_posted": counters.results.load(Ordering::Relaxed),
-                    "errors": counters.errors.load(Ordering::Relaxed),
-                },
-            }),
+            json!({"config": cfg, "enqueue_ms": enqueue, "chain": chain_v, "fanout": fan_v, "requests": requests}),
         );
         if let Some(mut prev) = last.replace(env) {
             prev.stop_runtimes().await;
