@@ -174,7 +174,7 @@ impl AppState {
             }
             map.insert(key, now);
         }
-        let now_ms = exo_types::time::now_ms();
+        let now_ms = self.engine.now_ms();
         let until = now_ms
             .saturating_add(i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX));
         let renewed = self

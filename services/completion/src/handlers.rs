@@ -15,9 +15,9 @@ use exo_store::filters::{state_at, state_in, states_in};
 use exo_store::mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use exo_store::{StateDoc, oid};
 use exo_types::graph::NodeTemplate;
+use exo_types::ids;
 use exo_types::messages::{Executed, Pruned};
 use exo_types::status::StateStatus;
-use exo_types::{ids, time};
 use futures::TryStreamExt;
 
 use crate::outputs::{ExecutedResult, Outputs};
@@ -106,7 +106,7 @@ where
     let r = Applying {
         st,
         outputs,
-        now: time::now_ms(),
+        now: engine.now_ms(),
         chunk,
         queued_by: format!("{}:{seq}", exo_types::subjects::STREAM_RESULTS),
     };
@@ -563,7 +563,7 @@ async fn fail_next_created(
             expect: 1,
         },
     );
-    let applied = effects::apply(&engine.store, &fx, time::now_ms()).await?;
+    let applied = effects::apply(&engine.store, &fx, engine.now_ms()).await?;
     engine.after_apply(st, applied).await
 }
 
@@ -589,11 +589,11 @@ pub async fn on_pruned(engine: &Engine, msg: Pruned) -> Result<Outcome, Error> {
         Update {
             filter: state_at(st.id, StateStatus::Queued, st.attempt),
             update: doc! {"$set": {"status": StateStatus::Pruned.as_str(), "data": data,
-            "updated_at": DateTime::from_millis(time::now_ms())}},
+            "updated_at": DateTime::from_millis(engine.now_ms())}},
             expect: 1,
         },
     );
-    let applied = effects::apply(&engine.store, &fx, time::now_ms()).await?;
+    let applied = effects::apply(&engine.store, &fx, engine.now_ms()).await?;
     engine.after_apply(&st, applied).await?;
     Ok(Outcome::Done)
 }

@@ -9,9 +9,9 @@ use exo_store::filters::state_at;
 use exo_store::mongodb::bson::{DateTime, doc};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::oid;
+use exo_types::ids;
 use exo_types::messages::{Errored, Requeue};
 use exo_types::status::StateStatus;
-use exo_types::{ids, time};
 
 /// `retry`: records a failure and creates the retry attempt the policy
 /// allows, or ends the state ERRORED.
@@ -32,7 +32,7 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
         return Ok(Outcome::Stale(format!("state is {}", st.status)));
     }
     let graph = engine.graph_for(&st).await?;
-    let now = time::now_ms();
+    let now = engine.now_ms();
     let (lg, policy) = match graph {
         Ok(g) => {
             let p = g.graph.spec().retry_policy_for(&st.identifier).clone();
@@ -96,7 +96,7 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
         }
         return Ok(Outcome::Stale(format!("state is {}", st.status)));
     }
-    let now = time::now_ms();
+    let now = engine.now_ms();
     let after = engine
         .store
         .states()

@@ -69,3 +69,37 @@ async fn manual_retry_reopens_the_run_in_its_transaction() -> anyhow::Result<()>
     assert_eq!(c.status(), "CANCELLED");
     Ok(())
 }
+
+/// With the engine's clock held still, an errored attempt's retry is due
+/// exactly the policy's delay after the failure (FIXED, no jitter): the
+/// schedule is computed from the injected clock, not the system's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_is_due_the_policy_delay_after_the_clock() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let mut e = HandlerEnv::start_with(
+        split_work(),
+        json!({"max_retries": 2, "strategy": "FIXED", "backoff_factor": 7000}),
+    )
+    .await?;
+    let clock = Arc::new(time::ManualClock::at(1_000_000_000_000));
+    e.engine = e.engine.clone().with_clock(clock.clone());
+    let root = e.seed_root("r8", StateStatus::Queued, 0).await?;
+    clock.advance(42);
+    let errored = Errored {
+        state_id: root.clone(),
+        attempt: 1,
+        error: "boom".into(),
+    };
+    assert_eq!(on_errored(&e.engine, errored).await?, Outcome::Done);
+    let retry = e
+        .engine
+        .store
+        .states()
+        .find_one(doc! {"run_id": "r8", "retry_count": 1})
+        .await?
+        .expect("the retry state");
+    assert_eq!(retry.status, StateStatus::Created);
+    assert_eq!(retry.enqueue_after, 1_000_000_000_042 + 7000);
+    assert_eq!(retry.created_at.timestamp_millis(), 1_000_000_000_042);
+    Ok(())
+}

@@ -9,7 +9,7 @@ use exo_engine::{Engine, Error, Outcome};
 use exo_store::mongodb::bson::{doc, oid::ObjectId};
 use exo_types::messages::{self as m, StateCreated};
 use exo_types::status::StateStatus;
-use exo_types::{subjects, time};
+use exo_types::subjects;
 use futures::TryStreamExt;
 
 /// Longest single delay the scheduler parks a message for.
@@ -43,7 +43,7 @@ pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<
             msg.state_id
         )));
     };
-    let now = time::now_ms();
+    let now = engine.now_ms();
     if msg.enqueue_after > now {
         return park_state(engine, id, &msg, msg.enqueue_after - now).await;
     }
@@ -91,7 +91,7 @@ async fn park_state(
 /// `scheduler`: announces parked states that fell due (at most `limit`),
 /// with `Nats-Msg-Id = due:<state>:<generation>`. Returns how many.
 pub async fn announce_due(engine: &Engine, limit: i64) -> Result<usize, Error> {
-    let now = time::now_ms();
+    let now = engine.now_ms();
     let mut cur = engine
         .store
         .states()

@@ -22,7 +22,7 @@ use exo_engine::worker::{self, Lane, WorkerSpec};
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::StateCreated;
 use exo_types::status::StateStatus;
-use exo_types::{subjects, time};
+use exo_types::subjects;
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +113,7 @@ pub const REAP_RETRY: Duration = Duration::from_secs(30);
 /// the dispatch is published, so a crash or a failed publish in between is
 /// retried by a later pass. Returns how many were re-dispatched.
 pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
-    let now = time::now_ms();
+    let now = engine.now_ms();
     let queued = StateStatus::Queued.as_str();
     let mut cur = engine
         .store
@@ -160,7 +160,7 @@ pub async fn reap_leases(engine: &Engine) -> anyhow::Result<usize> {
 /// Re-announces CREATED states that have been due for longer than
 /// [`RECONCILE_AFTER`]. Returns how many were re-announced.
 pub async fn reconcile_once(engine: &Engine) -> anyhow::Result<usize> {
-    let horizon = time::now_ms() - RECONCILE_AFTER.as_millis() as i64;
+    let horizon = engine.now_ms() - RECONCILE_AFTER.as_millis() as i64;
     let mut cur = engine
         .store
         .states()

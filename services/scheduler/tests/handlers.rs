@@ -235,3 +235,32 @@ fn m_created(e: &HandlerEnv, root: &str, generation: i64) -> exo_types::messages
         ..e.created(root, 0)
     }
 }
+
+/// The same parking with the engine's clock moved by hand instead of the
+/// state's due time rewritten: not due, parked; the clock passes the due
+/// time, announced; no sleeping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_states_fall_due_when_the_clock_passes_them() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let mut e = HandlerEnv::start(split_work()).await?;
+    let start = time::now_ms();
+    let clock = Arc::new(time::ManualClock::at(start));
+    e.engine = e.engine.clone().with_clock(clock.clone());
+    let due = start + 3_600_000;
+    let root = e.seed_root("r6", StateStatus::Created, due).await?;
+    assert_eq!(
+        on_created(&e.engine, e.created(&root, due), 1).await?,
+        Outcome::Done,
+        "an hour away: parked in MongoDB"
+    );
+    assert_eq!(announce_due(&e.engine, 100).await?, 0, "not due yet");
+    clock.advance(3_600_000 - 1);
+    assert_eq!(
+        announce_due(&e.engine, 100).await?,
+        0,
+        "one millisecond early"
+    );
+    clock.advance(1);
+    assert_eq!(announce_due(&e.engine, 100).await?, 1, "due now");
+    Ok(())
+}

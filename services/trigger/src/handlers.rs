@@ -158,7 +158,7 @@ fn root_state(
 /// of the run.
 pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<Outcome, Error> {
     exo_engine::legacy::adopt(engine, &cmd.run_id).await?;
-    let now = time::now_ms();
+    let now = engine.now_ms();
     let stamp = DateTime::from_millis(now);
     let fenced_now = engine
         .store

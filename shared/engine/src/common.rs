@@ -14,7 +14,7 @@ use exo_store::mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
 use exo_types::messages::{self as m, Dispatch, RunEvent, StateCreated, TriggerCommand};
 use exo_types::placeholder::{Dependency, DependentString};
 use exo_types::status::{RunStatus, StateStatus};
-use exo_types::{ids, subjects, time};
+use exo_types::{ids, subjects};
 use futures::TryStreamExt;
 use serde_json::{Map, Value};
 
@@ -194,7 +194,7 @@ impl Engine {
             run_id: run_id.to_string(),
             graph_name: graph_name.to_string(),
             status: status.as_str().to_string(),
-            at_ms: time::now_ms(),
+            at_ms: self.now_ms(),
         };
         tracing::info!(exo.run_id = %run_id, exo.graph = %graph_name, status = status.as_str(), "Run finished.");
         self.bus

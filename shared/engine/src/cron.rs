@@ -188,7 +188,7 @@ where
 {
     let mut fired = 0;
     loop {
-        let now = chrono::Utc::now();
+        let now = exo_types::time::from_ms(engine.now_ms());
         let now_b = to_bson_time(now);
         let stale = DateTime::from_millis(now.timestamp_millis() - stale_claim.as_millis() as i64);
         let claimed = engine

@@ -195,7 +195,7 @@ pub async fn adopt(engine: &Engine, run_id: &str) -> Result<(), Error> {
     };
     let graph = engine.graph_for(&st).await?.ok();
     let fx = Effects::new(graph, run_id);
-    let now = exo_types::time::now_ms();
+    let now = engine.now_ms();
     let applied = exo_store::transaction(
         &engine.store,
         &(engine.store.clone(), &fx, now),

@@ -66,6 +66,8 @@ pub struct Engine {
     pub claims: std::sync::Arc<exo_store::batch::Claimer>,
     /// Concurrent new runs share one transaction.
     pub creations: std::sync::Arc<exo_store::batch::RunCreator>,
+    /// Where handlers read the time ([`Engine::now_ms`]).
+    pub clock: std::sync::Arc<dyn exo_types::time::Clock>,
 }
 
 impl Engine {
@@ -82,7 +84,19 @@ impl Engine {
             states,
             claims,
             creations,
+            clock: std::sync::Arc::new(exo_types::time::SystemClock),
         }
+    }
+
+    /// The same engine reading the time from `clock` (tests).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn exo_types::time::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current time as Unix milliseconds, from [`Engine::clock`].
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 }
 

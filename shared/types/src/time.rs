@@ -12,6 +12,46 @@ pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// Where handlers read the time: the system clock in services, a
+/// [`ManualClock`] in tests that schedule, lease, retry or fire CRON
+/// occurrences without sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time as Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock ([`now_ms`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock showing `ms` (Unix milliseconds).
+    pub fn at(ms: i64) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(ms))
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Converts Unix milliseconds to a UTC datetime.
 ///
 /// Values outside chrono's representable range saturate to

@@ -71,7 +71,7 @@ pub async fn enqueue(
         // Start at a different queue on every request, so that small batches
         // do not always favour the first node named.
         if !active.is_empty() {
-            let offset = usize::try_from(exo_types::time::now_ms().unsigned_abs()).unwrap_or(0);
+            let offset = usize::try_from(state.engine.now_ms().unsigned_abs()).unwrap_or(0);
             let start = offset % active.len();
             active.rotate_left(start);
         }
@@ -253,7 +253,7 @@ async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -
         by_attempt.entry(t.dispatch.attempt).or_default().push(t);
     }
     let store = &state.engine.store;
-    let now = exo_types::time::now_ms();
+    let now = state.engine.now_ms();
     let lease_until =
         now.saturating_add(i64::try_from(state.settings.lease.as_millis()).unwrap_or(i64::MAX));
     let holder = caller.0.map(|ip| ip.to_string());

@@ -149,7 +149,7 @@ pub async fn upsert(
     };
 
     let encrypted = encrypt_secrets(&state, &ns, &name, &spec)?;
-    let now = DateTime::from_millis(exo_types::time::now_ms());
+    let now = DateTime::from_millis(state.engine.now_ms());
     let set = doc! {
         "nodes": to_bson("nodes", &spec.nodes)?,
         "validation_status": status.as_str(),

@@ -42,7 +42,7 @@ pub async fn register(
             .map_err(|e| ApiError::internal("inputs_schema", e))?;
         let outputs = bson::to_document(&n.outputs_schema)
             .map_err(|e| ApiError::internal("outputs_schema", e))?;
-        let now = DateTime::from_millis(exo_types::time::now_ms());
+        let now = DateTime::from_millis(state.engine.now_ms());
         let filter = doc! {"name": &n.name, "namespace": &ns};
         // `updated_at` is set on insert only, as upstream's `$set` update.
         let update = doc! {

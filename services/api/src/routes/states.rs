@@ -279,7 +279,7 @@ pub async fn re_enqueue_after(
         attempt: attempt_of(&st),
         delay_ms: body.enqueue_after,
     };
-    let at = exo_types::time::now_ms().saturating_add(body.enqueue_after);
+    let at = state.engine.now_ms().saturating_add(body.enqueue_after);
     if publish_result(&state, &st, ResultKind::Requeue, &msg)
         .await?
         .is_err()
@@ -311,7 +311,7 @@ pub async fn manual_retry(
     let (copy, created) = loop {
         tries += 1;
         let st = load_state(&state, &ns, &id).await?;
-        let now = exo_types::time::now_ms();
+        let now = state.engine.now_ms();
         let lg = state.engine.graph_for(&st).await?.ok();
         // A finished run has work again: reopened in the same transaction, so
         // a cancellation in between cannot leave it PENDING with nothing to do.

@@ -62,7 +62,7 @@ pub async fn trigger(
         inputs: body.inputs,
         store: body.store,
         start_delay_ms: u64::try_from(body.start_delay).unwrap_or(0),
-        requested_at_ms: Some(exo_types::time::now_ms()),
+        requested_at_ms: Some(state.engine.now_ms()),
     };
     match root_inputs(&lg, &cmd) {
         Ok(_) => {}
