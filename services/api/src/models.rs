@@ -47,17 +47,9 @@ impl Model for UpsertGraph {
             .required(&l, obj, "secrets")
             .and_then(|s| c.str_dict(&at(&l, "secrets"), s));
         let nodes = c.required(&l, obj, "nodes").and_then(|n| {
-            let loc = at(&l, "nodes");
-            let list = c.list(&loc, n)?;
-            let mut out = Vec::with_capacity(list.len());
-            let mut ok = true;
-            for (i, item) in list.iter().enumerate() {
-                match node_template(&at(&loc, i), item, c) {
-                    Some(t) => out.push(t),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(out)
+            c.list_of(&at(&l, "nodes"), n, |c, loc, item| {
+                node_template(&loc.to_vec(), item, c)
+            })
         });
         let retry_policy = match obj.get("retry_policy") {
             None => Some(RetryPolicy::default()),
@@ -187,15 +179,8 @@ fn store_config(loc: &Loc, v: &Value, c: &mut Checker) -> Option<StoreConfig> {
 }
 
 fn triggers(loc: &Loc, v: &Value, c: &mut Checker) -> Option<Vec<Trigger>> {
-    let list = c.list(loc, v)?;
-    let mut out = Vec::with_capacity(list.len());
-    let mut ok = true;
-    for (i, item) in list.iter().enumerate() {
-        let tloc = at(loc, i);
-        let Some(obj) = c.model(&tloc, item, Some("Trigger")) else {
-            ok = false;
-            continue;
-        };
+    c.list_of(loc, v, |c, tloc, item| {
+        let obj = c.model(tloc, item, Some("Trigger"))?;
         let kind = c
             .required(&tloc, obj, "type")
             .and_then(|t| c.enumeration(&at(&tloc, "type"), t, &TRIGGER_TYPES))
@@ -204,12 +189,11 @@ fn triggers(loc: &Loc, v: &Value, c: &mut Checker) -> Option<Vec<Trigger>> {
             None => Some(Map::new()),
             Some(x) => c.dict(&at(&tloc, "value"), x).cloned(),
         };
-        match (kind, value) {
-            (Some(kind), Some(value)) => out.push(Trigger { kind, value }),
-            _ => ok = false,
-        }
-    }
-    ok.then_some(out)
+        Some(Trigger {
+            kind: kind?,
+            value: value?,
+        })
+    })
 }
 
 /// One node of `PUT /nodes/`.
@@ -242,16 +226,8 @@ impl Model for RegisterNodes {
             .required(&l, obj, "runtime_name")
             .and_then(|x| c.string(&at(&l, "runtime_name"), x));
         let nodes = c.required(&l, obj, "nodes").and_then(|n| {
-            let loc = at(&l, "nodes");
-            let list = c.list(&loc, n)?;
-            let mut out = Vec::with_capacity(list.len());
-            let mut ok = true;
-            for (i, item) in list.iter().enumerate() {
-                let nloc = at(&loc, i);
-                let Some(o) = c.model(&nloc, item, Some("NodeRegistrationModel")) else {
-                    ok = false;
-                    continue;
-                };
+            c.list_of(&at(&l, "nodes"), n, |c, nloc, item| {
+                let o = c.model(nloc, item, Some("NodeRegistrationModel"))?;
                 let name = c
                     .required(&nloc, o, "name")
                     .and_then(|x| c.string(&at(&nloc, "name"), x));
@@ -266,18 +242,13 @@ impl Model for RegisterNodes {
                 let secrets = c
                     .required(&nloc, o, "secrets")
                     .and_then(|x| c.str_list(&at(&nloc, "secrets"), x));
-                match (name, inputs_schema, outputs_schema, secrets) {
-                    (Some(name), Some(inputs_schema), Some(outputs_schema), Some(secrets)) => out
-                        .push(NodeRegistration {
-                            name,
-                            inputs_schema,
-                            outputs_schema,
-                            secrets,
-                        }),
-                    _ => ok = false,
-                }
-            }
-            ok.then_some(out)
+                Some(NodeRegistration {
+                    name: name?,
+                    inputs_schema: inputs_schema?,
+                    outputs_schema: outputs_schema?,
+                    secrets: secrets?,
+                })
+            })
         });
         Some(Self {
             runtime_name: runtime_name?,
@@ -331,17 +302,9 @@ pub struct ExecutedBody {
 impl Model for ExecutedBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
         only_field(v, c, "outputs", |c, loc, raw| {
-            let list = c.list(loc, raw)?;
-            let mut outputs = Vec::with_capacity(list.len());
-            let mut ok = true;
-            for (i, item) in list.iter().enumerate() {
-                match c.dict(&at(loc, i), item) {
-                    Some(m) => outputs.push(m.clone()),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(Self { outputs })
+            c.list_of(loc, raw, |c, l, item| c.dict(l, item).cloned())
         })
+        .map(|outputs| Self { outputs })
     }
 }
 

@@ -225,6 +225,27 @@ impl Checker {
         }
     }
 
+    /// A `list` field whose every item is checked by `item` (at its own
+    /// location); `None` if the list or any item is wrong, every problem
+    /// recorded.
+    pub fn list_of<'v, T>(
+        &mut self,
+        loc: &[Value],
+        v: &'v Value,
+        mut item: impl FnMut(&mut Self, &[Value], &'v Value) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let list = self.list(loc, v)?;
+        let mut out = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for (i, x) in list.iter().enumerate() {
+            match item(self, &at(loc, i), x) {
+                Some(t) => out.push(t),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
     /// A `dict` field.
     pub fn dict<'a>(&mut self, loc: &[Value], v: &'a Value) -> Option<&'a Map<String, Value>> {
         match v {
