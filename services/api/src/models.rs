@@ -182,12 +182,12 @@ fn triggers(loc: &Loc, v: &Value, c: &mut Checker) -> Option<Vec<Trigger>> {
     c.list_of(loc, v, |c, tloc, item| {
         let obj = c.model(tloc, item, Some("Trigger"))?;
         let kind = c
-            .required(&tloc, obj, "type")
-            .and_then(|t| c.enumeration(&at(&tloc, "type"), t, &TRIGGER_TYPES))
+            .required(tloc, obj, "type")
+            .and_then(|t| c.enumeration(&at(tloc, "type"), t, &TRIGGER_TYPES))
             .map(|_| TriggerType::Cron);
         let value = match obj.get("value") {
             None => Some(Map::new()),
-            Some(x) => c.dict(&at(&tloc, "value"), x).cloned(),
+            Some(x) => c.dict(&at(tloc, "value"), x).cloned(),
         };
         Some(Trigger {
             kind: kind?,
@@ -229,19 +229,19 @@ impl Model for RegisterNodes {
             c.list_of(&at(&l, "nodes"), n, |c, nloc, item| {
                 let o = c.model(nloc, item, Some("NodeRegistrationModel"))?;
                 let name = c
-                    .required(&nloc, o, "name")
-                    .and_then(|x| c.string(&at(&nloc, "name"), x));
+                    .required(nloc, o, "name")
+                    .and_then(|x| c.string(&at(nloc, "name"), x));
                 let inputs_schema = c
-                    .required(&nloc, o, "inputs_schema")
-                    .and_then(|x| c.dict(&at(&nloc, "inputs_schema"), x))
+                    .required(nloc, o, "inputs_schema")
+                    .and_then(|x| c.dict(&at(nloc, "inputs_schema"), x))
                     .cloned();
                 let outputs_schema = c
-                    .required(&nloc, o, "outputs_schema")
-                    .and_then(|x| c.dict(&at(&nloc, "outputs_schema"), x))
+                    .required(nloc, o, "outputs_schema")
+                    .and_then(|x| c.dict(&at(nloc, "outputs_schema"), x))
                     .cloned();
                 let secrets = c
-                    .required(&nloc, o, "secrets")
-                    .and_then(|x| c.str_list(&at(&nloc, "secrets"), x));
+                    .required(nloc, o, "secrets")
+                    .and_then(|x| c.str_list(&at(nloc, "secrets"), x));
                 Some(NodeRegistration {
                     name: name?,
                     inputs_schema: inputs_schema?,
