@@ -63,8 +63,7 @@ impl Census<'_> {
 
     /// Counts state `st`.
     fn add(&mut self, st: &exo_store::StateDoc) {
-        self.counters.total += 1;
-        *self.counters.slot(st.status.group()) += 1;
+        self.counters.count(st.status);
         let open = i64::from(st.status.is_pending());
         let failed = i64::from(st.status.is_failure());
         for (ident, id) in st.parent_pairs() {

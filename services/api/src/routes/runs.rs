@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use exo_store::mongodb::bson::{Document, doc};
 use exo_store::{RunDoc, StateDoc};
-use exo_types::status::{CounterGroup, RunStatus, StateStatus};
+use exo_types::status::{RunStatus, StateStatus};
 use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 
@@ -29,51 +29,20 @@ fn ns_filter(ns: &str) -> Document {
     doc! {"$or": [{"namespace_name": ns}, {"graph_namespace": ns}]}
 }
 
-/// Counters of one run.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    total: i64,
-    pending: i64,
-    success: i64,
-    errored: i64,
-    retried: i64,
-    cancelled: i64,
-}
+/// Counters of one run (the engine's).
+type Counts = exo_engine::effects::Counters;
 
-impl Counts {
-    fn add(&mut self, s: StateStatus) {
-        self.total += 1;
-        match s.group() {
-            CounterGroup::Pending => self.pending += 1,
-            CounterGroup::Success => self.success += 1,
-            CounterGroup::Errored => self.errored += 1,
-            CounterGroup::Retried => self.retried += 1,
-            CounterGroup::Cancelled => self.cancelled += 1,
-        }
-    }
-
-    /// Upstream's rule; a run without states is FAILED.
-    fn legacy_status(&self) -> &'static str {
-        let status = if self.total == 0 || (self.pending == 0 && self.errored > 0) {
-            RunStatus::Failed
-        } else if self.pending > 0 {
-            RunStatus::Pending
-        } else {
-            RunStatus::Success
-        };
-        status.as_str()
-    }
-
-    fn of_run(r: &RunDoc) -> Self {
-        Self {
-            total: r.total_count,
-            pending: r.pending_count,
-            success: r.success_count,
-            errored: r.errored_count,
-            retried: r.retried_count,
-            cancelled: r.cancelled_count,
-        }
-    }
+/// Upstream's status rule for a run without a stored status; a run
+/// without states is FAILED.
+fn legacy_status(c: &Counts) -> &'static str {
+    let status = if c.total == 0 || (c.pending == 0 && c.errored > 0) {
+        RunStatus::Failed
+    } else if c.pending > 0 {
+        RunStatus::Pending
+    } else {
+        RunStatus::Success
+    };
+    status.as_str()
 }
 
 /// Aggregates the states of legacy runs (those without a stored status).
@@ -95,7 +64,7 @@ async fn legacy_counts(state: &AppState, run_ids: &[String]) -> ApiResult<HashMa
         };
         let entry = out.entry(run.to_string()).or_default();
         match StateStatus::parse(status) {
-            Some(s) => entry.add(s),
+            Some(s) => entry.count(s),
             None => entry.total += 1,
         }
     }
@@ -116,7 +85,7 @@ async fn run_summary(state: &AppState, runs: &[RunDoc]) -> ApiResult<Vec<(String
             Some(s) => (s.clone(), Counts::of_run(r)),
             None => {
                 let c = counts.get(&r.run_id).copied().unwrap_or_default();
-                (c.legacy_status().to_string(), c)
+                (legacy_status(&c).to_string(), c)
             }
         })
         .collect())
@@ -472,15 +441,15 @@ mod tests {
     #[test]
     fn legacy_status_rules() {
         let mut c = Counts::default();
-        assert_eq!(c.legacy_status(), "FAILED");
-        c.add(StateStatus::Success);
-        c.add(StateStatus::Pruned);
-        assert_eq!(c.legacy_status(), "SUCCESS");
-        c.add(StateStatus::Errored);
-        assert_eq!(c.legacy_status(), "FAILED");
-        c.add(StateStatus::Queued);
-        assert_eq!(c.legacy_status(), "PENDING");
-        c.add(StateStatus::RetryCreated);
+        assert_eq!(legacy_status(&c), "FAILED");
+        c.count(StateStatus::Success);
+        c.count(StateStatus::Pruned);
+        assert_eq!(legacy_status(&c), "SUCCESS");
+        c.count(StateStatus::Errored);
+        assert_eq!(legacy_status(&c), "FAILED");
+        c.count(StateStatus::Queued);
+        assert_eq!(legacy_status(&c), "PENDING");
+        c.count(StateStatus::RetryCreated);
         assert_eq!(
             c,
             Counts {

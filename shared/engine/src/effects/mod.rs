@@ -57,6 +57,24 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Counts one more state with status `s`.
+    pub fn count(&mut self, s: StateStatus) {
+        self.total += 1;
+        *self.slot(s.group()) += 1;
+    }
+
+    /// The counters a run document holds.
+    pub fn of_run(r: &exo_store::RunDoc) -> Self {
+        Self {
+            total: r.total_count,
+            pending: r.pending_count,
+            success: r.success_count,
+            errored: r.errored_count,
+            retried: r.retried_count,
+            cancelled: r.cancelled_count,
+        }
+    }
+
     pub(crate) fn slot(&mut self, g: CounterGroup) -> &mut i64 {
         match g {
             CounterGroup::Pending => &mut self.pending,
