@@ -68,7 +68,7 @@ where
     P: Fn() -> F,
     F: std::future::Future<Output = ()>,
 {
-    let (st, fresh) = match engine.fenced(&msg.state_id, msg.attempt).await? {
+    let (st, fresh) = match engine.fenced(msg.state_id, msg.attempt).await? {
         Ok(x) => x,
         Err(o) => return Ok(o),
     };
@@ -569,7 +569,7 @@ async fn fail_next_created(
 
 /// `completion`: ends a branch with PRUNED.
 pub async fn on_pruned(engine: &Engine, msg: Pruned) -> Result<Outcome, Error> {
-    let (st, fresh) = match engine.fenced(&msg.state_id, msg.attempt).await? {
+    let (st, fresh) = match engine.fenced(msg.state_id, msg.attempt).await? {
         Ok(x) => x,
         Err(o) => return Ok(o),
     };

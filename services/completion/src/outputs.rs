@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use exo_engine::common::json_to_doc;
 use exo_store::mongodb::bson::Document;
+use exo_types::ids::StateId;
 use exo_types::messages::Executed;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone)]
 pub struct ExecutedResult {
     /// State id.
-    pub state_id: String,
+    pub state_id: StateId,
     /// Attempt from the dispatch.
     pub attempt: u32,
     /// The outputs, checked.
@@ -35,7 +36,7 @@ pub struct Outputs {
 /// The wire form, borrowing each output's text from the payload.
 #[derive(serde::Deserialize)]
 struct Wire<'a> {
-    state_id: String,
+    state_id: StateId,
     attempt: u32,
     #[serde(borrow)]
     outputs: Vec<&'a RawValue>,
@@ -144,7 +145,7 @@ mod tests {
 
     fn executed(outputs: Vec<Map<String, Value>>) -> Executed {
         Executed {
-            state_id: "s".into(),
+            state_id: StateId::from_bytes([7; 12]),
             attempt: 2,
             outputs,
         }
@@ -161,7 +162,7 @@ mod tests {
             obj(serde_json::json!({"nested": {"k": [1, 2.5, null]}})),
         ];
         let r = ExecutedResult::try_from(executed(outs.clone())).expect("valid");
-        assert_eq!((r.state_id.as_str(), r.attempt), ("s", 2));
+        assert_eq!((r.state_id, r.attempt), (StateId::from_bytes([7; 12]), 2));
         assert_eq!(r.outputs.len(), 2);
         for (j, o) in outs.iter().enumerate() {
             assert_eq!(r.outputs.doc(j), json_to_doc(o).expect("doc"));
@@ -173,11 +174,11 @@ mod tests {
     #[test]
     fn formatting_does_not_change_the_digest() {
         let a = ExecutedResult::decode(Bytes::from_static(
-            br#"{"state_id":"s","attempt":1,"outputs":[{"a":1,"b":[true]}]}"#,
+            br#"{"state_id":"070707070707070707070707","attempt":1,"outputs":[{"a":1,"b":[true]}]}"#,
         ))
         .expect("a");
         let b = ExecutedResult::decode(Bytes::from_static(
-            b"{ \"outputs\" : [ { \"a\" : 1 ,\n \"b\" : [ true ] } ], \"attempt\": 1, \"state_id\": \"s\" }",
+            b"{ \"outputs\" : [ { \"a\" : 1 ,\n \"b\" : [ true ] } ], \"attempt\": 1, \"state_id\": \"070707070707070707070707\" }",
         ))
         .expect("b");
         assert_eq!(a.outputs.digest(), b.outputs.digest());
@@ -200,14 +201,21 @@ mod tests {
     fn a_bad_output_names_its_index() {
         for (body, want) in [
             (
-                r#"{"state_id":"s","attempt":1,"outputs":[{},3]}"#,
+                r#"{"state_id":"070707070707070707070707","attempt":1,"outputs":[{},3]}"#,
                 "output 1",
             ),
             (
-                r#"{"state_id":"s","attempt":1,"outputs":[{"big":18446744073709551615}]}"#,
+                r#"{"state_id":"070707070707070707070707","attempt":1,"outputs":[{"big":18446744073709551615}]}"#,
                 "cannot be stored",
             ),
-            (r#"{"state_id":"s","outputs":[]}"#, "attempt"),
+            (
+                r#"{"state_id":"070707070707070707070707","outputs":[]}"#,
+                "attempt",
+            ),
+            (
+                r#"{"state_id":"s","attempt":1,"outputs":[]}"#,
+                "24 hex digits",
+            ),
         ] {
             let e = ExecutedResult::decode(Bytes::from(body)).expect_err(body);
             assert!(e.contains(want), "{body}: {e}");

@@ -23,7 +23,7 @@ async fn fanout_redelivery_after_a_crash_between_chunks_loses_nothing() -> anyho
     let e = HandlerEnv::start(split_work()).await?;
     let root = e.seed_root("r1", StateStatus::Queued, 0).await?;
     let msg = Executed {
-        state_id: root.clone(),
+        state_id: root.parse()?,
         attempt: 1,
         outputs: outputs(600),
     };
@@ -65,7 +65,7 @@ async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let engine = e.engine.clone();
     let msg = Executed {
-        state_id: root.clone(),
+        state_id: root.parse()?,
         attempt: 1,
         outputs: outputs(600),
     };
@@ -74,7 +74,7 @@ async fn executed_losing_to_errored_does_not_fan_out() -> anyhow::Result<()> {
     let errored = on_errored(
         &e.engine,
         Errored {
-            state_id: root.clone(),
+            state_id: root.parse()?,
             attempt: 1,
             error: "boom".into(),
         },
@@ -126,7 +126,7 @@ async fn a_single_output_is_one_transaction_and_survives_a_crash_after_it() -> a
     let e = HandlerEnv::start(split_work()).await?;
     let root = e.seed_root("r3", StateStatus::Queued, 0).await?;
     let msg = Executed {
-        state_id: root.clone(),
+        state_id: root.parse()?,
         attempt: 1,
         outputs: outputs(1),
     };
@@ -179,7 +179,7 @@ async fn an_unstorable_output_rejects_the_fanout_before_any_write() -> anyhow::R
     let mut outs = outputs(600);
     outs[400].insert("big".into(), serde_json::json!(u64::MAX));
     let msg = Executed {
-        state_id: root.clone(),
+        state_id: root.parse()?,
         attempt: 1,
         outputs: outs,
     };

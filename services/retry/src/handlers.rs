@@ -16,7 +16,7 @@ use exo_types::status::StateStatus;
 /// `retry`: records a failure and creates the retry attempt the policy
 /// allows, or ends the state ERRORED.
 pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error> {
-    let (st, fresh) = match engine.fenced(&msg.state_id, msg.attempt).await? {
+    let (st, fresh) = match engine.fenced(msg.state_id, msg.attempt).await? {
         Ok(x) => x,
         Err(o) => return Ok(o),
     };
@@ -85,7 +85,7 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
             msg.delay_ms
         )));
     }
-    let (st, fresh) = match engine.fenced(&msg.state_id, msg.attempt).await? {
+    let (st, fresh) = match engine.fenced(msg.state_id, msg.attempt).await? {
         Ok(x) => x,
         Err(o) => return Ok(o),
     };

@@ -25,7 +25,7 @@ async fn manual_retry_reopens_the_run_in_its_transaction() -> anyhow::Result<()>
     let e = HandlerEnv::start_with(split_work(), json!({"max_retries": 0})).await?;
     let root = e.seed_root("r7", StateStatus::Queued, 0).await?;
     let errored = Errored {
-        state_id: root.clone(),
+        state_id: root.parse()?,
         attempt: 1,
         error: "boom".into(),
     };
@@ -86,7 +86,7 @@ async fn the_retry_is_due_the_policy_delay_after_the_clock() -> anyhow::Result<(
     let root = e.seed_root("r8", StateStatus::Queued, 0).await?;
     clock.advance(42);
     let errored = Errored {
-        state_id: root.clone(),
+        state_id: root.parse()?,
         attempt: 1,
         error: "boom".into(),
     };

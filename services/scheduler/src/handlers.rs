@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use exo_bus::Outgoing;
-use exo_engine::common::{created_payload, parse_id};
+use exo_engine::common::created_payload;
 use exo_engine::{Engine, Error, Outcome};
 use exo_store::mongodb::bson::{doc, oid::ObjectId};
 use exo_types::messages::{self as m, StateCreated};
@@ -37,12 +37,7 @@ fn park(ms: i64) -> Duration {
 /// consumer's ack-pending slots: [`announce_due`] announces it
 /// again when it falls due.
 pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<Outcome, Error> {
-    let Some(id) = parse_id(&msg.state_id) else {
-        return Ok(Outcome::Reject(format!(
-            "invalid state_id {:?}",
-            msg.state_id
-        )));
-    };
+    let id = exo_store::oid(msg.state_id.bytes());
     let now = engine.now_ms();
     if msg.enqueue_after > now {
         return park_state(engine, id, &msg, msg.enqueue_after - now).await;
@@ -104,7 +99,7 @@ pub async fn announce_due(engine: &Engine, limit: i64) -> Result<usize, Error> {
         let msg = created_payload(&st);
         out.push(Outgoing::json(
             subjects::state_created(&st.namespace_name),
-            m::due_msg_id(&msg.state_id, st.requeue_gen),
+            m::due_msg_id(&msg.state_id.to_hex(), st.requeue_gen),
             &msg,
         )?);
     }

@@ -22,7 +22,7 @@ async fn cancelling_a_wide_run_resumes_after_a_crash_between_batches() -> anyhow
     let e = HandlerEnv::start(split_work()).await?;
     let root = e.seed_root("r8", StateStatus::Queued, 0).await?;
     let msg = Executed {
-        state_id: root,
+        state_id: root.parse()?,
         attempt: 1,
         outputs: outputs(2500),
     };

@@ -11,6 +11,7 @@ use std::time::Duration;
 use exo_bus::Outgoing;
 use exo_store::StateDoc;
 use exo_store::mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
+use exo_types::ids::StateId;
 use exo_types::messages::{self as m, Dispatch, RunEvent, StateCreated, TriggerCommand};
 use exo_types::placeholder::{Dependency, DependentString};
 use exo_types::status::{RunStatus, StateStatus};
@@ -116,7 +117,7 @@ pub fn root_inputs(
 /// The `state.created` announcement of a state.
 pub fn created_payload(st: &StateDoc) -> StateCreated {
     StateCreated {
-        state_id: st.id.to_hex(),
+        state_id: StateId::from_bytes(st.id.bytes()),
         run_id: st.run_id.clone(),
         node_name: st.node_name.clone(),
         enqueue_after: st.enqueue_after,
@@ -129,7 +130,7 @@ pub fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
     let msg = created_payload(st);
     Ok(Outgoing::json(
         subjects::state_created(&st.namespace_name),
-        m::created_msg_id(&msg.state_id, st.requeue_gen),
+        m::created_msg_id(&msg.state_id.to_hex(), st.requeue_gen),
         &msg,
     )?)
 }
@@ -138,7 +139,7 @@ pub fn created_msg(st: &StateDoc) -> Result<Outgoing, Error> {
 pub fn dispatch_msg(st: &StateDoc) -> Result<Outgoing, Error> {
     let attempt = u32::try_from(st.attempt).unwrap_or(u32::MAX);
     let d = Dispatch {
-        state_id: st.id.to_hex(),
+        state_id: StateId::from_bytes(st.id.bytes()),
         attempt,
         run_id: st.run_id.clone(),
         graph_name: st.graph_name.clone(),
@@ -149,7 +150,7 @@ pub fn dispatch_msg(st: &StateDoc) -> Result<Outgoing, Error> {
     };
     Ok(Outgoing::json(
         subjects::dispatch(&st.namespace_name, &st.node_name),
-        m::dispatch_msg_id(&d.state_id, attempt),
+        m::dispatch_msg_id(&d.state_id.to_hex(), attempt),
         &d,
     )?)
 }
@@ -273,22 +274,16 @@ impl Engine {
         self.hand_on(&effects::Applied::inserted(&pending)).await
     }
 
-    /// Loads the state a result is about and checks its attempt fence.
-    /// Returns the state and whether it is still QUEUED for this attempt.
     /// Loads the state a result is about and checks its attempt fence:
     /// `Ok(Ok((state, fresh)))` where fresh means still QUEUED for this
-    /// attempt; `Ok(Err(outcome))` for results that are stale or invalid.
+    /// attempt; `Ok(Err(outcome))` for results that are stale or about no
+    /// state.
     pub async fn fenced(
         &self,
-        state_id: &str,
+        state_id: StateId,
         attempt: u32,
     ) -> Result<Result<(StateDoc, bool), Outcome>, Error> {
-        let Some(id) = parse_id(state_id) else {
-            return Ok(Err(Outcome::Reject(format!(
-                "invalid state_id {state_id:?}"
-            ))));
-        };
-        let Some(st) = self.states.get(id).await? else {
+        let Some(st) = self.states.get(exo_store::oid(state_id.bytes())).await? else {
             return Ok(Err(Outcome::Reject(format!("state {state_id} not found"))));
         };
         if st.attempt != i64::from(attempt) {

@@ -1,5 +1,6 @@
 //! The runtime: registration, consume loops, heartbeats, result publishing.
 
+use exo_types::ids::StateId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -388,6 +389,7 @@ async fn handle(
         return;
     }
     let ctx = context(bus, cfg, &dispatch, &msg);
+    let dispatch_id = dispatch.state_id;
     let heartbeat = {
         let every = cfg.ack_wait / 3;
         let acker = msg.clone();
@@ -420,7 +422,7 @@ async fn handle(
         let _ = msg.ack().await;
         return;
     };
-    let published = match result_message(&cfg.namespace, &ctx, report) {
+    let published = match result_message(&cfg.namespace, &ctx, dispatch_id, report) {
         Ok(o) => bus.publish(o).await,
         Err(e) => Err(e),
     };
@@ -470,7 +472,7 @@ async fn read_dispatch(bus: &Bus, msg: &jetstream::Message) -> Option<Dispatch> 
 /// What a node execution sees of its dispatch.
 fn context(bus: &Bus, cfg: &Builder, dispatch: &Dispatch, msg: &jetstream::Message) -> Context {
     Context {
-        state_id: dispatch.state_id.clone(),
+        state_id: dispatch.state_id.to_string(),
         run_id: dispatch.run_id.clone(),
         graph_name: dispatch.graph_name.clone(),
         identifier: dispatch.identifier.clone(),
@@ -489,8 +491,13 @@ fn context(bus: &Bus, cfg: &Builder, dispatch: &Dispatch, msg: &jetstream::Messa
 }
 
 /// The result message of an execution.
-fn result_message(ns: &str, ctx: &Context, report: Report) -> Result<Outgoing, exo_bus::Error> {
-    let (state_id, attempt) = (ctx.state_id.clone(), ctx.attempt);
+fn result_message(
+    ns: &str,
+    ctx: &Context,
+    state_id: StateId,
+    report: Report,
+) -> Result<Outgoing, exo_bus::Error> {
+    let attempt = ctx.attempt;
     let at = (ns, ctx.run_id.as_str(), ctx.state_id.as_str(), attempt);
     match report {
         Report::Executed(outputs) => outgoing(

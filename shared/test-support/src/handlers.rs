@@ -159,7 +159,7 @@ impl HandlerEnv {
     /// The `state.created` announcement of `state_id`.
     pub fn created(&self, state_id: &str, enqueue_after: i64) -> StateCreated {
         StateCreated {
-            state_id: state_id.into(),
+            state_id: state_id.parse().expect("a 24-hex state id"),
             run_id: String::new(),
             node_name: "Split".into(),
             enqueue_after,

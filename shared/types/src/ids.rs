@@ -66,9 +66,93 @@ pub fn parse_hex(s: &str) -> Option<[u8; 12]> {
     Some(out)
 }
 
+/// A state's id as messages carry it: 12 bytes, written as 24 lowercase hex
+/// digits on the wire (serialised as that string, so the wire does not
+/// change). A message whose state id is not 24 hex digits does not decode.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateId([u8; 12]);
+
+/// A string that is not a state id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid state_id {0:?}: expected 24 hex digits")]
+pub struct InvalidStateId(pub String);
+
+impl StateId {
+    /// The id with these bytes.
+    pub const fn from_bytes(bytes: [u8; 12]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses 24 hex digits.
+    pub fn parse(s: &str) -> Result<Self, InvalidStateId> {
+        parse_hex(s)
+            .map(Self)
+            .ok_or_else(|| InvalidStateId(s.to_string()))
+    }
+
+    /// The 12 bytes (an ObjectId's).
+    pub const fn bytes(&self) -> [u8; 12] {
+        self.0
+    }
+
+    /// The 24-hex form.
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+}
+
+impl std::str::FromStr for StateId {
+    type Err = InvalidStateId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for StateId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Debug for StateId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateId({self})")
+    }
+}
+
+impl serde::Serialize for StateId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StateId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_ids_are_24_hex_digits_on_the_wire() {
+        let id = StateId::from_bytes(root_state_id("r"));
+        let wire = serde_json::to_string(&id).unwrap();
+        assert_eq!(wire, format!("\"{}\"", to_hex(&root_state_id("r"))));
+        assert_eq!(serde_json::from_str::<StateId>(&wire).unwrap(), id);
+        assert_eq!(id.to_string().parse::<StateId>(), Ok(id));
+        for bad in ["\"\"", "\"abc\"", "\"zzzzzzzzzzzzzzzzzzzzzzzz\"", "7"] {
+            let e = serde_json::from_str::<StateId>(bad).expect_err(bad);
+            assert!(
+                bad == "7" || e.to_string().contains("24 hex digits"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn ids_are_deterministic_and_distinct() {

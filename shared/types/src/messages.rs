@@ -4,6 +4,7 @@
 //! publishers can add fields without breaking older consumers. The protocol is
 //! described for runtime authors in `docs/runtime-protocol.md`.
 
+use crate::ids::StateId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -84,7 +85,7 @@ pub struct CancelCommand {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateCreated {
     /// State id (24 hex).
-    pub state_id: String,
+    pub state_id: StateId,
     /// Run id.
     pub run_id: String,
     /// Registered node name.
@@ -100,7 +101,7 @@ pub struct StateCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dispatch {
     /// State id (24 hex).
-    pub state_id: String,
+    pub state_id: StateId,
     /// Dispatch attempt; results must echo it.
     pub attempt: u32,
     /// Run id.
@@ -123,7 +124,7 @@ pub struct Dispatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Executed {
     /// State id.
-    pub state_id: String,
+    pub state_id: StateId,
     /// Attempt from the dispatch.
     pub attempt: u32,
     /// One object per output; more than one fans out.
@@ -134,7 +135,7 @@ pub struct Executed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Errored {
     /// State id.
-    pub state_id: String,
+    pub state_id: StateId,
     /// Attempt from the dispatch.
     pub attempt: u32,
     /// Error text.
@@ -145,7 +146,7 @@ pub struct Errored {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pruned {
     /// State id.
-    pub state_id: String,
+    pub state_id: StateId,
     /// Attempt from the dispatch.
     pub attempt: u32,
     /// Free-form prune data.
@@ -157,7 +158,7 @@ pub struct Pruned {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Requeue {
     /// State id.
-    pub state_id: String,
+    pub state_id: StateId,
     /// Attempt from the dispatch.
     pub attempt: u32,
     /// Delay in milliseconds (> 0).
@@ -247,7 +248,13 @@ mod tests {
             serde_json::from_str(r#"{"run_id":"r","graph_name":"g","extra":1}"#).unwrap();
         assert!(t.inputs.is_empty() && t.store.is_empty());
         assert_eq!(t.start_delay_ms, 0);
-        let p: Pruned = serde_json::from_str(r#"{"state_id":"s","attempt":1}"#).unwrap();
+        let p: Pruned =
+            serde_json::from_str(r#"{"state_id":"0123456789abcdef01234567","attempt":1}"#).unwrap();
         assert!(p.data.is_empty());
+        let bad = serde_json::from_str::<Pruned>(r#"{"state_id":"s","attempt":1}"#);
+        assert!(
+            bad.is_err(),
+            "a state id that is not 24 hex digits does not decode"
+        );
     }
 }

@@ -83,7 +83,7 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
         .enumerate()
     {
         let msg = Executed {
-            state_id: st.id.to_hex(),
+            state_id: exo_types::ids::StateId::from_bytes(st.id.bytes()),
             attempt: st.attempt as u32,
             outputs,
         };
@@ -97,7 +97,7 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     }
     // 2. The root's hand-off to the scheduler delivered again.
     let created = StateCreated {
-        state_id: a.id.to_hex(),
+        state_id: exo_types::ids::StateId::from_bytes(a.id.bytes()),
         run_id: run_id.clone(),
         node_name: "AppendA".into(),
         enqueue_after: 0,

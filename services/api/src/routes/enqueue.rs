@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiResult;
 use crate::models::EnqueueBody;
-use crate::render::{iso, parse_oid};
+use crate::render::iso;
 use crate::validate::ValidJson;
 use crate::{AppState, Caller};
 
@@ -227,11 +227,7 @@ async fn decode(state: &AppState, mut held: Held) -> Option<Taken> {
             return None;
         }
     };
-    let Some(id) = parse_oid(&dispatch.state_id) else {
-        tracing::warn!(state_id = %dispatch.state_id, "Dropped a dispatch with a malformed state id.");
-        held.settle(AckKind::Term).await;
-        return None;
-    };
+    let id = exo_store::oid(dispatch.state_id.bytes());
     Some(Taken { held, id, dispatch })
 }
 

@@ -32,6 +32,7 @@ use exo_bus::{Answer, Outgoing};
 use exo_engine::effects::{self};
 use exo_engine::graphs::Unusable;
 use exo_store::StateDoc;
+use exo_types::ids::StateId;
 use exo_types::messages::{self as m, Errored, Executed, Pruned, Reply, ReplyOutcome, Requeue};
 use exo_types::status::StateStatus;
 use exo_types::subjects::{self, ResultKind};
@@ -164,7 +165,7 @@ pub async fn executed(
     require_queued(&st)?;
     storable("outputs", &body.outputs)?;
     let msg = Executed {
-        state_id: st.id.to_hex(),
+        state_id: StateId::from_bytes(st.id.bytes()),
         attempt: attempt_of(&st),
         outputs: body.outputs,
     };
@@ -204,7 +205,7 @@ pub async fn errored(
         Err(_) => false,
     };
     let msg = Errored {
-        state_id: st.id.to_hex(),
+        state_id: StateId::from_bytes(st.id.bytes()),
         attempt: attempt_of(&st),
         error: body.error,
     };
@@ -240,7 +241,7 @@ pub async fn prune(
     require_queued(&st)?;
     storable("data", [&body.data])?;
     let msg = Pruned {
-        state_id: st.id.to_hex(),
+        state_id: StateId::from_bytes(st.id.bytes()),
         attempt: attempt_of(&st),
         data: body.data,
     };
@@ -275,7 +276,7 @@ pub async fn re_enqueue_after(
     let st = load_state(&state, &ns, &id).await?;
     require_queued(&st)?;
     let msg = Requeue {
-        state_id: st.id.to_hex(),
+        state_id: StateId::from_bytes(st.id.bytes()),
         attempt: attempt_of(&st),
         delay_ms: body.enqueue_after,
     };
