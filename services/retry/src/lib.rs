@@ -10,7 +10,7 @@
 pub mod handlers;
 
 use exo_bus::Disposition;
-use exo_engine::worker::{self, Lane, WorkerSpec};
+use exo_engine::worker::{self, WorkerSpec};
 use exo_types::subjects::{self, ResultKind};
 use tokio_util::sync::CancellationToken;
 
@@ -18,15 +18,12 @@ pub use exo_engine::worker::Config;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = WorkerSpec {
-        service: "exo-retry",
-        stream: subjects::STREAM_RESULTS,
-        lanes: vec![Lane::new(
-            subjects::CONSUMER_RETRY,
-            &subjects::RETRY_FILTERS,
-        )],
-        concurrency: cfg.concurrency.unwrap_or(32),
-    };
+    let spec = WorkerSpec::single(
+        "exo-retry",
+        subjects::STREAM_RESULTS,
+        (subjects::CONSUMER_RETRY, &subjects::RETRY_FILTERS),
+        cfg.concurrency.unwrap_or(32),
+    );
     worker::run(
         cfg.common,
         shutdown,

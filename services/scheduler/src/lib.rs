@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use exo_engine::Engine;
 use exo_engine::common::created_msg;
-use exo_engine::worker::{self, Lane, WorkerSpec};
+use exo_engine::worker::{self, WorkerSpec};
 use exo_store::mongodb::bson::doc;
 use exo_types::messages::StateCreated;
 use exo_types::status::StateStatus;
@@ -39,15 +39,12 @@ pub use exo_engine::worker::Config;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = WorkerSpec {
-        service: "exo-scheduler",
-        stream: subjects::STREAM_STATES,
-        lanes: vec![Lane::new(
-            subjects::CONSUMER_SCHEDULER,
-            &[subjects::STATES_SUBJECTS],
-        )],
-        concurrency: cfg.concurrency.unwrap_or(128),
-    };
+    let spec = WorkerSpec::single(
+        "exo-scheduler",
+        subjects::STREAM_STATES,
+        (subjects::CONSUMER_SCHEDULER, &[subjects::STATES_SUBJECTS]),
+        cfg.concurrency.unwrap_or(128),
+    );
     worker::run(
         cfg.common,
         shutdown,

@@ -2,14 +2,13 @@
 //! store, root state; shared with the runs created concurrently), cancel a
 //! run (fence, then bounded batches), and fire due CRON occurrences.
 
-use exo_bus::Outgoing;
 use exo_engine::common::{json_to_doc, root_inputs};
 use exo_engine::{Engine, Error, Outcome, cron, inputs};
 use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{RunDoc, StoreDoc, oid};
-use exo_types::messages::{CancelCommand, RunEvent, TriggerCommand};
+use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::status::{RunStatus, StateStatus};
-use exo_types::{ids, subjects, time};
+use exo_types::{ids, time};
 use futures::TryStreamExt;
 
 /// Pending states cancelled per transaction when a run is cancelled.
@@ -188,7 +187,15 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
     if status != RunStatus::Pending.as_str() || !cancelling {
         if status == RunStatus::Cancelled.as_str() && cancelling {
             // Finished by an earlier delivery: tell runtimes again (deduplicated).
-            publish_cancelled(engine, ns, &cmd.run_id, &graph_name, now).await?;
+            engine
+                .publish_run_event(
+                    ns,
+                    (&cmd.run_id, &graph_name),
+                    RunStatus::Cancelled,
+                    "cancelled",
+                    exo_types::messages::cancelled_event_msg_id(&cmd.run_id),
+                )
+                .await?;
             return Ok(Outcome::Done);
         }
         return Ok(Outcome::Stale(format!("run is {status}")));
@@ -208,32 +215,16 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
         .map_err(exo_store::Error::from)?;
     exo_faults::point("store.write")?;
     tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
-    publish_cancelled(engine, ns, &cmd.run_id, &graph_name, now).await?;
-    Ok(Outcome::Done)
-}
-
-async fn publish_cancelled(
-    engine: &Engine,
-    ns: &str,
-    run_id: &str,
-    graph_name: &str,
-    now: i64,
-) -> Result<(), Error> {
-    let ev = RunEvent {
-        run_id: run_id.to_string(),
-        graph_name: graph_name.to_string(),
-        status: RunStatus::Cancelled.as_str().to_string(),
-        at_ms: now,
-    };
     engine
-        .bus
-        .publish(Outgoing::json(
-            subjects::event(ns, "run", "cancelled"),
-            exo_types::messages::cancelled_event_msg_id(run_id),
-            &ev,
-        )?)
+        .publish_run_event(
+            ns,
+            (&cmd.run_id, &graph_name),
+            RunStatus::Cancelled,
+            "cancelled",
+            exo_types::messages::cancelled_event_msg_id(&cmd.run_id),
+        )
         .await?;
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and

@@ -12,7 +12,7 @@ pub mod handlers;
 
 use std::time::Duration;
 
-use exo_engine::worker::{self, Lane, WorkerSpec};
+use exo_engine::worker::{self, WorkerSpec};
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
 use tokio_util::sync::CancellationToken;
@@ -51,15 +51,12 @@ impl Config {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let claim_timeout = cfg.cron_claim_timeout();
     let cfg = cfg.worker;
-    let spec = WorkerSpec {
-        service: "exo-trigger",
-        stream: subjects::STREAM_COMMANDS,
-        lanes: vec![Lane::new(
-            subjects::CONSUMER_TRIGGER,
-            &[subjects::COMMANDS_SUBJECTS],
-        )],
-        concurrency: cfg.concurrency.unwrap_or(32),
-    };
+    let spec = WorkerSpec::single(
+        "exo-trigger",
+        subjects::STREAM_COMMANDS,
+        (subjects::CONSUMER_TRIGGER, &[subjects::COMMANDS_SUBJECTS]),
+        cfg.concurrency.unwrap_or(32),
+    );
     worker::run(
         cfg.common,
         shutdown,

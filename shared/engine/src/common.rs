@@ -191,17 +191,32 @@ impl Engine {
         graph_name: &str,
         status: RunStatus,
     ) -> Result<(), Error> {
+        tracing::info!(exo.run_id = %run_id, exo.graph = %graph_name, status = status.as_str(), "Run finished.");
+        let id = m::finished_event_msg_id(run_id);
+        self.publish_run_event(ns, (run_id, graph_name), status, "finished", id)
+            .await
+    }
+
+    /// Publishes `event.run.<name>` for run (`run_id`, `graph_name`) with
+    /// `status`, under message id `msg_id`.
+    pub async fn publish_run_event(
+        &self,
+        ns: &str,
+        (run_id, graph_name): (&str, &str),
+        status: RunStatus,
+        name: &str,
+        msg_id: String,
+    ) -> Result<(), Error> {
         let ev = RunEvent {
             run_id: run_id.to_string(),
             graph_name: graph_name.to_string(),
             status: status.as_str().to_string(),
             at_ms: self.now_ms(),
         };
-        tracing::info!(exo.run_id = %run_id, exo.graph = %graph_name, status = status.as_str(), "Run finished.");
         self.bus
             .publish(Outgoing::json(
-                subjects::event(ns, "run", "finished"),
-                m::finished_event_msg_id(run_id),
+                subjects::event(ns, "run", name),
+                msg_id,
                 &ev,
             )?)
             .await?;

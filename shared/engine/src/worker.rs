@@ -47,6 +47,24 @@ pub struct WorkerSpec {
     pub concurrency: usize,
 }
 
+impl WorkerSpec {
+    /// A service consuming `filters` of `stream` through one durable
+    /// `consumer`, `concurrency` messages at once.
+    pub fn single(
+        service: &'static str,
+        stream: &'static str,
+        (consumer, filters): (&str, &[&str]),
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            service,
+            stream,
+            lanes: vec![Lane::new(consumer, filters)],
+            concurrency,
+        }
+    }
+}
+
 /// One durable consumer of a [`WorkerSpec`].
 #[derive(Debug, Clone)]
 pub struct Lane {
