@@ -187,15 +187,7 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
     if status != RunStatus::Pending.as_str() || !cancelling {
         if status == RunStatus::Cancelled.as_str() && cancelling {
             // Finished by an earlier delivery: tell runtimes again (deduplicated).
-            engine
-                .publish_run_event(
-                    ns,
-                    (&cmd.run_id, &graph_name),
-                    RunStatus::Cancelled,
-                    "cancelled",
-                    exo_types::messages::cancelled_event_msg_id(&cmd.run_id),
-                )
-                .await?;
+            announce_cancelled(engine, ns, &cmd.run_id, &graph_name).await?;
             return Ok(Outcome::Done);
         }
         return Ok(Outcome::Stale(format!("run is {status}")));
@@ -215,16 +207,28 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
         .map_err(exo_store::Error::from)?;
     exo_faults::point("store.write")?;
     tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
+    announce_cancelled(engine, ns, &cmd.run_id, &graph_name).await?;
+    Ok(Outcome::Done)
+}
+
+/// Tells runtimes (and anyone listening) that the run is cancelled
+/// (`event.run.cancelled`, deduplicated per run).
+async fn announce_cancelled(
+    engine: &Engine,
+    ns: &str,
+    run_id: &str,
+    graph_name: &str,
+) -> Result<(), Error> {
+    let id = exo_types::messages::cancelled_event_msg_id(run_id);
     engine
         .publish_run_event(
             ns,
-            (&cmd.run_id, &graph_name),
+            (run_id, graph_name),
             RunStatus::Cancelled,
             "cancelled",
-            exo_types::messages::cancelled_event_msg_id(&cmd.run_id),
+            id,
         )
-        .await?;
-    Ok(Outcome::Done)
+        .await
 }
 
 /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and
