@@ -295,13 +295,27 @@ async fn cross_cutting_http_behaviour() -> anyhow::Result<()> {
     let stack = Stack::start_with(&["exo-api"]).await?;
     let api = Api::new(&stack)?;
 
-    // Health: no key needed.
+    check_health(&api).await?;
+    check_api_keys(&api).await?;
+    check_request_ids(&api).await?;
+    check_unknown_paths(&api).await?;
+    check_redirects(&api).await?;
+    check_cors(&api).await?;
+    check_bodies(&api).await?;
+    Ok(())
+}
+
+/// Health: no key needed.
+async fn check_health(api: &Api) -> anyhow::Result<()> {
     let a = api
         .send(Method::GET, "/health", Body::None, None, &[])
         .await?;
     assert_eq!((a.status, &a.body), (200, &json!({"message": "OK"})));
+    Ok(())
+}
 
-    // Every /v0 path needs the key; a bad key beats a bad body.
+/// Every /v0 path needs the key; a bad key beats a bad body.
+async fn check_api_keys(api: &Api) -> anyhow::Result<()> {
     for key in [None, Some("wrong"), Some("")] {
         for (method, path) in [
             (Method::GET, "/v0/namespaces"),
@@ -327,9 +341,12 @@ async fn cross_cutting_http_behaviour() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(a.status, 200);
+    Ok(())
+}
 
-    // Request ids: a UUID is echoed, anything else replaced by a UUIDv4,
-    // on every answer (401 and 404 included).
+/// Request ids: a UUID is echoed, anything else replaced by a UUIDv4,
+/// on every answer (401 and 404 included).
+async fn check_request_ids(api: &Api) -> anyhow::Result<()> {
     let rid = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
     let a = api
         .send(
@@ -355,9 +372,12 @@ async fn cross_cutting_http_behaviour() -> anyhow::Result<()> {
         let id = a.header("x-exosphere-request-id").unwrap_or_default();
         assert_eq!(uuid::Uuid::parse_str(id)?.get_version_num(), 4, "{id}");
     }
+    Ok(())
+}
 
-    // Unknown paths and methods; the routes the dashboard still names but
-    // upstream removed.
+/// Unknown paths and methods; the routes the dashboard still names but
+/// upstream removed.
+async fn check_unknown_paths(api: &Api) -> anyhow::Result<()> {
     expect_detail(&api.get("/v0/nowhere").await?, 404, "Not Found");
     for path in [
         "/v0/namespace/ns/graph/g/states/create",
@@ -375,8 +395,11 @@ async fn cross_cutting_http_behaviour() -> anyhow::Result<()> {
         )
         .await?;
     expect_detail(&a, 405, "Method Not Allowed");
+    Ok(())
+}
 
-    // Trailing slashes: 307 to the canonical path, query kept.
+/// Trailing slashes: 307 to the canonical path, query kept.
+async fn check_redirects(api: &Api) -> anyhow::Result<()> {
     let a = api.get("/v0/namespace/ns/nodes").await?;
     assert_eq!(a.status, 307);
     assert_eq!(a.header("location"), Some("/v0/namespace/ns/nodes/"));
@@ -400,8 +423,11 @@ async fn cross_cutting_http_behaviour() -> anyhow::Result<()> {
         (a.status, a.header("location")),
         (307, Some("/v0/namespace/ns/graphs/"))
     );
+    Ok(())
+}
 
-    // CORS: listed origins get credentials and the exposed request id.
+/// CORS: listed origins get credentials and the exposed request id.
+async fn check_cors(api: &Api) -> anyhow::Result<()> {
     let a = api
         .send(
             Method::OPTIONS,
@@ -457,8 +483,11 @@ async fn cross_cutting_http_behaviour() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(a.header("access-control-allow-origin"), None);
+    Ok(())
+}
 
-    // Bodies: empty, invalid JSON, not an object, too large.
+/// Bodies: empty, invalid JSON, not an object, too large.
+async fn check_bodies(api: &Api) -> anyhow::Result<()> {
     let enqueue = "/v0/namespace/ns/states/enqueue";
     let a = api.raw(Method::POST, enqueue, b"").await?;
     assert_eq!(
@@ -511,7 +540,17 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
     let api = Api::new(&stack)?;
     let ns = "contract";
 
-    // ---- PUT /nodes/
+    check_put_nodes(&api, ns).await?;
+    check_list_nodes(&api, ns).await?;
+    let stored = check_put_graph(&api, ns).await?;
+    check_get_graph(&api, ns, &stored).await?;
+    check_list_graphs(&api, ns).await?;
+    check_trigger(&api, ns).await?;
+    Ok(())
+}
+
+/// `PUT /nodes/`.
+async fn check_put_nodes(api: &Api, ns: &str) -> anyhow::Result<()> {
     let path = format!("/v0/namespace/{ns}/nodes/");
     let a = api.put(&path, &json!({"nodes": []})).await?;
     assert_eq!(
@@ -564,7 +603,7 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
         (empty.status, &empty.body),
         (200, &json!({"runtime_name": "r", "registered_nodes": []}))
     );
-    register(&api, ns).await?;
+    register(api, ns).await?;
     // The answer echoes the nodes (extra keys dropped).
     let a = api
         .put(
@@ -581,8 +620,12 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
             {"name": "Echo", "inputs_schema": schema("Inputs", &["text"]),
              "outputs_schema": schema("Outputs", &["text"]), "secrets": []}]})
     );
+    Ok(())
+}
 
-    // ---- GET /nodes/, /v0/namespaces
+/// `GET /nodes/, /v0/namespaces`.
+async fn check_list_nodes(api: &Api, ns: &str) -> anyhow::Result<()> {
+    let path = format!("/v0/namespace/{ns}/nodes/");
     let a = api.get(&path).await?;
     assert_eq!(a.status, 200);
     assert_eq!(
@@ -615,15 +658,19 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
         other.body,
         json!({"namespace": "elsewhere", "count": 0, "nodes": []})
     );
-    register(&api, "aaa-first").await?;
+    register(api, "aaa-first").await?;
     let a = api.get("/v0/namespaces").await?;
     assert_eq!(
         a.body,
         json!({"namespaces": ["aaa-first", ns], "count": 2}),
         "sorted, only namespaces with registered nodes"
     );
+    Ok(())
+}
 
-    // ---- PUT /graph/{g}
+/// `PUT /graph/{g}`.
+/// Returns the answer to the successful upsert.
+async fn check_put_graph(api: &Api, ns: &str) -> anyhow::Result<Value> {
     let gpath = format!("/v0/namespace/{ns}/graph/chain");
     let a = api.put(&gpath, &json!({"nodes": []})).await?;
     assert_eq!(
@@ -770,11 +817,15 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
     assert_eq!(a.body["secrets"], json!({"token": true}));
     assert!(is_naive_iso(&a.body["created_at"]));
     assert_eq!(a.body["nodes"][0]["unites"], Value::Null);
+    Ok(a.body)
+}
 
-    // ---- GET /graph/{g}
+/// `GET /graph/{g}`.
+async fn check_get_graph(api: &Api, ns: &str, stored: &Value) -> anyhow::Result<()> {
+    let gpath = format!("/v0/namespace/{ns}/graph/chain");
     let g = api.get(&gpath).await?;
     assert_eq!(g.status, 200);
-    assert_eq!(keys(&g.body), keys(&a.body));
+    assert_eq!(keys(&g.body), keys(stored));
     assert_eq!(g.body["validation_status"], "VALID");
     assert_eq!(g.body["secrets"], json!({"token": true}));
     assert_eq!(
@@ -817,8 +868,11 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
         errors.contains("Secret token is required but not present in the graph template"),
         "{errors:?}"
     );
+    Ok(())
+}
 
-    // ---- GET /graphs/
+/// `GET /graphs/`.
+async fn check_list_graphs(api: &Api, ns: &str) -> anyhow::Result<()> {
     let a = api.get(&format!("/v0/namespace/{ns}/graphs/")).await?;
     assert_eq!(keys(&a.body), set(&["namespace", "count", "templates"]));
     assert_eq!(a.body["count"], 2);
@@ -848,8 +902,11 @@ async fn graph_node_and_trigger_endpoints() -> anyhow::Result<()> {
     // Ciphertexts, never the plaintext.
     let ct = chain["secrets"]["token"].as_str().unwrap_or_default();
     assert!(ct.len() >= 32 && !ct.contains("t0ps3cret"), "{ct}");
+    Ok(())
+}
 
-    // ---- POST /graph/{g}/trigger
+/// `POST /graph/{g}/trigger`.
+async fn check_trigger(api: &Api, ns: &str) -> anyhow::Result<()> {
     let tpath = |g: &str| format!("/v0/namespace/{ns}/graph/{g}/trigger");
     expect_detail(
         &api.post(&tpath("nope"), &json!({})).await?,
