@@ -8,6 +8,7 @@
 #   5. cargo clippy --workspace --all-targets -- -D warnings
 #   6. cargo machete                        (no unused dependencies)
 #   7. deploy/check-size.py                 (no function over 80 lines, no file over 800)
+#   8. cargo doc --no-deps, warnings denied  (no broken doc links)
 # Steps 2-5 all run even when one fails; the exit code is non-zero if any failed.
 #
 # Existing MongoDB: EXO_TEST_MONGO_URI (or EXO_MONGO_URI / MONGO_URI) makes the tests use it
@@ -71,10 +72,11 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step machete cargo machete
 step size python3 deploy/check-size.py
+step doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 banner "summary"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "FAILED: ${FAILED[*]}"
     exit 1
 fi
-echo "all steps passed (build, test, fmt, clippy, machete, size)"
+echo "all steps passed (build, test, fmt, clippy, machete, size, doc)"

@@ -1,6 +1,6 @@
 //! The `completion` service's handlers: an executed result is applied in
-//! two phases ([`phase1`]: the state and its fan-out siblings EXECUTED;
-//! [`phase2`]: successors created, states SUCCESS), chunk by chunk on a
+//! two phases (`phase1`: the state and its fan-out siblings EXECUTED;
+//! `phase2`: successors created, states SUCCESS), chunk by chunk on a
 //! fixed grid; a pruned result ends its branch.
 
 use std::collections::{HashMap, HashSet};

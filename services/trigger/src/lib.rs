@@ -5,7 +5,7 @@
 //! and its root state in one transaction (deterministic ids: a redelivered
 //! command creates nothing twice), then dispatches the root state (or,
 //! when it has a start delay, hands it to the scheduler). `exo.v1.<ns>.run.cancel` cancels a run (see
-//! [`exo_engine::Engine::on_cancel`]). It also fires the graphs' CRON
+//! [`handlers::on_cancel`]). It also fires the graphs' CRON
 //! triggers (see [`exo_engine::cron`]).
 
 pub mod handlers;

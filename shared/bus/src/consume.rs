@@ -146,7 +146,7 @@ pub struct RetryBackoff {
 }
 
 impl Default for RetryBackoff {
-    /// 250 ms doubling, capped at [`MAX_BACKOFF`].
+    /// 250 ms doubling, capped at 30 s.
     fn default() -> Self {
         Self {
             first: Duration::from_millis(250),

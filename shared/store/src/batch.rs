@@ -38,7 +38,7 @@ pub struct Statement<'a> {
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Runs `statements` on `collection` as few `update` commands as fit
-/// [`MAX_COMMAND_BYTES`], in order, in `session` (and its transaction).
+/// 8 MiB, in order, in `session` (and its transaction).
 /// Returns the number of documents matched by all statements together
 /// (MongoDB reports only the sum; callers that need per-statement counts
 /// must make each statement's filter select at most its expected count,

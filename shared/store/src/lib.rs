@@ -79,6 +79,18 @@ pub struct Store {
     db: Database,
 }
 
+/// Typed accessors of the collections: `name: DocType = COLLECTION;`.
+macro_rules! collections {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $coll:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> Collection<$ty> {
+                self.db.collection($coll)
+            }
+        )*
+    };
+}
+
 impl Store {
     /// Connects and returns the handles; does not create indexes (see
     /// [`Store::ensure_indexes`]).
@@ -114,54 +126,27 @@ impl Store {
         &self.db
     }
 
-    /// `State` collection.
-    pub fn states(&self) -> Collection<StateDoc> {
-        self.db.collection(STATES)
-    }
-
-    /// `State` collection as raw documents.
-    pub fn states_raw(&self) -> Collection<Document> {
-        self.db.collection(STATES)
-    }
-
-    /// `GraphVersions` collection (ours): `{_id: version, template, namespace, name}`.
-    pub fn graph_versions(&self) -> Collection<Document> {
-        self.db.collection(GRAPH_VERSIONS)
-    }
-
-    /// `runs` collection as raw documents (fields of ours not in [`RunDoc`]).
-    pub fn runs_raw(&self) -> Collection<Document> {
-        self.db.collection(RUNS)
-    }
-
-    /// `GraphTemplate` collection.
-    pub fn graph_templates(&self) -> Collection<GraphTemplateDoc> {
-        self.db.collection(GRAPH_TEMPLATES)
-    }
-
-    /// `RegisteredNode` collection.
-    pub fn registered_nodes(&self) -> Collection<RegisteredNodeDoc> {
-        self.db.collection(REGISTERED_NODES)
-    }
-
-    /// `Store` collection.
-    pub fn store_entries(&self) -> Collection<StoreDoc> {
-        self.db.collection(STORE)
-    }
-
-    /// `runs` collection.
-    pub fn runs(&self) -> Collection<RunDoc> {
-        self.db.collection(RUNS)
-    }
-
-    /// `DatabaseTriggers` collection.
-    pub fn triggers(&self) -> Collection<TriggerDoc> {
-        self.db.collection(TRIGGERS)
-    }
-
-    /// `UniteGroup` collection.
-    pub fn unite_groups(&self) -> Collection<UniteGroupDoc> {
-        self.db.collection(UNITE_GROUPS)
+    collections! {
+        /// `State` collection.
+        states: StateDoc = STATES;
+        /// `State` collection as raw documents.
+        states_raw: Document = STATES;
+        /// `GraphVersions` collection (ours): `{_id: version, template, namespace, name}`.
+        graph_versions: Document = GRAPH_VERSIONS;
+        /// `runs` collection as raw documents (fields of ours not in [`RunDoc`]).
+        runs_raw: Document = RUNS;
+        /// `GraphTemplate` collection.
+        graph_templates: GraphTemplateDoc = GRAPH_TEMPLATES;
+        /// `RegisteredNode` collection.
+        registered_nodes: RegisteredNodeDoc = REGISTERED_NODES;
+        /// `Store` collection.
+        store_entries: StoreDoc = STORE;
+        /// `runs` collection.
+        runs: RunDoc = RUNS;
+        /// `DatabaseTriggers` collection.
+        triggers: TriggerDoc = TRIGGERS;
+        /// `UniteGroup` collection.
+        unite_groups: UniteGroupDoc = UNITE_GROUPS;
     }
 
     /// Loads one state by id.

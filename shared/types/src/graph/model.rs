@@ -133,7 +133,7 @@ impl GraphSpec {
     /// Trims what upstream stores trimmed: node names, identifiers,
     /// `next_nodes` entries, unites identifiers, and store keys (required
     /// keys and default-value keys; on a collision after trimming the last
-    /// key in sorted order wins, [`validate_fields`] reports the duplicate).
+    /// key in sorted order wins, [`validate_fields`](super::validate_fields) reports the duplicate).
     pub fn normalize(&mut self) {
         for node in &mut self.nodes {
             trim_in_place(&mut node.node_name);
