@@ -6,9 +6,9 @@ use exo_engine::common::{json_to_doc, root_inputs};
 use exo_engine::{Engine, Error, Outcome, cron, inputs};
 use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{RunDoc, StoreDoc, oid};
+use exo_types::ids;
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::status::{RunStatus, StateStatus};
-use exo_types::{ids, time};
 use futures::TryStreamExt;
 
 /// Pending states cancelled per transaction when a run is cancelled.
@@ -60,7 +60,7 @@ pub async fn on_trigger(
     };
     // The run executes this version even if the template is replaced.
     engine.graphs.pin(&lg).await?;
-    let requested = cmd.requested_at_ms.unwrap_or_else(time::now_ms);
+    let requested = cmd.requested_at_ms.unwrap_or_else(|| engine.now_ms());
     let root = root_state(&lg, ns, &cmd, inputs_doc, requested, queued_by);
     let root_id = root.id;
     let now = DateTime::from_millis(requested);

@@ -74,22 +74,25 @@ async fn insert_ignoring_duplicates(store: &Store, doc: TriggerDoc) -> Result<()
 }
 
 /// Replaces the PENDING occurrences of graph `ns`/`graph` by the next
-/// occurrence of each expression (none when the graph is not `valid`).
+/// occurrence of each expression (none when the graph is not `valid`),
+/// counted from the engine's clock.
 pub async fn reschedule(
-    store: &Store,
+    engine: &Engine,
     ns: &str,
     graph: &str,
     expressions: &[&str],
     valid: bool,
 ) -> Result<(), Error> {
+    let store = &engine.store;
     store
         .triggers()
         .delete_many(doc! {"namespace": ns, "graph_name": graph, "type": "CRON", "trigger_status": TriggerStatus::Pending.as_str()})
-        .await?;
+        .await
+        .map_err(exo_store::Error::from)?;
     if !valid {
         return Ok(());
     }
-    let now = chrono::Utc::now();
+    let now = exo_types::time::from_ms(engine.now_ms());
     for expr in expressions {
         if let Some(d) = next_doc(ns, graph, expr, now) {
             insert_ignoring_duplicates(store, d).await?;

@@ -168,7 +168,7 @@ pub async fn upsert(
     .await?;
     state.engine.graphs.invalidate(&ns, &name);
     exo_engine::cron::reschedule(
-        &state.engine.store,
+        &state.engine,
         &ns,
         &name,
         &spec.cron_expressions(),
