@@ -6,7 +6,7 @@ use exo_types::graph::{GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerTyp
 use exo_types::retry::{RetryPolicy, RetryStrategy};
 use serde_json::{Map, Value};
 
-use crate::validate::{Checker, Loc, Model, at, body_loc};
+use crate::validate::{Checker, Model, at, body_loc, or_null};
 
 const UNITES_STRATEGIES: [&str; 2] = ["ALL_SUCCESS", "ALL_DONE"];
 const TRIGGER_TYPES: [&str; 1] = ["CRON"];
@@ -43,26 +43,25 @@ impl Model for UpsertGraph {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
         let obj = top(v, c)?;
         let l = body_loc();
-        let secrets = c
-            .required(&l, obj, "secrets")
-            .and_then(|s| c.str_dict(&at(&l, "secrets"), s));
+        let secrets = c.field(&l, obj, "secrets", Checker::str_dict);
         let nodes = c.required(&l, obj, "nodes").and_then(|n| {
             c.list_of(&at(&l, "nodes"), n, |c, loc, item| {
-                node_template(&loc.to_vec(), item, c)
+                node_template(c, loc, item)
             })
         });
-        let retry_policy = match obj.get("retry_policy") {
-            None => Some(RetryPolicy::default()),
-            Some(p) => retry_policy(&at(&l, "retry_policy"), p, c),
-        };
-        let store_config = match obj.get("store_config") {
-            None => Some(StoreConfig::default()),
-            Some(s) => store_config(&at(&l, "store_config"), s, c),
-        };
-        let triggers = match obj.get("triggers") {
-            None => Some(Vec::new()),
-            Some(t) => triggers(&at(&l, "triggers"), t, c),
-        };
+        let retry_policy = c.optional(
+            &l,
+            obj,
+            ("retry_policy", RetryPolicy::default()),
+            retry_policy,
+        );
+        let store_config = c.optional(
+            &l,
+            obj,
+            ("store_config", StoreConfig::default()),
+            store_config,
+        );
+        let triggers = c.optional(&l, obj, ("triggers", Vec::new()), triggers);
         Some(Self {
             spec: GraphSpec {
                 nodes: nodes?,
@@ -76,7 +75,7 @@ impl Model for UpsertGraph {
     }
 }
 
-fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> {
+fn node_template(c: &mut Checker, loc: &[Value], v: &Value) -> Option<NodeTemplate> {
     let obj = c.model(loc, v, Some("NodeTemplate"))?;
     let s = |key: &str, c: &mut Checker| {
         c.required(loc, obj, key)
@@ -89,18 +88,13 @@ fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> 
         .required(loc, obj, "inputs")
         .and_then(|x| c.dict(&at(loc, "inputs"), x))
         .cloned();
-    let next_nodes = match obj.get("next_nodes") {
-        None | Some(Value::Null) => Some(None),
-        Some(x) => c.str_list(&at(loc, "next_nodes"), x).map(Some),
-    };
+    let next_nodes = c.optional(loc, obj, ("next_nodes", None), or_null(Checker::str_list));
     let unites = match obj.get("unites") {
         None | Some(Value::Null) => Some(None),
         Some(x) => {
             let uloc = at(loc, "unites");
             c.model(&uloc, x, Some("Unites")).and_then(|u| {
-                let identifier = c
-                    .required(&uloc, u, "identifier")
-                    .and_then(|i| c.string(&at(&uloc, "identifier"), i));
+                let identifier = c.field(&uloc, u, "identifier", Checker::string);
                 let strategy = match u.get("strategy") {
                     None => Some(Default::default()),
                     Some(s) => c
@@ -114,10 +108,7 @@ fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> 
             })
         }
     };
-    let node_retry = match obj.get("retry_policy") {
-        None | Some(Value::Null) => Some(None),
-        Some(p) => retry_policy(&at(loc, "retry_policy"), p, c).map(Some),
-    };
+    let node_retry = c.optional(loc, obj, ("retry_policy", None), or_null(retry_policy));
     Some(NodeTemplate {
         node_name: node_name?,
         namespace: namespace?,
@@ -129,12 +120,11 @@ fn node_template(loc: &Loc, v: &Value, c: &mut Checker) -> Option<NodeTemplate> 
     })
 }
 
-fn retry_policy(loc: &Loc, v: &Value, c: &mut Checker) -> Option<RetryPolicy> {
+fn retry_policy(c: &mut Checker, loc: &[Value], v: &Value) -> Option<RetryPolicy> {
     let obj = c.model(loc, v, Some("RetryPolicyModel"))?;
     let d = RetryPolicy::default();
-    let int = |key: &str, default: i64, c: &mut Checker| match obj.get(key) {
-        None => Some(default),
-        Some(x) => c.int(&at(loc, key), x),
+    let int = |key: &str, default: i64, c: &mut Checker| {
+        c.optional(loc, obj, (key, default), Checker::int)
     };
     let max_retries = int("max_retries", d.max_retries, c);
     let strategy = match obj.get("strategy") {
@@ -149,10 +139,7 @@ fn retry_policy(loc: &Loc, v: &Value, c: &mut Checker) -> Option<RetryPolicy> {
     };
     let backoff_factor = int("backoff_factor", d.backoff_factor, c);
     let exponent = int("exponent", d.exponent, c);
-    let max_delay = match obj.get("max_delay") {
-        None | Some(Value::Null) => Some(None),
-        Some(x) => c.int(&at(loc, "max_delay"), x).map(Some),
-    };
+    let max_delay = c.optional(loc, obj, ("max_delay", None), or_null(Checker::int));
     Some(RetryPolicy {
         max_retries: max_retries?,
         strategy: strategy?,
@@ -162,33 +149,31 @@ fn retry_policy(loc: &Loc, v: &Value, c: &mut Checker) -> Option<RetryPolicy> {
     })
 }
 
-fn store_config(loc: &Loc, v: &Value, c: &mut Checker) -> Option<StoreConfig> {
+fn store_config(c: &mut Checker, loc: &[Value], v: &Value) -> Option<StoreConfig> {
     let obj = c.model(loc, v, Some("StoreConfig"))?;
-    let required_keys = match obj.get("required_keys") {
-        None => Some(Vec::new()),
-        Some(x) => c.str_list(&at(loc, "required_keys"), x),
-    };
-    let default_values = match obj.get("default_values") {
-        None => Some(BTreeMap::new()),
-        Some(x) => c.str_dict(&at(loc, "default_values"), x),
-    };
+    let required_keys = c.optional(loc, obj, ("required_keys", Vec::new()), Checker::str_list);
+    let default_values = c.optional(
+        loc,
+        obj,
+        ("default_values", BTreeMap::new()),
+        Checker::str_dict,
+    );
     Some(StoreConfig {
         required_keys: required_keys?,
         default_values: default_values?,
     })
 }
 
-fn triggers(loc: &Loc, v: &Value, c: &mut Checker) -> Option<Vec<Trigger>> {
+fn triggers(c: &mut Checker, loc: &[Value], v: &Value) -> Option<Vec<Trigger>> {
     c.list_of(loc, v, |c, tloc, item| {
         let obj = c.model(tloc, item, Some("Trigger"))?;
         let kind = c
             .required(tloc, obj, "type")
             .and_then(|t| c.enumeration(&at(tloc, "type"), t, &TRIGGER_TYPES))
             .map(|_| TriggerType::Cron);
-        let value = match obj.get("value") {
-            None => Some(Map::new()),
-            Some(x) => c.dict(&at(tloc, "value"), x).cloned(),
-        };
+        let value = c.optional(tloc, obj, ("value", Map::new()), |c, l, x| {
+            c.dict(l, x).cloned()
+        });
         Some(Trigger {
             kind: kind?,
             value: value?,
@@ -222,9 +207,7 @@ impl Model for RegisterNodes {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
         let obj = top(v, c)?;
         let l = body_loc();
-        let runtime_name = c
-            .required(&l, obj, "runtime_name")
-            .and_then(|x| c.string(&at(&l, "runtime_name"), x));
+        let runtime_name = c.field(&l, obj, "runtime_name", Checker::string);
         let nodes = c.required(&l, obj, "nodes").and_then(|n| {
             c.list_of(&at(&l, "nodes"), n, |c, nloc, item| {
                 let o = c.model(nloc, item, Some("NodeRegistrationModel"))?;
@@ -272,18 +255,9 @@ impl Model for TriggerGraph {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
         let obj = top(v, c)?;
         let l = body_loc();
-        let store = match obj.get("store") {
-            None => Some(BTreeMap::new()),
-            Some(x) => c.str_dict(&at(&l, "store"), x),
-        };
-        let inputs = match obj.get("inputs") {
-            None => Some(BTreeMap::new()),
-            Some(x) => c.str_dict(&at(&l, "inputs"), x),
-        };
-        let start_delay = match obj.get("start_delay") {
-            None => Some(0),
-            Some(x) => c.int_ge(&at(&l, "start_delay"), x, 0),
-        };
+        let store = c.optional(&l, obj, ("store", BTreeMap::new()), Checker::str_dict);
+        let inputs = c.optional(&l, obj, ("inputs", BTreeMap::new()), Checker::str_dict);
+        let start_delay = c.optional(&l, obj, ("start_delay", 0), |c, l, x| c.int_ge(l, x, 0));
         Some(Self {
             store: store?,
             inputs: inputs?,
@@ -373,12 +347,8 @@ impl Model for EnqueueBody {
     fn check(v: &Value, c: &mut Checker) -> Option<Self> {
         let obj = top(v, c)?;
         let l = body_loc();
-        let nodes = c
-            .required(&l, obj, "nodes")
-            .and_then(|x| c.str_list(&at(&l, "nodes"), x));
-        let batch_size = c
-            .required(&l, obj, "batch_size")
-            .and_then(|x| c.int(&at(&l, "batch_size"), x));
+        let nodes = c.field(&l, obj, "nodes", Checker::str_list);
+        let batch_size = c.field(&l, obj, "batch_size", Checker::int);
         Some(Self {
             nodes: nodes?,
             batch_size: batch_size?,

@@ -1,8 +1,14 @@
 //! Rendering helpers shared by the handlers.
 
+use axum::Json;
 use exo_store::StateDoc;
+use exo_store::mongodb::Collection;
 use exo_store::mongodb::bson::{DateTime, Document, oid::ObjectId};
-use serde_json::Value;
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiResult;
 
 /// A stored datetime rendered as Exosphere does (naive ISO, spec §0).
 pub fn iso(dt: DateTime) -> String {
@@ -41,4 +47,56 @@ pub fn parents_json(st: &StateDoc) -> Value {
         m.insert(k.clone(), Value::String(s));
     }
     Value::Object(m)
+}
+
+/// A stored document listed per namespace (graph templates, registered
+/// nodes), answered as Exosphere does: its fields, with `_id` in hex (null
+/// when absent) and `created_at` / `updated_at` in naive ISO.
+pub trait NamedDoc: serde::Serialize + DeserializeOwned + Send + Sync {
+    /// Its id and its creation and update times.
+    fn meta(&self) -> (Option<ObjectId>, DateTime, DateTime);
+
+    /// The answer's JSON object.
+    fn to_json(&self) -> Value {
+        let mut m = match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let (id, created_at, updated_at) = self.meta();
+        m.insert("_id".into(), json!(id.map(|i| i.to_hex())));
+        m.insert("created_at".into(), iso(created_at).into());
+        m.insert("updated_at".into(), iso(updated_at).into());
+        Value::Object(m)
+    }
+}
+
+impl NamedDoc for exo_store::GraphTemplateDoc {
+    fn meta(&self) -> (Option<ObjectId>, DateTime, DateTime) {
+        (self.id, self.created_at, self.updated_at)
+    }
+}
+
+impl NamedDoc for exo_store::RegisteredNodeDoc {
+    fn meta(&self) -> (Option<ObjectId>, DateTime, DateTime) {
+        (self.id, self.created_at, self.updated_at)
+    }
+}
+
+/// `{"namespace", "count", <key>: [...]}`: every document of `coll` in
+/// namespace `ns`.
+pub async fn list_in_namespace<T: NamedDoc>(
+    coll: Collection<T>,
+    ns: String,
+    key: &str,
+) -> ApiResult<Json<Value>> {
+    let mut cur = coll
+        .find(exo_store::mongodb::bson::doc! {"namespace": &ns})
+        .await?;
+    let mut items = Vec::new();
+    while let Some(d) = cur.try_next().await? {
+        items.push(d.to_json());
+    }
+    Ok(Json(
+        json!({"namespace": ns, "count": items.len(), key: items}),
+    ))
 }

@@ -86,6 +86,34 @@ impl Checker {
         None
     }
 
+    /// The optional field `key` of `obj` (at `loc`): `default` when absent,
+    /// else checked by `check` at its own location.
+    pub fn optional<'a, T>(
+        &mut self,
+        loc: &[Value],
+        obj: &'a Map<String, Value>,
+        (key, default): (&str, T),
+        check: impl FnOnce(&mut Self, &[Value], &'a Value) -> Option<T>,
+    ) -> Option<T> {
+        match obj.get(key) {
+            None => Some(default),
+            Some(v) => check(self, &at(loc, key), v),
+        }
+    }
+
+    /// The required field `key` of `obj` (at `loc`), checked by `check` at
+    /// its own location.
+    pub fn field<'a, T>(
+        &mut self,
+        loc: &[Value],
+        obj: &'a Map<String, Value>,
+        key: &str,
+        check: impl FnOnce(&mut Self, &[Value], &'a Value) -> Option<T>,
+    ) -> Option<T> {
+        let v = self.required(loc, obj, key)?;
+        check(self, &at(loc, key), v)
+    }
+
     /// A required field: records `missing` (with the whole object as input)
     /// when absent.
     pub fn required<'a>(
@@ -183,35 +211,40 @@ impl Checker {
     /// An integer `> bound`.
     pub fn int_gt(&mut self, loc: &[Value], v: &Value, bound: i64) -> Option<i64> {
         let i = self.int(loc, v)?;
-        if i > bound {
-            Some(i)
-        } else {
-            self.error(
-                "greater_than",
-                loc,
-                format!("Input should be greater than {bound}"),
-                v,
-                Some(json!({ "gt": bound })),
-            );
-            None
-        }
+        self.bounded(
+            i > bound,
+            i,
+            ("greater_than", "greater than", "gt"),
+            loc,
+            v,
+            bound,
+        )
     }
 
     /// An integer `>= bound`.
     pub fn int_ge(&mut self, loc: &[Value], v: &Value, bound: i64) -> Option<i64> {
         let i = self.int(loc, v)?;
-        if i >= bound {
-            Some(i)
-        } else {
-            self.error(
-                "greater_than_equal",
-                loc,
-                format!("Input should be greater than or equal to {bound}"),
-                v,
-                Some(json!({ "ge": bound })),
-            );
-            None
+        let rule = ("greater_than_equal", "greater than or equal to", "ge");
+        self.bounded(i >= bound, i, rule, loc, v, bound)
+    }
+
+    /// `i` when `ok`; otherwise records pydantic's error for the bound rule
+    /// `(error type, wording, context key)`.
+    fn bounded(
+        &mut self,
+        ok: bool,
+        i: i64,
+        (kind, wording, key): (&str, &str, &str),
+        loc: &[Value],
+        v: &Value,
+        bound: i64,
+    ) -> Option<i64> {
+        if ok {
+            return Some(i);
         }
+        let msg = format!("Input should be {wording} {bound}");
+        self.error(kind, loc, msg, v, Some(json!({ key: bound })));
+        None
     }
 
     /// A `list` field.
@@ -441,6 +474,19 @@ fn lookup<'a>(v: &'a Value, path: &[&LocPart]) -> Option<&'a Value> {
         };
     }
     Some(cur)
+}
+
+/// `check`, with null accepted as `None` (a nullable field).
+pub fn or_null<'a, T>(
+    check: impl FnOnce(&mut Checker, &[Value], &'a Value) -> Option<T>,
+) -> impl FnOnce(&mut Checker, &[Value], &'a Value) -> Option<Option<T>> {
+    move |c, loc, v| {
+        if v.is_null() {
+            Some(None)
+        } else {
+            check(c, loc, v).map(Some)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 pub mod handlers;
 pub mod outputs;
 
-use exo_bus::Disposition;
+use exo_bus::{Delivery, Disposition};
+use exo_engine::Engine;
 use exo_engine::worker::{self, Lane, WorkerSpec};
 use exo_types::subjects::{self, ResultKind};
 use tokio_util::sync::CancellationToken;
@@ -110,33 +111,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         service: "exo-completion",
         stream: subjects::STREAM_RESULTS,
         lanes: lanes(cfg.share().map_err(anyhow::Error::msg)?),
-        concurrency: cfg.worker.concurrency.unwrap_or(128),
+        concurrency: 128,
     };
-    worker::run(
-        cfg.worker.common,
-        shutdown,
-        spec,
-        |engine, d| async move {
-            match subjects::result_kind_of(&d.subject) {
-                Some(ResultKind::Executed) => {
-                    match outputs::ExecutedResult::decode(d.payload.clone()) {
-                        Ok(msg) => worker::disposition(
-                            handlers::apply_executed(&engine, msg, d.seq, || d.progress()).await,
-                        ),
-                        Err(e) => {
-                            Disposition::Reject(format!("malformed message on {}: {e}", d.subject))
-                        }
-                    }
-                }
-                Some(ResultKind::Pruned) => {
-                    worker::handle_json(&d, |m| handlers::on_pruned(&engine, m)).await
-                }
-                _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
-            }
+    worker::run(cfg.worker, shutdown, spec, handle, worker::nothing).await
+}
+
+/// Routes one delivery by its result kind.
+async fn handle(engine: Engine, d: Delivery) -> Disposition {
+    match subjects::result_kind_of(&d.subject) {
+        Some(ResultKind::Executed) => match outputs::ExecutedResult::decode(d.payload.clone()) {
+            Ok(msg) => worker::disposition(
+                handlers::apply_executed(&engine, msg, d.seq, || d.progress()).await,
+            ),
+            Err(e) => Disposition::Reject(format!("malformed message on {}: {e}", d.subject)),
         },
-        worker::nothing,
-    )
-    .await
+        Some(ResultKind::Pruned) => {
+            worker::handle_json(&d, |m| handlers::on_pruned(&engine, m)).await
+        }
+        _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
+    }
 }
 
 #[cfg(test)]

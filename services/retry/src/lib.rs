@@ -9,7 +9,8 @@
 
 pub mod handlers;
 
-use exo_bus::Disposition;
+use exo_bus::{Delivery, Disposition};
+use exo_engine::Engine;
 use exo_engine::worker::{self, WorkerSpec};
 use exo_types::subjects::{self, ResultKind};
 use tokio_util::sync::CancellationToken;
@@ -18,28 +19,20 @@ pub use exo_engine::worker::Config;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = WorkerSpec::single(
-        "exo-retry",
-        subjects::STREAM_RESULTS,
-        (subjects::CONSUMER_RETRY, &subjects::RETRY_FILTERS),
-        cfg.concurrency.unwrap_or(32),
-    );
-    worker::run(
-        cfg.common,
-        shutdown,
-        spec,
-        |engine, d| async move {
-            match subjects::result_kind_of(&d.subject) {
-                Some(ResultKind::Errored) => {
-                    worker::handle_json(&d, |m| handlers::on_errored(&engine, m)).await
-                }
-                Some(ResultKind::Requeue) => {
-                    worker::handle_json(&d, |m| handlers::on_requeue(&engine, m)).await
-                }
-                _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
-            }
-        },
-        worker::nothing,
-    )
-    .await
+    let lane = (subjects::CONSUMER_RETRY, &subjects::RETRY_FILTERS[..]);
+    let spec = WorkerSpec::single("exo-retry", subjects::STREAM_RESULTS, lane, 32);
+    worker::run(cfg, shutdown, spec, handle, worker::nothing).await
+}
+
+/// Routes one delivery by its result kind.
+async fn handle(engine: Engine, d: Delivery) -> Disposition {
+    match subjects::result_kind_of(&d.subject) {
+        Some(ResultKind::Errored) => {
+            worker::handle_json(&d, |m| handlers::on_errored(&engine, m)).await
+        }
+        Some(ResultKind::Requeue) => {
+            worker::handle_json(&d, |m| handlers::on_requeue(&engine, m)).await
+        }
+        _ => Disposition::Reject(format!("unexpected subject {}", d.subject)),
+    }
 }

@@ -16,6 +16,7 @@ pub mod handlers;
 
 use std::time::Duration;
 
+use exo_bus::{Delivery, Disposition};
 use exo_engine::Engine;
 use exo_engine::common::created_msg;
 use exo_engine::worker::{self, WorkerSpec};
@@ -39,24 +40,19 @@ pub use exo_engine::worker::Config;
 
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spec = WorkerSpec::single(
-        "exo-scheduler",
-        subjects::STREAM_STATES,
-        (subjects::CONSUMER_SCHEDULER, &[subjects::STATES_SUBJECTS]),
-        cfg.concurrency.unwrap_or(128),
+    let lane = (
+        subjects::CONSUMER_SCHEDULER,
+        &[subjects::STATES_SUBJECTS][..],
     );
-    worker::run(
-        cfg.common,
-        shutdown,
-        spec,
-        |engine, d| async move {
-            worker::handle_json(&d, |m: StateCreated| {
-                handlers::on_created(&engine, m, d.seq)
-            })
-            .await
-        },
-        reconcile,
-    )
+    let spec = WorkerSpec::single("exo-scheduler", subjects::STREAM_STATES, lane, 128);
+    worker::run(cfg, shutdown, spec, handle, reconcile).await
+}
+
+/// Handles one `state.created` announcement.
+async fn handle(engine: Engine, d: Delivery) -> Disposition {
+    worker::handle_json(&d, |m: StateCreated| {
+        handlers::on_created(&engine, m, d.seq)
+    })
     .await
 }
 

@@ -12,6 +12,8 @@ pub mod handlers;
 
 use std::time::Duration;
 
+use exo_bus::{Delivery, Disposition};
+use exo_engine::Engine;
 use exo_engine::worker::{self, WorkerSpec};
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::subjects;
@@ -50,35 +52,28 @@ impl Config {
 /// Runs the service until `shutdown` is cancelled.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let claim_timeout = cfg.cron_claim_timeout();
-    let cfg = cfg.worker;
-    let spec = WorkerSpec::single(
-        "exo-trigger",
-        subjects::STREAM_COMMANDS,
-        (subjects::CONSUMER_TRIGGER, &[subjects::COMMANDS_SUBJECTS]),
-        cfg.concurrency.unwrap_or(32),
+    let lane = (
+        subjects::CONSUMER_TRIGGER,
+        &[subjects::COMMANDS_SUBJECTS][..],
     );
-    worker::run(
-        cfg.common,
-        shutdown,
-        spec,
-        |engine, d| async move {
-            let Some(ns) = subjects::namespace_of(&d.subject).map(str::to_string) else {
-                return exo_bus::Disposition::Reject(format!("unexpected subject {}", d.subject));
-            };
-            if d.subject.ends_with(".run.cancel") {
-                return worker::handle_json(&d, |c: CancelCommand| {
-                    handlers::on_cancel(&engine, &ns, c)
-                })
-                .await;
-            }
-            let queued_by = format!("{}:{}", subjects::STREAM_COMMANDS, d.seq);
-            worker::handle_json(&d, |c: TriggerCommand| {
-                handlers::on_trigger(&engine, &ns, c, &queued_by)
-            })
-            .await
-        },
-        move |engine, shutdown| cron_loop(engine, claim_timeout, shutdown),
-    )
+    let spec = WorkerSpec::single("exo-trigger", subjects::STREAM_COMMANDS, lane, 32);
+    let cron = move |engine, shutdown| cron_loop(engine, claim_timeout, shutdown);
+    worker::run(cfg.worker, shutdown, spec, handle, cron).await
+}
+
+/// Handles one trigger or cancel command.
+async fn handle(engine: Engine, d: Delivery) -> Disposition {
+    let Some(ns) = subjects::namespace_of(&d.subject).map(str::to_string) else {
+        return Disposition::Reject(format!("unexpected subject {}", d.subject));
+    };
+    if d.subject.ends_with(".run.cancel") {
+        return worker::handle_json(&d, |c: CancelCommand| handlers::on_cancel(&engine, &ns, c))
+            .await;
+    }
+    let queued_by = format!("{}:{}", subjects::STREAM_COMMANDS, d.seq);
+    worker::handle_json(&d, |c: TriggerCommand| {
+        handlers::on_trigger(&engine, &ns, c, &queued_by)
+    })
     .await
 }
 

@@ -42,7 +42,8 @@ pub struct WorkerSpec {
     /// The durable consumers, each consumed by its own loop (its own queue),
     /// all handled by the same handler.
     pub lanes: Vec<Lane>,
-    /// Messages handled at once per lane; with several lanes, twice as many
+    /// Messages handled at once per lane (the service's default;
+    /// `EXO_CONCURRENCY` overrides it); with several lanes, twice as many
     /// across them (so a busy lane never leaves the others without room).
     pub concurrency: usize,
 }
@@ -148,9 +149,9 @@ where
 /// Runs a consuming service until `shutdown`. `extra` is started beside the
 /// consumer (e.g. the scheduler's reconciler) with the engine and the token.
 pub async fn run<H, F, X, XF>(
-    common: CommonConfig,
+    cfg: Config,
     shutdown: CancellationToken,
-    spec: WorkerSpec,
+    mut spec: WorkerSpec,
     handler: H,
     extra: X,
 ) -> anyhow::Result<()>
@@ -160,6 +161,8 @@ where
     X: FnOnce(Engine, CancellationToken) -> XF,
     XF: Future<Output = ()> + Send + 'static,
 {
+    let common = cfg.common;
+    spec.concurrency = cfg.concurrency.unwrap_or(spec.concurrency);
     if exo_faults::init_from_env() {
         tracing::warn!(
             exo.service = spec.service,

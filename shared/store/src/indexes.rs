@@ -8,144 +8,119 @@ use mongodb::options::IndexOptions;
 
 use crate::{Error, Store};
 
-fn index(keys: Document, name: &str, unique: bool, partial: Option<Document>) -> IndexModel {
-    let mut opts = IndexOptions::builder().name(name.to_string()).build();
-    if unique {
-        opts.unique = Some(true);
-    }
-    opts.partial_filter_expression = partial;
+/// A non-unique index named `name`.
+fn index(name: &str, keys: Document) -> IndexModel {
+    let opts = IndexOptions::builder().name(name.to_string()).build();
     IndexModel::builder().keys(keys).options(opts).build()
 }
 
-fn ttl_index(keys: Document, name: &str) -> IndexModel {
-    let opts = IndexOptions::builder()
-        .name(name.to_string())
-        .expire_after(std::time::Duration::ZERO)
-        .build();
-    IndexModel::builder().keys(keys).options(opts).build()
+/// A unique index named `name`.
+fn unique(name: &str, keys: Document) -> IndexModel {
+    with(index(name, keys), |o| o.unique = Some(true))
+}
+
+/// `model`, holding only the documents that match `filter`.
+fn partial(model: IndexModel, filter: Document) -> IndexModel {
+    with(model, |o| o.partial_filter_expression = Some(filter))
+}
+
+/// A TTL index: a document goes when the time in `keys` has passed.
+fn ttl(name: &str, keys: Document) -> IndexModel {
+    with(index(name, keys), |o| {
+        o.expire_after = Some(std::time::Duration::ZERO)
+    })
+}
+
+fn with(mut model: IndexModel, set: impl FnOnce(&mut IndexOptions)) -> IndexModel {
+    set(model.options.get_or_insert_with(Default::default));
+    model
 }
 
 /// The indexes of the states collection.
 fn state_indexes() -> Vec<IndexModel> {
+    let created = exo_types::status::StateStatus::Created.as_str();
     vec![
-        index(
-            doc! {"state_fingerprint": 1},
-            "uniq_state_fingerprint_unites",
-            true,
-            Some(doc! {"does_unites": true}),
+        partial(
+            unique(
+                "uniq_state_fingerprint_unites",
+                doc! {"state_fingerprint": 1},
+            ),
+            doc! {"does_unites": true},
         ),
         index(
-            doc! {"enqueue_after": 1, "status": 1, "namespace_name": 1, "node_name": 1},
             "enqueue_query",
-            false,
-            None,
+            doc! {"enqueue_after": 1, "status": 1, "namespace_name": 1, "node_name": 1},
         ),
-        index(
+        unique(
+            "uniq_fanout_retry",
             doc! {"node_name": 1, "namespace_name": 1, "graph_name": 1, "identifier": 1,
             "run_id": 1, "retry_count": 1, "fanout_id": 1},
-            "uniq_fanout_retry",
-            true,
-            None,
         ),
-        index(
-            doc! {"run_id": 1, "status": 1},
-            "run_id_status_index",
-            false,
-            None,
-        ),
+        index("run_id_status_index", doc! {"run_id": 1, "status": 1}),
         // Bound the scheduler's sweeps. Partial, so a state costs an
         // index entry only while it is CREATED (resp. parked): the
         // reconciler reads CREATED states due long ago, the due sweep
         // reads parked states that fell due.
-        index(
-            doc! {"enqueue_after": 1},
-            "created_due_index",
-            false,
-            Some(doc! {"status": exo_types::status::StateStatus::Created.as_str()}),
+        partial(
+            index("created_due_index", doc! {"enqueue_after": 1}),
+            doc! {"status": created},
         ),
-        index(
-            doc! {"enqueue_after": 1},
-            "parked_due_index",
-            false,
-            Some(doc! {"parked": true}),
+        partial(
+            index("parked_due_index", doc! {"enqueue_after": 1}),
+            doc! {"parked": true},
         ),
-        index(
-            doc! {"lease_until": 1},
-            "lease_until_index",
-            false,
-            Some(doc! {"lease_until": {"$exists": true}}),
+        partial(
+            index("lease_until_index", doc! {"lease_until": 1}),
+            doc! {"lease_until": {"$exists": true}},
         ),
     ]
 }
 
 /// Creates every index this implementation relies on.
 pub async fn ensure(store: &Store) -> Result<(), Error> {
+    let name_namespace = || unique("unique_name_namespace", doc! {"name": 1, "namespace": 1});
     let sets: Vec<(&str, Vec<IndexModel>)> = vec![
         (crate::STATES, state_indexes()),
-        (
-            crate::GRAPH_TEMPLATES,
-            vec![index(
-                doc! {"name": 1, "namespace": 1},
-                "unique_name_namespace",
-                true,
-                None,
-            )],
-        ),
-        (
-            crate::REGISTERED_NODES,
-            vec![index(
-                doc! {"name": 1, "namespace": 1},
-                "unique_name_namespace",
-                true,
-                None,
-            )],
-        ),
+        (crate::GRAPH_TEMPLATES, vec![name_namespace()]),
+        (crate::REGISTERED_NODES, vec![name_namespace()]),
         (
             crate::STORE,
-            vec![index(
-                doc! {"run_id": 1, "namespace": 1, "graph_name": 1, "key": 1},
+            vec![unique(
                 "uniq_run_id_namespace_graph_name_key",
-                true,
-                None,
+                doc! {"run_id": 1, "namespace": 1, "graph_name": 1, "key": 1},
             )],
         ),
         (
             crate::RUNS,
             vec![
-                index(doc! {"run_id": 1}, "run_id_index", true, None),
+                unique("run_id_index", doc! {"run_id": 1}),
                 index(
-                    doc! {"namespace_name": 1, "created_at": -1},
                     "namespace_created_at_index",
-                    false,
-                    None,
+                    doc! {"namespace_name": 1, "created_at": -1},
                 ),
             ],
         ),
         (
             crate::TRIGGERS,
             vec![
-                index(doc! {"trigger_time": -1}, "idx_trigger_time", false, None),
-                ttl_index(doc! {"expires_at": 1}, "ttl_expires_at_exo"),
-                index(
-                    doc! {"type": 1, "expression": 1, "graph_name": 1, "namespace": 1, "trigger_time": 1},
+                index("idx_trigger_time", doc! {"trigger_time": -1}),
+                ttl("ttl_expires_at_exo", doc! {"expires_at": 1}),
+                unique(
                     "uniq_graph_type_expr_time",
-                    true,
-                    None,
+                    doc! {"type": 1, "expression": 1, "graph_name": 1, "namespace": 1, "trigger_time": 1},
                 ),
             ],
         ),
         (
             crate::GRAPH_VERSIONS,
             vec![index(
-                doc! {"namespace": 1, "name": 1},
                 "namespace_name_index",
-                false,
-                None,
+                doc! {"namespace": 1, "name": 1},
             )],
         ),
         (
             crate::UNITE_GROUPS,
-            vec![index(doc! {"run_id": 1}, "run_id_index", false, None)],
+            vec![index("run_id_index", doc! {"run_id": 1})],
         ),
     ];
     for (coll, models) in sets {

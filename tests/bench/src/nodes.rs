@@ -123,6 +123,19 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// What a node of this origin recorded: it ran from `start_us` to
+    /// `end_us`, its parent having returned at `parent_end_us`.
+    fn exec(self, start_us: i64, end_us: i64, parent_end_us: Option<i64>) -> Exec {
+        Exec {
+            run_id: self.run_id,
+            identifier: self.identifier,
+            start_us,
+            end_us,
+            parent_end_us,
+            dispatched_us: self.dispatched_us,
+        }
+    }
+
     fn of(ctx: &Context) -> Self {
         Self {
             run_id: ctx.run_id.clone(),
@@ -161,27 +174,13 @@ pub fn execute_json(
             let parent_end = text("sent_at")?.parse::<i64>().ok().filter(|&t| t > 0);
             let out_text = text("text")?;
             let end = now_us();
-            rec.push(Exec {
-                run_id: origin.run_id,
-                identifier: origin.identifier,
-                start_us: start,
-                end_us: end,
-                parent_end_us: parent_end,
-                dispatched_us: origin.dispatched_us,
-            });
+            rec.push(origin.exec(start, end, parent_end));
             Ok(one(&[("text", out_text), ("sent_at", end.to_string())]))
         }
         "Start" | "Merge" => {
             let t = text("text")?;
             let end = now_us();
-            rec.push(Exec {
-                run_id: origin.run_id,
-                identifier: origin.identifier,
-                start_us: start,
-                end_us: end,
-                parent_end_us: None,
-                dispatched_us: origin.dispatched_us,
-            });
+            rec.push(origin.exec(start, end, None));
             Ok(one(&[("text", t)]))
         }
         "Split" => {
@@ -195,14 +194,7 @@ pub fn execute_json(
                     m
                 })
                 .collect();
-            rec.push(Exec {
-                run_id: origin.run_id,
-                identifier: origin.identifier,
-                start_us: start,
-                end_us: now_us(),
-                parent_end_us: None,
-                dispatched_us: origin.dispatched_us,
-            });
+            rec.push(origin.exec(start, now_us(), None));
             Ok(out)
         }
         "Work" => {

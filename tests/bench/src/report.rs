@@ -86,27 +86,15 @@ impl Report {
 
     /// Prints the table.
     pub fn print_table(&self) {
-        let w0 = self
-            .rows
-            .iter()
-            .map(|r| r.workload.len())
-            .max()
-            .unwrap_or(8)
-            .max(8);
-        let w1 = self
-            .rows
-            .iter()
-            .map(|r| r.metric.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        let w2 = self
-            .rows
-            .iter()
-            .map(|r| r.value.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let width = |cell: fn(&Row) -> &str, header: &str| {
+            self.rows
+                .iter()
+                .map(|r| cell(r).len())
+                .fold(header.len(), usize::max)
+        };
+        let w0 = width(|r| &r.workload, "workload");
+        let w1 = width(|r| &r.metric, "metric");
+        let w2 = width(|r| &r.value, "value");
         println!(
             "{:<w0$}  {:<w1$}  {:<w2$}  target",
             "workload", "metric", "value"

@@ -21,6 +21,12 @@ use crate::report::Report;
 use crate::stack::{API_KEY, NS};
 use crate::stats::{Summary, fmt_ms, round3};
 
+/// `p50 … / p99 … ms` of the distribution `key` of a summary.
+fn p50_p99(v: &Value, key: &str) -> String {
+    let q = |q: &str| fmt_ms(f(v, &[key, q]));
+    format!("p50 {} / p99 {} ms", q("p50"), q("p99"))
+}
+
 fn f(v: &Value, path: &[&str]) -> f64 {
     let mut cur = v;
     for p in path {
@@ -96,11 +102,7 @@ pub async fn chain(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     report.check(
         "chain",
         &format!("ms per step ({} × {} steps)", runs.len(), args.chain_len),
-        format!(
-            "p50 {} / p99 {} ms",
-            fmt_ms(p50),
-            fmt_ms(f(&v, &["step_ms", "p99"]))
-        ),
+        p50_p99(&v, "step_ms"),
         "p50 ≤ 5 ms",
         p50,
         p50 <= 5.0,
@@ -153,11 +155,7 @@ pub async fn dispatch(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     report.check(
         "dispatch",
         "light: parent result → child start",
-        format!(
-            "p50 {} / p99 {} ms",
-            fmt_ms(f(&light_v, &["handoff_ms", "p50"])),
-            fmt_ms(p99)
-        ),
+        p50_p99(&light_v, "handoff_ms"),
         "p99 ≤ 10 ms",
         p99,
         p99 <= 10.0,
@@ -165,11 +163,7 @@ pub async fn dispatch(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     report.fig(
         "dispatch",
         "light: dispatch stored → child start",
-        format!(
-            "p50 {} / p99 {} ms",
-            fmt_ms(f(&light_v, &["delivery_ms", "p50"])),
-            fmt_ms(f(&light_v, &["delivery_ms", "p99"]))
-        ),
+        p50_p99(&light_v, "delivery_ms"),
     );
 
     let fan_started = Instant::now();
@@ -191,11 +185,7 @@ pub async fn dispatch(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     report.fig(
         "dispatch",
         "heavy: dispatch stored → child start",
-        format!(
-            "p50 {} / p99 {} ms",
-            fmt_ms(f(&heavy_v, &["delivery_ms", "p50"])),
-            fmt_ms(f(&heavy_v, &["delivery_ms", "p99"]))
-        ),
+        p50_p99(&heavy_v, "delivery_ms"),
     );
     report.workloads.insert(
         "dispatch".into(),
@@ -664,11 +654,7 @@ pub async fn http(args: &Args, report: &mut Report) -> anyhow::Result<Option<Env
                 "chain ms/step (batch {}, workers {}, poll {} ms)",
                 cfg.batch_size, cfg.workers, cfg.poll_ms
             ),
-            format!(
-                "p50 {} / p99 {} ms",
-                fmt_ms(f(&chain_v, &["step_ms", "p50"])),
-                fmt_ms(f(&chain_v, &["step_ms", "p99"]))
-            ),
+            p50_p99(&chain_v, "step_ms"),
         );
         report.fig(
             &format!("http {name}"),

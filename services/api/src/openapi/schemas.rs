@@ -11,6 +11,30 @@ use exo_types::graph::{TriggerType, UnitesStrategy};
 use exo_types::retry::RetryStrategy;
 use exo_types::status::{RunStatus, StateStatus, ValidationStatus};
 
+/// Declares the schema of a document listed per namespace: `_id`,
+/// `created_at`, `updated_at`, `name` and `namespace`, then its own fields.
+macro_rules! named_document {
+    ($(#[$meta:meta])* $name:ident { $($(#[$doc:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Deserialize, ToSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Document id.
+            #[serde(rename = "_id")]
+            pub id: Option<String>,
+            /// Naive ISO time (UTC).
+            pub created_at: String,
+            /// Naive ISO time (UTC).
+            pub updated_at: String,
+            /// Its name.
+            pub name: String,
+            /// Its namespace.
+            pub namespace: String,
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------
 // Shared shapes.
 
@@ -203,35 +227,24 @@ pub struct ListGraphTemplatesResponse {
     pub templates: Vec<GraphTemplateEntry>,
 }
 
-/// A stored graph template (secrets as stored: encrypted).
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GraphTemplateEntry {
-    /// Document id.
-    #[serde(rename = "_id")]
-    pub id: Option<String>,
-    /// Naive ISO time (UTC).
-    pub created_at: String,
-    /// Naive ISO time (UTC).
-    pub updated_at: String,
-    /// Graph name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Nodes.
-    pub nodes: Vec<NodeTemplate>,
-    /// Validation status.
-    pub validation_status: ValidationStatus,
-    /// Validation errors.
-    pub validation_errors: Vec<String>,
-    /// Secret name → encrypted value.
-    pub secrets: BTreeMap<String, String>,
-    /// Triggers.
-    pub triggers: Vec<Trigger>,
-    /// Retry policy.
-    pub retry_policy: RetryPolicy,
-    /// Store configuration.
-    pub store_config: StoreConfig,
+named_document! {
+    /// A stored graph template (secrets as stored: encrypted).
+    GraphTemplateEntry {
+        /// Nodes.
+        nodes: Vec<NodeTemplate>,
+        /// Validation status.
+        validation_status: ValidationStatus,
+        /// Validation errors.
+        validation_errors: Vec<String>,
+        /// Secret name → encrypted value.
+        secrets: BTreeMap<String, String>,
+        /// Triggers.
+        triggers: Vec<Trigger>,
+        /// Retry policy.
+        retry_policy: RetryPolicy,
+        /// Store configuration.
+        store_config: StoreConfig,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -281,31 +294,20 @@ pub struct ListRegisteredNodesResponse {
     pub nodes: Vec<RegisteredNode>,
 }
 
-/// A registered node as stored.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisteredNode {
-    /// Document id.
-    #[serde(rename = "_id")]
-    pub id: Option<String>,
-    /// Naive ISO time (UTC).
-    pub created_at: String,
-    /// Naive ISO time (UTC).
-    pub updated_at: String,
-    /// Node name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Runtime that registered it.
-    pub runtime_name: String,
-    /// That runtime's namespace.
-    pub runtime_namespace: String,
-    /// Inputs schema.
-    pub inputs_schema: BTreeMap<String, Value>,
-    /// Outputs schema.
-    pub outputs_schema: BTreeMap<String, Value>,
-    /// Secret names.
-    pub secrets: Vec<String>,
+named_document! {
+    /// A registered node as stored.
+    RegisteredNode {
+        /// Runtime that registered it.
+        runtime_name: String,
+        /// That runtime's namespace.
+        runtime_namespace: String,
+        /// Inputs schema.
+        inputs_schema: BTreeMap<String, Value>,
+        /// Outputs schema.
+        outputs_schema: BTreeMap<String, Value>,
+        /// Secret names.
+        secrets: Vec<String>,
+    }
 }
 
 /// `GET /v0/namespaces`.

@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiResult;
 use crate::models::EnqueueBody;
+use crate::openapi;
 use crate::render::iso;
 use crate::validate::ValidJson;
 use crate::{AppState, Caller};
@@ -40,15 +41,12 @@ pub const MAX_BATCH: i64 = 1000;
 /// Upper bound on one fetch, whatever the server does.
 const FETCH_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Take work
+///
 /// `POST /v0/namespace/{ns}/states/enqueue`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/states/enqueue",
-    operation_id = "enqueueStates",
-    summary = "Take work",
-    tag = "states",
-    request_body = crate::openapi::EnqueueRequest,
-    responses((status = 200, description = "Up to batch_size states, leased to the caller (possibly none).", body = crate::openapi::EnqueueResponse))
+    post, path = "/v0/namespace/{namespace_name}/states/enqueue", operation_id = "enqueueStates", tag = "states", request_body = openapi::EnqueueRequest,
+    responses((status = 200, description = "Up to batch_size states, leased to the caller (possibly none).", body = openapi::EnqueueResponse))
 )]
 pub async fn enqueue(
     State(state): State<AppState>,

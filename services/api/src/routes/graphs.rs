@@ -27,8 +27,9 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::models::UpsertGraph;
-use crate::render::iso;
-use crate::routes::check_token;
+use crate::openapi;
+use crate::render::{iso, list_in_namespace};
+use crate::routes::{Scoped, check_token};
 use crate::validate::{ValidJson, field_error_item};
 
 fn to_bson<T: serde::Serialize>(what: &str, v: &T) -> ApiResult<Bson> {
@@ -75,21 +76,17 @@ async fn registry(
     state: &AppState,
     spec: &GraphSpec,
 ) -> ApiResult<HashMap<(String, String), RegisteredNodeSchema>> {
+    let mut out = HashMap::new();
+    if spec.nodes.is_empty() {
+        return Ok(out);
+    }
     let ors: Vec<_> = spec
         .nodes
         .iter()
         .map(|n| doc! {"namespace": &n.namespace, "name": &n.node_name})
         .collect();
-    let mut out = HashMap::new();
-    if ors.is_empty() {
-        return Ok(out);
-    }
-    let mut cur = state
-        .engine
-        .store
-        .registered_nodes()
-        .find(doc! {"$or": ors})
-        .await?;
+    let nodes = state.engine.store.registered_nodes();
+    let mut cur = nodes.find(doc! {"$or": ors}).await?;
     while let Some(rn) = cur.try_next().await? {
         out.insert(
             (rn.namespace.clone(), rn.name.clone()),
@@ -105,21 +102,18 @@ async fn registry(
     Ok(out)
 }
 
+/// Create or replace a graph template
+///
 /// `PUT /v0/namespace/{ns}/graph/{graph}`.
 #[utoipa::path(
-    put,
-    path = "/v0/namespace/{namespace_name}/graph/{graph_name}",
-    operation_id = "upsertGraph",
-    summary = "Create or replace a graph template",
-    tag = "graphs",
-    request_body = crate::openapi::UpsertGraphTemplateRequest,
-    responses((status = 201, description = "Stored; `validation_status` says whether runs can start.", body = crate::openapi::GraphTemplateResponse), (status = 400, description = "The graph does not analyse (cycles, unknown identifiers, bad references, ...) or a name is not a subject token.", body = crate::openapi::ErrorDetail))
+    put, path = "/v0/namespace/{namespace_name}/graph/{graph_name}", operation_id = "upsertGraph", tag = "graphs", request_body = openapi::UpsertGraphTemplateRequest,
+    responses((status = 201, description = "Stored; `validation_status` says whether runs can start.", body = openapi::GraphTemplateResponse), (status = 400, description = "The graph does not analyse (cycles, unknown identifiers, bad references, ...) or a name is not a subject token.", body = openapi::ErrorDetail))
 )]
 pub async fn upsert(
-    State(state): State<AppState>,
-    Path((ns, name)): Path<(String, String)>,
+    s: Scoped,
     ValidJson(body): ValidJson<UpsertGraph>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (state, ns, name) = s.parts();
     check_token("namespace", &ns)?;
     let field_errors = validate_fields(&body.spec);
     if !field_errors.is_empty() {
@@ -239,19 +233,15 @@ async fn store_template(
     }
 }
 
+/// Read a graph template
+///
 /// `GET /v0/namespace/{ns}/graph/{graph}`.
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/graph/{graph_name}",
-    operation_id = "getGraph",
-    summary = "Read a graph template",
-    tag = "graphs",
-    responses((status = 200, description = "The template.", body = crate::openapi::GraphTemplateResponse), (status = 404, description = "No such graph.", body = crate::openapi::ErrorDetail))
+    get, path = "/v0/namespace/{namespace_name}/graph/{graph_name}", operation_id = "getGraph", tag = "graphs",
+    responses((status = 200, description = "The template.", body = openapi::GraphTemplateResponse), (status = 404, description = "No such graph.", body = openapi::ErrorDetail))
 )]
-pub async fn get_graph(
-    State(state): State<AppState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_graph(s: Scoped) -> ApiResult<Json<Value>> {
+    let (state, ns, name) = s.parts();
     let Some(doc) = state.engine.store.graph_template(&ns, &name).await? else {
         return Err(ApiError::not_found(format!(
             "Graph template {name} not found in namespace {ns}"
@@ -264,43 +254,14 @@ pub async fn get_graph(
     )))
 }
 
+/// List graph templates
+///
 /// `GET /v0/namespace/{ns}/graphs/`: whole documents, ciphertexts included
 /// (as upstream).
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/graphs/",
-    operation_id = "listGraphs",
-    summary = "List graph templates",
-    tag = "graphs",
-    responses((status = 200, description = "Every template of the namespace.", body = crate::openapi::ListGraphTemplatesResponse))
+    get, path = "/v0/namespace/{namespace_name}/graphs/", operation_id = "listGraphs", tag = "graphs",
+    responses((status = 200, description = "Every template of the namespace.", body = openapi::ListGraphTemplatesResponse))
 )]
 pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
-    let mut cur = state
-        .engine
-        .store
-        .graph_templates()
-        .find(doc! {"namespace": &ns})
-        .await?;
-    let mut templates = Vec::new();
-    while let Some(d) = cur.try_next().await? {
-        templates.push(json!({
-            "_id": d.id.map(|i| i.to_hex()),
-            "created_at": iso(d.created_at),
-            "updated_at": iso(d.updated_at),
-            "name": d.name,
-            "namespace": d.namespace,
-            "nodes": d.nodes,
-            "validation_status": d.validation_status,
-            "validation_errors": d.validation_errors,
-            "secrets": d.secrets,
-            "triggers": d.triggers,
-            "retry_policy": d.retry_policy,
-            "store_config": d.store_config,
-        }));
-    }
-    Ok(Json(json!({
-        "namespace": ns,
-        "count": templates.len(),
-        "templates": templates,
-    })))
+    list_in_namespace(state.engine.store.graph_templates(), ns, "templates").await
 }

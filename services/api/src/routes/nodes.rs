@@ -13,19 +13,17 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::models::RegisterNodes;
-use crate::render::iso;
+use crate::openapi;
+use crate::render::list_in_namespace;
 use crate::routes::check_token;
 use crate::validate::ValidJson;
 
+/// Register a runtime's nodes
+///
 /// `PUT /v0/namespace/{ns}/nodes/`.
 #[utoipa::path(
-    put,
-    path = "/v0/namespace/{namespace_name}/nodes/",
-    operation_id = "registerNodes",
-    summary = "Register a runtime's nodes",
-    tag = "nodes",
-    request_body = crate::openapi::RegisterNodesRequest,
-    responses((status = 200, description = "Registered (replacing earlier registrations of these names).", body = crate::openapi::RegisterNodesResponse), (status = 400, description = "A name is not a subject token.", body = crate::openapi::ErrorDetail))
+    put, path = "/v0/namespace/{namespace_name}/nodes/", operation_id = "registerNodes", tag = "nodes", request_body = openapi::RegisterNodesRequest,
+    responses((status = 200, description = "Registered (replacing earlier registrations of these names).", body = openapi::RegisterNodesResponse), (status = 400, description = "A name is not a subject token.", body = openapi::ErrorDetail))
 )]
 pub async fn register(
     State(state): State<AppState>,
@@ -92,53 +90,24 @@ pub async fn register(
     })))
 }
 
+/// List registered nodes
+///
 /// `GET /v0/namespace/{ns}/nodes/`.
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/nodes/",
-    operation_id = "listNodes",
-    summary = "List registered nodes",
-    tag = "nodes",
-    responses((status = 200, description = "Registered nodes.", body = crate::openapi::ListRegisteredNodesResponse))
+    get, path = "/v0/namespace/{namespace_name}/nodes/", operation_id = "listNodes", tag = "nodes",
+    responses((status = 200, description = "Registered nodes.", body = openapi::ListRegisteredNodesResponse))
 )]
 pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiResult<Json<Value>> {
-    let mut cur = state
-        .engine
-        .store
-        .registered_nodes()
-        .find(doc! {"namespace": &ns})
-        .await?;
-    let mut nodes = Vec::new();
-    while let Some(n) = cur.try_next().await? {
-        nodes.push(json!({
-            "_id": n.id.map(|i| i.to_hex()),
-            "created_at": iso(n.created_at),
-            "updated_at": iso(n.updated_at),
-            "name": n.name,
-            "namespace": n.namespace,
-            "runtime_name": n.runtime_name,
-            "runtime_namespace": n.runtime_namespace,
-            "inputs_schema": n.inputs_schema,
-            "outputs_schema": n.outputs_schema,
-            "secrets": n.secrets,
-        }));
-    }
-    Ok(Json(json!({
-        "namespace": ns,
-        "count": nodes.len(),
-        "nodes": nodes,
-    })))
+    list_in_namespace(state.engine.store.registered_nodes(), ns, "nodes").await
 }
 
+/// List namespaces
+///
 /// `GET /v0/namespaces`: distinct namespaces of registered nodes, sorted,
 /// empty values dropped.
 #[utoipa::path(
-    get,
-    path = "/v0/namespaces",
-    operation_id = "listNamespaces",
-    summary = "List namespaces",
-    tag = "nodes",
-    responses((status = 200, description = "Namespaces with registered nodes.", body = crate::openapi::NamespacesResponse))
+    get, path = "/v0/namespaces", operation_id = "listNamespaces", tag = "nodes",
+    responses((status = 200, description = "Namespaces with registered nodes.", body = openapi::NamespacesResponse))
 )]
 pub async fn namespaces(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut cur = state

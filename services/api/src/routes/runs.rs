@@ -22,7 +22,9 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
+use crate::openapi;
 use crate::render::{doc_json, iso, iso_opt, parents_json, parse_oid};
+use crate::routes::Scoped;
 use crate::validate::{Checker, at};
 
 fn ns_filter(ns: &str) -> Document {
@@ -96,14 +98,12 @@ fn path_int(c: &mut Checker, name: &str, raw: &str) -> Option<i64> {
     c.int_ge(&loc, &Value::String(raw.to_string()), 1)
 }
 
+/// List runs
+///
 /// `GET /v0/namespace/{ns}/runs/{page}/{size}`.
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/runs/{page}/{size}",
-    operation_id = "listRuns",
-    summary = "List runs",
-    tag = "runs",
-    responses((status = 200, description = "A page of runs, newest first.", body = crate::openapi::RunsResponse), (status = 422, description = "page or size is not an integer ≥ 1.", body = crate::openapi::ValidationErrors))
+    get, path = "/v0/namespace/{namespace_name}/runs/{page}/{size}", operation_id = "listRuns", tag = "runs",
+    responses((status = 200, description = "A page of runs, newest first.", body = openapi::RunsResponse), (status = 422, description = "page or size is not an integer ≥ 1.", body = openapi::ValidationErrors))
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -155,31 +155,29 @@ pub async fn list(
     })))
 }
 
-/// `GET /v0/namespace/{ns}/run/{run_id}` (extension): one run's status and
-/// counters.
-#[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/run/{run_id}",
-    operation_id = "getRun",
-    summary = "Read a run",
-    tag = "runs",
-    responses((status = 200, description = "The run, its counts and why it failed (exo extension).", body = crate::openapi::RunDetails), (status = 404, description = "No such run.", body = crate::openapi::ErrorDetail))
-)]
-pub async fn get_run(
-    State(state): State<AppState>,
-    Path((ns, run_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    let Some(run) = state
+/// The run `run_id` of namespace `ns`, or 404.
+async fn load_run(state: &AppState, ns: &str, run_id: &str) -> ApiResult<RunDoc> {
+    let filter = doc! {"run_id": run_id, "namespace_name": ns};
+    state
         .engine
         .store
         .runs()
-        .find_one(doc! {"run_id": &run_id, "namespace_name": &ns})
+        .find_one(filter)
         .await?
-    else {
-        return Err(ApiError::not_found(format!(
-            "Run {run_id} not found in namespace {ns}"
-        )));
-    };
+        .ok_or_else(|| ApiError::not_found(format!("Run {run_id} not found in namespace {ns}")))
+}
+
+/// Read a run
+///
+/// `GET /v0/namespace/{ns}/run/{run_id}` (extension): one run's status and
+/// counters.
+#[utoipa::path(
+    get, path = "/v0/namespace/{namespace_name}/run/{run_id}", operation_id = "getRun", tag = "runs",
+    responses((status = 200, description = "The run, its counts and why it failed (exo extension).", body = openapi::RunDetails), (status = 404, description = "No such run.", body = openapi::ErrorDetail))
+)]
+pub async fn get_run(s: Scoped) -> ApiResult<Json<Value>> {
+    let (state, ns, run_id) = s.parts();
+    let run = load_run(&state, &ns, &run_id).await?;
     let (status, c) = run_summary(&state, std::slice::from_ref(&run))
         .await?
         .pop()
@@ -254,32 +252,18 @@ async fn run_failures(state: &AppState, run_id: &str) -> ApiResult<Vec<Value>> {
     Ok(out)
 }
 
+/// Cancel a run
+///
 /// `POST /v0/namespace/{ns}/run/{run_id}/cancel` (extension): asks the
 /// `trigger` service to cancel a pending run. 202 `{"run_id", "status":
 /// "CANCELLING"}`; 404 for an unknown run; 409 when it already ended.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/run/{run_id}/cancel",
-    operation_id = "cancelRun",
-    summary = "Cancel a run",
-    tag = "runs",
-    responses((status = 202, description = "Cancellation requested: pending states become CANCELLED (exo extension).", body = crate::openapi::CancelRunResponse), (status = 404, description = "No such run.", body = crate::openapi::ErrorDetail), (status = 409, description = "The run already ended.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/run/{run_id}/cancel", operation_id = "cancelRun", tag = "runs",
+    responses((status = 202, description = "Cancellation requested: pending states become CANCELLED (exo extension).", body = openapi::CancelRunResponse), (status = 404, description = "No such run.", body = openapi::ErrorDetail), (status = 409, description = "The run already ended.", body = openapi::ErrorDetail))
 )]
-pub async fn cancel(
-    State(state): State<AppState>,
-    Path((ns, run_id)): Path<(String, String)>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let Some(run) = state
-        .engine
-        .store
-        .runs()
-        .find_one(doc! {"run_id": &run_id, "namespace_name": &ns})
-        .await?
-    else {
-        return Err(ApiError::not_found(format!(
-            "Run {run_id} not found in namespace {ns}"
-        )));
-    };
+pub async fn cancel(s: Scoped) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (state, ns, run_id) = s.parts();
+    let run = load_run(&state, &ns, &run_id).await?;
     if let Some(status) = run.status.as_deref()
         && status != RunStatus::Pending.as_str()
     {
@@ -314,19 +298,15 @@ fn summary_template() -> Map<String, Value> {
         .collect()
 }
 
+/// Read a run as a graph of states
+///
 /// `GET /v0/namespace/{ns}/states/run/{run_id}/graph`.
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/states/run/{run_id}/graph",
-    operation_id = "getRunGraph",
-    summary = "Read a run as a graph of states",
-    tag = "runs",
-    responses((status = 200, description = "The run's states as a graph (empty for an unknown run).", body = crate::openapi::GraphStructureResponse))
+    get, path = "/v0/namespace/{namespace_name}/states/run/{run_id}/graph", operation_id = "getRunGraph", tag = "runs",
+    responses((status = 200, description = "The run's states as a graph (empty for an unknown run).", body = openapi::GraphStructureResponse))
 )]
-pub async fn graph_structure(
-    State(state): State<AppState>,
-    Path((ns, run_id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+pub async fn graph_structure(s: Scoped) -> ApiResult<Json<Value>> {
+    let (state, ns, run_id) = s.parts();
     let mut filter = ns_filter(&ns);
     filter.insert("run_id", &run_id);
     let states: Vec<StateDoc> = state
@@ -380,14 +360,12 @@ pub async fn graph_structure(
     })))
 }
 
+/// Read one state of a run
+///
 /// `GET /v0/namespace/{ns}/graph/{graph}/run/{run_id}/node/{node_id}`.
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/graph/{graph_name}/run/{run_id}/node/{node_id}",
-    operation_id = "getRunState",
-    summary = "Read one state of a run",
-    tag = "runs",
-    responses((status = 200, description = "One state with its inputs and outputs.", body = crate::openapi::NodeRunDetails), (status = 400, description = "node_id is not 24 hex digits.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state in this run and graph.", body = crate::openapi::ErrorDetail))
+    get, path = "/v0/namespace/{namespace_name}/graph/{graph_name}/run/{run_id}/node/{node_id}", operation_id = "getRunState", tag = "runs",
+    responses((status = 200, description = "One state with its inputs and outputs.", body = openapi::NodeRunDetails), (status = 400, description = "node_id is not 24 hex digits.", body = openapi::ErrorDetail), (status = 404, description = "No such state in this run and graph.", body = openapi::ErrorDetail))
 )]
 pub async fn node_details(
     State(state): State<AppState>,

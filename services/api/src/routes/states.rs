@@ -26,7 +26,6 @@
 //!   back to PENDING, and hands the copy to the scheduler.
 
 use axum::Json;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use exo_bus::{Answer, Outgoing};
 use exo_engine::effects::{self};
@@ -38,12 +37,13 @@ use exo_types::status::StateStatus;
 use exo_types::subjects::{self, ResultKind};
 use serde_json::{Map, Value, json};
 
+use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::models::{ErroredBody, ExecutedBody, ManualRetryBody, PruneBody, ReEnqueueBody};
+use crate::openapi;
 use crate::render::{in_namespace, parse_oid};
-use crate::routes::check_token;
+use crate::routes::{Scoped, check_token};
 use crate::validate::ValidJson;
-use crate::{AppState, Caller};
 
 fn state_not_found() -> ApiError {
     ApiError::not_found("State not found")
@@ -112,12 +112,42 @@ async fn status_now(state: &AppState, st: &StateDoc) -> ApiResult<StateStatus> {
         .map_or(st.status, |s| s.status))
 }
 
-fn require_queued(st: &StateDoc) -> ApiResult<()> {
-    if st.status == StateStatus::Queued {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("State is not queued"))
+/// A runtime's report on the state at `{namespace}/state/{id}` of the
+/// path. Extracting it reads nothing (the body is validated first, so a
+/// bad body answers 422 before a missing state answers 404).
+impl Scoped {
+    /// The state, whatever its status (the caller's leases are renewed
+    /// first: it is alive).
+    async fn load(&self) -> ApiResult<StateDoc> {
+        self.state.renew_leases(&self.ns, self.caller).await;
+        load_state(&self.state, &self.ns, &self.name).await
     }
+
+    /// The state, which must be QUEUED.
+    async fn queued(&self) -> ApiResult<StateDoc> {
+        let st = self.load().await?;
+        if st.status == StateStatus::Queued {
+            Ok(st)
+        } else {
+            Err(not_queued())
+        }
+    }
+
+    /// Publishes the result `make(state id, attempt)` about `st` and waits
+    /// until it is applied (see [`publish_result`]).
+    async fn publish<T: serde::Serialize>(
+        &self,
+        st: &StateDoc,
+        kind: ResultKind,
+        make: impl FnOnce(StateId, u32) -> T,
+    ) -> ApiResult<Result<(), String>> {
+        let msg = make(StateId::from_bytes(st.id.bytes()), attempt_of(st));
+        publish_result(&self.state, st, kind, &msg).await
+    }
+}
+
+fn not_queued() -> ApiError {
+    ApiError::bad_request("State is not queued")
 }
 
 /// Largest outputs (all of one result together) or prune data accepted: a
@@ -144,169 +174,122 @@ fn storable<'a>(what: &str, ms: impl IntoIterator<Item = &'a Map<String, Value>>
     Ok(())
 }
 
+/// Report outputs
+///
 /// `POST /v0/namespace/{ns}/state/{id}/executed`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/state/{state_id}/executed",
-    operation_id = "reportExecuted",
-    summary = "Report outputs",
-    tag = "states",
-    request_body = crate::openapi::ExecutedRequest,
-    responses((status = 200, description = "Recorded; successors are created.", body = crate::openapi::StatusResponse), (status = 400, description = "The state is not QUEUED (already reported, or its attempt moved on) or the outputs cannot be stored.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/state/{state_id}/executed", operation_id = "reportExecuted", tag = "states", request_body = openapi::ExecutedRequest,
+    responses((status = 200, description = "Recorded; successors are created.", body = openapi::StatusResponse), (status = 400, description = "The state is not QUEUED (already reported, or its attempt moved on) or the outputs cannot be stored.", body = openapi::ErrorDetail), (status = 404, description = "No such state.", body = openapi::ErrorDetail))
 )]
 pub async fn executed(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ns, id)): Path<(String, String)>,
+    r: Scoped,
     ValidJson(body): ValidJson<ExecutedBody>,
 ) -> ApiResult<Json<Value>> {
-    state.renew_leases(&ns, caller).await;
-    let st = load_state(&state, &ns, &id).await?;
-    require_queued(&st)?;
+    let st = r.queued().await?;
     storable("outputs", &body.outputs)?;
-    let msg = Executed {
-        state_id: StateId::from_bytes(st.id.bytes()),
-        attempt: attempt_of(&st),
+    let executed = |state_id, attempt| Executed {
+        state_id,
+        attempt,
         outputs: body.outputs,
     };
-    if publish_result(&state, &st, ResultKind::Executed, &msg)
+    r.publish(&st, ResultKind::Executed, executed)
         .await?
-        .is_err()
-    {
-        return Err(ApiError::bad_request("State is not queued"));
-    }
+        .map_err(|_| not_queued())?;
     Ok(Json(json!({"status": StateStatus::Executed.as_str()})))
 }
 
+/// Report a failure
+///
 /// `POST /v0/namespace/{ns}/state/{id}/errored`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/state/{state_id}/errored",
-    operation_id = "reportErrored",
-    summary = "Report a failure",
-    tag = "states",
-    request_body = crate::openapi::ErroredRequest,
-    responses((status = 200, description = "Recorded; a retry is scheduled when the policy allows.", body = crate::openapi::ErroredResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state or graph.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/state/{state_id}/errored", operation_id = "reportErrored", tag = "states", request_body = openapi::ErroredRequest,
+    responses((status = 200, description = "Recorded; a retry is scheduled when the policy allows.", body = openapi::ErroredResponse), (status = 400, description = "The state is not QUEUED.", body = openapi::ErrorDetail), (status = 404, description = "No such state or graph.", body = openapi::ErrorDetail))
 )]
-pub async fn errored(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ns, id)): Path<(String, String)>,
-    ValidJson(body): ValidJson<ErroredBody>,
-) -> ApiResult<Json<Value>> {
-    state.renew_leases(&ns, caller).await;
-    let st = load_state(&state, &ns, &id).await?;
+pub async fn errored(r: Scoped, ValidJson(body): ValidJson<ErroredBody>) -> ApiResult<Json<Value>> {
+    let st = r.load().await?;
     if st.status != StateStatus::Queued {
         return Err(not_erroring(st.status));
     }
-    let retry_created = match state.engine.graph_for(&st).await? {
+    let retry_created = match r.state.engine.graph_for(&st).await? {
         Ok(g) => st.retry_count < g.graph.spec().retry_policy_for(&st.identifier).max_retries,
         Err(Unusable::NotFound(..)) => return Err(ApiError::not_found("Graph template not found")),
         Err(_) => false,
     };
-    let msg = Errored {
-        state_id: StateId::from_bytes(st.id.bytes()),
-        attempt: attempt_of(&st),
+    let errored = |state_id, attempt| Errored {
+        state_id,
+        attempt,
         error: body.error,
     };
-    if publish_result(&state, &st, ResultKind::Errored, &msg)
-        .await?
-        .is_err()
-    {
-        return Err(not_erroring(status_now(&state, &st).await?));
+    if r.publish(&st, ResultKind::Errored, errored).await?.is_err() {
+        return Err(not_erroring(status_now(&r.state, &st).await?));
     }
     Ok(Json(
         json!({"status": StateStatus::Errored.as_str(), "retry_created": retry_created}),
     ))
 }
 
+/// Prune a branch
+///
 /// `POST /v0/namespace/{ns}/state/{id}/prune`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/state/{state_id}/prune",
-    operation_id = "reportPrune",
-    summary = "Prune a branch",
-    tag = "states",
-    request_body = crate::openapi::PruneRequest,
-    responses((status = 200, description = "The state and its branch end here.", body = crate::openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/state/{state_id}/prune", operation_id = "reportPrune", tag = "states", request_body = openapi::PruneRequest,
+    responses((status = 200, description = "The state and its branch end here.", body = openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = openapi::ErrorDetail), (status = 404, description = "No such state.", body = openapi::ErrorDetail))
 )]
-pub async fn prune(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ns, id)): Path<(String, String)>,
-    ValidJson(body): ValidJson<PruneBody>,
-) -> ApiResult<Json<Value>> {
-    state.renew_leases(&ns, caller).await;
-    let st = load_state(&state, &ns, &id).await?;
-    require_queued(&st)?;
+pub async fn prune(r: Scoped, ValidJson(body): ValidJson<PruneBody>) -> ApiResult<Json<Value>> {
+    let st = r.queued().await?;
     storable("data", [&body.data])?;
-    let msg = Pruned {
-        state_id: StateId::from_bytes(st.id.bytes()),
-        attempt: attempt_of(&st),
+    let pruned = |state_id, attempt| Pruned {
+        state_id,
+        attempt,
         data: body.data,
     };
-    if publish_result(&state, &st, ResultKind::Pruned, &msg)
+    r.publish(&st, ResultKind::Pruned, pruned)
         .await?
-        .is_err()
-    {
-        return Err(ApiError::bad_request("State is not queued"));
-    }
+        .map_err(|_| not_queued())?;
     Ok(Json(
         json!({"enqueue_after": st.enqueue_after, "status": StateStatus::Pruned.as_str()}),
     ))
 }
 
+/// Run a state again later
+///
 /// `POST /v0/namespace/{ns}/state/{id}/re-enqueue-after`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/state/{state_id}/re-enqueue-after",
-    operation_id = "reEnqueueAfter",
-    summary = "Run a state again later",
-    tag = "states",
-    request_body = crate::openapi::ReEnqueueAfterRequest,
-    responses((status = 200, description = "The state runs again after the delay.", body = crate::openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/state/{state_id}/re-enqueue-after", operation_id = "reEnqueueAfter", tag = "states", request_body = openapi::ReEnqueueAfterRequest,
+    responses((status = 200, description = "The state runs again after the delay.", body = openapi::EnqueueAfterResponse), (status = 400, description = "The state is not QUEUED.", body = openapi::ErrorDetail), (status = 404, description = "No such state.", body = openapi::ErrorDetail))
 )]
 pub async fn re_enqueue_after(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((ns, id)): Path<(String, String)>,
+    r: Scoped,
     ValidJson(body): ValidJson<ReEnqueueBody>,
 ) -> ApiResult<Json<Value>> {
-    state.renew_leases(&ns, caller).await;
-    let st = load_state(&state, &ns, &id).await?;
-    require_queued(&st)?;
-    let msg = Requeue {
-        state_id: StateId::from_bytes(st.id.bytes()),
-        attempt: attempt_of(&st),
-        delay_ms: body.enqueue_after,
+    let st = r.queued().await?;
+    let delay_ms = body.enqueue_after;
+    let at = r.state.engine.now_ms().saturating_add(delay_ms);
+    let requeue = |state_id, attempt| Requeue {
+        state_id,
+        attempt,
+        delay_ms,
     };
-    let at = state.engine.now_ms().saturating_add(body.enqueue_after);
-    if publish_result(&state, &st, ResultKind::Requeue, &msg)
+    r.publish(&st, ResultKind::Requeue, requeue)
         .await?
-        .is_err()
-    {
-        return Err(ApiError::bad_request("State is not queued"));
-    }
+        .map_err(|_| not_queued())?;
     Ok(Json(
         json!({"enqueue_after": at, "status": StateStatus::Created.as_str()}),
     ))
 }
 
+/// Retry a state by hand
+///
 /// `POST /v0/namespace/{ns}/state/{id}/manual-retry`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/state/{state_id}/manual-retry",
-    operation_id = "manualRetry",
-    summary = "Retry a state by hand",
-    tag = "states",
-    request_body = crate::openapi::ManualRetryRequest,
-    responses((status = 200, description = "A new attempt of the state is created.", body = crate::openapi::ManualRetryResponse), (status = 404, description = "No such state.", body = crate::openapi::ErrorDetail), (status = 409, description = "A retry with this fanout_id exists, or the state changed concurrently.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/state/{state_id}/manual-retry", operation_id = "manualRetry", tag = "states", request_body = openapi::ManualRetryRequest,
+    responses((status = 200, description = "A new attempt of the state is created.", body = openapi::ManualRetryResponse), (status = 404, description = "No such state.", body = openapi::ErrorDetail), (status = 409, description = "A retry with this fanout_id exists, or the state changed concurrently.", body = openapi::ErrorDetail))
 )]
 pub async fn manual_retry(
-    State(state): State<AppState>,
-    Path((ns, id)): Path<(String, String)>,
+    s: Scoped,
     ValidJson(body): ValidJson<ManualRetryBody>,
 ) -> ApiResult<Json<Value>> {
+    let (state, ns, id) = s.parts();
     let store = &state.engine.store;
     let mut tries = 0;
     let (copy, created) = loop {
@@ -347,20 +330,16 @@ pub async fn manual_retry(
     ))
 }
 
+/// Read a state's secrets
+///
 /// `GET /v0/namespace/{ns}/state/{id}/secrets`: every decrypted secret of
 /// the state's graph.
 #[utoipa::path(
-    get,
-    path = "/v0/namespace/{namespace_name}/state/{state_id}/secrets",
-    operation_id = "getSecrets",
-    summary = "Read a state's secrets",
-    tag = "states",
-    responses((status = 200, description = "Every secret of the state's graph, decrypted.", body = crate::openapi::SecretsResponse), (status = 404, description = "No such state or graph.", body = crate::openapi::ErrorDetail))
+    get, path = "/v0/namespace/{namespace_name}/state/{state_id}/secrets", operation_id = "getSecrets", tag = "states",
+    responses((status = 200, description = "Every secret of the state's graph, decrypted.", body = openapi::SecretsResponse), (status = 404, description = "No such state or graph.", body = openapi::ErrorDetail))
 )]
-pub async fn secrets(
-    State(state): State<AppState>,
-    Path((ns, id)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+pub async fn secrets(s: Scoped) -> ApiResult<Json<Value>> {
+    let (state, ns, id) = s.parts();
     Ok(Json(
         json!({"secrets": secrets_of(&state, &ns, &id).await?}),
     ))

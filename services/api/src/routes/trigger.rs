@@ -9,7 +9,6 @@
 //! the run id answered is the one it will create.
 
 use axum::Json;
-use axum::extract::{Path, State};
 use exo_bus::Outgoing;
 use exo_engine::common::{RootError, root_inputs};
 use exo_engine::graphs::Unusable;
@@ -17,28 +16,25 @@ use exo_types::messages::{TriggerCommand, trigger_msg_id};
 use exo_types::subjects;
 use serde_json::{Value, json};
 
-use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::models::TriggerGraph;
-use crate::routes::check_token;
+use crate::openapi;
+use crate::routes::{Scoped, check_token};
 use crate::validate::ValidJson;
 use exo_types::pyrepr;
 
+/// Start a run
+///
 /// `POST /v0/namespace/{ns}/graph/{graph}/trigger`.
 #[utoipa::path(
-    post,
-    path = "/v0/namespace/{namespace_name}/graph/{graph_name}/trigger",
-    operation_id = "triggerGraph",
-    summary = "Start a run",
-    tag = "runs",
-    request_body = crate::openapi::TriggerGraphRequest,
-    responses((status = 200, description = "The run is created (its root state follows).", body = crate::openapi::TriggerGraphResponse), (status = 400, description = "The template is not VALID, an input is invalid, or store keys are missing.", body = crate::openapi::ErrorDetail), (status = 404, description = "No such graph.", body = crate::openapi::ErrorDetail))
+    post, path = "/v0/namespace/{namespace_name}/graph/{graph_name}/trigger", operation_id = "triggerGraph", tag = "runs", request_body = openapi::TriggerGraphRequest,
+    responses((status = 200, description = "The run is created (its root state follows).", body = openapi::TriggerGraphResponse), (status = 400, description = "The template is not VALID, an input is invalid, or store keys are missing.", body = openapi::ErrorDetail), (status = 404, description = "No such graph.", body = openapi::ErrorDetail))
 )]
 pub async fn trigger(
-    State(state): State<AppState>,
-    Path((ns, graph)): Path<(String, String)>,
+    s: Scoped,
     ValidJson(body): ValidJson<TriggerGraph>,
 ) -> ApiResult<Json<Value>> {
+    let (state, ns, graph) = s.parts();
     let lg = match state.engine.graphs.get(&ns, &graph).await? {
         Ok(lg) => lg,
         Err(Unusable::NotFound(..)) => {

@@ -70,17 +70,31 @@ fn node_fields(i: usize, node: &NodeTemplate, errors: &mut Vec<FieldError>) {
 
 /// Empty and repeated `next_nodes` entries (trimmed).
 fn next_node_problems(next: &[String]) -> Vec<String> {
-    let mut seen = HashSet::new();
-    let mut problems = Vec::new();
-    for entry in next {
-        let entry = entry.trim();
+    trimmed_problems(next.iter().map(String::as_str), |entry, repeated| {
         if entry.is_empty() {
-            problems.push("Next node identifier cannot be empty".to_owned());
-        } else if !seen.insert(entry) {
-            problems.push(format!("Next node identifier {entry} is not unique"));
+            Some("Next node identifier cannot be empty".to_owned())
+        } else if repeated {
+            Some(format!("Next node identifier {entry} is not unique"))
+        } else {
+            None
         }
-    }
-    problems
+    })
+}
+
+/// What `problem` says of each trimmed entry, told whether it was seen
+/// before.
+fn trimmed_problems<'a>(
+    entries: impl Iterator<Item = &'a str>,
+    problem: impl Fn(&str, bool) -> Option<String>,
+) -> Vec<String> {
+    let mut seen = HashSet::new();
+    entries
+        .filter_map(|e| {
+            let e = e.trim();
+            let repeated = !seen.insert(e);
+            problem(e, repeated)
+        })
+        .collect()
 }
 
 /// The graph's retry policy, then each node's.
@@ -159,17 +173,15 @@ fn trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>) {
 
 /// The store key rules of spec §9, applied to trimmed keys.
 fn store_key_problems<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let mut seen = HashSet::new();
-    let mut problems = Vec::new();
-    for key in keys {
-        let key = key.trim();
+    trimmed_problems(keys, |key, repeated| {
         if key.is_empty() {
-            problems.push("Key cannot be empty or contain only whitespace".to_owned());
+            Some("Key cannot be empty or contain only whitespace".to_owned())
         } else if key.contains('.') {
-            problems.push(format!("Key '{key}' cannot contain '.' character"));
-        } else if !seen.insert(key) {
-            problems.push(format!("Key '{key}' is duplicated"));
+            Some(format!("Key '{key}' cannot contain '.' character"))
+        } else if repeated {
+            Some(format!("Key '{key}' is duplicated"))
+        } else {
+            None
         }
-    }
-    problems
+    })
 }
