@@ -10,19 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use exo_store::mongodb::bson::doc;
 use exo_store::{RunDoc, StateDoc, Store};
-use exo_test_support::{Servers, ServiceProcess, free_port, unique_db_name};
+use exo_test_support::{ApiClient, Servers, ServiceProcess, free_port, unique_db_name};
 use futures::TryStreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// The control-plane services, in start order.
-pub const SERVICES: [&str; 5] = [
-    "exo-trigger",
-    "exo-scheduler",
-    "exo-completion",
-    "exo-retry",
-    "exo-api",
-];
+pub use exo_test_support::SERVICES;
 
 /// API key used by every stack.
 pub const API_KEY: &str = "e2e-secret-key";
@@ -41,6 +34,8 @@ pub struct Stack {
     pub store: Store,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The api with the stack's key.
+    pub api: ApiClient,
     api_port: u16,
 }
 
@@ -70,6 +65,7 @@ impl Stack {
             api_url: format!("http://127.0.0.1:{api_port}"),
             store,
             http: reqwest::Client::new(),
+            api: ApiClient::new(format!("http://127.0.0.1:{api_port}"), API_KEY),
             api_port,
         };
         for s in services {
@@ -200,36 +196,28 @@ impl Stack {
 
     /// `PUT` JSON with the API key; returns status and body.
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let r = self
-            .http
-            .put(format!("{}{path}", self.api_url))
-            .header("x-api-key", API_KEY)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        self.api.put(path, body).await
     }
 
     /// `POST` JSON with the API key; returns status and body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        self.post_with(&self.http, path, body).await
+        self.api.post(path, body).await
     }
 
-    async fn post_with(
+    /// `POST` JSON from the loopback address `from` (see
+    /// [`ApiClient::post_from`]).
+    pub async fn post_from(
         &self,
-        http: &reqwest::Client,
+        from: std::net::IpAddr,
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(u16, Value)> {
-        let r = http
-            .post(format!("{}{path}", self.api_url))
-            .header("x-api-key", API_KEY)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
+        self.api.post_from(from, path, body).await
+    }
+
+    /// `GET` with the API key; returns status and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.api.get(path).await
     }
 
     /// Registers `name` (one string field `text` in and out) as a node of
@@ -247,31 +235,6 @@ impl Stack {
         Ok(())
     }
 
-    /// `POST` JSON with the API key from the loopback address `from` (e.g.
-    /// `127.0.0.2`): another runtime host, for HTTP leases, which belong to
-    /// the caller's IP address.
-    pub async fn post_from(
-        &self,
-        from: std::net::IpAddr,
-        path: &str,
-        body: &Value,
-    ) -> anyhow::Result<(u16, Value)> {
-        let http = reqwest::Client::builder().local_address(from).build()?;
-        self.post_with(&http, path, body).await
-    }
-
-    /// `GET` with the API key; returns status and body.
-    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api_url))
-            .header("x-api-key", API_KEY)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
-    }
-
     /// Upserts a graph and waits until it is VALID.
     pub async fn upsert_valid_graph(
         &self,
@@ -279,38 +242,12 @@ impl Stack {
         graph: &str,
         body: &Value,
     ) -> anyhow::Result<()> {
-        let (status, resp) = self
-            .put(&format!("/v0/namespace/{ns}/graph/{graph}"), body)
-            .await?;
-        if status != 201 {
-            bail!("upsert graph {graph}: {status} {resp}");
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, g) = self
-                .get(&format!("/v0/namespace/{ns}/graph/{graph}"))
-                .await?;
-            match g["validation_status"].as_str() {
-                Some("VALID") => return Ok(()),
-                Some("INVALID") => bail!("graph {graph} is INVALID: {}", g["validation_errors"]),
-                _ if Instant::now() > deadline => bail!("graph {graph} never validated: {g}"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        self.api.upsert_valid_graph(ns, graph, body).await
     }
 
     /// Triggers a run through the API; returns its run id.
     pub async fn trigger(&self, ns: &str, graph: &str, body: &Value) -> anyhow::Result<String> {
-        let (status, resp) = self
-            .post(&format!("/v0/namespace/{ns}/graph/{graph}/trigger"), body)
-            .await?;
-        if status != 200 {
-            bail!("trigger {graph}: {status} {resp}");
-        }
-        resp["run_id"]
-            .as_str()
-            .map(str::to_string)
-            .context("run_id in trigger response")
+        self.api.trigger(ns, graph, body).await
     }
 
     /// Waits until the run reaches a terminal status; fails after `timeout`.

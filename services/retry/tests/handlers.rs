@@ -49,7 +49,7 @@ async fn manual_retry_reopens_the_run_in_its_transaction() -> anyhow::Result<()>
     );
     // Cancelled now: a further manual retry is not applied.
     let cmd = exo_types::messages::CancelCommand {
-        run_id: "r7".into(),
+        run_id: exo_types::names::RunId::trusted("r7"),
     };
     assert_eq!(on_cancel(&e.engine, NS, cmd).await?, Outcome::Done);
     let copy_doc = e

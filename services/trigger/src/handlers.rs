@@ -8,6 +8,7 @@ use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{RunDoc, StoreDoc, oid};
 use exo_types::ids;
 use exo_types::messages::{CancelCommand, TriggerCommand};
+use exo_types::names::Namespace;
 use exo_types::status::{RunStatus, StateStatus};
 use futures::TryStreamExt;
 
@@ -38,9 +39,10 @@ pub async fn on_trigger(
     cmd: TriggerCommand,
     queued_by: &str,
 ) -> Result<Outcome, Error> {
-    if let Err(e) = exo_types::names::validate_token("namespace", ns) {
-        return Ok(Outcome::Reject(e.to_string()));
-    }
+    let ns_name = match Namespace::parse(ns) {
+        Ok(n) => n,
+        Err(e) => return Ok(Outcome::Reject(e.to_string())),
+    };
     if cmd.run_id.is_empty() || cmd.run_id.len() > 128 {
         return Ok(Outcome::Reject(
             "run_id must have 1 to 128 characters".into(),
@@ -64,18 +66,18 @@ pub async fn on_trigger(
     let root = root_state(&lg, ns, &cmd, inputs_doc, requested, queued_by);
     let root_id = root.id;
     let now = DateTime::from_millis(requested);
-    let run = RunDoc::pending(&cmd.run_id, &cmd.graph_name, ns, now);
     let store_docs: Vec<StoreDoc> = cmd
         .store
         .iter()
         .map(|(k, v)| StoreDoc {
             run_id: cmd.run_id.clone(),
-            namespace: ns.to_string(),
+            namespace: ns_name.clone(),
             graph_name: cmd.graph_name.clone(),
             key: k.clone(),
             value: v.clone(),
         })
         .collect();
+    let run = RunDoc::pending(cmd.run_id.clone(), &cmd.graph_name, ns_name, now);
     // Shared with the other runs being created now (one transaction); a
     // redelivered trigger gets its duplicate key back.
     let result = engine
@@ -134,7 +136,7 @@ fn root_state(
         requested,
     );
     // The root takes the graph's namespace (spec §5.3).
-    root.namespace_name = ns.to_string();
+    root.namespace_name = Namespace::trusted(ns);
     root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
     if cmd.start_delay_ms == 0 {
         root.status = StateStatus::Queued;

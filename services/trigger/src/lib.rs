@@ -6,9 +6,11 @@
 //! command creates nothing twice), then dispatches the root state (or,
 //! when it has a start delay, hands it to the scheduler). `exo.v1.<ns>.run.cancel` cancels a run (see
 //! [`handlers::on_cancel`]). It also fires the graphs' CRON
-//! triggers (see [`exo_engine::cron`]).
+//! triggers (see [`exo_engine::cron`]) and answers the requests to start a
+//! run that any client sends on `exo.v1.<ns>.start` (see [`start`]).
 
 pub mod handlers;
+pub mod start;
 
 use std::time::Duration;
 
@@ -57,8 +59,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         &[subjects::COMMANDS_SUBJECTS][..],
     );
     let spec = WorkerSpec::single("exo-trigger", subjects::STREAM_COMMANDS, lane, 32);
-    let cron = move |engine, shutdown| cron_loop(engine, claim_timeout, shutdown);
-    worker::run(cfg.worker, shutdown, spec, handle, cron).await
+    let extra = move |engine: Engine, shutdown: CancellationToken| async move {
+        let starts = start::serve(engine.clone(), shutdown.clone());
+        tokio::join!(cron_loop(engine, claim_timeout, shutdown), starts);
+    };
+    worker::run(cfg.worker, shutdown, spec, handle, extra).await
 }
 
 /// Handles one trigger or cancel command.

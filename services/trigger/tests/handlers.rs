@@ -29,7 +29,7 @@ async fn cancelling_a_wide_run_resumes_after_a_crash_between_batches() -> anyhow
     assert_eq!(on_executed(&e.engine, msg, 1).await?, Outcome::Done);
     assert_eq!(e.count("r8", "work").await?, 2500);
     let cmd = exo_types::messages::CancelCommand {
-        run_id: "r8".into(),
+        run_id: exo_types::names::RunId::trusted("r8"),
     };
     // The second batch commits, then the handler dies.
     exo_faults::configure("store.commit", "1*off->return(error)").map_err(anyhow::Error::msg)?;
@@ -73,7 +73,7 @@ async fn a_cron_occurrence_fired_during_an_upsert_that_removed_it_is_not_resched
             kind: "CRON".into(),
             expression: Some("* * * * *".into()),
             graph_name: "g".into(),
-            namespace: NS.into(),
+            namespace: exo_types::names::Namespace::trusted(NS),
             trigger_time: due,
             trigger_status: "PENDING".into(),
             expires_at: None,
@@ -140,7 +140,7 @@ async fn concurrent_triggers_share_transactions_and_a_redelivery_among_them_is_h
 -> anyhow::Result<()> {
     let e = HandlerEnv::start(split_work()).await?;
     let cmd = |i: usize| exo_types::messages::TriggerCommand {
-        run_id: format!("t{i}"),
+        run_id: exo_types::names::RunId::trusted(format!("t{i}")),
         graph_name: "g".into(),
         inputs: Default::default(),
         store: [("k".to_string(), format!("v{i}"))].into_iter().collect(),

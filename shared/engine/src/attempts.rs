@@ -94,16 +94,17 @@ pub fn manual_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use exo_types::names::{Namespace, NodeName, RunId};
 
     fn state() -> StateDoc {
         let now = DateTime::now();
         StateDoc {
             id: ObjectId::new(),
-            node_name: "N".into(),
-            namespace_name: "ns".into(),
+            node_name: NodeName::trusted("N"),
+            namespace_name: Namespace::trusted("ns"),
             identifier: "n".into(),
             graph_name: "g".into(),
-            run_id: "r".into(),
+            run_id: RunId::trusted("r"),
             status: StateStatus::Errored,
             inputs: doc! {"x": "1"},
             outputs: doc! {"y": "2"},

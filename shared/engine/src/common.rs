@@ -5,6 +5,7 @@
 //! service crates (`exo-trigger`, `exo-scheduler`, `exo-completion`,
 //! `exo-retry`).
 
+use exo_types::names::RunId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,7 +209,7 @@ impl Engine {
         msg_id: String,
     ) -> Result<(), Error> {
         let ev = RunEvent {
-            run_id: run_id.to_string(),
+            run_id: RunId::trusted(run_id),
             graph_name: graph_name.to_string(),
             status: status.as_str().to_string(),
             at_ms: self.now_ms(),

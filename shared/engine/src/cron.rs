@@ -20,6 +20,7 @@
 //! (upstream fired every missed occurrence); a crash mid-fire no longer stops
 //! the schedule.
 
+use exo_types::names::{Namespace, RunId};
 use std::time::Duration;
 
 use exo_store::mongodb::bson::{DateTime, doc};
@@ -28,7 +29,6 @@ use exo_store::{Store, TriggerDoc};
 use exo_types::cron::CronSchedule;
 use exo_types::messages::TriggerCommand;
 use exo_types::status::{TriggerStatus, ValidationStatus};
-use sha2::{Digest, Sha256};
 
 use crate::{Engine, Error, Outcome};
 
@@ -55,7 +55,7 @@ fn next_doc(
         kind: "CRON".into(),
         expression: Some(expr.to_string()),
         graph_name: graph.to_string(),
-        namespace: ns.to_string(),
+        namespace: Namespace::trusted(ns),
         trigger_time: to_bson_time(next),
         trigger_status: TriggerStatus::Pending.as_str().into(),
         expires_at: None,
@@ -112,31 +112,14 @@ async fn still_scheduled(store: &Store, ns: &str, graph: &str, expr: &str) -> Re
 
 /// The run id of an occurrence: a UUID (version 8, name-based) derived from
 /// the namespace, graph, expression and fire time.
-pub fn occurrence_run_id(t: &TriggerDoc) -> String {
-    let mut h = Sha256::new();
-    for part in [
+pub fn occurrence_run_id(t: &TriggerDoc) -> RunId {
+    let time = t.trigger_time.timestamp_millis().to_string();
+    exo_types::ids::derived_run_id(&[
         t.namespace.as_str(),
         t.graph_name.as_str(),
         t.expression.as_deref().unwrap_or_default(),
-        &t.trigger_time.timestamp_millis().to_string(),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    let d = h.finalize();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let x = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..]
-    )
+        &time,
+    ])
 }
 
 /// Inserts the occurrence after `t`, unless an upsert removed its
@@ -219,7 +202,7 @@ where
             start_delay_ms: 0,
             requested_at_ms: Some(t.trigger_time.timestamp_millis()),
         };
-        let (status, error) = match start(t.namespace.clone(), cmd).await? {
+        let (status, error) = match start(t.namespace.to_string(), cmd).await? {
             Outcome::Done => (TriggerStatus::Triggered, None),
             Outcome::Reject(reason) | Outcome::Stale(reason) => {
                 (TriggerStatus::Failed, Some(reason))

@@ -3,6 +3,7 @@
 //! Errors are plain strings: they are deterministic for the given template and
 //! data, and become the `error` of a NEXT_CREATED_ERROR state.
 
+use exo_types::names::{Namespace, NodeName, RunId};
 use std::collections::HashMap;
 
 use exo_store::StateDoc;
@@ -169,7 +170,7 @@ pub struct Placement<'a> {
     /// Namespace of the graph.
     pub graph_ns: &'a str,
     /// Run id.
-    pub run_id: &'a str,
+    pub run_id: &'a RunId,
     /// Graph name.
     pub graph_name: &'a str,
     /// Template version the run executes.
@@ -201,11 +202,11 @@ pub fn new_state(
     let now = DateTime::from_millis(now_ms);
     let mut s = StateDoc {
         id,
-        node_name: tmpl.node_name.clone(),
-        namespace_name: tmpl.namespace.clone(),
+        node_name: NodeName::trusted(&tmpl.node_name),
+        namespace_name: Namespace::trusted(&tmpl.namespace),
         identifier: tmpl.identifier.clone(),
         graph_name: place.graph_name.to_string(),
-        run_id: place.run_id.to_string(),
+        run_id: place.run_id.clone(),
         status: exo_types::status::StateStatus::Created,
         inputs,
         outputs: Document::new(),

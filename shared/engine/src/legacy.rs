@@ -13,6 +13,7 @@
 //! commit together, so a crash leaves either neither or both, and concurrent
 //! adopters serialise on the run document.
 
+use exo_types::names::RunId;
 use std::collections::{BTreeMap, HashSet};
 
 use exo_store::mongodb::bson::{Bson, doc, oid::ObjectId};
@@ -365,7 +366,7 @@ pub async fn revert_to_upstream(store: &Store, apply: bool) -> Result<Revert, ex
     };
     if apply {
         use futures::TryStreamExt;
-        let pending: Vec<String> = store
+        let pending: Vec<RunId> = store
             .runs()
             .find(doc! {"status": RunStatus::Pending.as_str()})
             .await?

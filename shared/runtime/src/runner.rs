@@ -473,7 +473,7 @@ async fn read_dispatch(bus: &Bus, msg: &jetstream::Message) -> Option<Dispatch> 
 fn context(bus: &Bus, cfg: &Builder, dispatch: &Dispatch, msg: &jetstream::Message) -> Context {
     Context {
         state_id: dispatch.state_id.to_string(),
-        run_id: dispatch.run_id.clone(),
+        run_id: dispatch.run_id.to_string(),
         graph_name: dispatch.graph_name.clone(),
         identifier: dispatch.identifier.clone(),
         attempt: dispatch.attempt,

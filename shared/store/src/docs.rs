@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use exo_types::graph::{NodeTemplate, StoreConfig, Trigger};
+use exo_types::names::{Namespace, NodeName, RunId};
 use exo_types::retry::RetryPolicy;
 use exo_types::status::{RunStatus, StateStatus};
 use mongodb::bson::{DateTime, Document, oid::ObjectId};
@@ -19,15 +20,15 @@ pub struct StateDoc {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     /// Registered node name (runtime routing key).
-    pub node_name: String,
+    pub node_name: NodeName,
     /// Namespace of the node template (where its runtime is registered).
-    pub namespace_name: String,
+    pub namespace_name: Namespace,
     /// Node identifier in the graph.
     pub identifier: String,
     /// Graph template name.
     pub graph_name: String,
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Status.
     pub status: StateStatus,
     /// Resolved inputs.
@@ -204,9 +205,9 @@ pub struct RegisteredNodeDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreDoc {
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Namespace,
     /// Graph name.
     pub graph_name: String,
     /// Key.
@@ -224,13 +225,13 @@ pub struct RunDoc {
     #[serde(rename = "_id", default, skip_serializing_if = "Option::is_none")]
     pub id: Option<ObjectId>,
     /// Run id (UUID).
-    pub run_id: String,
+    pub run_id: RunId,
     /// Graph name.
     #[serde(default)]
     pub graph_name: String,
     /// Namespace.
     #[serde(default)]
-    pub namespace_name: String,
+    pub namespace_name: Namespace,
     /// Creation time.
     pub created_at: DateTime,
     /// `PENDING`, `SUCCESS` or `FAILED`; absent on Exosphere documents.
@@ -265,12 +266,17 @@ pub struct RunDoc {
 impl RunDoc {
     /// A new PENDING run holding one pending state (its root), as the
     /// trigger creates it.
-    pub fn pending(run_id: &str, graph_name: &str, namespace: &str, created_at: DateTime) -> Self {
+    pub fn pending(
+        run_id: RunId,
+        graph_name: &str,
+        namespace: Namespace,
+        created_at: DateTime,
+    ) -> Self {
         Self {
             id: None,
-            run_id: run_id.to_string(),
+            run_id,
             graph_name: graph_name.to_string(),
-            namespace_name: namespace.to_string(),
+            namespace_name: namespace,
             created_at,
             status: Some(RunStatus::Pending.as_str().to_string()),
             total_count: 1,
@@ -293,7 +299,7 @@ pub struct UniteGroupDoc {
     #[serde(rename = "_id")]
     pub id: String,
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Target state instance.
     pub target_id: ObjectId,
     /// Unite node identifier.
@@ -335,7 +341,7 @@ pub struct TriggerDoc {
     /// Graph name.
     pub graph_name: String,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Namespace,
     /// When this occurrence is due (UTC).
     pub trigger_time: DateTime,
     /// `PENDING`, `TRIGGERING`, `TRIGGERED` or `FAILED`.

@@ -9,6 +9,7 @@ use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{GraphTemplateDoc, RegisteredNodeDoc, RunDoc, Store, oid};
 use exo_types::graph::GraphSpec;
 use exo_types::messages::StateCreated;
+use exo_types::names::{Namespace, NodeName, RunId};
 use exo_types::status::StateStatus;
 use exo_types::{ids, time};
 use futures::TryStreamExt;
@@ -134,7 +135,7 @@ impl HandlerEnv {
             lg.graph.root(),
             &inputs::Placement {
                 graph_ns: NS,
-                run_id,
+                run_id: &RunId::trusted(run_id),
                 graph_name: "g",
                 graph_version: Some(&lg.version),
             },
@@ -143,14 +144,19 @@ impl HandlerEnv {
             false,
             now,
         );
-        root.namespace_name = NS.into();
+        root.namespace_name = Namespace::trusted(NS);
         root.status = status;
         root.attempt = i64::from(status == StateStatus::Queued);
         root.enqueue_after = enqueue_after;
         self.engine
             .store
             .runs()
-            .insert_one(RunDoc::pending(run_id, "g", NS, DateTime::from_millis(now)))
+            .insert_one(RunDoc::pending(
+                RunId::trusted(run_id),
+                "g",
+                Namespace::trusted(NS),
+                DateTime::from_millis(now),
+            ))
             .await?;
         self.engine.store.states().insert_one(&root).await?;
         Ok(root.id.to_hex())
@@ -160,8 +166,8 @@ impl HandlerEnv {
     pub fn created(&self, state_id: &str, enqueue_after: i64) -> StateCreated {
         StateCreated {
             state_id: state_id.parse().expect("a 24-hex state id"),
-            run_id: String::new(),
-            node_name: "Split".into(),
+            run_id: RunId::default(),
+            node_name: NodeName::trusted("Split"),
             enqueue_after,
             generation: 0,
         }

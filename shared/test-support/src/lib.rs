@@ -12,6 +12,8 @@
 //! - [`ServiceProcess`]: one of the workspace's own binaries (`exo-api`, `exo-completion`, …)
 //!   built by `cargo build --workspace --bins`, waited on until its `/readyz` answers 200.
 //!
+//! - [`ApiClient`]: calls the api with its key (upsert a VALID graph, trigger a run, ...).
+//!
 //! Plus small helpers: [`free_port`], [`unique_db_name`], [`workspace_root`], [`service_bin`]
 //! and [`init_test_tracing`] (quiet unless `TEST_LOG` is set).
 //!
@@ -36,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod handlers;
 pub mod invariants;
 mod mongo;
@@ -47,6 +50,17 @@ mod process;
 mod servers;
 mod service;
 mod tracing_init;
+
+pub use api::ApiClient;
+
+/// The control-plane services, in start order.
+pub const SERVICES: [&str; 5] = [
+    "exo-trigger",
+    "exo-scheduler",
+    "exo-completion",
+    "exo-retry",
+    "exo-api",
+];
 
 pub use mongo::{MongoOptions, MongoServer};
 pub use names::unique_db_name;

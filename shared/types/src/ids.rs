@@ -51,6 +51,38 @@ pub fn retry_state_id(state_id: &str) -> [u8; 12] {
     derive_object_id("retry", &[state_id])
 }
 
+/// A run id derived from ordered parts (length-prefixed, hashed), in UUID
+/// form (version-8 layout: the hash, with the version and variant bits
+/// set), so that the same cause (a CRON occurrence, an idempotency key)
+/// always names the same run.
+pub fn derived_run_id(parts: &[&str]) -> crate::names::RunId {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode(b);
+    crate::names::RunId::trusted(format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    ))
+}
+
+/// The run started by the idempotency key `key` for graph `graph` of
+/// namespace `ns`, whoever sends it and however often.
+pub fn idempotent_run_id(ns: &str, graph: &str, key: &str) -> crate::names::RunId {
+    derived_run_id(&["idempotency-key", "v1", ns, graph, key])
+}
+
 /// Hex form of a 12-byte id.
 pub fn to_hex(id: &[u8; 12]) -> String {
     hex::encode(id)

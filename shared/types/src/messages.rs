@@ -5,6 +5,7 @@
 //! described for runtime authors in `docs/runtime-protocol.md`.
 
 use crate::ids::StateId;
+use crate::names::{NodeName, RunId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -55,7 +56,7 @@ pub enum ReplyOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TriggerCommand {
     /// Run id chosen by the publisher (a UUID); it is also the dedup key.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Graph template name.
     pub graph_name: String,
     /// Values for the root node's inputs.
@@ -73,11 +74,50 @@ pub struct TriggerCommand {
     pub requested_at_ms: Option<i64>,
 }
 
+/// A request to start a run, from any client, on `exo.v1.<ns>.start`
+/// (core NATS; see docs/events.md). With a reply subject the answer is a
+/// [`StartReply`]; without one, a request that cannot start a run is
+/// recorded on the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    /// Graph template name.
+    pub graph_name: String,
+    /// Values for the root node's inputs (they replace the template's).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+    /// Initial per-run store.
+    #[serde(default)]
+    pub store: BTreeMap<String, String>,
+    /// At most one run per key and graph, forever: the run id is derived
+    /// from it (the `Nats-Msg-Id` header serves when this is absent).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Delay before the root state may run, in milliseconds.
+    #[serde(default)]
+    pub start_delay_ms: u64,
+}
+
+/// The answer to a [`StartRun`]: `{"status": 200, "run_id": ...}`, or the
+/// HTTP status the same request gets from the api (400, 404) with a
+/// `detail`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartReply {
+    /// 200, 400 or 404 (500 for a failure of this system).
+    pub status: u16,
+    /// The run (on 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<RunId>,
+    /// Why no run was started (otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// Command that cancels a run (`exo.v1.<ns>.run.cancel`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelCommand {
     /// Run to cancel.
-    pub run_id: String,
+    pub run_id: RunId,
 }
 
 /// Hand-off from a writer to the scheduler: a state now exists in CREATED
@@ -87,9 +127,9 @@ pub struct StateCreated {
     /// State id (24 hex).
     pub state_id: StateId,
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Registered node name.
-    pub node_name: String,
+    pub node_name: NodeName,
     /// Earliest dispatch time, Unix ms.
     pub enqueue_after: i64,
     /// Re-queue cycle of the state this hand-off belongs to.
@@ -105,11 +145,11 @@ pub struct Dispatch {
     /// Dispatch attempt; results must echo it.
     pub attempt: u32,
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Graph template name.
     pub graph_name: String,
     /// Registered node name.
-    pub node_name: String,
+    pub node_name: NodeName,
     /// Node identifier in the graph.
     pub identifier: String,
     /// Resolved inputs.
@@ -169,7 +209,7 @@ pub struct Requeue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunEvent {
     /// Run id.
-    pub run_id: String,
+    pub run_id: RunId,
     /// Graph template name.
     pub graph_name: String,
     /// `PENDING`, `SUCCESS` or `FAILED`.

@@ -179,6 +179,20 @@ pub fn event(ns: &str, entity: &str, name: &str) -> String {
     format!("{PREFIX}.{ns}.event.{entity}.{name}")
 }
 
+/// `exo.v1.<ns>.start`: core NATS, where any client asks to start a run
+/// ([`crate::messages::StartRun`]), with request/reply for the run id.
+pub fn start(ns: &str) -> String {
+    format!("{PREFIX}.{ns}.start")
+}
+
+/// What the `trigger` service subscribes to for [`start`] requests of every
+/// namespace (queue group `exo-trigger`).
+pub const START_SUBJECTS: &str = "exo.v1.*.start";
+
+/// The pseudo-stream named in dead-letter records of [`start`] requests
+/// that could not start a run and had no reply subject.
+pub const START_DLQ: &str = "START";
+
 /// `exo.v1.<ns>.secrets.get`: core NATS request/reply (no stream, so secrets
 /// are never persisted) by which a NATS runtime reads a state's secrets.
 pub fn secrets(ns: &str) -> String {

@@ -9,21 +9,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use exo_store::mongodb::bson::doc;
 use exo_store::{RunDoc, Store};
-use exo_test_support::{MongoOptions, MongoServer, ServiceProcess, free_port, unique_db_name};
+use exo_test_support::{
+    ApiClient, MongoOptions, MongoServer, ServiceProcess, free_port, unique_db_name,
+};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::procstat::{self, Watch};
 use crate::proxy::MongoProxy;
 
-/// The control-plane services, in start order.
-pub const SERVICES: [&str; 5] = [
-    "exo-trigger",
-    "exo-scheduler",
-    "exo-completion",
-    "exo-retry",
-    "exo-api",
-];
+pub use exo_test_support::SERVICES;
 
 /// API key of every bench stack.
 pub const API_KEY: &str = "bench-secret-key";
@@ -185,6 +180,8 @@ pub struct BenchStack {
     pub store: Store,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The api with the bench's key.
+    pub api: ApiClient,
     /// Counting proxies by service name (with `--mongo-proxy`).
     pub proxies: BTreeMap<String, MongoProxy>,
     /// Process watcher (services, servers, this process).
@@ -317,17 +314,20 @@ impl BenchStack {
             }
         }
         let procs = watched(&services, &nats, &mongo);
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .build()?;
         Ok(Self {
             nats,
             mongo,
             db,
             services,
-            api_url: format!("http://127.0.0.1:{api_port}"),
+            api: ApiClient::with_http(http.clone(), &api_url, API_KEY),
+            api_url,
             store,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(256)
-                .build()?,
+            http,
             proxies,
             watch: Watch::new(procs),
         })
@@ -359,57 +359,14 @@ impl BenchStack {
         }
     }
 
-    /// `PUT` / `POST` JSON with the API key; returns the status and body.
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &Value,
-    ) -> anyhow::Result<(u16, Value)> {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.api_url))
-            .header("x-api-key", API_KEY)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
-    }
-
     /// Upserts a graph and checks it is VALID.
     pub async fn upsert_graph(&self, name: &str, body: &Value) -> anyhow::Result<()> {
-        let path = format!("/v0/namespace/{NS}/graph/{name}");
-        let (status, resp) = self.send(reqwest::Method::PUT, &path, body).await?;
-        if status != 201 {
-            bail!("upsert graph {name}: {status} {resp}");
-        }
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api_url))
-            .header("x-api-key", API_KEY)
-            .send()
-            .await?;
-        let g: Value = r.json().await?;
-        if g["validation_status"] != "VALID" {
-            bail!("graph {name} is not VALID: {g}");
-        }
-        Ok(())
+        self.api.upsert_valid_graph(NS, name, body).await
     }
 
     /// Triggers a run of `graph` through the API; returns its run id.
     pub async fn trigger(&self, graph: &str) -> anyhow::Result<String> {
-        let path = format!("/v0/namespace/{NS}/graph/{graph}/trigger");
-        let (status, resp) = self
-            .send(reqwest::Method::POST, &path, &serde_json::json!({}))
-            .await?;
-        if status != 200 {
-            bail!("trigger {graph}: {status} {resp}");
-        }
-        resp["run_id"]
-            .as_str()
-            .map(str::to_string)
-            .context("run_id in the trigger response")
+        self.api.trigger(NS, graph, &serde_json::json!({})).await
     }
 
     /// Waits until the run is SUCCESS or FAILED, polling every `every`.

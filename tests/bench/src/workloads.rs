@@ -526,7 +526,7 @@ async fn trigger_over_nats(env: &Env, m: usize) -> anyhow::Result<(Rates, Value)
     let msgs: Vec<Outgoing> = (0..m)
         .map(|_| {
             let cmd = TriggerCommand {
-                run_id: uuid::Uuid::new_v4().to_string(),
+                run_id: exo_types::names::RunId::trusted(uuid::Uuid::new_v4().to_string()),
                 graph_name: "one".into(),
                 inputs: Default::default(),
                 store: Default::default(),

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 struct Api {
     base: String,
     http: reqwest::Client,
+    /// The stack's client, for the steps that are not under test here.
+    client: exo_test_support::ApiClient,
 }
 
 /// One answer.
@@ -52,6 +54,7 @@ impl Api {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
+            client: stack.api.clone(),
         })
     }
 
@@ -196,30 +199,18 @@ fn chain_graph(ns: &str) -> Value {
     })
 }
 
+/// Upserts a graph, waits until it is VALID, and answers it as stored.
 async fn upsert_valid(api: &Api, ns: &str, graph: &str, body: &Value) -> anyhow::Result<Value> {
-    let a = api
-        .put(&format!("/v0/namespace/{ns}/graph/{graph}"), body)
-        .await?;
-    anyhow::ensure!(a.status == 201, "upsert {graph}: {a:?}");
-    let g = api
+    api.client.upsert_valid_graph(ns, graph, body).await?;
+    let (_, g) = api
+        .client
         .get(&format!("/v0/namespace/{ns}/graph/{graph}"))
         .await?;
-    anyhow::ensure!(
-        g.body["validation_status"] == "VALID",
-        "graph {graph} not VALID: {g:?}"
-    );
-    Ok(g.body)
+    Ok(g)
 }
 
 async fn trigger(api: &Api, ns: &str, graph: &str, body: &Value) -> anyhow::Result<String> {
-    let a = api
-        .post(&format!("/v0/namespace/{ns}/graph/{graph}/trigger"), body)
-        .await?;
-    anyhow::ensure!(a.status == 200, "trigger {graph}: {a:?}");
-    a.body["run_id"]
-        .as_str()
-        .map(str::to_string)
-        .context("run_id")
+    api.client.trigger(ns, graph, body).await
 }
 
 /// Claims one state of `node` over HTTP, waiting for the scheduler.
@@ -984,8 +975,35 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
     let ns = "states";
     register(&api, ns).await?;
     upsert_valid(&api, ns, "chain", &chain_graph(ns)).await?;
-    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
+    check_enqueue(&api, ns).await?;
+    let (run_id, root_id) = claim_root(&api, ns).await?;
+    check_state_not_found(&api, ns, &root_id).await?;
+    check_report_bodies(&api, ns, &root_id).await?;
+    check_requeue_then_executed(&api, ns, &run_id, &root_id).await?;
+    let (vault_id, retry_id) = check_errored(&api, ns, &run_id).await?;
+    let run2 = check_prune(&api, ns).await?;
+    check_manual_retry(&api, ns, &run_id, &retry_id).await?;
+    let ids = RunIds {
+        run_id,
+        root_id,
+        vault_id,
+        run2,
+    };
+    check_run_reads(&api, ns, &ids).await
+}
 
+/// The ids `check_run_reads` looks up: the failed run, its root, its
+/// errored state, and the pruned run.
+struct RunIds {
+    run_id: String,
+    root_id: String,
+    vault_id: String,
+    run2: String,
+}
+
+/// `POST /states/enqueue`: its 422s, and empty answers for what cannot match.
+async fn check_enqueue(api: &Api, ns: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // ---- POST /states/enqueue
     let a = api
         .post(&p("/states/enqueue"), &json!({"nodes": ["Echo"]}))
@@ -1029,10 +1047,14 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
             "{body}"
         );
     }
+    Ok(())
+}
 
+/// Triggers a run of `chain` and claims its root over HTTP, checking the hand-out's shape; answers the run and root ids.
+async fn claim_root(api: &Api, ns: &str) -> anyhow::Result<(String, String)> {
     // A run whose root is claimed over HTTP.
-    let run_id = trigger(&api, ns, "chain", &json!({"store": {"who": "ann"}})).await?;
-    let root = claim(&api, ns, "Echo").await?;
+    let run_id = trigger(api, ns, "chain", &json!({"store": {"who": "ann"}})).await?;
+    let root = claim(api, ns, "Echo").await?;
     assert_eq!(
         keys(&root),
         set(&[
@@ -1048,7 +1070,12 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
     assert_eq!(root["inputs"], json!({"text": "hi ann"}));
     assert!(is_naive_iso(&root["created_at"]));
     let root_id = root["state_id"].as_str().unwrap_or_default().to_string();
+    Ok((run_id, root_id))
+}
 
+/// The per-state endpoints: 404 for a malformed id, an unknown id and another namespace.
+async fn check_state_not_found(api: &Api, ns: &str, root_id: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // ---- the per-state endpoints: malformed id, unknown id, wrong namespace
     for rest in ["executed", "errored", "prune", "re-enqueue-after"] {
         let body = match rest {
@@ -1096,9 +1123,13 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         404,
         "State not found",
     );
+    Ok(())
+}
 
+/// The runtime endpoints' bodies (422s) and the state's secrets.
+async fn check_report_bodies(api: &Api, ns: &str, root_id: &str) -> anyhow::Result<()> {
+    let sp = |rest: &str| format!("/v0/namespace/{ns}/state/{root_id}/{rest}");
     // ---- bodies of the runtime endpoints
-    let sp = |rest: &str| p(&format!("/state/{root_id}/{rest}"));
     expect_422(
         &api.post(&sp("executed"), &json!({})).await?,
         "missing",
@@ -1150,7 +1181,17 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         (a.status, &a.body),
         (200, &json!({"secrets": {"token": "t0ps3cret"}}))
     );
+    Ok(())
+}
 
+/// `re-enqueue-after` on the QUEUED root, then `executed`, then every report refused on a state no longer QUEUED.
+async fn check_requeue_then_executed(
+    api: &Api,
+    ns: &str,
+    run_id: &str,
+    root_id: &str,
+) -> anyhow::Result<()> {
+    let sp = |rest: &str| format!("/v0/namespace/{ns}/state/{root_id}/{rest}");
     // ---- re-enqueue-after on the QUEUED root: CREATED again, later.
     let before = exo_types::time::now_ms();
     let a = api
@@ -1165,11 +1206,11 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
     );
     // Not QUEUED any more (deviation: upstream has no precondition).
     let graph = "chain";
-    wait_state(&api, ns, graph, &run_id, &root_id, "QUEUED")
+    wait_state(api, ns, graph, run_id, root_id, "QUEUED")
         .await
         .ok();
-    let again = claim(&api, ns, "Echo").await?;
-    assert_eq!(again["state_id"], root_id.as_str());
+    let again = claim(api, ns, "Echo").await?;
+    assert_eq!(again["state_id"], root_id);
     assert!(exo_types::time::now_ms() >= before + 300);
 
     // ---- executed: 200, then the state is no longer QUEUED.
@@ -1177,7 +1218,7 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         .post(&sp("executed"), &json!({"outputs": [{"text": "hi ann"}]}))
         .await?;
     assert_eq!((a.status, &a.body), (200, &json!({"status": "EXECUTED"})));
-    wait_state(&api, ns, graph, &run_id, &root_id, "SUCCESS").await?;
+    wait_state(api, ns, graph, run_id, root_id, "SUCCESS").await?;
     expect_detail(
         &api.post(&sp("executed"), &json!({"outputs": []})).await?,
         400,
@@ -1199,9 +1240,14 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         400,
         "State is not queued",
     );
+    Ok(())
+}
 
+/// `errored` with a retry left, then without: the run FAILS; answers the errored state's id and its retry's.
+async fn check_errored(api: &Api, ns: &str, run_id: &str) -> anyhow::Result<(String, String)> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // ---- errored with a retry left, then without.
-    let vault = claim(&api, ns, "Vault").await?;
+    let vault = claim(api, ns, "Vault").await?;
     assert_eq!(vault["inputs"], json!({"text": "hi ann!"}));
     let vault_id = vault["state_id"].as_str().unwrap_or_default().to_string();
     let a = api
@@ -1214,7 +1260,7 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         (a.status, &a.body),
         (200, &json!({"status": "ERRORED", "retry_created": true}))
     );
-    let retry = claim(&api, ns, "Vault").await?;
+    let retry = claim(api, ns, "Vault").await?;
     let retry_id = retry["state_id"].as_str().unwrap_or_default().to_string();
     assert_ne!(retry_id, vault_id);
     let a = api
@@ -1227,7 +1273,7 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         (a.status, &a.body),
         (200, &json!({"status": "ERRORED", "retry_created": false}))
     );
-    let run = wait_run(&api, ns, &run_id).await?;
+    let run = wait_run(api, ns, run_id).await?;
     assert_eq!(run["status"], "FAILED");
     assert_eq!(
         (
@@ -1238,10 +1284,15 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
         ),
         (&json!(3), &json!(1), &json!(1), &json!(1))
     );
+    Ok((vault_id, retry_id))
+}
 
+/// `prune` ends a run's only branch: SUCCESS; answers that run's id.
+async fn check_prune(api: &Api, ns: &str) -> anyhow::Result<String> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // ---- prune: answers the state's enqueue_after.
-    let run2 = trigger(&api, ns, "chain", &json!({"store": {"who": "bo"}})).await?;
-    let r2 = claim(&api, ns, "Echo").await?;
+    let run2 = trigger(api, ns, "chain", &json!({"store": {"who": "bo"}})).await?;
+    let r2 = claim(api, ns, "Echo").await?;
     let r2_id = r2["state_id"].as_str().unwrap_or_default().to_string();
     let a = api
         .post(
@@ -1253,12 +1304,22 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
     assert_eq!(keys(&a.body), set(&["enqueue_after", "status"]));
     assert_eq!(a.body["status"], "PRUNED");
     assert!(a.body["enqueue_after"].as_i64().unwrap_or_default() > 0);
-    let run = wait_run(&api, ns, &run2).await?;
+    let run = wait_run(api, ns, &run2).await?;
     assert_eq!(
         (&run["status"], &run["total_count"], &run["success_count"]),
         (&json!("SUCCESS"), &json!(1), &json!(1))
     );
+    Ok(run2)
+}
 
+/// `manual-retry`: a copy, 409 for the same `fanout_id`, 404 elsewhere; the run is PENDING again.
+async fn check_manual_retry(
+    api: &Api,
+    ns: &str,
+    run_id: &str,
+    retry_id: &str,
+) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // ---- manual-retry: a copy, then 409 for the same fanout_id.
     let fanout = uuid::Uuid::new_v4().to_string();
     let mr = p(&format!("/state/{retry_id}/manual-retry"));
@@ -1283,7 +1344,18 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
     // The run has work again.
     let r = api.get(&p(&format!("/run/{run_id}"))).await?;
     assert_eq!(r.body["status"], "PENDING", "{r:?}");
+    Ok(())
+}
 
+/// The run reads: one run, pages of runs, the graph of states, one state's details.
+async fn check_run_reads(api: &Api, ns: &str, ids: &RunIds) -> anyhow::Result<()> {
+    let RunIds {
+        run_id,
+        root_id,
+        vault_id,
+        run2,
+    } = ids;
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // ---- runs, run, graph structure, node details
     expect_detail(
         &api.get(&p("/run/no-such-run")).await?,
@@ -1354,26 +1426,26 @@ async fn state_and_run_endpoints() -> anyhow::Result<()> {
 
     let nd = |g: &str, r: &str, id: &str| p(&format!("/graph/{g}/run/{r}/node/{id}"));
     expect_detail(
-        &api.get(&nd("chain", &run_id, MALFORMED_ID)).await?,
+        &api.get(&nd("chain", run_id, MALFORMED_ID)).await?,
         400,
         &format!("Invalid node ID format: {MALFORMED_ID}"),
     );
     expect_detail(
-        &api.get(&nd("chain", &run_id, UNKNOWN_ID)).await?,
+        &api.get(&nd("chain", run_id, UNKNOWN_ID)).await?,
         404,
         &format!("Node {UNKNOWN_ID} not found in run {run_id} for graph chain"),
     );
     expect_detail(
-        &api.get(&nd("other", &run_id, &root_id)).await?,
+        &api.get(&nd("other", run_id, root_id)).await?,
         404,
         &format!("Node {root_id} not found in run {run_id} for graph other"),
     );
     expect_detail(
-        &api.get(&nd("chain", &run2, &root_id)).await?,
+        &api.get(&nd("chain", run2, root_id)).await?,
         404,
         &format!("Node {root_id} not found in run {run2} for graph chain"),
     );
-    let d = api.get(&nd("chain", &run_id, &vault_id)).await?;
+    let d = api.get(&nd("chain", run_id, vault_id)).await?;
     assert_eq!(d.status, 200);
     assert_eq!(
         d.body["parents"],
@@ -1393,8 +1465,18 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
     let api = Api::new(&stack)?;
     let ns = "dash";
     register(&api, ns).await?;
-    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
+    check_graph_editor(&api, ns).await?;
+    let (run_id, failed) = run_with_a_failed_branch(&api, ns).await?;
+    check_runs_page(&api, ns, &run_id).await?;
+    check_run_graph_view(&api, ns, &run_id, &failed).await?;
+    check_node_details(&api, ns, &run_id, &failed).await?;
+    check_retry_button(&api, ns, &run_id, &failed).await?;
+    check_sidebar_lists(&api, ns).await
+}
 
+/// The graph editor: PUT, then GET `/graph/{g}`.
+async fn check_graph_editor(api: &Api, ns: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // The graph editor: PUT then GET /graph/{g}.
     let body = json!({"secrets": {"token": "x"}, "retry_policy": {"max_retries": 0},
     "nodes": [
@@ -1405,17 +1487,22 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
     ]});
     let put = api.put(&p("/graph/flow"), &body).await?;
     assert_eq!(put.status, 201);
-    let g = upsert_valid(&api, ns, "flow", &body).await?;
+    let g = upsert_valid(api, ns, "flow", &body).await?;
     assert_eq!(g["nodes"][1]["identifier"], "vault");
     assert_eq!(
         g["nodes"][1]["next_nodes"],
         json!([]),
         "a leaf reads back []"
     );
+    Ok(())
+}
 
+/// A run of `flow` whose root fans out to two outputs, one branch failing; answers the run id and the failed state's id.
+async fn run_with_a_failed_branch(api: &Api, ns: &str) -> anyhow::Result<(String, String)> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // A run: the root fans out to two outputs; one branch fails.
-    let run_id = trigger(&api, ns, "flow", &json!({})).await?;
-    let root = claim(&api, ns, "Echo").await?;
+    let run_id = trigger(api, ns, "flow", &json!({})).await?;
+    let root = claim(api, ns, "Echo").await?;
     let root_id = root["state_id"].as_str().unwrap_or_default().to_string();
     let a = api
         .post(
@@ -1426,7 +1513,7 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
     assert_eq!(a.status, 200);
     let mut failed = None;
     for _ in 0..2 {
-        let s = claim(&api, ns, "Vault").await?;
+        let s = claim(api, ns, "Vault").await?;
         let id = s["state_id"].as_str().unwrap_or_default().to_string();
         let (rest, body) = if s["inputs"]["text"] == "a" {
             ("executed", json!({"outputs": [{"text": "done"}]}))
@@ -1438,9 +1525,14 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
         assert_eq!(a.status, 200, "{a:?}");
     }
     let failed = failed.context("the 'b' branch")?;
-    let run = wait_run(&api, ns, &run_id).await?;
+    let run = wait_run(api, ns, &run_id).await?;
     assert_eq!(run["status"], "FAILED");
+    Ok((run_id, failed))
+}
 
+/// The runs page.
+async fn check_runs_page(api: &Api, ns: &str, run_id: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // Runs page.
     let runs = api.get(&p("/runs/1/20")).await?;
     assert_eq!(runs.status, 200);
@@ -1478,7 +1570,17 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
         )
     );
     assert!(is_naive_iso(&item["created_at"]));
+    Ok(())
+}
 
+/// The run graph view.
+async fn check_run_graph_view(
+    api: &Api,
+    ns: &str,
+    run_id: &str,
+    failed: &str,
+) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // Run graph view.
     let st = api.get(&p(&format!("/states/run/{run_id}/graph"))).await?;
     assert_eq!(
@@ -1515,10 +1617,15 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|n| n["id"] == failed.as_str())
+        .find(|n| n["id"] == failed)
         .context("failed node listed")?;
     assert_eq!(errored_node["error"], "vault exploded");
+    Ok(())
+}
 
+/// The node details panel of the failed state.
+async fn check_node_details(api: &Api, ns: &str, run_id: &str, failed: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // Node details panel.
     let d = api
         .get(&p(&format!("/graph/flow/run/{run_id}/node/{failed}")))
@@ -1550,7 +1657,12 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
             .map(|s| s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())),
         Some(true)
     );
+    Ok(())
+}
 
+/// The retry button: a fresh UUID as `fanout_id`; the copy succeeds and so does the run.
+async fn check_retry_button(api: &Api, ns: &str, run_id: &str, failed: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // Retry button: a fresh UUID as fanout_id.
     let fanout = uuid::Uuid::new_v4().to_string();
     let a = api
@@ -1561,7 +1673,7 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
         .await?;
     assert_eq!(a.status, 200, "{a:?}");
     let copy = a.body["id"].as_str().unwrap_or_default().to_string();
-    let s = claim(&api, ns, "Vault").await?;
+    let s = claim(api, ns, "Vault").await?;
     assert_eq!(s["state_id"], copy.as_str());
     assert_eq!(s["inputs"], json!({"text": "b"}));
     let a = api
@@ -1571,12 +1683,17 @@ async fn dashboard_api_calls() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(a.status, 200);
-    let run = wait_run(&api, ns, &run_id).await?;
+    let run = wait_run(api, ns, run_id).await?;
     assert_eq!(run["status"], "SUCCESS", "{run}");
     let st = api.get(&p(&format!("/states/run/{run_id}/graph"))).await?;
     assert_eq!(st.body["execution_summary"]["RETRY_CREATED"], 1);
     assert_eq!(st.body["execution_summary"]["SUCCESS"], 4);
+    Ok(())
+}
 
+/// The sidebar lists: nodes, graphs, namespaces.
+async fn check_sidebar_lists(api: &Api, ns: &str) -> anyhow::Result<()> {
+    let p = |rest: &str| format!("/v0/namespace/{ns}{rest}");
     // Sidebar lists: nodes, graphs, namespaces.
     let nodes = api.get(&p("/nodes/")).await?;
     assert_eq!(nodes.body["count"], 2);

@@ -110,7 +110,7 @@ async fn bad_requests_and_poison_messages() -> anyhow::Result<()> {
     // dead-lettered with the reason, no run written.
     let bus = exo_bus::Bus::connect(&stack.servers.nats.url(), "e2e").await?;
     let cmd = TriggerCommand {
-        run_id: "run-for-nothing".into(),
+        run_id: exo_types::names::RunId::trusted("run-for-nothing"),
         graph_name: "ghost".into(),
         inputs: Default::default(),
         store: Default::default(),

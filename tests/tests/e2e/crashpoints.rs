@@ -539,7 +539,7 @@ impl Driver {
             .await?
             .ok_or_else(|| anyhow::anyhow!("no occurrence scheduled for {expr}"))?;
         self.cron = Some(expr);
-        Ok(exo_engine::cron::occurrence_run_id(&occurrence))
+        Ok(exo_engine::cron::occurrence_run_id(&occurrence).into_string())
     }
 
     /// Triggers a run over HTTP. The api answers once `exo-trigger` created

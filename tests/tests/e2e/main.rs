@@ -7,6 +7,7 @@ mod bad_input;
 mod compat;
 mod crashpoints;
 mod cron;
+mod events;
 mod faults;
 mod flows;
 mod leases;

@@ -86,7 +86,7 @@ async fn trigger_command_on_nats_runs_a_chain_without_the_api() -> anyhow::Resul
 
     let bus = exo_bus::Bus::connect(&stack.servers.nats.url(), "integration").await?;
     let cmd = TriggerCommand {
-        run_id: "evt-1".into(),
+        run_id: exo_types::names::RunId::trusted("evt-1"),
         graph_name: "g".into(),
         inputs: Default::default(),
         store: [("x".to_string(), "X".to_string())].into(),

@@ -98,8 +98,8 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     // 2. The root's hand-off to the scheduler delivered again.
     let created = StateCreated {
         state_id: exo_types::ids::StateId::from_bytes(a.id.bytes()),
-        run_id: run_id.clone(),
-        node_name: "AppendA".into(),
+        run_id: exo_types::names::RunId::trusted(run_id.clone()),
+        node_name: exo_types::names::NodeName::trusted("AppendA"),
         enqueue_after: 0,
         generation: 0,
     };
@@ -112,7 +112,7 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     .await?;
     // 3. The trigger command delivered again.
     let cmd = TriggerCommand {
-        run_id: run_id.clone(),
+        run_id: exo_types::names::RunId::trusted(run_id.clone()),
         graph_name: "g".into(),
         inputs: Default::default(),
         store: Default::default(),

@@ -78,7 +78,7 @@ async fn run_summary(state: &AppState, runs: &[RunDoc]) -> ApiResult<Vec<(String
     let legacy: Vec<String> = runs
         .iter()
         .filter(|r| r.status.is_none())
-        .map(|r| r.run_id.clone())
+        .map(|r| r.run_id.to_string())
         .collect();
     let counts = legacy_counts(state, &legacy).await?;
     Ok(runs
@@ -86,7 +86,7 @@ async fn run_summary(state: &AppState, runs: &[RunDoc]) -> ApiResult<Vec<(String
         .map(|r| match &r.status {
             Some(s) => (s.clone(), Counts::of_run(r)),
             None => {
-                let c = counts.get(&r.run_id).copied().unwrap_or_default();
+                let c = counts.get(r.run_id.as_str()).copied().unwrap_or_default();
                 (legacy_status(&c).to_string(), c)
             }
         })
@@ -273,7 +273,7 @@ pub async fn cancel(s: Scoped) -> ApiResult<(StatusCode, Json<Value>)> {
         ));
     }
     let cmd = exo_types::messages::CancelCommand {
-        run_id: run_id.clone(),
+        run_id: run.run_id.clone(),
     };
     state
         .engine

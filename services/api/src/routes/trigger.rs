@@ -13,6 +13,7 @@ use exo_bus::Outgoing;
 use exo_engine::common::{RootError, root_inputs};
 use exo_engine::graphs::Unusable;
 use exo_types::messages::{TriggerCommand, trigger_msg_id};
+use exo_types::names::RunId;
 use exo_types::subjects;
 use serde_json::{Value, json};
 
@@ -53,7 +54,7 @@ pub async fn trigger(
     };
     check_token("namespace", &ns)?;
     let cmd = TriggerCommand {
-        run_id: uuid::Uuid::new_v4().to_string(),
+        run_id: RunId::trusted(uuid::Uuid::new_v4().to_string()),
         graph_name: graph.clone(),
         inputs: body.inputs,
         store: body.store,

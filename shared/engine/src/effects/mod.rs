@@ -681,6 +681,7 @@ pub async fn load_store_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use exo_types::names::{Namespace, NodeName, RunId};
 
     #[test]
     fn only_updates_that_select_by_id_are_merged_into_one_command() {
@@ -747,11 +748,11 @@ mod tests {
         let now = DateTime::now();
         StateDoc {
             id: ObjectId::new(),
-            node_name: identifier.to_uppercase(),
-            namespace_name: "ns".into(),
+            node_name: NodeName::trusted(identifier.to_uppercase()),
+            namespace_name: Namespace::trusted("ns"),
             identifier: identifier.into(),
             graph_name: "g".into(),
-            run_id: "r".into(),
+            run_id: RunId::trusted("r"),
             status,
             inputs: Document::new(),
             outputs: Document::new(),
