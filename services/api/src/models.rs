@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::validate::{Checker, Model, at, body_loc, or_null};
 
 const UNITES_STRATEGIES: [&str; 2] = ["ALL_SUCCESS", "ALL_DONE"];
-const TRIGGER_TYPES: [&str; 1] = ["CRON"];
+const TRIGGER_TYPES: [&str; 2] = ["CRON", "EVENT"];
 
 /// A body whose one field is required: its value at `key`, checked by
 /// `check` (which records what is wrong with it).
@@ -170,7 +170,10 @@ fn triggers(c: &mut Checker, loc: &[Value], v: &Value) -> Option<Vec<Trigger>> {
         let kind = c
             .required(tloc, obj, "type")
             .and_then(|t| c.enumeration(&at(tloc, "type"), t, &TRIGGER_TYPES))
-            .map(|_| TriggerType::Cron);
+            .map(|t| match t.as_str() {
+                "EVENT" => TriggerType::Event,
+                _ => TriggerType::Cron,
+            });
         let value = c.optional(tloc, obj, ("value", Map::new()), |c, l, x| {
             c.dict(l, x).cloned()
         });

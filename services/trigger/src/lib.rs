@@ -7,9 +7,12 @@
 //! when it has a start delay, hands it to the scheduler). `exo.v1.<ns>.run.cancel` cancels a run (see
 //! [`handlers::on_cancel`]). It also fires the graphs' CRON
 //! triggers (see [`exo_engine::cron`]) and answers the requests to start a
-//! run that any client sends on `exo.v1.<ns>.start` (see [`start`]).
+//! run that any client sends on `exo.v1.<ns>.start` (see [`start`]), and
+//! starts the runs of events on subjects bound by EVENT triggers (see
+//! [`inbound`]).
 
 pub mod handlers;
+pub mod inbound;
 pub mod start;
 
 use std::time::Duration;
@@ -61,7 +64,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let spec = WorkerSpec::single("exo-trigger", subjects::STREAM_COMMANDS, lane, 32);
     let extra = move |engine: Engine, shutdown: CancellationToken| async move {
         let starts = start::serve(engine.clone(), shutdown.clone());
-        tokio::join!(cron_loop(engine, claim_timeout, shutdown), starts);
+        let events = inbound::serve(engine.clone(), shutdown.clone());
+        tokio::join!(cron_loop(engine, claim_timeout, shutdown), starts, events);
     };
     worker::run(cfg.worker, shutdown, spec, handle, extra).await
 }

@@ -97,6 +97,8 @@ pub const DISPATCH_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const SERVICE_HEARTBEAT: Duration = Duration::from_millis(300);
 /// Dedup window of the work streams.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long an event waits in the inbound stream for a `trigger` replica.
+pub const INBOUND_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Outstanding publish acks in [`Bus::publish_batch`].
 pub const PUBLISH_WINDOW: usize = 1024;
 
@@ -208,6 +210,66 @@ impl Bus {
             }
         }
         Ok(())
+    }
+
+    /// Makes the inbound stream hold exactly `subjects` (pairwise
+    /// disjoint; none: a placeholder), creating it as a work queue kept
+    /// [`INBOUND_MAX_AGE`]. Its other settings (an operator's duplicate
+    /// window, replicas) are left as they are.
+    pub async fn ensure_inbound(&self, subjects: &[String]) -> Result<(), Error> {
+        let want = if subjects.is_empty() {
+            vec![subj::INBOUND_PLACEHOLDER.to_string()]
+        } else {
+            subjects.to_vec()
+        };
+        match self.js.get_stream(subj::STREAM_INBOUND).await {
+            Ok(mut existing) => {
+                let mut cfg = existing
+                    .info()
+                    .await
+                    .map_err(|e| Error::js("stream info", e))?
+                    .config
+                    .clone();
+                if cfg.subjects != want {
+                    cfg.subjects = want;
+                    self.js
+                        .update_stream(&cfg)
+                        .await
+                        .map_err(|e| Error::js("inbound stream update", e))?;
+                }
+            }
+            Err(_) => {
+                let cfg = stream::Config {
+                    name: subj::STREAM_INBOUND.to_string(),
+                    subjects: want,
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    storage: stream::StorageType::File,
+                    max_age: INBOUND_MAX_AGE,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    ..Default::default()
+                };
+                self.js
+                    .get_or_create_stream(cfg)
+                    .await
+                    .map_err(|e| Error::js("inbound stream provisioning", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the inbound stream was created (Unix ms): with a message's
+    /// sequence, it names the message across a stream's re-creation.
+    pub async fn inbound_created_ms(&self) -> Result<i64, Error> {
+        let mut stream = self
+            .js
+            .get_stream(subj::STREAM_INBOUND)
+            .await
+            .map_err(|e| Error::js("get stream", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::js("stream info", e))?;
+        Ok((info.created.unix_timestamp_nanos() / 1_000_000) as i64)
     }
 
     /// Durable pull consumer of a service on a work stream.

@@ -21,6 +21,7 @@ pub mod attempts;
 pub mod common;
 pub mod cron;
 pub mod effects;
+pub mod events;
 pub mod graphs;
 pub mod inputs;
 pub mod legacy;

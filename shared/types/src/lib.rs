@@ -16,6 +16,7 @@ pub mod placeholder;
 pub mod pyrepr;
 pub mod retry;
 pub mod status;
+pub mod subject_pattern;
 pub mod subjects;
 pub mod time;
 pub mod validation;

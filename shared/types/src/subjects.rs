@@ -32,6 +32,15 @@ pub const CONSUMER_COMPLETION: &str = "completion";
 /// Durable consumer of the retry service (errored and re-queue results).
 pub const CONSUMER_RETRY: &str = "retry";
 
+/// Stream of the messages on subjects bound by EVENT triggers (subjects
+/// chosen by users, outside `exo.>`; see [`crate::subject_pattern`]).
+pub const STREAM_INBOUND: &str = "EXO_INBOUND";
+/// Durable consumer of [`STREAM_INBOUND`], shared by the `trigger` replicas.
+pub const CONSUMER_INBOUND: &str = "trigger-inbound";
+/// The subject [`STREAM_INBOUND`] holds while no graph binds any (a stream
+/// needs one): outside every namespace, nothing publishes on it.
+pub const INBOUND_PLACEHOLDER: &str = "exo.inbound.none";
+
 /// Subject filters of [`STREAM_COMMANDS`].
 pub const COMMANDS_SUBJECTS: &str = "exo.v1.*.run.*";
 /// Subject filters of [`STREAM_STATES`].

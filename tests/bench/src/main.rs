@@ -17,6 +17,7 @@
 //! and their reading are in `docs/benchmarks.md`.
 
 mod drive;
+mod events;
 mod httprt;
 mod nodes;
 mod procstat;

@@ -351,7 +351,7 @@ fn report_rss(report: &mut Report, label: &str, checked: bool, rss: &Value) {
 }
 
 /// Samples the number of runs in the database until it reaches `target`.
-async fn count_runs_until(
+pub(crate) async fn count_runs_until(
     env: &Env,
     target: u64,
     start: Instant,
@@ -372,7 +372,7 @@ async fn count_runs_until(
 }
 
 /// Runs created per second: overall, and between 10 % and 90 % of the batch.
-fn creation_rates(samples: &[(f64, u64)], base: u64, m: u64) -> (f64, f64, f64) {
+pub(crate) fn creation_rates(samples: &[(f64, u64)], base: u64, m: u64) -> (f64, f64, f64) {
     let done = samples.last().map(|s| s.0).unwrap_or(f64::NAN);
     let at = |frac: f64| {
         samples
@@ -387,7 +387,7 @@ fn creation_rates(samples: &[(f64, u64)], base: u64, m: u64) -> (f64, f64, f64) 
     (m as f64 / done, steady, done)
 }
 
-/// 4. Runs started per second, over HTTP and over NATS.
+/// 4. Runs started per second, over HTTP, over NATS, and by events.
 pub async fn trigger(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     let m = args.trigger_runs;
     eprintln!(
@@ -409,6 +409,7 @@ pub async fn trigger(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
     let (nats, nats_cost) = trigger_over_nats(&env, m).await?;
     let (nats_rate, nats_steady, nats_done, published_s) =
         (nats.rate, nats.steady, nats.done, nats.sent_s);
+    let events = crate::events::measure(&env, m, 2 * m as u64, report).await?;
 
     report.fig(
         "trigger",
@@ -449,6 +450,7 @@ pub async fn trigger(args: &Args, report: &mut Report) -> anyhow::Result<Env> {
                 "published_per_s": round3(m as f64 / published_s),
                 "cost": nats_cost,
             },
+            "events": events,
         }),
     );
     Ok(env)

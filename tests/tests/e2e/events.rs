@@ -104,7 +104,11 @@ async fn a_plain_nats_client_starts_runs_with_request_reply() -> anyhow::Result<
     // Clear errors, and nothing written for them.
     for (body, status, detail) in [
         (r#"{"graph_name": "nope"}"#, 404, "Graph template not found"),
-        (r#"{"graph_name": "g"}"#, 400, "Dependent x not found in store"),
+        (
+            r#"{"graph_name": "g"}"#,
+            400,
+            "Dependent x not found in store",
+        ),
         (
             r#"{"graph_name": "g", "store": {"x": 1}}"#,
             400,
@@ -159,6 +163,122 @@ async fn a_bad_start_without_reply_subject_is_dead_lettered() -> anyhow::Result<
     let run = stack.wait_run(&run_id, Duration::from_secs(30)).await?;
     assert_eq!(run.status.as_deref(), Some("SUCCESS"));
     assert_eq!(run_count(&stack).await?, 1);
+    stop.cancel();
+    Ok(())
+}
+
+/// `g` of [`stack_with_graph`] with an EVENT trigger on `orders.created`:
+/// store `x` from the body's `name`, idempotency key at `/id`.
+async fn bind_orders(stack: &Stack) -> anyhow::Result<()> {
+    let graph = json!({
+        "secrets": {},
+        "store_config": {"required_keys": ["x"]},
+        "triggers": [{"type": "EVENT", "value": {
+            "subject": "orders.created", "store": {"x": "/name"}, "idempotency_key": "/id"}}],
+        "nodes": [
+            {"node_name": "AppendA", "namespace": NS, "identifier": "a",
+             "inputs": {"text": "${{ store.x }}"}, "next_nodes": ["b"]},
+            {"node_name": "AppendB", "namespace": NS, "identifier": "b",
+             "inputs": {"text": "${{ a.outputs.text }}"}},
+        ]
+    });
+    stack.upsert_valid_graph(NS, "g", &graph).await
+}
+
+/// The text the run's `b` state produced.
+async fn output_of(stack: &Stack, run_id: &str) -> anyhow::Result<String> {
+    let run = stack.wait_run(run_id, Duration::from_secs(30)).await?;
+    anyhow::ensure!(run.status.as_deref() == Some("SUCCESS"), "{run:?}");
+    let states = assert_run_consistent(stack, &run).await?;
+    Ok(states
+        .iter()
+        .find(|s| s.identifier == "b")
+        .and_then(|s| s.outputs.get_str("text").ok())
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_a_bound_subject_start_one_run_per_key_across_restarts() -> anyhow::Result<()> {
+    let (mut stack, stop) = stack_with_graph().await?;
+    bind_orders(&stack).await?;
+    // A plain client: JetStream publishes, with and without Nats-Msg-Id.
+    let nc = async_nats::connect(stack.servers.nats.url()).await?;
+    let js = async_nats::jetstream::new(nc.clone());
+    // An operator shortens the inbound stream's duplicate window; the
+    // services keep it (they only ever change the stream's subjects).
+    let mut cfg = js
+        .get_stream("EXO_INBOUND")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    cfg.duplicate_window = Duration::from_secs(1);
+    js.update_stream(&cfg).await?;
+    let publish = |body: &'static str, msg_id: Option<&'static str>| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(id) = msg_id {
+                headers.insert("Nats-Msg-Id", id);
+            }
+            js.publish_with_headers("orders.created", headers, body.into())
+                .await?
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    publish(r#"{"id": "o-1", "name": "ann"}"#, None).await?;
+    publish(r#"{"id": "ignored", "name": "bo"}"#, Some("m-2")).await?;
+    // The trigger service dies; events keep arriving, one repeating a key.
+    stack.service("exo-trigger").kill9();
+    publish(r#"{"id": "o-3", "name": "cy"}"#, None).await?;
+    publish(r#"{"id": "o-1", "name": "again"}"#, None).await?;
+    stack.service("exo-trigger").restart().await?;
+    // Past the duplicate window, JetStream takes a repeated Nats-Msg-Id
+    // as new; the derived run id still starts nothing new.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish(r#"{"id": "ignored", "name": "bo-again"}"#, Some("m-2")).await?;
+    let run = |key: &str| exo_types::ids::idempotent_run_id(NS, "g", key).to_string();
+    // Two events under one key handled at once: either may be the one
+    // that starts the run (the key promises one run, not which payload).
+    let o1 = output_of(&stack, &run("o-1")).await?;
+    assert!(o1 == "ann+a+b" || o1 == "again+a+b", "{o1}");
+    assert_eq!(output_of(&stack, &run("m-2")).await?, "bo+a+b");
+    assert_eq!(output_of(&stack, &run("o-3")).await?, "cy+a+b");
+    // Every event handled (the stream is a work queue: nothing left).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while js
+        .get_stream("EXO_INBOUND")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages
+        > 0
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "events left unhandled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(run_count(&stack).await?, 3, "one run per key");
+
+    // An event without its idempotency key starts nothing and is
+    // dead-lettered with the reason.
+    let mut dlq = nc.subscribe("exo.dlq.v1.EXO_INBOUND.>").await?;
+    nc.flush().await?;
+    publish(r#"{"name": "no id"}"#, None).await?;
+    let letter = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no dead letter"))?;
+    let v: Value = serde_json::from_slice(&letter.payload)?;
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no idempotency key"), "{v}");
+    assert_eq!(v["subject"], "orders.created");
+    assert_eq!(run_count(&stack).await?, 3);
     stop.cancel();
     Ok(())
 }

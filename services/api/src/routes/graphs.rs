@@ -161,15 +161,7 @@ pub async fn upsert(
     )
     .await?;
     state.engine.graphs.invalidate(&ns, &name);
-    exo_engine::cron::reschedule(
-        &state.engine,
-        &ns,
-        &name,
-        &spec.cron_expressions(),
-        status == ValidationStatus::Valid,
-    )
-    .await
-    .map_err(|e| ApiError::internal("schedule cron triggers", e))?;
+    bind_triggers(&state, &ns, &name, &spec, status == ValidationStatus::Valid).await?;
     tracing::info!(
         exo.namespace = %ns,
         exo.graph = %name,
@@ -207,6 +199,28 @@ fn encrypt_secrets(
         encrypted.insert(k.clone(), ct);
     }
     Ok(encrypted)
+}
+
+/// Schedules the graph's CRON triggers (when it is VALID) and captures
+/// the subjects of its EVENT triggers before the upsert answers, so events
+/// published once it returned are kept for the trigger service.
+async fn bind_triggers(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    spec: &GraphSpec,
+    valid: bool,
+) -> ApiResult<()> {
+    exo_engine::cron::reschedule(&state.engine, ns, name, &spec.cron_expressions(), valid)
+        .await
+        .map_err(|e| ApiError::internal("schedule cron triggers", e))?;
+    if let Err(e) = exo_engine::events::sync_inbound(&state.engine).await {
+        if !spec.event_bindings().is_empty() {
+            return Err(ApiError::internal("bind event subjects", e));
+        }
+        tracing::warn!(error = %e, "Could not bring the inbound stream up to date.");
+    }
+    Ok(())
 }
 
 /// Upserts the template document and returns it as stored.

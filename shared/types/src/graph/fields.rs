@@ -1,9 +1,9 @@
 //! Field-level (HTTP 422) validation of an upsert body.
 
 use super::RESERVED_IDENTIFIER;
-use super::model::{GraphSpec, NodeTemplate, Trigger, TriggerType};
-use crate::cron;
+use super::model::{EventBinding, GraphSpec, NodeTemplate, Trigger, TriggerType};
 use crate::validation::{FieldError, LocPart};
+use crate::{cron, subject_pattern};
 use std::collections::HashSet;
 
 fn loc<const N: usize>(parts: [LocPart; N]) -> Vec<LocPart> {
@@ -141,33 +141,71 @@ fn store_config(spec: &GraphSpec, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Trigger `i`: the keys its type reads are strings (upstream ignores the
-/// others, whatever their type), and its expression is valid.
+/// Trigger `i`: a CRON trigger's expression (upstream ignores the other
+/// keys of its value, whatever their type), an EVENT trigger's binding.
 fn trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>) {
-    let mut value_ok = true;
-    for (key, value) in trigger.value.iter().filter(|(k, _)| *k == "expression") {
-        if !value.is_string() {
-            value_ok = false;
-            errors.push(FieldError::not_a_string(loc([
-                "triggers".into(),
-                i.into(),
-                "value".into(),
-                key.as_str().into(),
-            ])));
-        }
+    match trigger.kind {
+        TriggerType::Cron => cron_trigger_fields(i, trigger, errors),
+        TriggerType::Event => event_trigger_fields(i, trigger, errors),
     }
-    if !value_ok {
+}
+
+fn cron_trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>) {
+    if let Some(v) = trigger.value.get("expression")
+        && !v.is_string()
+    {
+        let at = [
+            "triggers".into(),
+            i.into(),
+            "value".into(),
+            "expression".into(),
+        ];
+        errors.push(FieldError::not_a_string(loc(at)));
         return;
     }
     let at = loc(["triggers".into(), i.into(), "expression".into()]);
-    match trigger.kind {
-        TriggerType::Cron => match trigger.cron_expression() {
-            None => errors.push(FieldError::missing(at)),
-            Some(expr) if !cron::is_valid(expr) => {
-                errors.push(FieldError::value_error(at, "Invalid cron expression"));
-            }
-            Some(_) => {}
-        },
+    match trigger.cron_expression() {
+        None => errors.push(FieldError::missing(at)),
+        Some(expr) if !cron::is_valid(expr) => {
+            errors.push(FieldError::value_error(at, "Invalid cron expression"));
+        }
+        Some(_) => {}
+    }
+}
+
+/// An EVENT trigger: its value is a binding (a subject users may bind,
+/// JSON Pointers where pointers go).
+fn event_trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>) {
+    let at = |key: &str| loc(["triggers".into(), i.into(), "value".into(), key.into()]);
+    let binding = match serde_json::from_value::<EventBinding>(trigger.value.clone().into()) {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!(
+                "An EVENT trigger's value is {{subject, inputs?, store?, idempotency_key?}}: {e}"
+            );
+            errors.push(FieldError::value_error(
+                loc(["triggers".into(), i.into(), "value".into()]),
+                &msg,
+            ));
+            return;
+        }
+    };
+    if let Some(problem) = subject_pattern::binding_problem(&binding.subject) {
+        errors.push(FieldError::value_error(at("subject"), &problem));
+    }
+    let pointers = [binding.inputs.iter(), binding.store.iter()]
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m.values())
+        .chain(binding.idempotency_key.iter());
+    for p in pointers {
+        if !(p.is_empty() || p.starts_with('/')) {
+            let msg = format!("{p:?} is not a JSON Pointer (\"\" or starting with '/')");
+            errors.push(FieldError::value_error(
+                loc(["triggers".into(), i.into(), "value".into()]),
+                &msg,
+            ));
+        }
     }
 }
 

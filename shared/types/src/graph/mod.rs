@@ -57,7 +57,8 @@ pub use analysis::Graph;
 pub use fields::validate_fields;
 pub use fingerprint::{canonical_json, unites_fingerprint};
 pub use model::{
-    GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerType, Unites, UnitesStrategy,
+    EventBinding, GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerType, Unites,
+    UnitesStrategy,
 };
 pub use registry::{
     RegisteredNodeSchema, input_fields, is_string_property, verify_against_registry,

@@ -88,9 +88,13 @@ pub enum TriggerType {
     /// A cron schedule; `value.expression` holds the expression.
     #[serde(rename = "CRON")]
     Cron,
+    /// Messages on a NATS subject start runs (ours; see [`EventBinding`]).
+    #[serde(rename = "EVENT")]
+    Event,
 }
 
-/// A graph trigger, `{type: "CRON", value: {expression}}`.
+/// A graph trigger, `{type: "CRON", value: {expression}}` or (ours)
+/// `{type: "EVENT", value: {subject, inputs?, store?, idempotency_key?}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trigger {
     /// Trigger kind.
@@ -106,8 +110,45 @@ impl Trigger {
     pub fn cron_expression(&self) -> Option<&str> {
         match self.kind {
             TriggerType::Cron => self.value.get("expression").and_then(Value::as_str),
+            TriggerType::Event => None,
         }
     }
+
+    /// What an EVENT trigger binds, when it is one and its value has the
+    /// documented shape (checked at upsert).
+    pub fn event_binding(&self) -> Option<EventBinding> {
+        match self.kind {
+            TriggerType::Event => serde_json::from_value(Value::Object(self.value.clone())).ok(),
+            TriggerType::Cron => None,
+        }
+    }
+}
+
+/// An EVENT trigger's value: every message on `subject` (a NATS subject,
+/// `*` and `>` allowed, first token literal) starts a run of the graph.
+///
+/// The message body, when it is a JSON object, gives the root's inputs and
+/// the run's store: `inputs` and `store` map a name to a JSON Pointer into
+/// the body (`""`: the whole body as text); without a mapping, each root
+/// input and each declared store key takes the body's top-level field of
+/// the same name, when there is one (a string as it is, other JSON as its
+/// text). The run id is derived from the idempotency key: the message's
+/// `Nats-Msg-Id` header, else the field at the pointer `idempotency_key`,
+/// else the message's place in the inbound stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBinding {
+    /// The subject pattern bound.
+    pub subject: String,
+    /// Root input name → JSON Pointer into the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<BTreeMap<String, String>>,
+    /// Store key → JSON Pointer into the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<BTreeMap<String, String>>,
+    /// JSON Pointer of the idempotency key in the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The body of `PUT /graph/{name}`: `secrets` and `nodes` are required, the
@@ -163,6 +204,14 @@ impl GraphSpec {
             .find(|n| n.identifier == identifier)
             .and_then(|n| n.retry_policy.as_ref())
             .unwrap_or(&self.retry_policy)
+    }
+
+    /// The EVENT triggers' bindings, in order.
+    pub fn event_bindings(&self) -> Vec<EventBinding> {
+        self.triggers
+            .iter()
+            .filter_map(Trigger::event_binding)
+            .collect()
     }
 
     /// The distinct cron expressions of the CRON triggers, in order.

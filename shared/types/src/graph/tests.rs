@@ -748,3 +748,35 @@ fn canonical_json_is_sorted_compact_and_ascii() {
         r#"{"a":{"y":"~ ","z":"\u00e9\ud83d\ude00\"\\\n\u0001\u007f"},"b":[1,-2,true,null,1.5]}"#
     );
 }
+
+#[test]
+fn event_triggers_bind_subjects_users_may_bind() {
+    let with = |value: Value| {
+        let mut s = spec(json!({"secrets": {}, "nodes": [n("a", &[])],
+            "triggers": [{"type": "EVENT", "value": value}]}));
+        s.normalize();
+        field_errors(&s)
+    };
+    let good = json!({"subject": "orders.*.created", "store": {"x": "/id"}, "inputs": {"t": ""},
+                      "idempotency_key": "/id"});
+    assert_eq!(with(good.clone()), vec![]);
+    let s =
+        spec(json!({"secrets": {}, "nodes": [], "triggers": [{"type": "EVENT", "value": good}]}));
+    assert_eq!(s.event_bindings()[0].subject, "orders.*.created");
+    assert_eq!(s.cron_expressions(), Vec::<&str>::new());
+    for (value, says) in [
+        (json!({}), "subject"),
+        (json!({"subject": 3}), "subject"),
+        (json!({"subject": "exo.v1.x"}), "reserved"),
+        (json!({"subject": ">"}), "literal"),
+        (json!({"subject": "a", "extra": 1}), "unknown field"),
+        (
+            json!({"subject": "a", "store": {"x": "id"}}),
+            "JSON Pointer",
+        ),
+    ] {
+        let errors = with(value.clone());
+        assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+        assert!(errors[0].1.contains(says), "{value}: {errors:?}");
+    }
+}
