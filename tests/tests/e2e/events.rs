@@ -282,3 +282,48 @@ async fn events_on_a_bound_subject_start_one_run_per_key_across_restarts() -> an
     stop.cancel();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trigger_replicas_start_one_run_per_key() -> anyhow::Result<()> {
+    let (mut stack, stop) = stack_with_graph().await?;
+    let env = stack.env(exo_test_support::free_port());
+    let second = exo_test_support::ServiceProcess::spawn("exo-trigger", &env).await?;
+    stack.services.insert("exo-trigger-b".into(), second);
+    bind_orders(&stack).await?;
+    let nc = async_nats::connect(stack.servers.nats.url()).await?;
+    let js = async_nats::jetstream::new(nc.clone());
+    // 60 events under 40 keys: 20 keys arrive twice, with other bodies.
+    const KEYS: usize = 40;
+    for i in 0..60 {
+        let body = json!({"id": format!("k{}", i % KEYS), "name": format!("n{i}")});
+        js.publish("orders.created", body.to_string().into())
+            .await?
+            .await?;
+    }
+    for k in 0..KEYS {
+        let run_id = exo_types::ids::idempotent_run_id(NS, "g", &format!("k{k}")).to_string();
+        let text = output_of(&stack, &run_id).await?;
+        let first = format!("n{k}+a+b");
+        let second = format!("n{}+a+b", k + KEYS);
+        assert!(text == first || text == second, "k{k}: {text}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while js
+        .get_stream("EXO_INBOUND")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages
+        > 0
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "events left unhandled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(run_count(&stack).await? as usize, KEYS);
+    stop.cancel();
+    Ok(())
+}
