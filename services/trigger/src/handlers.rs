@@ -3,6 +3,7 @@
 //! run (fence, then bounded batches), and fire due CRON occurrences.
 
 use exo_engine::common::{json_to_doc, root_inputs};
+use exo_engine::lifecycle::RunTransition;
 use exo_engine::{Engine, Error, Outcome, cron, inputs};
 use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{RunDoc, StoreDoc, oid};
@@ -66,17 +67,7 @@ pub async fn on_trigger(
     let root = root_state(&lg, ns, &cmd, inputs_doc, requested, queued_by);
     let root_id = root.id;
     let now = DateTime::from_millis(requested);
-    let store_docs: Vec<StoreDoc> = cmd
-        .store
-        .iter()
-        .map(|(k, v)| StoreDoc {
-            run_id: cmd.run_id.clone(),
-            namespace: ns_name.clone(),
-            graph_name: cmd.graph_name.clone(),
-            key: k.clone(),
-            value: v.clone(),
-        })
-        .collect();
+    let store_docs = store_docs(&cmd, &ns_name);
     let run = RunDoc::pending(cmd.run_id.clone(), &cmd.graph_name, ns_name, now);
     // Shared with the other runs being created now (one transaction); a
     // redelivered trigger gets its duplicate key back.
@@ -97,17 +88,43 @@ pub async fn on_trigger(
                     cmd.run_id
                 )));
             }
+            let run = (cmd.run_id.as_str(), cmd.graph_name.as_str());
+            engine
+                .publish_run_transition_again(ns, run, RunTransition::Created)
+                .await?;
             engine.hand_on_again(&[root_id], queued_by).await?;
             return Ok(Outcome::Done);
         }
         Err(e) => return Err(e.into()),
     }
+    created_event(engine, ns, &cmd).await?;
     engine
         .hand_on(&exo_engine::effects::Applied::inserted(
             std::slice::from_ref(&root),
         ))
         .await?;
     Ok(Outcome::Done)
+}
+
+/// The run's store entries, as the command gives them.
+fn store_docs(cmd: &TriggerCommand, ns: &Namespace) -> Vec<StoreDoc> {
+    let entry = |(k, v): (&String, &String)| StoreDoc {
+        run_id: cmd.run_id.clone(),
+        namespace: ns.clone(),
+        graph_name: cmd.graph_name.clone(),
+        key: k.clone(),
+        value: v.clone(),
+    };
+    cmd.store.iter().map(entry).collect()
+}
+
+/// The run's `created` lifecycle event (before its root is handed on, so
+/// that it precedes every later event of the run).
+async fn created_event(engine: &Engine, ns: &str, cmd: &TriggerCommand) -> Result<(), Error> {
+    let run = (cmd.run_id.as_str(), cmd.graph_name.as_str());
+    engine
+        .publish_run_transition(ns, run, RunTransition::Created)
+        .await
 }
 
 /// The root state of a new run: due at `requested` plus the start delay;
@@ -189,7 +206,7 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
     if status != RunStatus::Pending.as_str() || !cancelling {
         if status == RunStatus::Cancelled.as_str() && cancelling {
             // Finished by an earlier delivery: tell runtimes again (deduplicated).
-            announce_cancelled(engine, ns, &cmd.run_id, &graph_name).await?;
+            announce_cancelled(engine, ns, &cmd.run_id, &graph_name, true).await?;
             return Ok(Outcome::Done);
         }
         return Ok(Outcome::Stale(format!("run is {status}")));
@@ -209,17 +226,19 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
         .map_err(exo_store::Error::from)?;
     exo_faults::point("store.write")?;
     tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
-    announce_cancelled(engine, ns, &cmd.run_id, &graph_name).await?;
+    announce_cancelled(engine, ns, &cmd.run_id, &graph_name, false).await?;
     Ok(Outcome::Done)
 }
 
 /// Tells runtimes (and anyone listening) that the run is cancelled
-/// (`event.run.cancelled`, deduplicated per run).
+/// (`event.run.cancelled`, deduplicated per run) and publishes the run's
+/// `cancelled` lifecycle event (`again`: maybe published before).
 async fn announce_cancelled(
     engine: &Engine,
     ns: &str,
     run_id: &str,
     graph_name: &str,
+    again: bool,
 ) -> Result<(), Error> {
     let id = exo_types::messages::cancelled_event_msg_id(run_id);
     engine
@@ -230,7 +249,13 @@ async fn announce_cancelled(
             "cancelled",
             id,
         )
-        .await
+        .await?;
+    let (run, t) = ((run_id, graph_name), RunTransition::Cancelled);
+    if again {
+        engine.publish_run_transition_again(ns, run, t).await
+    } else {
+        engine.publish_run_transition(ns, run, t).await
+    }
 }
 
 /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and

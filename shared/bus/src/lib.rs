@@ -371,6 +371,36 @@ impl Bus {
             .message_id(msg_id)
     }
 
+    /// Publishes one message with extra headers (e.g. CloudEvents'
+    /// `ce-*`) and waits for its JetStream ack.
+    pub async fn publish_with_headers(
+        &self,
+        msg: Outgoing,
+        headers: &[(&str, String)],
+    ) -> Result<(), Error> {
+        let mut publication = self.prepare(msg.payload, &msg.msg_id).await?;
+        for (name, value) in headers {
+            publication = publication.header(*name, value.as_str());
+        }
+        self.publish_raw(msg.subject, publication).await.map(drop)
+    }
+
+    /// Whether the events stream holds a message on `subject`.
+    pub async fn holds_event(&self, subject: &str) -> Result<bool, Error> {
+        let stream = self
+            .js
+            .get_stream(subj::STREAM_EVENTS)
+            .await
+            .map_err(|e| Error::js("get stream", e))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(false)
+            }
+            Err(e) => Err(Error::js("last message by subject", e)),
+        }
+    }
+
     /// Publishes one message and waits for its JetStream ack.
     pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
         let publication = self.prepare(msg.payload, &msg.msg_id).await?;

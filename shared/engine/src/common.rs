@@ -195,7 +195,14 @@ impl Engine {
         tracing::info!(exo.run_id = %run_id, exo.graph = %graph_name, status = status.as_str(), "Run finished.");
         let id = m::finished_event_msg_id(run_id);
         self.publish_run_event(ns, (run_id, graph_name), status, "finished", id)
-            .await
+            .await?;
+        match crate::lifecycle::RunTransition::ending(status) {
+            Some(t) => {
+                self.publish_run_transition(ns, (run_id, graph_name), t)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Publishes `event.run.<name>` for run (`run_id`, `graph_name`) with

@@ -25,6 +25,7 @@ pub mod events;
 pub mod graphs;
 pub mod inputs;
 pub mod legacy;
+pub mod lifecycle;
 
 use exo_bus::Bus;
 use exo_store::Store;

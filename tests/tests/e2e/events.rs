@@ -327,3 +327,128 @@ async fn two_trigger_replicas_start_one_run_per_key() -> anyhow::Result<()> {
     stop.cancel();
     Ok(())
 }
+
+/// The `ce-*` headers of a message, by name.
+fn ce(msg: &async_nats::Message, name: &str) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_lifecycle_events_are_cloudevents_one_per_transition() -> anyhow::Result<()> {
+    let (stack, stop) = stack_with_graph().await?;
+    let nc = async_nats::connect(stack.servers.nats.url()).await?;
+    let mut events = nc
+        .subscribe(format!("exo.v1.{NS}.event.lifecycle.>"))
+        .await?;
+    nc.flush().await?;
+    // A run that succeeds, started twice under one key.
+    let body = r#"{"graph_name": "g", "store": {"x": "hi"}, "idempotency_key": "life-1"}"#;
+    let ok = request(&nc, body).await?["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    request(&nc, body).await?;
+    stack.wait_run(&ok, Duration::from_secs(30)).await?;
+    // A run that is cancelled while its root waits out a start delay.
+    let late = request(
+        &nc,
+        r#"{"graph_name": "g", "store": {"x": "z"}, "start_delay_ms": 600000}"#,
+    )
+    .await?["run_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (status, _) = stack
+        .post(&format!("/v0/namespace/{NS}/run/{late}/cancel"), &json!({}))
+        .await?;
+    assert_eq!(status, 202);
+    stack.wait_run(&late, Duration::from_secs(30)).await?;
+
+    // Core subscribers see each transition once, in order, as CloudEvents.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    while seen.len() < 4 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("events ended"))?;
+        assert_eq!(ce(&msg, "ce-specversion"), "1.0");
+        assert_eq!(ce(&msg, "content-type"), "application/json");
+        assert_eq!(
+            ce(&msg, "ce-source"),
+            format!("/exo/namespaces/{NS}/graphs/g")
+        );
+        assert!(ce(&msg, "ce-time").ends_with('Z'), "{:?}", msg.headers);
+        let data: Value = serde_json::from_slice(&msg.payload)?;
+        let run = data["run_id"].as_str().unwrap_or_default().to_string();
+        assert_eq!(ce(&msg, "ce-subject"), format!("runs/{run}"));
+        assert_eq!(
+            msg.subject.as_str(),
+            format!(
+                "exo.v1.{NS}.event.lifecycle.{run}.run.{}",
+                ce(&msg, "ce-type").trim_start_matches("exo.run.")
+            )
+        );
+        seen.push((run, ce(&msg, "ce-type")));
+    }
+    let of = |run: &str| {
+        seen.iter()
+            .filter(|(r, _)| r == run)
+            .map(|(_, t)| t.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(of(&ok), ["exo.run.created", "exo.run.succeeded"]);
+    assert_eq!(of(&late), ["exo.run.created", "exo.run.cancelled"]);
+    let extra = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+    assert!(extra.is_err(), "one event per transition: {extra:?}");
+    // The stream holds the same four, in the same order.
+    let js = async_nats::jetstream::new(nc.clone());
+    let consumer = js
+        .get_stream("EXO_EVENTS")
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("exo.v1.{NS}.event.lifecycle.>"),
+            ..Default::default()
+        })
+        .await?;
+    let mut stored = consumer.messages().await?;
+    let mut in_stream = Vec::new();
+    while in_stream.len() < 5 {
+        let wait = if in_stream.len() < 4 { 10_000 } else { 1_000 };
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(wait), stored.next()).await
+        else {
+            break;
+        };
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let run = serde_json::from_slice::<Value>(&m.payload)?["run_id"].clone();
+        in_stream.push((
+            run.as_str().unwrap_or_default().to_string(),
+            ce(&m, "ce-type"),
+        ));
+    }
+    assert_eq!(in_stream, seen);
+
+    // The same story as server-sent events, ending with the run.
+    let r = stack
+        .http
+        .get(format!(
+            "{}/v0/namespace/{NS}/run/{ok}/events",
+            stack.api_url
+        ))
+        .header("x-api-key", exo_e2e::API_KEY)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(10), r.text()).await??;
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(types, ["exo.run.created", "exo.run.succeeded"], "{text}");
+    assert!(text.contains(&format!("id: ce:run:{ok}:created")), "{text}");
+    stop.cancel();
+    Ok(())
+}

@@ -457,6 +457,17 @@ async fn every_operation_answers_as_the_openapi_document_says() -> anyhow::Resul
     api.expect(409, "POST", &cancel, None).await?;
     api.expect(404, "POST", &format!("{ns}/run/nope/cancel"), None)
         .await?;
+    // Its lifecycle as server-sent events (the stream ends with the run).
+    let events = api
+        .expect(200, "GET", &format!("{ns}/run/{late}/events"), None)
+        .await?;
+    let text = events.as_str().unwrap_or_default();
+    assert!(
+        text.contains("event: exo.run.created") && text.contains("event: exo.run.cancelled"),
+        "{text}"
+    );
+    api.expect(404, "GET", &format!("{ns}/run/nope/events"), None)
+        .await?;
 
     // Every documented operation was called and succeeded at least once.
     let seen = api.seen.lock().expect("lock").clone();

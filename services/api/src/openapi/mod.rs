@@ -63,7 +63,7 @@ pub struct ApiDoc;
 pub fn routes(
     key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
-    use crate::routes::{enqueue, graphs, nodes, runs, states, trigger};
+    use crate::routes::{enqueue, graphs, nodes, runs, states, trigger, watch};
     let v0 = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(nodes::namespaces))
         .routes(routes!(graphs::get_graph, graphs::upsert))
@@ -73,6 +73,7 @@ pub fn routes(
         .routes(routes!(runs::list))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel))
+        .routes(routes!(watch::events))
         .routes(routes!(runs::graph_structure))
         .routes(routes!(runs::node_details))
         .routes(routes!(enqueue::enqueue))
@@ -299,6 +300,6 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 22);
+        assert_eq!(seen, 23);
     }
 }

@@ -6,6 +6,7 @@ pub mod nodes;
 pub mod runs;
 pub mod states;
 pub mod trigger;
+pub mod watch;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path};

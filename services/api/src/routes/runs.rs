@@ -156,7 +156,7 @@ pub async fn list(
 }
 
 /// The run `run_id` of namespace `ns`, or 404.
-async fn load_run(state: &AppState, ns: &str, run_id: &str) -> ApiResult<RunDoc> {
+pub(crate) async fn load_run(state: &AppState, ns: &str, run_id: &str) -> ApiResult<RunDoc> {
     let filter = doc! {"run_id": run_id, "namespace_name": ns};
     state
         .engine
