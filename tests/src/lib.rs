@@ -204,17 +204,6 @@ impl Stack {
         self.api.post(path, body).await
     }
 
-    /// `POST` JSON from the loopback address `from` (see
-    /// [`ApiClient::post_from`]).
-    pub async fn post_from(
-        &self,
-        from: std::net::IpAddr,
-        path: &str,
-        body: &Value,
-    ) -> anyhow::Result<(u16, Value)> {
-        self.api.post_from(from, path, body).await
-    }
-
     /// `GET` with the API key; returns status and body.
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         self.api.get(path).await

@@ -7,7 +7,6 @@
 //! the HTTP endpoint's status and message. Every `api` replica serves it
 //! (queue group `exo-api`).
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -17,33 +16,21 @@ use crate::error::ApiError;
 /// Serves secrets requests until `shutdown`.
 pub async fn serve(state: AppState, shutdown: CancellationToken) {
     let client = state.engine.bus.client().clone();
-    let mut sub = match client
-        .queue_subscribe(exo_types::subjects::SECRETS_SUBJECTS, "exo-api".into())
-        .await
-    {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "Cannot serve secrets requests over NATS.");
-            return;
-        }
-    };
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let state = state.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
+    let c2 = client.clone();
+    let subject = exo_types::subjects::SECRETS_SUBJECTS;
+    exo_bus::serve_requests(client, subject, "exo-api", shutdown, move |msg| {
+        let (state, client) = (state.clone(), c2.clone());
+        async move {
+            let Some(reply) = msg.reply.clone() else {
+                return;
+            };
             let body = answer(&state, &msg).await;
             if let Err(error) = client.publish(reply, body.to_string().into()).await {
                 tracing::warn!(%error, "Could not answer a secrets request.");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn answer(state: &AppState, msg: &async_nats::Message) -> Value {

@@ -49,7 +49,7 @@ pub async fn on_trigger(
             "run_id must have 1 to 128 characters".into(),
         ));
     }
-    let lg = match engine.graphs.get(ns, &cmd.graph_name).await? {
+    let lg = match engine.graphs.get(ns, &cmd.run.graph_name).await? {
         Ok(g) => g,
         Err(u) => return Ok(Outcome::Reject(u.to_string())),
     };
@@ -68,7 +68,7 @@ pub async fn on_trigger(
     let root_id = root.id;
     let now = DateTime::from_millis(requested);
     let store_docs = store_docs(&cmd, &ns_name);
-    let run = RunDoc::pending(cmd.run_id.clone(), &cmd.graph_name, ns_name, now);
+    let run = RunDoc::pending(cmd.run_id.clone(), &cmd.run.graph_name, ns_name, now);
     // Shared with the other runs being created now (one transaction); a
     // redelivered trigger gets its duplicate key back.
     let result = engine
@@ -77,7 +77,7 @@ pub async fn on_trigger(
         .await;
     match result {
         Ok(()) => {
-            tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.graph_name, "Run created.");
+            tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.run.graph_name, "Run created.");
         }
         Err(e) if exo_store::is_duplicate_key(&e) => {
             // Created by an earlier delivery, which may have died before
@@ -88,7 +88,7 @@ pub async fn on_trigger(
                     cmd.run_id
                 )));
             }
-            let run = (cmd.run_id.as_str(), cmd.graph_name.as_str());
+            let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
             engine
                 .publish_run_transition_again(ns, run, RunTransition::Created)
                 .await?;
@@ -111,17 +111,17 @@ fn store_docs(cmd: &TriggerCommand, ns: &Namespace) -> Vec<StoreDoc> {
     let entry = |(k, v): (&String, &String)| StoreDoc {
         run_id: cmd.run_id.clone(),
         namespace: ns.clone(),
-        graph_name: cmd.graph_name.clone(),
+        graph_name: cmd.run.graph_name.clone(),
         key: k.clone(),
         value: v.clone(),
     };
-    cmd.store.iter().map(entry).collect()
+    cmd.run.store.iter().map(entry).collect()
 }
 
 /// The run's `created` lifecycle event (before its root is handed on, so
 /// that it precedes every later event of the run).
 async fn created_event(engine: &Engine, ns: &str, cmd: &TriggerCommand) -> Result<(), Error> {
-    let run = (cmd.run_id.as_str(), cmd.graph_name.as_str());
+    let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
     engine
         .publish_run_transition(ns, run, RunTransition::Created)
         .await
@@ -144,7 +144,7 @@ fn root_state(
         &inputs::Placement {
             graph_ns: ns,
             run_id: &cmd.run_id,
-            graph_name: &cmd.graph_name,
+            graph_name: &cmd.run.graph_name,
             graph_version: Some(&lg.version),
         },
         inputs_doc,
@@ -154,8 +154,9 @@ fn root_state(
     );
     // The root takes the graph's namespace (spec §5.3).
     root.namespace_name = Namespace::trusted(ns);
-    root.enqueue_after = requested.saturating_add(cmd.start_delay_ms.min(i64::MAX as u64) as i64);
-    if cmd.start_delay_ms == 0 {
+    root.enqueue_after =
+        requested.saturating_add(cmd.run.start_delay_ms.min(i64::MAX as u64) as i64);
+    if cmd.run.start_delay_ms == 0 {
         root.status = StateStatus::Queued;
         root.attempt = 1;
         root.queued_by = Some(queued_by.to_string());

@@ -22,7 +22,6 @@ use exo_engine::{Engine, Outcome};
 use exo_types::messages::{StartReply, StartRun, TriggerCommand};
 use exo_types::names::{Namespace, RunId};
 use exo_types::{ids, subjects};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers;
@@ -33,24 +32,12 @@ pub const QUEUE_GROUP: &str = "exo-trigger";
 /// Serves start requests until `shutdown`.
 pub async fn serve(engine: Engine, shutdown: CancellationToken) {
     let client = engine.bus.client().clone();
-    let sub = client
-        .queue_subscribe(subjects::START_SUBJECTS, QUEUE_GROUP.into())
-        .await;
-    let mut sub = match sub {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "Cannot serve start requests over NATS.");
-            return;
-        }
-    };
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            m = sub.next() => match m { Some(m) => m, None => return },
-        };
+    let subject = subjects::START_SUBJECTS;
+    exo_bus::serve_requests(client, subject, QUEUE_GROUP, shutdown, move |msg| {
         let engine = engine.clone();
-        tokio::spawn(async move { handle(&engine, msg).await });
-    }
+        async move { handle(&engine, msg).await }
+    })
+    .await;
 }
 
 /// Answers one request (or dead-letters it when it has no reply subject).
@@ -129,15 +116,12 @@ pub async fn start(engine: &Engine, msg: &async_nats::Message) -> StartReply {
 /// idempotency key (the field, else the header), else a new UUID.
 fn command(engine: &Engine, ns: &str, req: StartRun, header_key: Option<String>) -> TriggerCommand {
     let run_id = match req.idempotency_key.or(header_key) {
-        Some(key) => ids::idempotent_run_id(ns, &req.graph_name, &key),
+        Some(key) => ids::idempotent_run_id(ns, &req.run.graph_name, &key),
         None => RunId::trusted(uuid::Uuid::new_v4().to_string()),
     };
     TriggerCommand {
         run_id,
-        graph_name: req.graph_name,
-        inputs: req.inputs,
-        store: req.store,
-        start_delay_ms: req.start_delay_ms,
+        run: req.run,
         requested_at_ms: Some(engine.now_ms()),
     }
 }
@@ -149,7 +133,7 @@ async fn check(engine: &Engine, ns: &str, cmd: &TriggerCommand) -> Result<(), St
         run_id: None,
         detail: Some(detail),
     };
-    let lg = match engine.graphs.get(ns, &cmd.graph_name).await {
+    let lg = match engine.graphs.get(ns, &cmd.run.graph_name).await {
         Ok(Ok(lg)) => lg,
         Ok(Err(u @ Unusable::NotFound(..))) => return Err(fail(404, u.to_string())),
         Ok(Err(u)) => return Err(fail(400, u.to_string())),

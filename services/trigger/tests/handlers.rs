@@ -141,10 +141,12 @@ async fn concurrent_triggers_share_transactions_and_a_redelivery_among_them_is_h
     let e = HandlerEnv::start(split_work()).await?;
     let cmd = |i: usize| exo_types::messages::TriggerCommand {
         run_id: exo_types::names::RunId::trusted(format!("t{i}")),
-        graph_name: "g".into(),
-        inputs: Default::default(),
-        store: [("k".to_string(), format!("v{i}"))].into_iter().collect(),
-        start_delay_ms: 0,
+        run: exo_types::messages::RunRequest {
+            graph_name: "g".into(),
+            inputs: Default::default(),
+            store: [("k".to_string(), format!("v{i}"))].into_iter().collect(),
+            start_delay_ms: 0,
+        },
         requested_at_ms: None,
     };
     assert_eq!(

@@ -119,3 +119,33 @@ impl Drop for Forget<'_> {
         }
     }
 }
+
+/// Serves core NATS requests on `subject` (queue group `queue`, so each
+/// request reaches one replica) until `shutdown`: every message is handed
+/// to `handle` in a task of its own.
+pub async fn serve_requests<H, F>(
+    client: async_nats::Client,
+    subject: &'static str,
+    queue: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: H,
+) where
+    H: Fn(async_nats::Message) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt;
+    let mut sub = match client.queue_subscribe(subject, queue.into()).await {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, subject, "Cannot serve requests over NATS.");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        tokio::spawn(handle(msg));
+    }
+}

@@ -58,7 +58,7 @@ pub fn root_inputs(
     let root = lg.graph.root();
     let mut out = Map::new();
     for (key, tvalue) in &root.inputs {
-        let raw = match cmd.inputs.get(key) {
+        let raw = match cmd.run.inputs.get(key) {
             Some(v) => v.clone(),
             None => match tvalue.as_str() {
                 Some(s) => s.to_string(),
@@ -74,6 +74,7 @@ pub fn root_inputs(
         let mut failure = None;
         let rendered = ds.render(|d| match d {
             Dependency::Store { key: k } => cmd
+                .run
                 .store
                 .get(k)
                 .or_else(|| lg.doc.store_config.default_values.get(k))
@@ -105,7 +106,7 @@ pub fn root_inputs(
         .store_config
         .required_keys
         .iter()
-        .filter(|k| !cmd.store.contains_key(*k))
+        .filter(|k| !cmd.run.store.contains_key(*k))
         .cloned()
         .collect();
     missing.sort();

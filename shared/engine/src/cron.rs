@@ -196,10 +196,12 @@ where
         let run_id = occurrence_run_id(&t);
         let cmd = TriggerCommand {
             run_id: run_id.clone(),
-            graph_name: t.graph_name.clone(),
-            inputs: Default::default(),
-            store: Default::default(),
-            start_delay_ms: 0,
+            run: exo_types::messages::RunRequest {
+                graph_name: t.graph_name.clone(),
+                inputs: Default::default(),
+                store: Default::default(),
+                start_delay_ms: 0,
+            },
             requested_at_ms: Some(t.trigger_time.timestamp_millis()),
         };
         let (status, error) = match start(t.namespace.to_string(), cmd).await? {

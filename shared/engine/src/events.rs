@@ -15,7 +15,7 @@ use exo_store::Store;
 use exo_store::mongodb::bson::doc;
 use exo_types::graph::EventBinding;
 use exo_types::ids;
-use exo_types::messages::TriggerCommand;
+use exo_types::messages::{RunRequest, TriggerCommand};
 use exo_types::names::RunId;
 use exo_types::subject_pattern;
 use futures::TryStreamExt;
@@ -124,10 +124,12 @@ pub fn command(
     };
     Ok(TriggerCommand {
         run_id: run_id(bound, key.as_deref(), msg.place),
-        graph_name: bound.graph.clone(),
-        inputs,
-        store,
-        start_delay_ms: 0,
+        run: RunRequest {
+            graph_name: bound.graph.clone(),
+            inputs,
+            store,
+            start_delay_ms: 0,
+        },
         requested_at_ms: Some(now_ms),
     })
 }
@@ -245,10 +247,13 @@ mod tests {
         let b = bound(json!({"subject": "orders.*"}));
         let body = r#"{"text": "hi", "who": "ann", "tail": 3, "other": true}"#;
         let cmd = command(&b, &loaded(), &inbound(body, None, 1), 0).expect("command");
-        assert_eq!(cmd.inputs, BTreeMap::from([("text".into(), "hi".into())]));
+        assert_eq!(
+            cmd.run.inputs,
+            BTreeMap::from([("text".into(), "hi".into())])
+        );
         let store = BTreeMap::from([("who".into(), "ann".into()), ("tail".into(), "3".into())]);
-        assert_eq!(cmd.store, store);
-        assert_eq!(cmd.graph_name, "g");
+        assert_eq!(cmd.run.store, store);
+        assert_eq!(cmd.run.graph_name, "g");
     }
 
     #[test]
@@ -257,14 +262,14 @@ mod tests {
             "inputs": {"text": "/order/name", "raw": ""}, "store": {"who": "/customer"}}));
         let body = r#"{"order": {"name": "book"}, "customer": "bo", "text": "unused"}"#;
         let cmd = command(&b, &loaded(), &inbound(body, None, 1), 0).expect("command");
-        assert_eq!(cmd.inputs["text"], "book");
-        assert_eq!(cmd.inputs["raw"], body);
-        assert_eq!(cmd.store, BTreeMap::from([("who".into(), "bo".into())]));
+        assert_eq!(cmd.run.inputs["text"], "book");
+        assert_eq!(cmd.run.inputs["raw"], body);
+        assert_eq!(cmd.run.store, BTreeMap::from([("who".into(), "bo".into())]));
         // Not JSON: only the whole body can be read.
         assert!(command(&b, &loaded(), &inbound("plain text", None, 1), 0).is_err());
         let raw_only = bound(json!({"subject": "orders.*", "inputs": {"raw": ""}}));
         let cmd = command(&raw_only, &loaded(), &inbound("plain text", None, 1), 0).expect("raw");
-        assert_eq!(cmd.inputs["raw"], "plain text");
+        assert_eq!(cmd.run.inputs["raw"], "plain text");
     }
 
     #[test]

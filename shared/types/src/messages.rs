@@ -52,14 +52,13 @@ pub enum ReplyOutcome {
     Rejected,
 }
 
-/// Command that starts a run (`exo.v1.<ns>.run.trigger`).
+/// What a run is started with, shared by [`TriggerCommand`] and
+/// [`StartRun`] (flattened into them: the same JSON fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TriggerCommand {
-    /// Run id chosen by the publisher (a UUID); it is also the dedup key.
-    pub run_id: RunId,
+pub struct RunRequest {
     /// Graph template name.
     pub graph_name: String,
-    /// Values for the root node's inputs.
+    /// Values for the root node's inputs (they replace the template's).
     #[serde(default)]
     pub inputs: BTreeMap<String, String>,
     /// Initial per-run store.
@@ -68,6 +67,28 @@ pub struct TriggerCommand {
     /// Delay before the root state may run, in milliseconds.
     #[serde(default)]
     pub start_delay_ms: u64,
+}
+
+impl RunRequest {
+    /// A request for graph `graph_name` with nothing else.
+    pub fn of(graph_name: impl Into<String>) -> Self {
+        Self {
+            graph_name: graph_name.into(),
+            inputs: BTreeMap::new(),
+            store: BTreeMap::new(),
+            start_delay_ms: 0,
+        }
+    }
+}
+
+/// Command that starts a run (`exo.v1.<ns>.run.trigger`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerCommand {
+    /// Run id chosen by the publisher (a UUID); it is also the dedup key.
+    pub run_id: RunId,
+    /// The graph, inputs, store and delay.
+    #[serde(flatten)]
+    pub run: RunRequest,
     /// When the command was issued (Unix ms); the root's `enqueue_after` is
     /// computed from it so that a redelivery does not move the schedule.
     #[serde(default)]
@@ -79,23 +100,14 @@ pub struct TriggerCommand {
 /// [`StartReply`]; without one, a request that cannot start a run is
 /// recorded on the dead-letter stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StartRun {
-    /// Graph template name.
-    pub graph_name: String,
-    /// Values for the root node's inputs (they replace the template's).
-    #[serde(default)]
-    pub inputs: BTreeMap<String, String>,
-    /// Initial per-run store.
-    #[serde(default)]
-    pub store: BTreeMap<String, String>,
+    /// The graph, inputs, store and delay.
+    #[serde(flatten)]
+    pub run: RunRequest,
     /// At most one run per key and graph, forever: the run id is derived
     /// from it (the `Nats-Msg-Id` header serves when this is absent).
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Delay before the root state may run, in milliseconds.
-    #[serde(default)]
-    pub start_delay_ms: u64,
 }
 
 /// The answer to a [`StartRun`]: `{"status": 200, "run_id": ...}`, or the
@@ -286,8 +298,12 @@ mod tests {
     fn unknown_fields_are_ignored_and_defaults_apply() {
         let t: TriggerCommand =
             serde_json::from_str(r#"{"run_id":"r","graph_name":"g","extra":1}"#).unwrap();
-        assert!(t.inputs.is_empty() && t.store.is_empty());
-        assert_eq!(t.start_delay_ms, 0);
+        assert!(t.run.inputs.is_empty() && t.run.store.is_empty());
+        assert_eq!(t.run.start_delay_ms, 0);
+        // The request is flattened: the wire keeps its fields at the top.
+        let wire = serde_json::to_value(&t).unwrap();
+        assert_eq!(wire["graph_name"], "g");
+        assert!(wire.get("run").is_none());
         let p: Pruned =
             serde_json::from_str(r#"{"state_id":"0123456789abcdef01234567","attempt":1}"#).unwrap();
         assert!(p.data.is_empty());

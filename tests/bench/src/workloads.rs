@@ -529,10 +529,12 @@ async fn trigger_over_nats(env: &Env, m: usize) -> anyhow::Result<(Rates, Value)
         .map(|_| {
             let cmd = TriggerCommand {
                 run_id: exo_types::names::RunId::trusted(uuid::Uuid::new_v4().to_string()),
-                graph_name: "one".into(),
-                inputs: Default::default(),
-                store: Default::default(),
-                start_delay_ms: 0,
+                run: exo_types::messages::RunRequest {
+                    graph_name: "one".into(),
+                    inputs: Default::default(),
+                    store: Default::default(),
+                    start_delay_ms: 0,
+                },
                 requested_at_ms: Some(now),
             };
             Outgoing::json(subjects::trigger(NS), trigger_msg_id(&cmd.run_id), &cmd)

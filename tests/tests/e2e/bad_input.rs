@@ -111,10 +111,12 @@ async fn bad_requests_and_poison_messages() -> anyhow::Result<()> {
     let bus = exo_bus::Bus::connect(&stack.servers.nats.url(), "e2e").await?;
     let cmd = TriggerCommand {
         run_id: exo_types::names::RunId::trusted("run-for-nothing"),
-        graph_name: "ghost".into(),
-        inputs: Default::default(),
-        store: Default::default(),
-        start_delay_ms: 0,
+        run: exo_types::messages::RunRequest {
+            graph_name: "ghost".into(),
+            inputs: Default::default(),
+            store: Default::default(),
+            start_delay_ms: 0,
+        },
         requested_at_ms: None,
     };
     bus.publish(exo_bus::Outgoing::json(

@@ -229,6 +229,7 @@ impl Driver {
                     return Ok(true);
                 }
                 let Ok((status, body)) = stack
+                    .api
                     .post_from(
                         from,
                         &format!("/v0/namespace/{ns}/states/enqueue"),

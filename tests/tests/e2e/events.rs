@@ -49,6 +49,28 @@ async fn request(nc: &async_nats::Client, body: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&reply.payload)?)
 }
 
+/// Waits until the inbound stream (a work queue) holds nothing: every
+/// event was handled.
+async fn all_events_handled(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while js
+        .get_stream("EXO_INBOUND")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages
+        > 0
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "events left unhandled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn run_count(stack: &Stack) -> anyhow::Result<u64> {
     Ok(stack.store.runs().count_documents(doc! {}).await?)
 }
@@ -248,22 +270,7 @@ async fn events_on_a_bound_subject_start_one_run_per_key_across_restarts() -> an
     assert_eq!(output_of(&stack, &run("m-2")).await?, "bo+a+b");
     assert_eq!(output_of(&stack, &run("o-3")).await?, "cy+a+b");
     // Every event handled (the stream is a work queue: nothing left).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while js
-        .get_stream("EXO_INBOUND")
-        .await?
-        .info()
-        .await?
-        .state
-        .messages
-        > 0
-    {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "events left unhandled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    all_events_handled(&js).await?;
     assert_eq!(run_count(&stack).await?, 3, "one run per key");
 
     // An event without its idempotency key starts nothing and is
@@ -307,22 +314,7 @@ async fn two_trigger_replicas_start_one_run_per_key() -> anyhow::Result<()> {
         let second = format!("n{}+a+b", k + KEYS);
         assert!(text == first || text == second, "k{k}: {text}");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while js
-        .get_stream("EXO_INBOUND")
-        .await?
-        .info()
-        .await?
-        .state
-        .messages
-        > 0
-    {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "events left unhandled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    all_events_handled(&js).await?;
     assert_eq!(run_count(&stack).await? as usize, KEYS);
     stop.cancel();
     Ok(())

@@ -25,7 +25,7 @@ async fn an_unreported_hand_out_is_handed_out_again_after_its_lease() -> anyhow:
     // on 127.0.0.2, the one that lives on 127.0.0.3.
     let (dead, alive): (std::net::IpAddr, std::net::IpAddr) =
         ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
-    let enqueue_from = |ip| stack.post_from(ip, &path, &req);
+    let enqueue_from = |ip| stack.api.post_from(ip, &path, &req);
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
         let (status, body) = enqueue_from(dead).await?;

@@ -87,10 +87,12 @@ async fn trigger_command_on_nats_runs_a_chain_without_the_api() -> anyhow::Resul
     let bus = exo_bus::Bus::connect(&stack.servers.nats.url(), "integration").await?;
     let cmd = TriggerCommand {
         run_id: exo_types::names::RunId::trusted("evt-1"),
-        graph_name: "g".into(),
-        inputs: Default::default(),
-        store: [("x".to_string(), "X".to_string())].into(),
-        start_delay_ms: 0,
+        run: exo_types::messages::RunRequest {
+            graph_name: "g".into(),
+            inputs: Default::default(),
+            store: [("x".to_string(), "X".to_string())].into(),
+            start_delay_ms: 0,
+        },
         requested_at_ms: None,
     };
     bus.publish(exo_bus::Outgoing::json(

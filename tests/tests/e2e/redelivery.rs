@@ -113,10 +113,12 @@ async fn duplicate_results_hand_offs_and_triggers_create_nothing_twice() -> anyh
     // 3. The trigger command delivered again.
     let cmd = TriggerCommand {
         run_id: exo_types::names::RunId::trusted(run_id.clone()),
-        graph_name: "g".into(),
-        inputs: Default::default(),
-        store: Default::default(),
-        start_delay_ms: 0,
+        run: exo_types::messages::RunRequest {
+            graph_name: "g".into(),
+            inputs: Default::default(),
+            store: Default::default(),
+            start_delay_ms: 0,
+        },
         requested_at_ms: None,
     };
     publish(&stack, subjects::trigger(ns), "replay-trigger", &cmd).await?;

@@ -56,6 +56,14 @@ pub const DOCS_PATH: &str = "/docs";
 )]
 pub struct ApiDoc;
 
+/// Registers each `;`-separated group of handlers (one path) on a router,
+/// with its OpenAPI operation.
+macro_rules! register {
+    ($router:expr; $($($handler:path),+);+ $(;)?) => {
+        $router$(.routes(routes!($($handler),+)))+
+    };
+}
+
 /// The routes of the API and their description, from one list: each
 /// handler's `#[utoipa::path]` gives both its route and its operation.
 /// `key` guards the `/v0` routes (the API key check); `/health` and the
@@ -64,25 +72,15 @@ pub fn routes(
     key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     use crate::routes::{enqueue, graphs, nodes, runs, states, trigger, watch};
-    let v0 = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(nodes::namespaces))
-        .routes(routes!(graphs::get_graph, graphs::upsert))
-        .routes(routes!(graphs::list))
-        .routes(routes!(trigger::trigger))
-        .routes(routes!(nodes::list, nodes::register))
-        .routes(routes!(runs::list))
-        .routes(routes!(runs::get_run))
-        .routes(routes!(runs::cancel))
-        .routes(routes!(watch::events))
-        .routes(routes!(runs::graph_structure))
-        .routes(routes!(runs::node_details))
-        .routes(routes!(enqueue::enqueue))
-        .routes(routes!(states::executed))
-        .routes(routes!(states::errored))
-        .routes(routes!(states::prune))
-        .routes(routes!(states::re_enqueue_after))
-        .routes(routes!(states::manual_retry))
-        .routes(routes!(states::secrets));
+    // One `routes!` per path (its handlers separated by `,`), paths by `;`.
+    #[rustfmt::skip]
+    let v0 = register!(OpenApiRouter::with_openapi(ApiDoc::openapi());
+        nodes::namespaces; nodes::list, nodes::register;
+        graphs::get_graph, graphs::upsert; graphs::list; trigger::trigger;
+        runs::list; runs::get_run; runs::cancel; watch::events; runs::graph_structure; runs::node_details;
+        enqueue::enqueue; states::executed; states::errored; states::prune; states::re_enqueue_after;
+        states::manual_retry; states::secrets;
+    );
     let (router, mut doc) = key(v0)
         .routes(routes!(crate::routes::health))
         .split_for_parts();

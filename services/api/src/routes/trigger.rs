@@ -55,10 +55,12 @@ pub async fn trigger(
     check_token("namespace", &ns)?;
     let cmd = TriggerCommand {
         run_id: RunId::trusted(uuid::Uuid::new_v4().to_string()),
-        graph_name: graph.clone(),
-        inputs: body.inputs,
-        store: body.store,
-        start_delay_ms: u64::try_from(body.start_delay).unwrap_or(0),
+        run: exo_types::messages::RunRequest {
+            graph_name: graph.clone(),
+            inputs: body.inputs,
+            store: body.store,
+            start_delay_ms: u64::try_from(body.start_delay).unwrap_or(0),
+        },
         requested_at_ms: Some(state.engine.now_ms()),
     };
     match root_inputs(&lg, &cmd) {
