@@ -29,7 +29,7 @@ use serde::Serialize;
 
 pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, SharedBudget, consume};
 pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError, payload_ref};
-pub use replies::{Answer, Replies, serve_requests};
+pub use replies::{Answer, MAX_REQUESTS_IN_FLIGHT, Replies, serve_requests};
 
 /// Bus errors. All of them are transient from a handler's point of view.
 #[derive(Debug, thiserror::Error)]

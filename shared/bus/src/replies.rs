@@ -120,9 +120,15 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// Requests one replica handles at once in [`serve_requests`]; more wait
+/// in the client's buffer (a flood makes requesters time out, it does not
+/// exhaust the service).
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
+
 /// Serves core NATS requests on `subject` (queue group `queue`, so each
 /// request reaches one replica) until `shutdown`: every message is handed
-/// to `handle` in a task of its own.
+/// to `handle` in a task of its own, at most [`MAX_REQUESTS_IN_FLIGHT`] at
+/// once.
 pub async fn serve_requests<H, F>(
     client: async_nats::Client,
     subject: &'static str,
@@ -141,11 +147,20 @@ pub async fn serve_requests<H, F>(
             return;
         }
     };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+        };
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return,
             m = sub.next() => match m { Some(m) => m, None => return },
         };
-        tokio::spawn(handle(msg));
+        let work = handle(msg);
+        tokio::spawn(async move {
+            work.await;
+            drop(slot);
+        });
     }
 }
