@@ -13,8 +13,8 @@
 //! run is the same every time.
 //!
 //! `.ci/run` runs the fan-out flow against `exo-completion`, the chain and
-//! ReQueueAfter against `exo-scheduler` and the cancel against
-//! `exo-trigger`; the rest of the matrix is behind `#[ignore]`:
+//! ReQueueAfter against `exo-scheduler`, the cancel, CRON and event flows
+//! against `exo-trigger`; the rest of the matrix is behind `#[ignore]`:
 //! `cargo nextest run -p exo-e2e --run-ignored only -E 'test(crash_points)'`.
 
 use std::collections::BTreeMap;
@@ -24,6 +24,9 @@ use exo_e2e::Stack;
 use exo_test_support::invariants::{CheckedRun, check_executions, check_run};
 use exo_types::status::StateStatus;
 use serde_json::{Value, json};
+
+/// The subject the event flow's graph binds.
+const EVENT_SUBJECT: &str = "crashflow.orders";
 
 /// Fan-out width and chunk size: three chunks, the last one partial.
 const WIDTH: usize = 7;
@@ -60,6 +63,10 @@ enum Flow {
     /// seconds ahead, then next year): the occurrence starts exactly one
     /// run and the schedule goes on.
     Cron,
+    /// One node started by an event published on a subject its EVENT
+    /// trigger binds (a new idempotency key per run): the event starts
+    /// exactly one run, also when the trigger dies while handling it.
+    Event,
 }
 
 impl Flow {
@@ -113,6 +120,13 @@ impl Flow {
             }),
             Flow::Cron => json!({
                 "secrets": {},
+                "nodes": [
+                    {"node_name": "AppendA", "identifier": "tick", "namespace": ns, "inputs": {"text": "go"}},
+                ]
+            }),
+            Flow::Event => json!({
+                "secrets": {},
+                "triggers": [{"type": "EVENT", "value": {"subject": EVENT_SUBJECT}}],
                 "nodes": [
                     {"node_name": "AppendA", "identifier": "tick", "namespace": ns, "inputs": {"text": "go"}},
                 ]
@@ -396,8 +410,8 @@ impl Flow {
                     lease[0].attempt
                 );
             }
-            Flow::Cron => {
-                anyhow::ensure!(c.status() == "SUCCESS", "cron flow ended {}", c.status());
+            Flow::Cron | Flow::Event => {
+                anyhow::ensure!(c.status() == "SUCCESS", "flow ended {}", c.status());
                 anyhow::ensure!(n("tick") == 1);
             }
             Flow::Retry => {
@@ -514,6 +528,9 @@ impl Driver {
     /// (its run id is derived from the occurrence).
     async fn start_run(&mut self) -> anyhow::Result<String> {
         self.held = None;
+        if matches!(self.flow, Flow::Event) {
+            return self.publish_event().await;
+        }
         if !matches!(self.flow, Flow::Cron) {
             return self.trigger().await;
         }
@@ -541,6 +558,20 @@ impl Driver {
             .ok_or_else(|| anyhow::anyhow!("no occurrence scheduled for {expr}"))?;
         self.cron = Some(expr);
         Ok(exo_engine::cron::occurrence_run_id(&occurrence).into_string())
+    }
+
+    /// Publishes one event under a new idempotency key (what an outside
+    /// publisher does); its run id follows from the key.
+    async fn publish_event(&mut self) -> anyhow::Result<String> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let nc = async_nats::connect(self.stack.servers.nats.url()).await?;
+        let js = async_nats::jetstream::new(nc);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", key.as_str());
+        js.publish_with_headers(EVENT_SUBJECT, headers, "{}".into())
+            .await?
+            .await?;
+        Ok(exo_types::ids::idempotent_run_id(&self.ns, "g", &key).into_string())
     }
 
     /// Triggers a run over HTTP. The api answers once `exo-trigger` created
@@ -867,6 +898,11 @@ async fn crash_points_lease_expiry_scheduler() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_points_cron_trigger() -> anyhow::Result<()> {
     enumerate(Flow::Cron, "exo-trigger").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_event_trigger() -> anyhow::Result<()> {
+    enumerate(Flow::Event, "exo-trigger").await
 }
 
 // Not in the matrix because the service is not on the flow's path (the
