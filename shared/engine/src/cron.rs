@@ -27,7 +27,7 @@ use exo_store::mongodb::bson::{DateTime, doc};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::{Store, TriggerDoc};
 use exo_types::cron::CronSchedule;
-use exo_types::messages::TriggerCommand;
+use exo_types::messages::{RunRequest, TriggerCommand};
 use exo_types::status::{TriggerStatus, ValidationStatus};
 
 use crate::{Engine, Error, Outcome};
@@ -161,6 +161,30 @@ async fn schedule_next(
     Ok(())
 }
 
+/// What an occurrence starts: its graph, with the root inputs and store
+/// values of the template's CRON trigger for that expression (ours;
+/// upstream's CRON runs start with neither), as the template is now.
+async fn occurrence_request(store: &Store, t: &TriggerDoc) -> Result<RunRequest, Error> {
+    let mut request = RunRequest::of(t.graph_name.clone());
+    let template = store.graph_template(&t.namespace, &t.graph_name).await?;
+    let expr = t.expression.as_deref();
+    let trigger = template
+        .iter()
+        .flat_map(|g| g.triggers.iter())
+        .find(|tr| tr.cron_expression().is_some() && tr.cron_expression() == expr);
+    if let Some(tr) = trigger {
+        let strings = |key: &str| {
+            tr.value
+                .get(key)
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        request.inputs = strings("inputs");
+        request.store = strings("store");
+    }
+    Ok(request)
+}
+
 /// Fires every due occurrence, one claim at a time; a claim older than
 /// `stale_claim` (its holder crashed) is taken over. Returns how many fired.
 pub async fn fire_due<S, Fut>(
@@ -196,12 +220,7 @@ where
         let run_id = occurrence_run_id(&t);
         let cmd = TriggerCommand {
             run_id: run_id.clone(),
-            run: exo_types::messages::RunRequest {
-                graph_name: t.graph_name.clone(),
-                inputs: Default::default(),
-                store: Default::default(),
-                start_delay_ms: 0,
-            },
+            run: occurrence_request(&engine.store, &t).await?,
             requested_at_ms: Some(t.trigger_time.timestamp_millis()),
         };
         let (status, error) = match start(t.namespace.to_string(), cmd).await? {

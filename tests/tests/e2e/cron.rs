@@ -84,3 +84,55 @@ async fn cron_triggers_start_runs_until_removed() -> anyhow::Result<()> {
     stop.cancel();
     Ok(())
 }
+
+/// A CRON trigger's `store` and `inputs` (ours) start its runs: a graph
+/// with a required store key runs on schedule (upstream's CRON runs carry
+/// no store, so such a graph always fails there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_runs_carry_the_trigger_s_inputs_and_store() -> anyhow::Result<()> {
+    let ns = "cronstore";
+    let stack = Stack::start().await?;
+    let (stop, _) = stack
+        .start_runtime(
+            stack
+                .runtime(ns, "rt")
+                .node(Append::new("AppendA", "a"))
+                .node(Append::new("AppendB", "b")),
+        )
+        .await?;
+    let graph = json!({
+        "secrets": {},
+        "store_config": {"required_keys": ["who"]},
+        "triggers": [{"type": "CRON", "value": {"expression": "* * * * * *",
+            "inputs": {"text": "hello ${{ store.who }}"}, "store": {"who": "cron"}}}],
+        "nodes": [
+            {"node_name": "AppendA", "identifier": "a", "namespace": ns,
+             "inputs": {"text": "template input"}, "next_nodes": ["b"]},
+            {"node_name": "AppendB", "identifier": "b", "namespace": ns,
+             "inputs": {"text": "${{ a.outputs.text }} ${{ store.who }}"}},
+        ]
+    });
+    stack.upsert_valid_graph(ns, "g", &graph).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let done = stack
+            .store
+            .runs()
+            .find_one(doc! {"namespace_name": ns, "status": {"$in": ["SUCCESS", "FAILED"]}})
+            .await?;
+        if let Some(run) = done {
+            break run;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no cron run finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"), "{run:?}");
+    let states = exo_e2e::assert_run_consistent(&stack, &run).await?;
+    let b = states.iter().find(|s| s.identifier == "b");
+    assert_eq!(
+        b.and_then(|s| s.outputs.get_str("text").ok()),
+        Some("hello cron+a cron+b")
+    );
+    stop.cancel();
+    Ok(())
+}

@@ -4,7 +4,7 @@ use super::RESERVED_IDENTIFIER;
 use super::model::{EventBinding, GraphSpec, NodeTemplate, Trigger, TriggerType};
 use crate::validation::{FieldError, LocPart};
 use crate::{cron, subject_pattern};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 fn loc<const N: usize>(parts: [LocPart; N]) -> Vec<LocPart> {
     parts.into()
@@ -162,6 +162,16 @@ fn cron_trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>
         ];
         errors.push(FieldError::not_a_string(loc(at)));
         return;
+    }
+    // Ours: the values a CRON run starts with (string maps).
+    for key in ["inputs", "store"] {
+        if let Some(v) = trigger.value.get(key)
+            && serde_json::from_value::<BTreeMap<String, String>>(v.clone()).is_err()
+        {
+            let at = ["triggers".into(), i.into(), "value".into(), key.into()];
+            let msg = format!("A CRON trigger's {key} maps names to strings");
+            errors.push(FieldError::value_error(loc(at), &msg));
+        }
     }
     let at = loc(["triggers".into(), i.into(), "expression".into()]);
     match trigger.cron_expression() {

@@ -780,3 +780,21 @@ fn event_triggers_bind_subjects_users_may_bind() {
         assert!(errors[0].1.contains(says), "{value}: {errors:?}");
     }
 }
+
+#[test]
+fn cron_triggers_may_carry_inputs_and_store() {
+    let with = |value: Value| {
+        let mut s = spec(json!({"secrets": {}, "nodes": [n("a", &[])],
+            "triggers": [{"type": "CRON", "value": value}]}));
+        s.normalize();
+        field_errors(&s)
+    };
+    let good = json!({"expression": "@daily", "inputs": {"t": "x"}, "store": {"k": "v"}});
+    assert_eq!(with(good), vec![]);
+    let errors = with(json!({"expression": "@daily", "store": {"k": 1}}));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].1.contains("store maps names to strings"),
+        "{errors:?}"
+    );
+}
