@@ -167,6 +167,19 @@ impl Stack {
             .register_with(&self.api_url, API_KEY)
     }
 
+    /// Starts the in-process runtime most flows use in `ns`: `AppendA`
+    /// (appends `+a`) and `AppendB` (appends `+b`).
+    pub async fn start_append_runtime(
+        &self,
+        ns: &str,
+    ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+        let builder = self
+            .runtime(ns, "rt")
+            .node(nodes::Append::new("AppendA", "a"))
+            .node(nodes::Append::new("AppendB", "b"));
+        self.start_runtime(builder).await
+    }
+
     /// Starts a runtime in this process; returns its stop token and task.
     pub async fn start_runtime(
         &self,

@@ -92,14 +92,7 @@ async fn cron_triggers_start_runs_until_removed() -> anyhow::Result<()> {
 async fn cron_runs_carry_the_trigger_s_inputs_and_store() -> anyhow::Result<()> {
     let ns = "cronstore";
     let stack = Stack::start().await?;
-    let (stop, _) = stack
-        .start_runtime(
-            stack
-                .runtime(ns, "rt")
-                .node(Append::new("AppendA", "a"))
-                .node(Append::new("AppendB", "b")),
-        )
-        .await?;
+    let (stop, _) = stack.start_append_runtime(ns).await?;
     let graph = json!({
         "secrets": {},
         "store_config": {"required_keys": ["who"]},

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use exo_e2e::nodes::Append;
 use exo_e2e::{Stack, assert_run_consistent};
 use exo_store::mongodb::bson::doc;
 use futures::StreamExt;
@@ -19,11 +18,7 @@ const NS: &str = "evt";
 /// in-process runtime; `x` is a required store key.
 async fn stack_with_graph() -> anyhow::Result<(Stack, tokio_util::sync::CancellationToken)> {
     let stack = Stack::start().await?;
-    let rt = stack
-        .runtime(NS, "rt")
-        .node(Append::new("AppendA", "a"))
-        .node(Append::new("AppendB", "b"));
-    let (stop, _task) = stack.start_runtime(rt).await?;
+    let (stop, _task) = stack.start_append_runtime(NS).await?;
     let graph = json!({
         "secrets": {},
         "store_config": {"required_keys": ["x"]},

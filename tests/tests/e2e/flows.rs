@@ -436,14 +436,7 @@ async fn completion_replicas_split_the_result_partitions() -> anyhow::Result<()>
     };
     let b = spawn_b(&stack).await?;
     stack.services.insert("exo-completion-b".into(), b);
-    let (stop, _rt) = stack
-        .start_runtime(
-            stack
-                .runtime(ns, "rt")
-                .node(Append::new("AppendA", "a"))
-                .node(Append::new("AppendB", "b")),
-        )
-        .await?;
+    let (stop, _rt) = stack.start_append_runtime(ns).await?;
     let graph = json!({
         "secrets": {},
         "nodes": [

@@ -749,14 +749,17 @@ fn canonical_json_is_sorted_compact_and_ascii() {
     );
 }
 
+/// The field errors of a one-node graph with one trigger of `kind`.
+fn trigger_errors(kind: &str, value: Value) -> Vec<(Value, String)> {
+    let mut s = spec(json!({"secrets": {}, "nodes": [n("a", &[])],
+        "triggers": [{"type": kind, "value": value}]}));
+    s.normalize();
+    field_errors(&s)
+}
+
 #[test]
 fn event_triggers_bind_subjects_users_may_bind() {
-    let with = |value: Value| {
-        let mut s = spec(json!({"secrets": {}, "nodes": [n("a", &[])],
-            "triggers": [{"type": "EVENT", "value": value}]}));
-        s.normalize();
-        field_errors(&s)
-    };
+    let with = |value: Value| trigger_errors("EVENT", value);
     let good = json!({"subject": "orders.*.created", "store": {"x": "/id"}, "inputs": {"t": ""},
                       "idempotency_key": "/id"});
     assert_eq!(with(good.clone()), vec![]);
@@ -783,12 +786,7 @@ fn event_triggers_bind_subjects_users_may_bind() {
 
 #[test]
 fn cron_triggers_may_carry_inputs_and_store() {
-    let with = |value: Value| {
-        let mut s = spec(json!({"secrets": {}, "nodes": [n("a", &[])],
-            "triggers": [{"type": "CRON", "value": value}]}));
-        s.normalize();
-        field_errors(&s)
-    };
+    let with = |value: Value| trigger_errors("CRON", value);
     let good = json!({"expression": "@daily", "inputs": {"t": "x"}, "store": {"k": "v"}});
     assert_eq!(with(good), vec![]);
     let errors = with(json!({"expression": "@daily", "store": {"k": 1}}));
