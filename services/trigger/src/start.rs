@@ -71,19 +71,14 @@ async fn handle(engine: &Engine, msg: async_nats::Message) {
 
 /// Checks the request and starts the run.
 pub async fn start(engine: &Engine, msg: &async_nats::Message) -> StartReply {
-    let fail = |status: u16, detail: String| StartReply {
-        status,
-        run_id: None,
-        detail: Some(detail),
-    };
     let ns = match subjects::namespace_of(&msg.subject).map(Namespace::parse) {
         Some(Ok(ns)) => ns,
-        Some(Err(e)) => return fail(400, e.to_string()),
-        None => return fail(400, format!("no namespace in {}", msg.subject)),
+        Some(Err(e)) => return StartReply::refused(400, e.to_string()),
+        None => return StartReply::refused(400, format!("no namespace in {}", msg.subject)),
     };
     let req: StartRun = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,
-        Err(e) => return fail(400, format!("not a start request: {e}")),
+        Err(e) => return StartReply::refused(400, format!("not a start request: {e}")),
     };
     let header_key = msg
         .headers
@@ -98,16 +93,12 @@ pub async fn start(engine: &Engine, msg: &async_nats::Message) -> StartReply {
     let queued_by = format!("start:{}", cmd.run_id);
     let run_id = cmd.run_id.clone();
     match handlers::on_trigger(engine, &ns, cmd, &queued_by).await {
-        Ok(Outcome::Done) => StartReply {
-            status: 200,
-            run_id: Some(run_id),
-            detail: None,
-        },
-        Ok(Outcome::Reject(reason) | Outcome::Stale(reason)) => fail(400, reason),
-        Ok(Outcome::Delay(_)) => fail(503, "try again".into()),
+        Ok(Outcome::Done) => StartReply::started(run_id),
+        Ok(Outcome::Reject(reason) | Outcome::Stale(reason)) => StartReply::refused(400, reason),
+        Ok(Outcome::Delay(_)) => StartReply::refused(503, "try again"),
         Err(error) => {
             tracing::error!(%error, exo.run_id = %run_id, "A start request failed.");
-            fail(500, "Internal server error".into())
+            StartReply::refused(500, "Internal server error")
         }
     }
 }
@@ -128,21 +119,16 @@ fn command(engine: &Engine, ns: &str, req: StartRun, header_key: Option<String>)
 
 /// What the api checks before it accepts a trigger, with its statuses.
 async fn check(engine: &Engine, ns: &str, cmd: &TriggerCommand) -> Result<(), StartReply> {
-    let fail = |status: u16, detail: String| StartReply {
-        status,
-        run_id: None,
-        detail: Some(detail),
-    };
     let lg = match engine.graphs.get(ns, &cmd.run.graph_name).await {
         Ok(Ok(lg)) => lg,
-        Ok(Err(u @ Unusable::NotFound(..))) => return Err(fail(404, u.to_string())),
-        Ok(Err(u)) => return Err(fail(400, u.to_string())),
+        Ok(Err(u @ Unusable::NotFound(..))) => return Err(StartReply::refused(404, u.to_string())),
+        Ok(Err(u)) => return Err(StartReply::refused(400, u.to_string())),
         Err(error) => {
             tracing::error!(%error, "Could not read a graph template.");
-            return Err(fail(500, "Internal server error".into()));
+            return Err(StartReply::refused(500, "Internal server error"));
         }
     };
     root_inputs(&lg, cmd)
         .map(drop)
-        .map_err(|e| fail(400, e.to_string()))
+        .map_err(|e| StartReply::refused(400, e.to_string()))
 }

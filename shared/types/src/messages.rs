@@ -125,6 +125,26 @@ pub struct StartReply {
     pub detail: Option<String>,
 }
 
+impl StartReply {
+    /// The run was started (or had been, under the same key).
+    pub fn started(run_id: RunId) -> Self {
+        Self {
+            status: 200,
+            run_id: Some(run_id),
+            detail: None,
+        }
+    }
+
+    /// No run was started, with the api's status for the same request.
+    pub fn refused(status: u16, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            run_id: None,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
 /// Command that cancels a run (`exo.v1.<ns>.run.cancel`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelCommand {

@@ -49,7 +49,7 @@ pub async fn events(s: Scoped) -> ApiResult<Sse<impl Stream<Item = Result<Event,
         .get_stream(subjects::STREAM_EVENTS)
         .await
         .map_err(|e| ApiError::internal("events stream", e))?;
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: format!("{prefix}.>"),
             deliver_policy: DeliverPolicy::All,
@@ -57,7 +57,6 @@ pub async fn events(s: Scoped) -> ApiResult<Sse<impl Stream<Item = Result<Event,
         })
         .await
         .map_err(|e| ApiError::internal("events consumer", e))?;
-    let mut consumer = consumer;
     let stored = consumer
         .info()
         .await
