@@ -280,9 +280,17 @@ async fn apply_single(
         }
     };
     set.insert("status", to.as_str());
+    // QUEUED → EXECUTED → `to` in one write: both transitions are events
+    // (QUEUED and EXECUTED count alike, so counting from EXECUTED is exact).
+    fx.transitioned(
+        &state,
+        Some(StateStatus::Queued),
+        StateStatus::Executed,
+        None,
+    );
     fx.transition(
         &state,
-        StateStatus::Queued,
+        StateStatus::Executed,
         to,
         Update {
             filter,
@@ -323,6 +331,12 @@ where
     if fresh {
         let end = r.len().min(chunk);
         let mut fx = Effects::new(Some(lg.clone()), &r.st.run_id);
+        fx.transitioned(
+            &r.state(0),
+            Some(StateStatus::Queued),
+            StateStatus::Executed,
+            None,
+        );
         fx.update(Update {
             filter: state_at(r.st.id, StateStatus::Queued, r.st.attempt),
             update: doc! {"$set": {

@@ -91,6 +91,7 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
     };
     if !fresh {
         if st.status == StateStatus::Created {
+            engine.publish_transition(&st, StateStatus::Queued).await?;
             engine.publish_created(&[st]).await?;
             return Ok(Outcome::Done);
         }
@@ -114,6 +115,7 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
     }
     match after {
         Some(s) => {
+            engine.publish_transition(&s, StateStatus::Queued).await?;
             engine.publish_created(&[s]).await?;
             Ok(Outcome::Done)
         }

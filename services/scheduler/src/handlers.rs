@@ -56,6 +56,7 @@ pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<
         }
         Some(st) => return Ok(Outcome::Stale(format!("state is {}", st.status))),
     };
+    engine.publish_transition(&st, StateStatus::Created).await?;
     engine.publish_dispatch(&st).await?;
     Ok(Outcome::Done)
 }

@@ -10,7 +10,9 @@
 //!
 //! A reconciler re-announces CREATED states whose hand-off was lost (a writer
 //! that crashed between its commit and its publish): it reads only the
-//! CREATED range of states due for longer than [`RECONCILE_AFTER`].
+//! CREATED range of states due for longer than [`RECONCILE_AFTER`]. Every
+//! [`OUTBOX_EVERY`] it relays the state transitions a writer committed to
+//! the outbox but did not publish (see `exo_engine::lifecycle`).
 
 pub mod handlers;
 
@@ -57,7 +59,30 @@ async fn handle(engine: Engine, d: Delivery) -> Disposition {
 }
 
 async fn reconcile(engine: Engine, shutdown: CancellationToken) {
-    let due = tokio::spawn(announce_due_loop(engine.clone(), shutdown.clone()));
+    let due = tokio::spawn(drain_every(
+        shutdown.clone(),
+        (DUE_EVERY, DUE_BATCH),
+        "Announcing due states",
+        {
+            let engine = engine.clone();
+            move || {
+                let engine = engine.clone();
+                async move { handlers::announce_due(&engine, DUE_BATCH).await }
+            }
+        },
+    ));
+    let outbox = tokio::spawn(drain_every(
+        shutdown.clone(),
+        (OUTBOX_EVERY, OUTBOX_BATCH),
+        "Relaying the outbox",
+        {
+            let engine = engine.clone();
+            move || {
+                let engine = engine.clone();
+                async move { engine.relay_stale(OUTBOX_BATCH).await }
+            }
+        },
+    ));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -70,27 +95,41 @@ async fn reconcile(engine: Engine, shutdown: CancellationToken) {
             tracing::warn!(%error, "Lease reaping failed.");
         }
     }
-    let _ = due.await;
+    let _ = tokio::join!(due, outbox);
 }
 
-/// Announces parked states as they fall due (see `Engine::on_created`):
-/// every [`DUE_EVERY`], in batches of [`DUE_BATCH`], at once again while a
-/// batch comes back full.
-async fn announce_due_loop(engine: Engine, shutdown: CancellationToken) {
+/// How often outbox documents left behind are looked for (see
+/// `Engine::relay_stale`).
+pub const OUTBOX_EVERY: Duration = Duration::from_secs(1);
+/// Outbox documents relayed per pass.
+pub const OUTBOX_BATCH: i64 = 100;
+
+/// Runs `pass` every `every` (at once again while a pass handles a full
+/// `batch`) until `shutdown`: parked states falling due (see
+/// `Engine::on_created`), outbox documents left behind.
+async fn drain_every<F, Fut>(
+    shutdown: CancellationToken,
+    (every, batch): (Duration, i64),
+    what: &'static str,
+    pass: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, exo_engine::Error>>,
+{
     loop {
-        let n = match handlers::announce_due(&engine, DUE_BATCH).await {
+        let n = match pass().await {
             Ok(n) => n,
             Err(error) => {
-                tracing::warn!(%error, "Announcing due states failed.");
+                tracing::warn!(%error, "{what} failed.");
                 0
             }
         };
-        if n as i64 >= DUE_BATCH {
+        if n as i64 >= batch {
             continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(DUE_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -6,7 +6,7 @@ use exo_engine::common::{json_to_doc, root_inputs};
 use exo_engine::lifecycle::RunTransition;
 use exo_engine::{Engine, Error, Outcome, cron, inputs};
 use exo_store::mongodb::bson::{DateTime, Document, doc};
-use exo_store::{RunDoc, StoreDoc, oid};
+use exo_store::{OutboxDoc, RunDoc, StateDoc, StateTransition, StoreDoc, oid};
 use exo_types::ids;
 use exo_types::messages::{CancelCommand, TriggerCommand};
 use exo_types::names::Namespace;
@@ -92,17 +92,23 @@ pub async fn on_trigger(
             engine
                 .publish_run_transition_again(ns, run, RunTransition::Created)
                 .await?;
+            // The root's creation, if the earlier delivery died before
+            // relaying it (else the outbox no longer holds it).
+            let left = engine.store.outbox().find_one(doc! {"_id": root_id}).await;
+            if let Some(outbox) = left.map_err(exo_store::Error::from)? {
+                engine.relay(&[outbox]).await?;
+            }
             engine.hand_on_again(&[root_id], queued_by).await?;
             return Ok(Outcome::Done);
         }
         Err(e) => return Err(e.into()),
     }
     created_event(engine, ns, &cmd).await?;
-    engine
-        .hand_on(&exo_engine::effects::Applied::inserted(
-            std::slice::from_ref(&root),
-        ))
-        .await?;
+    let mut applied = exo_engine::effects::Applied::inserted(std::slice::from_ref(&root));
+    if exo_store::state_events() {
+        applied.outbox.push(OutboxDoc::created(&root));
+    }
+    engine.hand_on(&applied).await?;
     Ok(Outcome::Done)
 }
 
@@ -260,37 +266,36 @@ async fn announce_cancelled(
 }
 
 /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and
-/// moves its counters by as many, in one transaction. Returns how many it
-/// cancelled, or `None` when the run has no pending state left.
+/// moves its counters by as many, in one transaction (which also writes
+/// their transitions to the outbox; relayed after the commit). Returns how
+/// many it cancelled, or `None` when the run has no pending state left.
 async fn cancel_batch(
     engine: &Engine,
     run_id: &str,
     stamp: DateTime,
 ) -> Result<Option<u64>, Error> {
-    let mut cur = engine
-        .store
-        .states_raw()
-        .find(doc! {"run_id": run_id, "status": {"$in": pending_statuses()}})
-        .projection(doc! {"_id": 1})
-        .limit(CANCEL_BATCH)
-        .await
-        .map_err(exo_store::Error::from)?;
-    let mut ids = Vec::new();
-    while let Some(d) = cur.try_next().await.map_err(exo_store::Error::from)? {
-        if let Ok(id) = d.get_object_id("_id") {
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() {
-        return Ok(None);
-    }
-    let ctx = (engine.store.clone(), run_id.to_string(), ids, stamp);
-    let n = exo_store::transaction(&engine.store, &ctx, |s, (store, run_id, ids, stamp)| {
+    let ctx = (engine.store.clone(), run_id.to_string(), stamp);
+    let (n, outbox) = exo_store::transaction(&engine.store, &ctx, |s, (store, run_id, stamp)| {
         Box::pin(async move {
+            // Read in the transaction: the update changes exactly these.
+            let states: Vec<StateDoc> = store
+                .states()
+                .find(doc! {"run_id": run_id.as_str(), "status": {"$in": pending_statuses()}})
+                .projection(doc! {"inputs": 0, "outputs": 0, "data": 0})
+                .limit(CANCEL_BATCH)
+                .session(&mut *s)
+                .await?
+                .stream(&mut *s)
+                .try_collect()
+                .await?;
+            let ids: Vec<_> = states.iter().map(|st| st.id).collect();
+            if ids.is_empty() {
+                return Ok((0, Vec::new()));
+            }
             let r = store
                 .states()
                 .update_many(
-                    doc! {"_id": {"$in": ids.as_slice()}, "status": {"$in": pending_statuses()}},
+                    doc! {"_id": {"$in": &ids}, "status": {"$in": pending_statuses()}},
                     doc! {"$set": {"status": StateStatus::Cancelled.as_str(), "error": "run cancelled", "updated_at": *stamp}},
                 )
                 .session(&mut *s)
@@ -304,11 +309,37 @@ async fn cancel_batch(
                 )
                 .session(&mut *s)
                 .await?;
-            Ok(n)
+            let outbox = cancelled_outbox(&states, stamp.timestamp_millis());
+            if !outbox.is_empty() {
+                store.outbox().insert_many(&outbox).session(&mut *s).await?;
+            }
+            Ok((n, outbox))
         })
     })
     .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    engine.relay(&outbox).await?;
     Ok(Some(u64::try_from(n).unwrap_or(0)))
+}
+
+/// The outbox document of states cancelled at `at_ms` (none when state
+/// events are off).
+fn cancelled_outbox(states: &[StateDoc], at_ms: i64) -> Vec<OutboxDoc> {
+    if !exo_store::state_events() {
+        return Vec::new();
+    }
+    let cancelled = StateStatus::Cancelled;
+    let events = states
+        .iter()
+        .map(|st| StateTransition::of(st, Some(st.status), cancelled, Some("run cancelled"), at_ms))
+        .collect();
+    vec![OutboxDoc {
+        id: exo_store::mongodb::bson::oid::ObjectId::new(),
+        at_ms,
+        events,
+    }]
 }
 
 /// Fires every due CRON occurrence ([`cron::fire_due`]), starting each run

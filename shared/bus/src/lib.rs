@@ -72,6 +72,8 @@ pub struct Outgoing {
     pub msg_id: String,
     /// JSON payload.
     pub payload: Bytes,
+    /// Further headers (e.g. CloudEvents attributes).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Outgoing {
@@ -81,7 +83,14 @@ impl Outgoing {
             subject,
             msg_id,
             payload: Bytes::from(serde_json::to_vec(value)?),
+            headers: Vec::new(),
         })
+    }
+
+    /// The same message with `headers` added.
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
     }
 }
 
@@ -373,17 +382,6 @@ impl Bus {
 
     /// Publishes one message with extra headers (e.g. CloudEvents'
     /// `ce-*`) and waits for its JetStream ack.
-    pub async fn publish_with_headers(
-        &self,
-        msg: Outgoing,
-        headers: &[(&str, String)],
-    ) -> Result<(), Error> {
-        let mut publication = self.prepare(msg.payload, &msg.msg_id).await?;
-        for (name, value) in headers {
-            publication = publication.header(*name, value.as_str());
-        }
-        self.publish_raw(msg.subject, publication).await.map(drop)
-    }
 
     /// Whether the events stream holds a message on `subject`.
     pub async fn holds_event(&self, subject: &str) -> Result<bool, Error> {
@@ -403,8 +401,19 @@ impl Bus {
 
     /// Publishes one message and waits for its JetStream ack.
     pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
-        let publication = self.prepare(msg.payload, &msg.msg_id).await?;
-        self.publish_raw(msg.subject, publication).await.map(drop)
+        let subject = msg.subject.clone();
+        let publication = self.publication_of(msg).await?;
+        self.publish_raw(subject, publication).await.map(drop)
+    }
+
+    /// The publication of `msg`: its payload (inline or through the object
+    /// store), its `Nats-Msg-Id` and its further headers.
+    async fn publication_of(&self, msg: Outgoing) -> Result<Publish, Error> {
+        let mut publication = self.prepare(msg.payload, &msg.msg_id).await?;
+        for (name, value) in msg.headers {
+            publication = publication.header(name, value.as_str());
+        }
+        Ok(publication)
     }
 
     /// Publishes a prepared publication and returns its JetStream ack
@@ -440,9 +449,10 @@ impl Bus {
                 fut.await.map_err(|e| Error::js("publish ack", e))?;
                 exo_faults::point("bus.publish")?;
             }
+            let subject = msg.subject.clone();
             let fut = self
                 .js
-                .send_publish(msg.subject, self.prepare(msg.payload, &msg.msg_id).await?)
+                .send_publish(subject, self.publication_of(msg).await?)
                 .await
                 .map_err(|e| Error::js("publish", e))?;
             pending.push_back(fut);

@@ -255,9 +255,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Hands on the states a write inserted: dispatches for those inserted
-    /// QUEUED, `state.created` for those inserted CREATED.
+    /// Hands on what a write committed: its state transitions as lifecycle
+    /// events ([`Engine::relay`]), then dispatches for the states inserted
+    /// QUEUED and `state.created` for those inserted CREATED.
     pub async fn hand_on(&self, a: &effects::Applied) -> Result<(), Error> {
+        self.relay(&a.outbox).await?;
         self.publish_queued(&a.queued).await?;
         self.publish_created(&a.created).await
     }

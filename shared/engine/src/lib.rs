@@ -70,6 +70,8 @@ pub struct Engine {
     pub creations: std::sync::Arc<exo_store::batch::RunCreator>,
     /// Where handlers read the time ([`Engine::now_ms`]).
     pub clock: std::sync::Arc<dyn exo_types::time::Clock>,
+    /// Removes relayed outbox documents ([`Engine::relay`]).
+    pub outbox_cleaner: std::sync::Arc<lifecycle::OutboxCleaner>,
 }
 
 impl Engine {
@@ -87,6 +89,7 @@ impl Engine {
             claims,
             creations,
             clock: std::sync::Arc::new(exo_types::time::SystemClock),
+            outbox_cleaner: Default::default(),
         }
     }
 

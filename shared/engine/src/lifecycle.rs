@@ -1,24 +1,39 @@
-//! Lifecycle events of runs as CloudEvents 1.0 in NATS binary mode: the
-//! attributes are `ce-*` headers, the data is the JSON body
+//! Lifecycle events of runs and states as CloudEvents 1.0 in NATS binary
+//! mode: the attributes are `ce-*` headers, the data is the JSON body
 //! (`content-type: application/json`). They go to the `EXO_EVENTS` stream
 //! (kept 24 h) on
 //!
-//! `exo.v1.<ns>.event.lifecycle.<run_id>.run.<created|succeeded|failed|cancelled>`
+//! - `exo.v1.<ns>.event.lifecycle.<run_id>.run.<created|started|succeeded|failed|cancelled>`
+//! - `exo.v1.<ns>.event.lifecycle.<run_id>.state.<status>` (lower case),
+//!   one per status transition of every state, data a [`StateTransition`]
 //!
 //! so that one run's events are one subject filter away
 //! (`exo.v1.<ns>.event.lifecycle.<run_id>.>`, what the api's server-sent
-//! events endpoint reads). Each is published after the transaction that
-//! made the transition committed, with a deterministic id (`ce-id` =
-//! `Nats-Msg-Id`, e.g. `ce:run:<run>:created`): a handler that died before
-//! publishing publishes it when its message is redelivered, and a second
-//! publication within the duplicate window is dropped by JetStream, so each
-//! transition is one event. A run id that is not a subject token (a run
-//! started by Exosphere with an unusual id) has no lifecycle events.
+//! events endpoint reads). Every id is deterministic (`ce-id` =
+//! `Nats-Msg-Id`: `ce:run:<run>:<transition>`,
+//! `ce:state:<state>:<generation>:<status>`), so a second publication
+//! within the duplicate window is dropped by JetStream.
+//!
+//! Run events are published after the transaction that made the transition
+//! committed; a handler that died before publishing publishes it when its
+//! message is redelivered. State transitions made in a transaction are
+//! written to the `Outbox` collection in that same transaction
+//! ([`crate::effects`], run creation); after the commit the handler relays
+//! them ([`Engine::relay`]) before its hand-offs, and documents a crash left
+//! behind are relayed by the scheduler ([`Engine::relay_stale`]). The two
+//! transitions made outside a transaction (the scheduler's claim, CREATED →
+//! QUEUED, and a re-queue, QUEUED → CREATED) are published by their
+//! handler after the write, and again by the redelivery of a handler that
+//! died before. A run id that is not a subject token (a run started by
+//! Exosphere with an unusual id) has no lifecycle events.
 
 use exo_bus::Outgoing;
+use exo_store::mongodb::bson::{doc, oid::ObjectId};
+use exo_store::{OutboxDoc, StateTransition};
 use exo_types::names;
 use exo_types::status::RunStatus;
 use exo_types::subjects::PREFIX;
+use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::{Engine, Error};
@@ -31,6 +46,8 @@ pub const SPEC_VERSION: &str = "1.0";
 pub enum RunTransition {
     /// The run, its store and its root state exist.
     Created,
+    /// The root state is queued for a runtime.
+    Started,
     /// Every state ended well.
     Succeeded,
     /// A state ended ERRORED with no retry left, or a unite did not fire.
@@ -44,6 +61,7 @@ impl RunTransition {
     pub fn name(self) -> &'static str {
         match self {
             Self::Created => "created",
+            Self::Started => "started",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -63,7 +81,7 @@ impl RunTransition {
     /// The run's status after it.
     pub fn status(self) -> RunStatus {
         match self {
-            Self::Created => RunStatus::Pending,
+            Self::Created | Self::Started => RunStatus::Pending,
             Self::Succeeded => RunStatus::Success,
             Self::Failed => RunStatus::Failed,
             Self::Cancelled => RunStatus::Cancelled,
@@ -116,15 +134,29 @@ impl Engine {
     pub async fn publish_run_transition(
         &self,
         ns: &str,
-        (run_id, graph_name): (&str, &str),
+        run: (&str, &str),
         transition: RunTransition,
     ) -> Result<(), Error> {
+        if let Some(msg) = self.run_transition_msg(ns, run, transition, self.now_ms())? {
+            self.bus.publish(msg).await?;
+        }
+        Ok(())
+    }
+
+    /// The event of run `run_id`'s `transition` at `at_ms` (`None` when the
+    /// run id is not a subject token).
+    fn run_transition_msg(
+        &self,
+        ns: &str,
+        (run_id, graph_name): (&str, &str),
+        transition: RunTransition,
+        at_ms: i64,
+    ) -> Result<Option<Outgoing>, Error> {
         let Some(prefix) = run_prefix(ns, run_id) else {
-            return Ok(());
+            return Ok(None);
         };
         let name = transition.name();
         let id = format!("ce:run:{run_id}:{name}");
-        let at_ms = self.now_ms();
         let data = RunData {
             run_id,
             namespace: ns,
@@ -140,8 +172,7 @@ impl Engine {
             at_ms,
         );
         let msg = Outgoing::json(format!("{prefix}.run.{name}"), id, &data)?;
-        self.bus.publish_with_headers(msg, &headers).await?;
-        Ok(())
+        Ok(Some(msg.with_headers(headers)))
     }
 
     /// The same, on a path that may follow an earlier publication (a
@@ -163,6 +194,158 @@ impl Engine {
             return Ok(());
         }
         self.publish_run_transition(ns, run, transition).await
+    }
+}
+
+/// The lifecycle event of a state transition (`None` when the run id is
+/// not a subject token).
+fn state_event(t: &StateTransition) -> Result<Option<Outgoing>, Error> {
+    let Some(prefix) = run_prefix(&t.namespace, &t.run_id) else {
+        return Ok(None);
+    };
+    let status = t.status.as_str().to_ascii_lowercase();
+    let id = format!("ce:state:{}:{}:{status}", t.state_id, t.generation);
+    let headers = ce_headers(
+        &id,
+        format!("exo.state.{status}"),
+        format!("/exo/namespaces/{}/graphs/{}", t.namespace, t.graph_name),
+        format!("runs/{}/states/{}", t.run_id, t.state_id),
+        t.at_ms,
+    );
+    Ok(Some(
+        Outgoing::json(format!("{prefix}.state.{status}"), id, t)?.with_headers(headers),
+    ))
+}
+
+/// Outbox documents older than this are relayed by [`Engine::relay_stale`]
+/// (their transaction's process died, or is slow, before relaying them).
+pub const STALE_OUTBOX_MS: i64 = 3_000;
+
+impl Engine {
+    /// Publishes the transitions of committed outbox documents, in order
+    /// (the run's `started` event right after its root's first QUEUED),
+    /// then has the documents removed in the background. Called after the
+    /// commit and before the hand-offs, so a state's events precede what
+    /// its successors do; a crash in between leaves the documents to
+    /// [`Engine::relay_stale`], and the deterministic ids make a second
+    /// publication within the duplicate window a no-op.
+    pub async fn relay(&self, outbox: &[OutboxDoc]) -> Result<(), Error> {
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let mut msgs = Vec::new();
+        for t in outbox.iter().flat_map(|o| &o.events) {
+            msgs.extend(state_event(t)?);
+            if t.starts_run {
+                msgs.extend(self.run_transition_msg(
+                    &t.namespace,
+                    (&t.run_id, &t.graph_name),
+                    RunTransition::Started,
+                    t.at_ms,
+                )?);
+            }
+        }
+        self.bus.publish_batch(msgs).await?;
+        exo_faults::point("lifecycle.relayed")?;
+        self.outbox_cleaner
+            .forget(self, outbox.iter().map(|o| o.id));
+        Ok(())
+    }
+
+    /// Publishes the event of a transition made outside a transaction (no
+    /// outbox): `st` moved from `from` to its current status. Called after
+    /// the write, and again by a redelivery that finds the write done.
+    pub async fn publish_transition(
+        &self,
+        st: &exo_store::StateDoc,
+        from: exo_types::status::StateStatus,
+    ) -> Result<(), Error> {
+        if !exo_store::state_events() {
+            return Ok(());
+        }
+        let t = StateTransition::of(st, Some(from), st.status, None, self.now_ms());
+        let mut msgs: Vec<Outgoing> = state_event(&t)?.into_iter().collect();
+        if t.starts_run {
+            let run = (t.run_id.as_str(), t.graph_name.as_str());
+            msgs.extend(self.run_transition_msg(
+                &t.namespace,
+                run,
+                RunTransition::Started,
+                t.at_ms,
+            )?);
+        }
+        self.bus.publish_batch(msgs).await?;
+        Ok(())
+    }
+
+    /// Relays the outbox documents older than [`STALE_OUTBOX_MS`] (at most
+    /// `limit`, oldest first). Returns how many.
+    pub async fn relay_stale(&self, limit: i64) -> Result<usize, Error> {
+        let before = self.now_ms() - STALE_OUTBOX_MS;
+        let docs: Vec<OutboxDoc> = self
+            .store
+            .outbox()
+            .find(doc! {"at_ms": {"$lte": before}})
+            .sort(doc! {"at_ms": 1})
+            .limit(limit)
+            .await
+            .map_err(exo_store::Error::from)?
+            .try_collect()
+            .await
+            .map_err(exo_store::Error::from)?;
+        self.relay(&docs).await?;
+        Ok(docs.len())
+    }
+}
+
+/// Removes relayed outbox documents in the background, many per command.
+#[derive(Default)]
+pub struct OutboxCleaner {
+    ids: std::sync::Mutex<Vec<ObjectId>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl OutboxCleaner {
+    /// Queues `ids` for removal; starts a removal task unless one runs.
+    fn forget(&self, engine: &Engine, ids: impl IntoIterator<Item = ObjectId>) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids);
+        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let me = &engine.outbox_cleaner;
+            loop {
+                let batch: Vec<ObjectId> =
+                    std::mem::take(&mut *me.ids.lock().unwrap_or_else(|p| p.into_inner()));
+                if batch.is_empty() {
+                    me.running
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    // A caller may have queued ids after the take and seen
+                    // the flag still set: look once more.
+                    let again = !me.ids.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+                    if again && !me.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                }
+                for part in batch.chunks(1000) {
+                    let removed = engine
+                        .store
+                        .outbox()
+                        .delete_many(doc! {"_id": {"$in": part}})
+                        .await;
+                    if let Err(error) = removed {
+                        // Left to the stale relay, which republishes them
+                        // (deduplicated) and tries again.
+                        tracing::warn!(%error, "Could not remove relayed outbox documents.");
+                    }
+                }
+            }
+        });
     }
 }
 

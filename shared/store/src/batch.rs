@@ -345,7 +345,8 @@ impl Claimer {
 pub type NewRun = (crate::RunDoc, Vec<crate::StoreDoc>, crate::StateDoc);
 
 /// Concurrent new runs share one transaction (inserting every run, store
-/// entry and root state of the batch); if that transaction fails (e.g. one
+/// entry and root state of the batch, and the root's transition in the
+/// outbox, see [`crate::OutboxDoc::created`]); if that transaction fails (e.g. one
 /// run exists already: a redelivered trigger), each run is created alone,
 /// so each caller gets its own answer, duplicate keys included.
 pub struct RunCreator {
@@ -402,6 +403,16 @@ async fn create_runs(store: &crate::Store, runs: &[NewRun]) -> Result<(), mongod
                 .insert_many(runs.iter().map(|(run, ..)| run))
                 .session(&mut *s)
                 .await?;
+            if crate::state_events() {
+                store
+                    .outbox()
+                    .insert_many(
+                        runs.iter()
+                            .map(|(.., root)| crate::OutboxDoc::created(root)),
+                    )
+                    .session(&mut *s)
+                    .await?;
+            }
             let entries: Vec<&crate::StoreDoc> = runs.iter().flat_map(|(_, e, _)| e).collect();
             if !entries.is_empty() {
                 store

@@ -359,3 +359,111 @@ pub struct TriggerDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// One status transition of a state: the data of its lifecycle event
+/// (`exo.state.<status>`), kept in an [`OutboxDoc`] until published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateTransition {
+    /// State id (24 hex digits).
+    pub state_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Namespace of the run's graph.
+    pub namespace: String,
+    /// Graph name.
+    pub graph_name: String,
+    /// Node name.
+    pub node_name: String,
+    /// Node identifier in the graph.
+    pub identifier: String,
+    /// The status before (absent when the state was created with `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<StateStatus>,
+    /// The status after.
+    pub status: StateStatus,
+    /// The state's attempt.
+    pub attempt: i64,
+    /// How many times the state was re-queued (ReQueueAfter) before.
+    pub generation: i64,
+    /// When the state was created (Unix ms).
+    pub created_at_ms: i64,
+    /// When the transition was committed (Unix ms).
+    pub at_ms: i64,
+    /// The error the transition recorded, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set on the root state's first QUEUED: the run starts with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts_run: bool,
+}
+
+/// Longest error text a [`StateTransition`] carries.
+pub const TRANSITION_ERROR_LIMIT: usize = 1024;
+
+impl StateTransition {
+    /// `state` moving from `from` to `to` at `at_ms`.
+    pub fn of(
+        state: &StateDoc,
+        from: Option<StateStatus>,
+        to: StateStatus,
+        error: Option<&str>,
+        at_ms: i64,
+    ) -> Self {
+        // The root's first attempt (retries and copies have other ids).
+        let starts_run = to == StateStatus::Queued
+            && state.requeue_gen == 0
+            && state.id.bytes() == exo_types::ids::root_state_id(&state.run_id);
+        Self {
+            state_id: state.id.to_hex(),
+            run_id: state.run_id.to_string(),
+            namespace: state.graph_ns().to_string(),
+            graph_name: state.graph_name.clone(),
+            node_name: state.node_name.to_string(),
+            identifier: state.identifier.clone(),
+            from,
+            status: to,
+            attempt: state.attempt,
+            generation: state.requeue_gen,
+            created_at_ms: state.created_at.timestamp_millis(),
+            at_ms,
+            error: error.map(|e| truncate(e, TRANSITION_ERROR_LIMIT)),
+            starts_run,
+        }
+    }
+}
+
+/// `s` cut to at most `limit` bytes on a character boundary.
+fn truncate(s: &str, limit: usize) -> String {
+    let mut end = s.len().min(limit);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Transitions committed by one transaction and not yet known to be
+/// published (collection `Outbox`, ours): written in the transaction,
+/// removed once its events are published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxDoc {
+    /// Document id.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// When the transaction ran (Unix ms).
+    pub at_ms: i64,
+    /// The transitions, in the order they were made.
+    pub events: Vec<StateTransition>,
+}
+
+impl OutboxDoc {
+    /// The outbox entry of a new run's root: its creation, under the root's
+    /// id (so the service that created the run relays it without reading).
+    pub fn created(root: &StateDoc) -> Self {
+        let at_ms = root.created_at.timestamp_millis();
+        Self {
+            id: root.id,
+            at_ms,
+            events: vec![StateTransition::of(root, None, root.status, None, at_ms)],
+        }
+    }
+}

@@ -122,6 +122,7 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
             crate::UNITE_GROUPS,
             vec![index("run_id_index", doc! {"run_id": 1})],
         ),
+        (crate::OUTBOX, vec![index("at_index", doc! {"at_ms": 1})]),
     ];
     for (coll, models) in sets {
         create_missing(store, coll, models).await?;

@@ -15,7 +15,8 @@ use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::{Client, Collection, Database};
 
 pub use docs::{
-    GraphTemplateDoc, RegisteredNodeDoc, RunDoc, StateDoc, StoreDoc, TriggerDoc, UniteGroupDoc,
+    GraphTemplateDoc, OutboxDoc, RegisteredNodeDoc, RunDoc, StateDoc, StateTransition, StoreDoc,
+    TriggerDoc, UniteGroupDoc,
 };
 pub use mongodb;
 
@@ -35,6 +36,21 @@ pub const TRIGGERS: &str = "DatabaseTriggers";
 pub const UNITE_GROUPS: &str = "UniteGroup";
 /// Collection of template versions that runs execute (ours).
 pub const GRAPH_VERSIONS: &str = "GraphVersions";
+/// Collection of state transitions awaiting publication (ours).
+pub const OUTBOX: &str = "Outbox";
+
+/// Whether state transitions are recorded in the outbox and published as
+/// lifecycle events: `EXO_STATE_EVENTS` (`false`, `0` or `off` turns them
+/// off; on by default). Read once per process.
+pub fn state_events() -> bool {
+    static ON: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        !matches!(
+            std::env::var("EXO_STATE_EVENTS").as_deref().map(str::trim),
+            Ok("false" | "0" | "off" | "FALSE" | "OFF")
+        )
+    });
+    *ON
+}
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +163,8 @@ impl Store {
         triggers: TriggerDoc = TRIGGERS;
         /// `UniteGroup` collection.
         unite_groups: UniteGroupDoc = UNITE_GROUPS;
+        /// `Outbox` collection (ours).
+        outbox: OutboxDoc = OUTBOX;
     }
 
     /// Loads one state by id.

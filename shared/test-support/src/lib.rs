@@ -13,6 +13,8 @@
 //!   built by `cargo build --workspace --bins`, waited on until its `/readyz` answers 200.
 //!
 //! - [`ApiClient`]: calls the api with its key (upsert a VALID graph, trigger a run, ...).
+//! - [`invariants`] and [`lifecycle`]: the oracles of a settled run's documents and of its
+//!   lifecycle events.
 //!
 //! Plus small helpers: [`free_port`], [`unique_db_name`], [`workspace_root`], [`service_bin`]
 //! and [`init_test_tracing`] (quiet unless `TEST_LOG` is set).
@@ -41,6 +43,7 @@
 pub mod api;
 pub mod handlers;
 pub mod invariants;
+pub mod lifecycle;
 mod mongo;
 mod names;
 mod nats;

@@ -37,6 +37,7 @@ pub async fn measure(
             subject: SUBJECT.to_string(),
             msg_id: format!("batch-{i}"),
             payload: "{}".into(),
+            headers: Vec::new(),
         })
         .collect();
     let mark = env.mark().await;
@@ -92,6 +93,7 @@ async fn event_latency(env: &Env, bus: &Bus) -> anyhow::Result<Summary> {
             subject: SUBJECT.to_string(),
             msg_id: key,
             payload: "{}".into(),
+            headers: Vec::new(),
         })
         .await?;
         let deadline = t0 + Duration::from_secs(30);

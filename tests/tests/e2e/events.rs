@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use exo_e2e::{Stack, assert_run_consistent};
 use exo_store::mongodb::bson::doc;
+use exo_test_support::lifecycle::{self, Event};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -253,10 +254,6 @@ async fn events_on_a_bound_subject_start_one_run_per_key_across_restarts() -> an
     publish(r#"{"id": "o-3", "name": "cy"}"#, None).await?;
     publish(r#"{"id": "o-1", "name": "again"}"#, None).await?;
     stack.service("exo-trigger").restart().await?;
-    // Past the duplicate window, JetStream takes a repeated Nats-Msg-Id
-    // as new; the derived run id still starts nothing new.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    publish(r#"{"id": "ignored", "name": "bo-again"}"#, Some("m-2")).await?;
     let run = |key: &str| exo_types::ids::idempotent_run_id(NS, "g", key).to_string();
     // Two events under one key handled at once: either may be the one
     // that starts the run (the key promises one run, not which payload).
@@ -264,9 +261,29 @@ async fn events_on_a_bound_subject_start_one_run_per_key_across_restarts() -> an
     assert!(o1 == "ann+a+b" || o1 == "again+a+b", "{o1}");
     assert_eq!(output_of(&stack, &run("m-2")).await?, "bo+a+b");
     assert_eq!(output_of(&stack, &run("o-3")).await?, "cy+a+b");
+    // Past the duplicate windows (the lifecycle stream's shortened too),
+    // JetStream takes a repeated Nats-Msg-Id as new; the derived run id
+    // still starts nothing new, and publishes no event again.
+    let mut events_cfg = js
+        .get_stream("EXO_EVENTS")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    events_cfg.duplicate_window = Duration::from_secs(1);
+    js.update_stream(&events_cfg).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish(r#"{"id": "ignored", "name": "bo-again"}"#, Some("m-2")).await?;
+    publish(r#"{"id": "o-1", "name": "late"}"#, None).await?;
     // Every event handled (the stream is a work queue: nothing left).
     all_events_handled(&js).await?;
     assert_eq!(run_count(&stack).await?, 3, "one run per key");
+    // Each run's lifecycle events: one per transition of the run and of
+    // each of its states, across the restart and the late repeats.
+    for key in ["o-1", "m-2", "o-3"] {
+        check_lifecycle(&stack, &js, &run(key), false).await?;
+    }
 
     // An event without its idempotency key starts nothing and is
     // dead-lettered with the reason.
@@ -315,6 +332,21 @@ async fn two_trigger_replicas_start_one_run_per_key() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks run `run_id`'s lifecycle events in the stream against its
+/// documents (the oracle of `exo_test_support::lifecycle`); returns them.
+async fn check_lifecycle(
+    stack: &Stack,
+    js: &async_nats::jetstream::Context,
+    run_id: &str,
+    strict: bool,
+) -> anyhow::Result<Vec<Event>> {
+    let run = stack.wait_run(run_id, Duration::from_secs(30)).await?;
+    let states = stack.states(run_id).await?;
+    let events = lifecycle::stored_events(js, NS, run_id).await?;
+    lifecycle::check_run_events(&run, &states, &events, strict)?;
+    Ok(events)
+}
+
 /// The `ce-*` headers of a message, by name.
 fn ce(msg: &async_nats::Message, name: &str) -> String {
     msg.headers
@@ -325,10 +357,10 @@ fn ce(msg: &async_nats::Message, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_lifecycle_events_are_cloudevents_one_per_transition() -> anyhow::Result<()> {
+async fn lifecycle_events_are_cloudevents_one_per_transition() -> anyhow::Result<()> {
     let (stack, stop) = stack_with_graph().await?;
     let nc = async_nats::connect(stack.servers.nats.url()).await?;
-    let mut events = nc
+    let mut live = nc
         .subscribe(format!("exo.v1.{NS}.event.lifecycle.>"))
         .await?;
     nc.flush().await?;
@@ -355,67 +387,94 @@ async fn run_lifecycle_events_are_cloudevents_one_per_transition() -> anyhow::Re
     assert_eq!(status, 202);
     stack.wait_run(&late, Duration::from_secs(30)).await?;
 
-    // Core subscribers see each transition once, in order, as CloudEvents.
-    let mut seen: Vec<(String, String)> = Vec::new();
-    while seen.len() < 4 {
-        let msg = tokio::time::timeout(Duration::from_secs(10), events.next())
+    // The stream holds one event per transition, in order, as the oracle
+    // checks them against the documents; and exactly this story.
+    let js = async_nats::jetstream::new(nc.clone());
+    let story = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e.data["identifier"].as_str() {
+                Some(node) => format!("{node}:{}", e.field("status")),
+                None => e.ce_type.clone(),
+            })
+            .collect()
+    };
+    let ok_events = check_lifecycle(&stack, &js, &ok, true).await?;
+    assert_eq!(
+        story(&ok_events),
+        [
+            "exo.run.created",
+            "a:QUEUED",
+            "exo.run.started",
+            "a:EXECUTED",
+            "a:SUCCESS",
+            "b:QUEUED",
+            "b:EXECUTED",
+            "b:SUCCESS",
+            "exo.run.succeeded",
+        ]
+    );
+    let late_events = check_lifecycle(&stack, &js, &late, true).await?;
+    assert_eq!(
+        story(&late_events),
+        [
+            "exo.run.created",
+            "a:CREATED",
+            "a:CANCELLED",
+            "exo.run.cancelled"
+        ]
+    );
+    let a = &ok_events[1].data;
+    assert_eq!(a["attempt"], 1);
+    assert_eq!(a["graph_name"], "g");
+    assert_eq!(a["node_name"], "AppendA");
+    assert!(a["created_at_ms"].as_i64() <= a["at_ms"].as_i64(), "{a}");
+    assert!(
+        a.get("inputs").is_none() && a.get("outputs").is_none(),
+        "{a}"
+    );
+    assert_eq!(late_events[2].data["error"], "run cancelled");
+
+    // Core subscribers see the same events once each, as CloudEvents.
+    let mut seen = Vec::new();
+    while seen.len() < ok_events.len() + late_events.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(10), live.next())
             .await?
             .ok_or_else(|| anyhow::anyhow!("events ended"))?;
-        assert_eq!(ce(&msg, "ce-specversion"), "1.0");
         assert_eq!(ce(&msg, "content-type"), "application/json");
         assert_eq!(
             ce(&msg, "ce-source"),
             format!("/exo/namespaces/{NS}/graphs/g")
         );
         assert!(ce(&msg, "ce-time").ends_with('Z'), "{:?}", msg.headers);
-        let data: Value = serde_json::from_slice(&msg.payload)?;
-        let run = data["run_id"].as_str().unwrap_or_default().to_string();
-        assert_eq!(ce(&msg, "ce-subject"), format!("runs/{run}"));
+        let e = Event::of(&msg)?;
+        let subject = match e.data["state_id"].as_str() {
+            Some(state) => format!("runs/{}/states/{state}", e.field("run_id")),
+            None => format!("runs/{}", e.field("run_id")),
+        };
+        assert_eq!(ce(&msg, "ce-subject"), subject);
         assert_eq!(
             msg.subject.as_str(),
             format!(
-                "exo.v1.{NS}.event.lifecycle.{run}.run.{}",
-                ce(&msg, "ce-type").trim_start_matches("exo.run.")
+                "exo.v1.{NS}.event.lifecycle.{}.{}",
+                e.field("run_id"),
+                e.ce_type.trim_start_matches("exo.")
             )
         );
-        seen.push((run, ce(&msg, "ce-type")));
+        seen.push(e.id);
     }
-    let of = |run: &str| {
-        seen.iter()
-            .filter(|(r, _)| r == run)
-            .map(|(_, t)| t.as_str())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(of(&ok), ["exo.run.created", "exo.run.succeeded"]);
-    assert_eq!(of(&late), ["exo.run.created", "exo.run.cancelled"]);
-    let extra = tokio::time::timeout(Duration::from_millis(500), events.next()).await;
+    let stored: Vec<String> = ok_events
+        .iter()
+        .chain(&late_events)
+        .map(|e| e.id.clone())
+        .collect();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    let mut expected = stored.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+    let extra = tokio::time::timeout(Duration::from_millis(500), live.next()).await;
     assert!(extra.is_err(), "one event per transition: {extra:?}");
-    // The stream holds the same four, in the same order.
-    let js = async_nats::jetstream::new(nc.clone());
-    let consumer = js
-        .get_stream("EXO_EVENTS")
-        .await?
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("exo.v1.{NS}.event.lifecycle.>"),
-            ..Default::default()
-        })
-        .await?;
-    let mut stored = consumer.messages().await?;
-    let mut in_stream = Vec::new();
-    while in_stream.len() < 5 {
-        let wait = if in_stream.len() < 4 { 10_000 } else { 1_000 };
-        let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(wait), stored.next()).await
-        else {
-            break;
-        };
-        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let run = serde_json::from_slice::<Value>(&m.payload)?["run_id"].clone();
-        in_stream.push((
-            run.as_str().unwrap_or_default().to_string(),
-            ce(&m, "ce-type"),
-        ));
-    }
-    assert_eq!(in_stream, seen);
 
     // The same story as server-sent events, ending with the run.
     let r = stack
@@ -430,11 +489,12 @@ async fn run_lifecycle_events_are_cloudevents_one_per_transition() -> anyhow::Re
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = tokio::time::timeout(Duration::from_secs(10), r.text()).await??;
-    let types: Vec<&str> = text
+    let ids: Vec<&str> = text
         .lines()
-        .filter_map(|l| l.strip_prefix("event: "))
+        .filter_map(|l| l.strip_prefix("id: "))
         .collect();
-    assert_eq!(types, ["exo.run.created", "exo.run.succeeded"], "{text}");
+    let want: Vec<&str> = ok_events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, want, "{text}");
     assert!(text.contains(&format!("id: ce:run:{ok}:created")), "{text}");
     stop.cancel();
     Ok(())

@@ -292,7 +292,7 @@ pub async fn manual_retry(
     let (state, ns, id) = s.parts();
     let store = &state.engine.store;
     let mut tries = 0;
-    let (copy, created) = loop {
+    let (copy, applied) = loop {
         tries += 1;
         let st = load_state(&state, &ns, &id).await?;
         let now = state.engine.now_ms();
@@ -301,7 +301,7 @@ pub async fn manual_retry(
         // a cancellation in between cannot leave it PENDING with nothing to do.
         let (copy, fx) = exo_engine::attempts::manual_retry(&st, &body.fanout_id, lg, now);
         match effects::apply(store, &fx, now).await {
-            Ok(Some(applied)) => break (copy, applied.created),
+            Ok(Some(applied)) => break (copy, applied),
             // The original moved on between the read and the write: read again.
             Ok(None) if tries < 5 => continue,
             Ok(None) => {
@@ -319,11 +319,7 @@ pub async fn manual_retry(
             Err(e) => return Err(e.into()),
         }
     };
-    let msgs: Vec<Outgoing> = created
-        .iter()
-        .map(exo_engine::common::created_msg)
-        .collect::<Result<_, _>>()?;
-    state.engine.bus.publish_batch(msgs).await?;
+    state.engine.hand_on(&applied).await?;
     tracing::info!(exo.state_id = %id, exo.run_id = %copy.run_id, new_state = %copy.id, "Manual retry created.");
     Ok(Json(
         json!({"id": copy.id.to_hex(), "status": StateStatus::Created.as_str()}),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use exo_store::mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::mongodb::{ClientSession, error::Error as MongoError};
-use exo_store::{StateDoc, Store, docs::unite_group_id};
+use exo_store::{OutboxDoc, StateDoc, StateTransition, Store, docs::unite_group_id};
 use exo_types::status::{CounterGroup, RunStatus, StateStatus};
 use futures::TryStreamExt;
 
@@ -150,6 +150,8 @@ pub struct Effects {
     updates: Vec<Update>,
     inserts: Vec<StateDoc>,
     reopen: bool,
+    /// The status transitions made, for the outbox (stamped when applied).
+    transitions: Vec<StateTransition>,
 }
 
 /// What a committed transaction produced.
@@ -163,6 +165,9 @@ pub struct Applied {
     pub queued: Vec<StateDoc>,
     /// Set when this transaction ended the run.
     pub finished: Option<RunStatus>,
+    /// The transitions it committed to the outbox, to be published
+    /// ([`crate::Engine::relay`]).
+    pub outbox: Vec<OutboxDoc>,
 }
 
 impl Applied {
@@ -180,6 +185,7 @@ impl Applied {
             created: pick(StateStatus::Created),
             queued: pick(StateStatus::Queued),
             finished: None,
+            outbox: Vec::new(),
         }
     }
 }
@@ -196,6 +202,7 @@ impl Effects {
             updates: Vec::new(),
             inserts: Vec::new(),
             reopen: false,
+            transitions: Vec::new(),
         }
     }
 
@@ -230,6 +237,7 @@ impl Effects {
         self.updates.extend(other.updates.iter().cloned());
         self.inserts.extend(other.inserts.iter().cloned());
         self.reopen |= other.reopen;
+        self.transitions.extend(other.transitions.iter().cloned());
     }
 
     /// True when nothing would be written.
@@ -275,11 +283,13 @@ impl Effects {
         if state.status == StateStatus::Success {
             self.arm(&state);
         }
+        self.transitioned(&state, None, state.status, state.error.as_deref());
         self.inserts.push(state);
     }
 
     /// Counts an existing state moving from `from` to `to` and records the
-    /// conditional update that performs it.
+    /// conditional update that performs it (and the error it sets, for the
+    /// transition's event).
     pub fn transition(
         &mut self,
         state: &StateDoc,
@@ -287,13 +297,24 @@ impl Effects {
         to: StateStatus,
         update: Update,
     ) {
-        self.count_transition(state, from, to);
+        self.count(state, from, to);
+        let error = update
+            .update
+            .get_document("$set")
+            .ok()
+            .and_then(|set| set.get_str("error").ok());
+        self.transitioned(state, Some(from), to, error);
         self.updates.push(update);
     }
 
     /// Counts an existing state moving from `from` to `to`; the caller
     /// records the update (e.g. one `update_many` for a whole chunk).
     pub fn count_transition(&mut self, state: &StateDoc, from: StateStatus, to: StateStatus) {
+        self.count(state, from, to);
+        self.transitioned(state, Some(from), to, None);
+    }
+
+    fn count(&mut self, state: &StateDoc, from: StateStatus, to: StateStatus) {
         *self.counters.slot(from.group()) -= 1;
         *self.counters.slot(to.group()) += 1;
         if from.is_pending() && !to.is_pending() {
@@ -301,6 +322,23 @@ impl Effects {
         }
         if to == StateStatus::Success {
             self.arm(state);
+        }
+    }
+
+    /// Records that `state` moves from `from` (`None`: it is created) to
+    /// `to`, for its lifecycle event; counts nothing (see
+    /// [`Effects::count_transition`]). Used with [`Effects::update`] for a
+    /// status change that moves no counter (QUEUED → EXECUTED).
+    pub fn transitioned(
+        &mut self,
+        state: &StateDoc,
+        from: Option<StateStatus>,
+        to: StateStatus,
+        error: Option<&str>,
+    ) {
+        if exo_store::state_events() {
+            self.transitions
+                .push(StateTransition::of(state, from, to, error, 0));
         }
     }
 
@@ -474,10 +512,12 @@ async fn commit_batch(store: &Store, mut batch: Vec<Waiter>) {
                 .filter(|c| !inserted.contains(&c.id))
                 .collect();
             let mut finished = applied.finished;
+            let mut outbox = applied.outbox;
             for w in batch.drain(..) {
                 let mut mine = Applied::inserted(&w.fx.inserts);
                 mine.created.append(&mut extras);
                 mine.finished = finished.take();
+                mine.outbox = std::mem::take(&mut outbox);
                 let _ = w.tx.send(Ok(Some(mine)));
             }
             return;
@@ -581,6 +621,7 @@ async fn apply_in(
         unites::open_ancestor_groups(s, store, fx, &unite_states).await?;
         applied.created.extend(unite_states);
     }
+    applied.outbox = outbox_in(s, store, fx, &applied.created, now_ms).await?;
     if fx.reopen {
         store
             .runs()
@@ -595,6 +636,44 @@ async fn apply_in(
         applied.finished = count_run(s, store, fx, &counters, failed_unites, now_ms).await?;
     }
     Ok(applied)
+}
+
+/// Most transitions in one outbox document.
+const OUTBOX_DOC_EVENTS: usize = 1000;
+
+/// Writes the transitions of `fx` and the creation of the unite states
+/// the transaction added (those of `created` not inserted by `fx`) to the
+/// outbox, inside transaction `s`, stamped `now_ms`.
+async fn outbox_in(
+    s: &mut ClientSession,
+    store: &Store,
+    fx: &Effects,
+    created: &[StateDoc],
+    now_ms: i64,
+) -> Result<Vec<OutboxDoc>, MongoError> {
+    if !exo_store::state_events() {
+        return Ok(Vec::new());
+    }
+    let inserted: std::collections::HashSet<ObjectId> = fx.inserts.iter().map(|i| i.id).collect();
+    let added = created.iter().filter(|c| !inserted.contains(&c.id));
+    let mut events = fx.transitions.clone();
+    events.extend(added.map(|u| StateTransition::of(u, None, u.status, None, now_ms)));
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let docs: Vec<OutboxDoc> = events
+        .chunks_mut(OUTBOX_DOC_EVENTS)
+        .map(|chunk| {
+            chunk.iter_mut().for_each(|e| e.at_ms = now_ms);
+            OutboxDoc {
+                id: ObjectId::new(),
+                at_ms: now_ms,
+                events: chunk.to_vec(),
+            }
+        })
+        .collect();
+    store.outbox().insert_many(&docs).session(&mut *s).await?;
+    Ok(docs)
 }
 
 /// Adds `counters` to the run and ends it when nothing is pending any more
