@@ -94,6 +94,8 @@ impl Stack {
                 "YTzpUlBGLSwm-3yKJRJTZnb0_aQuQQHyz64s8qAERVU=".to_string(),
             ),
             ("EXO_SHUTDOWN_GRACE_SECS".to_string(), "5".to_string()),
+            // Outbox documents a crash left are relayed after 1 s (3 s by default).
+            ("EXO_OUTBOX_STALE_MS".to_string(), "1000".to_string()),
             (
                 "EXO_MONGO__TRANSACTION_LIFETIME_SECS".to_string(),
                 "2".to_string(),

@@ -432,10 +432,15 @@ where
         progress().await;
         j = end;
     }
-    if let Some(status) = finished {
-        engine
-            .publish_finished(r.st.graph_ns(), &r.st.run_id, &r.st.graph_name, status)
-            .await?;
+    match finished {
+        Some(status) => {
+            engine
+                .publish_finished(r.st.graph_ns(), &r.st.run_id, &r.st.graph_name, status)
+                .await?;
+        }
+        // An earlier delivery may have ended the run and died before
+        // telling it.
+        None => engine.publish_finished_again(&r.st).await?,
     }
     Ok(Outcome::Done)
 }
@@ -588,6 +593,8 @@ pub async fn on_pruned(engine: &Engine, msg: Pruned) -> Result<Outcome, Error> {
         Err(o) => return Ok(o),
     };
     if !fresh {
+        // Its delivery may have ended the run and died before telling it.
+        engine.publish_finished_again(&st).await?;
         return Ok(Outcome::Stale(format!("state is {}", st.status)));
     }
     let data = match json_to_doc(&msg.data) {

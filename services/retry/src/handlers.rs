@@ -29,6 +29,8 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
             engine.publish_created(&[r]).await?;
             return Ok(Outcome::Done);
         }
+        // Its delivery may have ended the run and died before telling it.
+        engine.publish_finished_again(&st).await?;
         return Ok(Outcome::Stale(format!("state is {}", st.status)));
     }
     let graph = engine.graph_for(&st).await?;

@@ -88,25 +88,28 @@ pub async fn on_trigger(
                     cmd.run_id
                 )));
             }
-            let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
-            engine
-                .publish_run_transition_again(ns, run, RunTransition::Created)
-                .await?;
-            // The root's creation, if the earlier delivery died before
-            // relaying it (else the outbox no longer holds it).
+            // The run's and its root's creation, if the earlier delivery
+            // died before relaying them (else the outbox no longer holds
+            // them, and the stream holds the run's `created`).
             let left = engine.store.outbox().find_one(doc! {"_id": root_id}).await;
             if let Some(outbox) = left.map_err(exo_store::Error::from)? {
                 engine.relay(&[outbox]).await?;
             }
+            let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
+            engine
+                .publish_run_transition_again(ns, run, RunTransition::Created)
+                .await?;
             engine.hand_on_again(&[root_id], queued_by).await?;
             return Ok(Outcome::Done);
         }
         Err(e) => return Err(e.into()),
     }
-    created_event(engine, ns, &cmd).await?;
     let mut applied = exo_engine::effects::Applied::inserted(std::slice::from_ref(&root));
     if exo_store::state_events() {
+        // The run's `created` event, then its root's (relayed).
         applied.outbox.push(OutboxDoc::created(&root));
+    } else {
+        created_event(engine, ns, &cmd).await?;
     }
     engine.hand_on(&applied).await?;
     Ok(Outcome::Done)
@@ -124,8 +127,9 @@ fn store_docs(cmd: &TriggerCommand, ns: &Namespace) -> Vec<StoreDoc> {
     cmd.run.store.iter().map(entry).collect()
 }
 
-/// The run's `created` lifecycle event (before its root is handed on, so
-/// that it precedes every later event of the run).
+/// The run's `created` lifecycle event when state events are off (before
+/// its root is handed on, so that it precedes every later event of the
+/// run; with state events it rides in the root's outbox document).
 async fn created_event(engine: &Engine, ns: &str, cmd: &TriggerCommand) -> Result<(), Error> {
     let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
     engine
@@ -339,6 +343,7 @@ fn cancelled_outbox(states: &[StateDoc], at_ms: i64) -> Vec<OutboxDoc> {
         id: exo_store::mongodb::bson::oid::ObjectId::new(),
         at_ms,
         events,
+        creates_run: false,
     }]
 }
 

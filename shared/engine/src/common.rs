@@ -206,6 +206,35 @@ impl Engine {
         }
     }
 
+    /// On a path that may follow a handler that ended `st`'s run and died
+    /// before telling it (a redelivered result that finds its work done):
+    /// when the run has ended (SUCCESS or FAILED) and the events stream
+    /// does not hold its ending lifecycle event, publishes its end again
+    /// (`run.finished`, then the lifecycle event; both deduplicated by id).
+    pub async fn publish_finished_again(&self, st: &StateDoc) -> Result<(), Error> {
+        let Some(run) = self.store.run(&st.run_id).await? else {
+            return Ok(());
+        };
+        let status = match run.status.as_deref() {
+            Some("SUCCESS") => RunStatus::Success,
+            Some("FAILED") => RunStatus::Failed,
+            _ => return Ok(()),
+        };
+        let ns = st.graph_ns();
+        if let (Some(prefix), Some(t)) = (
+            crate::lifecycle::run_prefix(ns, &st.run_id),
+            crate::lifecycle::RunTransition::ending(status),
+        ) && self
+            .bus
+            .holds_event(&format!("{prefix}.run.{}", t.name()))
+            .await?
+        {
+            return Ok(());
+        }
+        self.publish_finished(ns, &st.run_id, &st.graph_name, status)
+            .await
+    }
+
     /// Publishes `event.run.<name>` for run (`run_id`, `graph_name`) with
     /// `status`, under message id `msg_id`.
     pub async fn publish_run_event(

@@ -218,37 +218,68 @@ fn state_event(t: &StateTransition) -> Result<Option<Outgoing>, Error> {
 }
 
 /// Outbox documents older than this are relayed by [`Engine::relay_stale`]
-/// (their transaction's process died, or is slow, before relaying them).
+/// (their transaction's process died, or is slow, before relaying them),
+/// unless `EXO_OUTBOX_STALE_MS` says otherwise.
 pub const STALE_OUTBOX_MS: i64 = 3_000;
+
+/// [`STALE_OUTBOX_MS`], or `EXO_OUTBOX_STALE_MS` (read once).
+pub fn stale_outbox_ms() -> i64 {
+    static MS: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        std::env::var("EXO_OUTBOX_STALE_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&ms: &i64| ms >= 0)
+            .unwrap_or(STALE_OUTBOX_MS)
+    });
+    *MS
+}
 
 impl Engine {
     /// Publishes the transitions of committed outbox documents, in order
-    /// (the run's `started` event right after its root's first QUEUED),
-    /// then has the documents removed in the background. Called after the
-    /// commit and before the hand-offs, so a state's events precede what
-    /// its successors do; a crash in between leaves the documents to
-    /// [`Engine::relay_stale`], and the deterministic ids make a second
-    /// publication within the duplicate window a no-op.
+    /// (a new run's `created` event first, the run's `started` event right
+    /// after its root's first QUEUED), then has the documents removed in
+    /// the background. Called after the commit and before the hand-offs,
+    /// so a state's events precede what its successors do; a crash in
+    /// between leaves the documents to [`Engine::relay_stale`], and the
+    /// deterministic ids make a second publication within the duplicate
+    /// window a no-op.
     pub async fn relay(&self, outbox: &[OutboxDoc]) -> Result<(), Error> {
         if outbox.is_empty() {
             return Ok(());
         }
         let mut msgs = Vec::new();
-        for t in outbox.iter().flat_map(|o| &o.events) {
-            msgs.extend(state_event(t)?);
-            if t.starts_run {
-                msgs.extend(self.run_transition_msg(
-                    &t.namespace,
-                    (&t.run_id, &t.graph_name),
-                    RunTransition::Started,
-                    t.at_ms,
-                )?);
+        for o in outbox {
+            if let Some(root) = o.events.first().filter(|_| o.creates_run) {
+                let run = (root.run_id.as_str(), root.graph_name.as_str());
+                let created = RunTransition::Created;
+                msgs.extend(self.run_transition_msg(&root.namespace, run, created, o.at_ms)?);
             }
+            self.transition_msgs(&o.events, &mut msgs)?;
         }
-        self.bus.publish_batch(msgs).await?;
+        // One crash point for the batch: a batch cut half-way is relayed
+        // again whole, like one not published at all.
+        self.bus.publish_all(msgs).await?;
         exo_faults::point("lifecycle.relayed")?;
         self.outbox_cleaner
             .forget(self, outbox.iter().map(|o| o.id));
+        Ok(())
+    }
+
+    /// The events of `transitions`, the run's `started` right after its
+    /// root's first QUEUED, appended to `msgs`.
+    fn transition_msgs(
+        &self,
+        transitions: &[StateTransition],
+        msgs: &mut Vec<Outgoing>,
+    ) -> Result<(), Error> {
+        for t in transitions {
+            msgs.extend(state_event(t)?);
+            if t.starts_run {
+                let run = (t.run_id.as_str(), t.graph_name.as_str());
+                let started = RunTransition::Started;
+                msgs.extend(self.run_transition_msg(&t.namespace, run, started, t.at_ms)?);
+            }
+        }
         Ok(())
     }
 
@@ -264,24 +295,17 @@ impl Engine {
             return Ok(());
         }
         let t = StateTransition::of(st, Some(from), st.status, None, self.now_ms());
-        let mut msgs: Vec<Outgoing> = state_event(&t)?.into_iter().collect();
-        if t.starts_run {
-            let run = (t.run_id.as_str(), t.graph_name.as_str());
-            msgs.extend(self.run_transition_msg(
-                &t.namespace,
-                run,
-                RunTransition::Started,
-                t.at_ms,
-            )?);
-        }
-        self.bus.publish_batch(msgs).await?;
+        let mut msgs = Vec::new();
+        self.transition_msgs(std::slice::from_ref(&t), &mut msgs)?;
+        self.bus.publish_all(msgs).await?;
+        exo_faults::point("lifecycle.published")?;
         Ok(())
     }
 
-    /// Relays the outbox documents older than [`STALE_OUTBOX_MS`] (at most
+    /// Relays the outbox documents older than [`stale_outbox_ms`] (at most
     /// `limit`, oldest first). Returns how many.
     pub async fn relay_stale(&self, limit: i64) -> Result<usize, Error> {
-        let before = self.now_ms() - STALE_OUTBOX_MS;
+        let before = self.now_ms() - stale_outbox_ms();
         let docs: Vec<OutboxDoc> = self
             .store
             .outbox()

@@ -453,17 +453,23 @@ pub struct OutboxDoc {
     pub at_ms: i64,
     /// The transitions, in the order they were made.
     pub events: Vec<StateTransition>,
+    /// Set on a new run's document: the run's `created` event goes before
+    /// its root's (so nothing of the run is told before its creation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creates_run: bool,
 }
 
 impl OutboxDoc {
-    /// The outbox entry of a new run's root: its creation, under the root's
-    /// id (so the service that created the run relays it without reading).
+    /// The outbox entry of a new run: the run's and its root's creation,
+    /// under the root's id (so the service that created the run relays it
+    /// without reading).
     pub fn created(root: &StateDoc) -> Self {
         let at_ms = root.created_at.timestamp_millis();
         Self {
             id: root.id,
             at_ms,
             events: vec![StateTransition::of(root, None, root.status, None, at_ms)],
+            creates_run: true,
         }
     }
 }

@@ -18,9 +18,18 @@
 //! day-of-week are combined with OR (Vixie semantics) when both are
 //! restricted.
 //!
-//! Times are UTC (the container's local time in upstream deployments).
+//! Times are UTC (the container's local time in upstream deployments)
+//! unless the trigger names an IANA time zone ([`CronSpec`]): then the
+//! expression is read on that zone's wall clock, with croner's daylight
+//! saving rules (those of the Open Cron Pattern Specification): a job at a
+//! fixed time that falls in a spring-forward gap runs at the first instant
+//! after the gap; a fixed-time job in a fall-back overlap runs once, at the
+//! earlier instant; an interval job (`*/30 * * * *`, a wildcard hour) runs
+//! at every instant the wall clock shows, both passes of the overlap
+//! included.
 
 use chrono::{DateTime, TimeZone, Utc};
+pub use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -86,6 +95,15 @@ impl CronSchedule {
     /// should report `None` as "failed to find next date".
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let next = self.cron.find_next_occurrence(&t, false).ok()?;
+        (next > t).then_some(next)
+    }
+
+    /// The first occurrence strictly after `t` on the wall clock of `zone`
+    /// (see the module docs for daylight saving changes).
+    pub fn next_after_in(&self, t: DateTime<Utc>, zone: Tz) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&zone);
+        let next = self.cron.find_next_occurrence(&local, false).ok()?;
+        let next = next.with_timezone(&Utc);
         (next > t).then_some(next)
     }
 
@@ -460,5 +478,267 @@ mod tests {
             2
         );
         assert_eq!(s.expression(), "*/15 * * * *");
+    }
+}
+
+/// What a CRON schedule does about the occurrences it missed while no
+/// `trigger` replica ran (an occurrence is missed when it is claimed more
+/// than [`MISSED_AFTER_MS`] after its time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CatchUp {
+    /// Start nothing for missed occurrences; continue with the next one.
+    Skip,
+    /// Start one run for all of them (the first missed), then continue
+    /// with the next one (the default).
+    Once,
+    /// Start a run for each missed occurrence, at most `max_catch_up` (the
+    /// latest ones), then continue.
+    All,
+}
+
+impl CatchUp {
+    /// The JSON and database string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "SKIP",
+            Self::Once => "ONCE",
+            Self::All => "ALL",
+        }
+    }
+}
+
+/// An occurrence claimed later than this after its time was missed.
+pub const MISSED_AFTER_MS: i64 = 60_000;
+/// Default most runs `ALL` starts for the occurrences of one downtime.
+pub const DEFAULT_MAX_CATCH_UP: u32 = 10;
+/// Largest `max_catch_up` accepted.
+pub const MAX_CATCH_UP_LIMIT: u32 = 1000;
+
+/// A CRON trigger's schedule: expression, time zone and catch-up policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSpec {
+    /// The parsed expression.
+    pub schedule: CronSchedule,
+    /// The zone whose wall clock the expression reads (UTC by default).
+    pub zone: Tz,
+    /// What missed occurrences start.
+    pub catch_up: CatchUp,
+    /// Most runs `CatchUp::All` starts for one downtime.
+    pub max_catch_up: u32,
+}
+
+/// Why a CRON trigger's value was refused, with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    /// The `value` key at fault.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl CronSpec {
+    /// Reads a CRON trigger's `value`: `expression` (required),
+    /// `timezone` (an IANA name, default `UTC`), `catch_up` (`SKIP`,
+    /// `ONCE` (default), `ALL`) and `max_catch_up` (1 to
+    /// [`MAX_CATCH_UP_LIMIT`], default [`DEFAULT_MAX_CATCH_UP`]).
+    pub fn from_value(
+        value: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, SpecError> {
+        let err = |field, message: String| SpecError { field, message };
+        let expression = value
+            .get("expression")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| err("expression", "Field required".into()))?;
+        let schedule = CronSchedule::parse(expression)
+            .map_err(|_| err("expression", "Invalid cron expression".into()))?;
+        let zone = match value.get("timezone") {
+            None | Some(serde_json::Value::Null) => Tz::UTC,
+            Some(v) => {
+                let name = v.as_str().unwrap_or_default();
+                name.parse::<Tz>().map_err(|_| {
+                    err(
+                        "timezone",
+                        format!("Unknown time zone {v}: use an IANA name such as \"Europe/Paris\""),
+                    )
+                })?
+            }
+        };
+        let catch_up = match value.get("catch_up") {
+            None | Some(serde_json::Value::Null) => CatchUp::Once,
+            Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                err(
+                    "catch_up",
+                    format!("catch_up is one of \"SKIP\", \"ONCE\", \"ALL\", not {v}"),
+                )
+            })?,
+        };
+        let max_catch_up = match value.get("max_catch_up") {
+            None | Some(serde_json::Value::Null) => DEFAULT_MAX_CATCH_UP,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=u64::from(MAX_CATCH_UP_LIMIT)).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| {
+                    err(
+                        "max_catch_up",
+                        format!(
+                            "max_catch_up is an integer from 1 to {MAX_CATCH_UP_LIMIT}, not {v}"
+                        ),
+                    )
+                })?,
+        };
+        Ok(Self {
+            schedule,
+            zone,
+            catch_up,
+            max_catch_up,
+        })
+    }
+
+    /// The schedule's key: the expression alone in UTC (what Exosphere
+    /// stores), else `CRON_TZ=<zone> <expression>`. Occurrences are stored
+    /// and deduplicated under it, so one expression in two zones is two
+    /// schedules.
+    pub fn key(&self) -> String {
+        schedule_key(self.schedule.expression(), self.zone)
+    }
+
+    /// The first occurrence strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.schedule.next_after_in(t, self.zone)
+    }
+
+    /// Up to `n` occurrences strictly after `after` and at most `until`,
+    /// the latest ones, newest first.
+    pub fn latest_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        n: usize,
+    ) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(n);
+        let mut cursor = until.with_timezone(&self.zone);
+        let mut inclusive = true;
+        while out.len() < n {
+            let Ok(prev) = self
+                .schedule
+                .cron
+                .find_previous_occurrence(&cursor, inclusive)
+            else {
+                break;
+            };
+            let utc = prev.with_timezone(&Utc);
+            if utc <= after || utc > until {
+                break;
+            }
+            out.push(utc);
+            cursor = prev;
+            inclusive = false;
+        }
+        out
+    }
+
+    /// The next `n` occurrences after `t`.
+    pub fn upcoming(&self, t: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(n);
+        let mut cursor = t;
+        while out.len() < n {
+            match self.next_after(cursor) {
+                Some(next) => {
+                    out.push(next);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+impl CronSpec {
+    /// The schedule a key names, with the default policy (for an
+    /// occurrence whose trigger is no longer declared).
+    pub fn from_key(key: &str) -> Option<Self> {
+        let (zone, expression) = match key.strip_prefix("CRON_TZ=") {
+            Some(rest) => {
+                let (zone, expression) = rest.split_once(' ')?;
+                (zone.parse::<Tz>().ok()?, expression)
+            }
+            None => (Tz::UTC, key),
+        };
+        Some(Self {
+            schedule: CronSchedule::parse(expression).ok()?,
+            zone,
+            catch_up: CatchUp::Once,
+            max_catch_up: DEFAULT_MAX_CATCH_UP,
+        })
+    }
+}
+
+/// What firing an occurrence does (see [`CronSpec::firing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    /// Whether it starts its run.
+    pub start: bool,
+    /// Why it starts nothing, when it does not.
+    pub skipped: Option<String>,
+    /// The time of the schedule's next occurrence (none when it has no more).
+    pub next: Option<DateTime<Utc>>,
+}
+
+impl CronSpec {
+    /// What the occurrence due at `at` does when claimed at `now`. On time
+    /// (claimed at most [`MISSED_AFTER_MS`] late) it starts its run and the
+    /// schedule continues after `now`. Missed: `SKIP` starts nothing and
+    /// continues after `now`; `ONCE` starts it and continues after `now`;
+    /// `ALL` starts it and continues after `at` (so each missed occurrence
+    /// is claimed in turn), unless `max_catch_up` later occurrences were
+    /// missed too: then it starts nothing and continues at the oldest of
+    /// the latest `max_catch_up`.
+    pub fn firing(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Firing {
+        let late_ms = (now - at).num_milliseconds();
+        let start = |next| Firing {
+            start: true,
+            skipped: None,
+            next,
+        };
+        let skip = |reason: String, next| Firing {
+            start: false,
+            skipped: Some(reason),
+            next,
+        };
+        if late_ms <= MISSED_AFTER_MS {
+            return start(self.next_after(now));
+        }
+        match self.catch_up {
+            CatchUp::Skip => skip(
+                format!("missed by {} s (catch_up SKIP)", late_ms / 1000),
+                self.next_after(now),
+            ),
+            CatchUp::Once => start(self.next_after(now)),
+            CatchUp::All => {
+                let max = self.max_catch_up as usize;
+                let latest = self.latest_between(at, now, max);
+                if latest.len() >= max {
+                    skip(
+                        format!("missed; catch_up ALL starts the latest {max} only"),
+                        latest.last().copied(),
+                    )
+                } else {
+                    start(self.next_after(at))
+                }
+            }
+        }
+    }
+}
+
+/// The key of `expression` on the wall clock of `zone` (see
+/// [`CronSpec::key`]).
+pub fn schedule_key(expression: &str, zone: Tz) -> String {
+    if zone == Tz::UTC {
+        expression.to_string()
+    } else {
+        format!("CRON_TZ={} {expression}", zone.name())
     }
 }

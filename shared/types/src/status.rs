@@ -152,6 +152,9 @@ pub enum TriggerStatus {
     Triggered,
     /// Fired, but the run could not be started (the reason is recorded).
     Failed,
+    /// Missed while no `trigger` replica ran, and its schedule's catch-up
+    /// policy starts nothing for it (ours; the reason is recorded).
+    Skipped,
 }
 
 impl TriggerStatus {
@@ -162,6 +165,7 @@ impl TriggerStatus {
             Self::Triggering => "TRIGGERING",
             Self::Triggered => "TRIGGERED",
             Self::Failed => "FAILED",
+            Self::Skipped => "SKIPPED",
         }
     }
 }

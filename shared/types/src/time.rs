@@ -6,6 +6,14 @@
 
 use chrono::{DateTime, Timelike, Utc};
 
+/// A UTC time (what schedules compute with).
+pub type UtcTime = DateTime<Utc>;
+
+/// `t` as RFC 3339 in UTC, to the second (`2026-06-01T10:00:00Z`).
+pub fn rfc3339(t: UtcTime) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// The current time as Unix milliseconds (what Python's
 /// `int(time.time() * 1000)` gives).
 pub fn now_ms() -> i64 {
@@ -43,6 +51,11 @@ impl ManualClock {
     /// Moves the clock forward by `ms`.
     pub fn advance(&self, ms: i64) {
         self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `ms` (Unix milliseconds).
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -3,13 +3,16 @@
 //! For a flow and a service: a fault-free run with `EXO_FAILPOINTS_TRACE=1`
 //! counts how often the service passes each crash point (after every
 //! MongoDB commit `store.commit` and single-document write `store.write`,
-//! after every acknowledged publish `bus.publish`, before every message is
-//! settled `bus.settle`; the chunks of a fan-out are separate commits). Then,
+//! after every acknowledged publish `bus.publish`, after each batch of
+//! lifecycle events `lifecycle.relayed` / `lifecycle.published`, before
+//! every message is settled `bus.settle`; the chunks of a fan-out are
+//! separate commits). Then,
 //! for every point and every hit count `k`, a fresh run is started with the
 //! service configured to **abort** (like `kill -9`) at the `k`-th hit; the
 //! service is restarted clean, the run settles, and the invariant checker
-//! (`exo_test_support::invariants`) plus the flow's own expectations must
-//! hold. The service runs with `EXO_CONCURRENCY=1` so the hit sequence of a
+//! (`exo_test_support::invariants`), the lifecycle events' oracle
+//! (`exo_test_support::lifecycle`: one event per transition of the run and
+//! of each state, none twice) and the flow's own expectations must hold. The service runs with `EXO_CONCURRENCY=1` so the hit sequence of a
 //! run is the same every time.
 //!
 //! `.ci/run` runs the fan-out flow against `exo-completion`, the chain and
@@ -730,7 +733,42 @@ impl Driver {
         let c = check_run(&self.stack.store, run_id).await?;
         self.flow.expect(&c)?;
         self.expect_outside(run_id).await?;
+        self.expect_events(run_id).await?;
         Ok(c)
+    }
+
+    /// The run's lifecycle events, once the outbox is empty (what a crash
+    /// left is relayed by the scheduler): one per transition of the run and
+    /// of each state (`exo_test_support::lifecycle`), in some order. The
+    /// run's ending event follows its last commit, so the check is retried
+    /// for a while before it counts as failed.
+    async fn expect_events(&self, run_id: &str) -> anyhow::Result<()> {
+        use exo_test_support::lifecycle;
+        let js =
+            async_nats::jetstream::new(async_nats::connect(self.stack.servers.nats.url()).await?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = self
+                .stack
+                .store
+                .outbox()
+                .count_documents(exo_store::mongodb::bson::doc! {})
+                .await?;
+            let checked = match left {
+                0 => {
+                    let run = self.stack.wait_run(run_id, Duration::from_secs(5)).await?;
+                    let states = self.stack.states(run_id).await?;
+                    let events = lifecycle::stored_events(&js, &self.ns, run_id).await?;
+                    lifecycle::check_run_events(&run, &states, &events, false)
+                }
+                n => Err(anyhow::anyhow!("{n} outbox documents not relayed")),
+            };
+            match checked {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e.context("lifecycle events")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// Starts a run with the service restarted with `extra` (before the run

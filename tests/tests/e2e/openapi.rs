@@ -262,6 +262,17 @@ async fn every_operation_answers_as_the_openapi_document_says() -> anyhow::Resul
     }
     api.expect(404, "GET", &format!("{ns}/graph/nope"), None)
         .await?;
+    let triggers = api
+        .expect(200, "GET", &format!("{ns}/graph/g/triggers"), None)
+        .await?;
+    assert_eq!(
+        triggers["triggers"][0]["next_fire_times"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    api.expect(404, "GET", &format!("{ns}/graph/nope/triggers"), None)
+        .await?;
     let listed = api
         .expect(200, "GET", &format!("{ns}/graphs/"), None)
         .await?;

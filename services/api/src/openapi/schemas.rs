@@ -678,3 +678,57 @@ pub struct SecretsResponse {
     /// Secret name → plaintext value (every secret of the state's graph).
     pub secrets: BTreeMap<String, String>,
 }
+
+/// `GET /graph/{graph}/triggers` (ours).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GraphTriggersResponse {
+    /// The namespace.
+    pub namespace: String,
+    /// The graph.
+    pub graph_name: String,
+    /// CRON schedules fire only while this is VALID.
+    pub validation_status: ValidationStatus,
+    /// The template's triggers, in order.
+    pub triggers: Vec<TriggerState>,
+}
+
+/// One trigger; CRON triggers with their schedule.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerState {
+    /// CRON or EVENT.
+    #[serde(rename = "type")]
+    pub kind: TriggerType,
+    /// The trigger's value as declared.
+    pub value: serde_json::Map<String, Value>,
+    /// CRON: the key occurrences are stored under (the expression, or
+    /// `CRON_TZ=<zone> <expression>`).
+    pub key: Option<String>,
+    /// CRON: the IANA zone whose wall clock the expression reads.
+    pub timezone: Option<String>,
+    /// CRON: `SKIP`, `ONCE` or `ALL`.
+    pub catch_up: Option<String>,
+    /// CRON: most runs `ALL` starts after one downtime.
+    pub max_catch_up: Option<u32>,
+    /// CRON: the next fire times after now (RFC 3339, UTC).
+    pub next_fire_times: Option<Vec<String>>,
+    /// CRON: the stored occurrence that fires next, if any.
+    pub scheduled: Option<String>,
+    /// CRON: the latest occurrences fired or skipped, newest first.
+    pub recent: Option<Vec<Occurrence>>,
+}
+
+/// A CRON occurrence that fired, failed or was skipped.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Occurrence {
+    /// Its time (RFC 3339, UTC).
+    pub trigger_time: String,
+    /// TRIGGERING, TRIGGERED, FAILED or SKIPPED.
+    pub status: String,
+    /// The run it started.
+    pub run_id: Option<String>,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+}

@@ -211,7 +211,7 @@ async fn bind_triggers(
     spec: &GraphSpec,
     valid: bool,
 ) -> ApiResult<()> {
-    exo_engine::cron::reschedule(&state.engine, ns, name, &spec.cron_expressions(), valid)
+    exo_engine::cron::reschedule(&state.engine, ns, name, &spec.cron_specs(), valid)
         .await
         .map_err(|e| ApiError::internal("schedule cron triggers", e))?;
     if let Err(e) = exo_engine::events::sync_inbound(&state.engine).await {

@@ -4,6 +4,7 @@ pub mod enqueue;
 pub mod graphs;
 pub mod nodes;
 pub mod runs;
+pub mod schedules;
 pub mod states;
 pub mod trigger;
 pub mod watch;

@@ -669,6 +669,7 @@ async fn outbox_in(
                 id: ObjectId::new(),
                 at_ms: now_ms,
                 events: chunk.to_vec(),
+                creates_run: false,
             }
         })
         .collect();

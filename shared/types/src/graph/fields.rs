@@ -179,7 +179,15 @@ fn cron_trigger_fields(i: usize, trigger: &Trigger, errors: &mut Vec<FieldError>
         Some(expr) if !cron::is_valid(expr) => {
             errors.push(FieldError::value_error(at, "Invalid cron expression"));
         }
-        Some(_) => {}
+        // Ours: the zone and the catch-up policy.
+        Some(_) => {
+            if let Err(e) = cron::CronSpec::from_value(&trigger.value)
+                && e.field != "expression"
+            {
+                let at = ["triggers".into(), i.into(), "value".into(), e.field.into()];
+                errors.push(FieldError::value_error(loc(at), &e.message));
+            }
+        }
     }
 }
 

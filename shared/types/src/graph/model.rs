@@ -85,7 +85,9 @@ impl StoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TriggerType {
-    /// A cron schedule; `value.expression` holds the expression.
+    /// A cron schedule: `value.expression` holds the expression; ours:
+    /// `timezone`, `catch_up`, `max_catch_up` (see
+    /// [`crate::cron::CronSpec::from_value`]), `inputs`, `store`.
     #[serde(rename = "CRON")]
     Cron,
     /// Messages on a NATS subject start runs (ours; see [`EventBinding`]).
@@ -110,6 +112,15 @@ impl Trigger {
     pub fn cron_expression(&self) -> Option<&str> {
         match self.kind {
             TriggerType::Cron => self.value.get("expression").and_then(Value::as_str),
+            TriggerType::Event => None,
+        }
+    }
+
+    /// The schedule of a CRON trigger whose value is valid (checked at
+    /// upsert).
+    pub fn cron_spec(&self) -> Option<crate::cron::CronSpec> {
+        match self.kind {
+            TriggerType::Cron => crate::cron::CronSpec::from_value(&self.value).ok(),
             TriggerType::Event => None,
         }
     }
@@ -214,13 +225,14 @@ impl GraphSpec {
             .collect()
     }
 
-    /// The distinct cron expressions of the CRON triggers, in order.
-    pub fn cron_expressions(&self) -> Vec<&str> {
+    /// The schedules of the CRON triggers, one per key (expression and
+    /// zone; the first trigger of a key gives its policy), in order.
+    pub fn cron_specs(&self) -> Vec<crate::cron::CronSpec> {
         let mut seen = HashSet::new();
         self.triggers
             .iter()
-            .filter_map(Trigger::cron_expression)
-            .filter(|e| seen.insert(*e))
+            .filter_map(Trigger::cron_spec)
+            .filter(|s| seen.insert(s.key()))
             .collect()
     }
 }
