@@ -96,6 +96,9 @@ impl Stack {
             ("EXO_SHUTDOWN_GRACE_SECS".to_string(), "5".to_string()),
             // Outbox documents a crash left are relayed after 1 s (3 s by default).
             ("EXO_OUTBOX_STALE_MS".to_string(), "1000".to_string()),
+            // Webhook retries every 200 ms, 400 ms, ... (1 s by default), 4 attempts.
+            ("EXO_API__WEBHOOK_BACKOFF_MS".to_string(), "200".to_string()),
+            ("EXO_API__WEBHOOK_ATTEMPTS".to_string(), "4".to_string()),
             (
                 "EXO_MONGO__TRANSACTION_LIFETIME_SECS".to_string(),
                 "2".to_string(),

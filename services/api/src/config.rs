@@ -10,6 +10,9 @@
 //! | `api.secrets_encryption_key` | `EXO_API__SECRETS_ENCRYPTION_KEY` | `SECRETS_ENCRYPTION_KEY` | unset |
 //! | `api.cors_origins` | `EXO_API__CORS_ORIGINS` | `CORS_ORIGINS` | the 4 localhost origins |
 //! | `api.lease_secs` | `EXO_API__LEASE_SECS` | | `300` |
+//! | `api.webhook_attempts` | `EXO_API__WEBHOOK_ATTEMPTS` | | `8` |
+//! | `api.webhook_backoff_ms` | `EXO_API__WEBHOOK_BACKOFF_MS` | | `1000` |
+//! | `api.webhook_timeout_secs` | `EXO_API__WEBHOOK_TIMEOUT_SECS` | | `10` |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,6 +56,13 @@ pub struct ApiConfig {
     /// to the caller. (Dispatch consumers it creates get the NATS runtimes'
     /// default `ack_wait`; the api acks a dispatch as soon as it is leased.)
     pub lease_secs: u64,
+    /// Attempts per webhook delivery before it is FAILED.
+    pub webhook_attempts: u32,
+    /// Wait after a webhook delivery's first failed attempt, in ms (doubled
+    /// after each next one, at most 5 minutes).
+    pub webhook_backoff_ms: u64,
+    /// Timeout of one webhook attempt, in seconds.
+    pub webhook_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +73,9 @@ impl Default for ApiConfig {
             secrets_encryption_key: None,
             cors_origins: None,
             lease_secs: 300,
+            webhook_attempts: 8,
+            webhook_backoff_ms: 1000,
+            webhook_timeout_secs: 10,
         }
     }
 }
@@ -78,6 +91,9 @@ impl std::fmt::Debug for ApiConfig {
             )
             .field("cors_origins", &self.cors_origins)
             .field("lease_secs", &self.lease_secs)
+            .field("webhook_attempts", &self.webhook_attempts)
+            .field("webhook_backoff_ms", &self.webhook_backoff_ms)
+            .field("webhook_timeout_secs", &self.webhook_timeout_secs)
             .finish()
     }
 }
@@ -161,6 +177,11 @@ impl Config {
         }
         if self.api.lease_secs == 0 {
             return Err(Error::Invalid("api.lease_secs must be at least 1".into()));
+        }
+        if self.api.webhook_attempts == 0 || self.api.webhook_timeout_secs == 0 {
+            return Err(Error::Invalid(
+                "api.webhook_attempts and api.webhook_timeout_secs must be at least 1".into(),
+            ));
         }
         if let Some(k) = &self.api.secrets_encryption_key
             && let Err(e) = crate::crypto::SecretCipher::from_key(k)

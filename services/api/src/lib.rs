@@ -27,6 +27,7 @@ mod render;
 mod routes;
 pub mod secrets_nats;
 pub mod validate;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,8 @@ pub struct Settings {
     pub lease: Duration,
     /// CORS origins.
     pub origins: Vec<String>,
+    /// Webhook delivery.
+    pub webhooks: webhooks::WebhookSettings,
 }
 
 impl Settings {
@@ -77,6 +80,11 @@ impl Settings {
             cipher,
             lease: Duration::from_secs(api.lease_secs.max(1)),
             origins: api.origins(),
+            webhooks: webhooks::WebhookSettings {
+                attempts: api.webhook_attempts.max(1),
+                backoff: Duration::from_millis(api.webhook_backoff_ms),
+                timeout: Duration::from_secs(api.webhook_timeout_secs.max(1)),
+            },
         })
     }
 }
@@ -288,6 +296,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .context("check stored graph templates")?;
     let state = AppState::new(engine.clone(), settings, readiness.clone());
     let secrets = tokio::spawn(secrets_nats::serve(state.clone(), shutdown.clone()));
+    let hooks = tokio::spawn(webhooks::serve(state.clone(), shutdown.clone()));
     let router = app(state);
     readiness.set(true);
     tracing::info!(exo.service = "exo-api", addr = %cfg.api.addr, "Service ready.");
@@ -317,7 +326,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             "Graceful shutdown did not complete in time."
         ),
     }
-    let _ = secrets.await;
+    let _ = tokio::join!(secrets, hooks);
     engine.bus.drain().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!(exo.service = "exo-api", "Stopped.");

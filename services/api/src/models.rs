@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use exo_types::graph::{GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerType, Unites};
+use exo_types::graph::{
+    GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerType, Unites, Webhook,
+};
 use exo_types::retry::{RetryPolicy, RetryStrategy};
 use serde_json::{Map, Value};
 
@@ -62,6 +64,9 @@ impl Model for UpsertGraph {
             store_config,
         );
         let triggers = c.optional(&l, obj, ("triggers", Vec::new()), triggers);
+        let webhooks = c.optional(&l, obj, ("webhooks", None), |c, loc, v| {
+            webhooks(c, loc, v).map(Some)
+        });
         Some(Self {
             spec: GraphSpec {
                 nodes: nodes?,
@@ -69,6 +74,7 @@ impl Model for UpsertGraph {
                 retry_policy: retry_policy?,
                 store_config: store_config?,
                 triggers: triggers?,
+                webhooks: webhooks?,
             },
             raw: v.clone(),
         })
@@ -180,6 +186,22 @@ fn triggers(c: &mut Checker, loc: &[Value], v: &Value) -> Option<Vec<Trigger>> {
         Some(Trigger {
             kind: kind?,
             value: value?,
+        })
+    })
+}
+
+/// A graph's `webhooks` (ours): `{url, events?, secret}` each.
+fn webhooks(c: &mut Checker, loc: &[Value], v: &Value) -> Option<Vec<Webhook>> {
+    c.list_of(loc, v, |c, hloc, item| {
+        let obj = c.model(hloc, item, Some("Webhook"))?;
+        let url = c.field(hloc, obj, "url", Checker::string);
+        let secret = c.field(hloc, obj, "secret", Checker::string);
+        let default = vec!["run.succeeded".to_string(), "run.failed".to_string()];
+        let events = c.optional(hloc, obj, ("events", default), Checker::str_list);
+        Some(Webhook {
+            url: url?,
+            events: events?,
+            secret: secret?,
         })
     })
 }

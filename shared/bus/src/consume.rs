@@ -53,10 +53,15 @@ impl Delivery {
 
     /// The `Nats-Msg-Id` header, if any.
     pub fn msg_id(&self) -> Option<String> {
+        self.header("Nats-Msg-Id")
+    }
+
+    /// The header `name`, if any.
+    pub fn header(&self, name: &str) -> Option<String> {
         self.message
             .headers
             .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
+            .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_string())
     }
 }

@@ -216,6 +216,7 @@ mod tests {
                 triggers: vec![],
                 retry_policy: Default::default(),
                 store_config: spec.store_config.clone(),
+                webhooks: vec![],
                 created_at: now,
                 updated_at: now,
             },

@@ -151,6 +151,9 @@ pub struct GraphTemplateDoc {
     /// Store configuration.
     #[serde(default)]
     pub store_config: StoreConfig,
+    /// Webhooks (ours).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<exo_types::graph::Webhook>,
     /// Creation time.
     pub created_at: DateTime,
     /// Last update.
@@ -166,6 +169,7 @@ impl GraphTemplateDoc {
             retry_policy: self.retry_policy.clone(),
             store_config: self.store_config.clone(),
             triggers: self.triggers.clone(),
+            webhooks: Some(self.webhooks.clone()),
         }
     }
 }

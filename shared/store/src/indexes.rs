@@ -123,6 +123,16 @@ pub async fn ensure(store: &Store) -> Result<(), Error> {
             vec![index("run_id_index", doc! {"run_id": 1})],
         ),
         (crate::OUTBOX, vec![index("at_index", doc! {"at_ms": 1})]),
+        (
+            crate::WEBHOOK_DELIVERIES,
+            vec![
+                index(
+                    "graph_created_index",
+                    doc! {"namespace": 1, "graph_name": 1, "created_at_ms": -1},
+                ),
+                ttl("ttl_expires_at", doc! {"expires_at": 1}),
+            ],
+        ),
     ];
     for (coll, models) in sets {
         create_missing(store, coll, models).await?;

@@ -38,6 +38,8 @@ pub const UNITE_GROUPS: &str = "UniteGroup";
 pub const GRAPH_VERSIONS: &str = "GraphVersions";
 /// Collection of state transitions awaiting publication (ours).
 pub const OUTBOX: &str = "Outbox";
+/// Collection of webhook deliveries (ours).
+pub const WEBHOOK_DELIVERIES: &str = "WebhookDeliveries";
 
 /// Whether state transitions are recorded in the outbox and published as
 /// lifecycle events: `EXO_STATE_EVENTS` (`false`, `0` or `off` turns them
@@ -165,6 +167,8 @@ impl Store {
         unite_groups: UniteGroupDoc = UNITE_GROUPS;
         /// `Outbox` collection (ours).
         outbox: OutboxDoc = OUTBOX;
+        /// `WebhookDeliveries` collection (ours), as raw documents.
+        webhook_deliveries: Document = WEBHOOK_DELIVERIES;
     }
 
     /// Loads one state by id.

@@ -82,6 +82,7 @@ impl HandlerEnv {
                 triggers: vec![],
                 retry_policy: serde_json::from_value(retry_policy)?,
                 store_config: Default::default(),
+                webhooks: vec![],
                 created_at: now,
                 updated_at: now,
             })

@@ -37,6 +37,16 @@ pub const CONSUMER_RETRY: &str = "retry";
 pub const STREAM_INBOUND: &str = "EXO_INBOUND";
 /// Durable consumer of [`STREAM_INBOUND`], shared by the `trigger` replicas.
 pub const CONSUMER_INBOUND: &str = "trigger-inbound";
+/// Durable consumer of the `api` replicas on [`STREAM_EVENTS`]: the
+/// lifecycle events webhooks may ask for.
+pub const CONSUMER_WEBHOOKS: &str = "api-webhooks";
+/// Filter subjects of [`CONSUMER_WEBHOOKS`]: every run ending, and the
+/// state failures.
+pub const WEBHOOK_FILTERS: [&str; 3] = [
+    "exo.v1.*.event.lifecycle.*.run.*",
+    "exo.v1.*.event.lifecycle.*.state.errored",
+    "exo.v1.*.event.lifecycle.*.state.next_created_error",
+];
 /// The subject [`STREAM_INBOUND`] holds while no graph binds any (a stream
 /// needs one): outside every namespace, nothing publishes on it.
 pub const INBOUND_PLACEHOLDER: &str = "exo.inbound.none";

@@ -18,3 +18,4 @@ mod pinning;
 mod protocol;
 mod python_sdk;
 mod redelivery;
+mod webhooks;

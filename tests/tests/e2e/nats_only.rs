@@ -71,6 +71,7 @@ async fn trigger_command_on_nats_runs_a_chain_without_the_api() -> anyhow::Resul
             triggers: vec![],
             retry_policy: Default::default(),
             store_config: serde_json::from_value(serde_json::json!({"required_keys": ["x"]}))?,
+            webhooks: vec![],
             created_at: now,
             updated_at: now,
         })

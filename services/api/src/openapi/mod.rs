@@ -71,12 +71,15 @@ macro_rules! register {
 pub fn routes(
     key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
-    use crate::routes::{enqueue, graphs, nodes, runs, schedules, states, trigger, watch};
+    use crate::routes::{
+        enqueue, graphs, nodes, runs, schedules, states, trigger, watch, webhooks,
+    };
     // One `routes!` per path (its handlers separated by `,`), paths by `;`.
     #[rustfmt::skip]
     let v0 = register!(OpenApiRouter::with_openapi(ApiDoc::openapi());
         nodes::namespaces; nodes::list, nodes::register;
-        graphs::get_graph, graphs::upsert; graphs::list; schedules::triggers; trigger::trigger;
+        graphs::get_graph, graphs::upsert; graphs::list; schedules::triggers; webhooks::deliveries;
+        trigger::trigger;
         runs::list; runs::get_run; runs::cancel; watch::events; runs::graph_structure; runs::node_details;
         enqueue::enqueue; states::executed; states::errored; states::prune; states::re_enqueue_after;
         states::manual_retry; states::secrets;
@@ -298,6 +301,6 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 24);
+        assert_eq!(seen, 25);
     }
 }

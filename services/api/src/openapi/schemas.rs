@@ -113,6 +113,11 @@ pub struct UpsertGraphTemplateRequest {
     /// CRON triggers (replace the stored ones).
     #[serde(default)]
     pub triggers: Option<Vec<Trigger>>,
+    /// Webhooks (ours): each `{url, events?, secret}` POSTs the graph's
+    /// lifecycle events of those types, signed under the named graph
+    /// secret. Absent: the stored ones are kept; `[]` removes them.
+    #[serde(default)]
+    pub webhooks: Option<Vec<exo_types::graph::Webhook>>,
 }
 
 /// One node of a graph template.
@@ -205,6 +210,8 @@ pub struct GraphTemplateResponse {
     pub store_config: StoreConfig,
     /// Triggers.
     pub triggers: Vec<Trigger>,
+    /// Webhooks (ours; only when the graph has some).
+    pub webhooks: Option<Vec<exo_types::graph::Webhook>>,
     /// Naive ISO time (UTC), e.g. `2026-01-01T12:00:00.123000`.
     pub created_at: String,
     /// Naive ISO time (UTC).
@@ -731,4 +738,54 @@ pub struct Occurrence {
     pub run_id: Option<String>,
     /// Why it failed or was skipped.
     pub error: Option<String>,
+}
+
+/// `GET /graph/{graph}/webhooks/deliveries` (ours).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDeliveriesResponse {
+    /// The namespace.
+    pub namespace: String,
+    /// The graph.
+    pub graph_name: String,
+    /// Number of deliveries listed.
+    pub count: u64,
+    /// Newest first.
+    pub deliveries: Vec<WebhookDelivery>,
+}
+
+/// One lifecycle event's delivery to one webhook.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDelivery {
+    /// `<event id>@<hash of the url>` (the `X-Exo-Delivery` header).
+    pub id: String,
+    /// The webhook's address.
+    pub url: String,
+    /// The event's `ce-id`.
+    pub event_id: String,
+    /// The event's `ce-type`.
+    pub event_type: String,
+    /// DELIVERED (a 2xx answer), RETRYING or FAILED (no attempt left).
+    pub status: String,
+    /// First attempt (Unix ms).
+    pub created_at_ms: Option<i64>,
+    /// Last attempt (Unix ms).
+    pub updated_at_ms: Option<i64>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<WebhookAttempt>,
+}
+
+/// One attempt of a webhook delivery.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookAttempt {
+    /// When (Unix ms).
+    pub at_ms: Option<i64>,
+    /// The receiver's HTTP status.
+    pub status_code: Option<i64>,
+    /// Why there is no status (connection refused, timeout, no key).
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub duration_ms: Option<i64>,
 }

@@ -58,7 +58,7 @@ fn template_error(message: &str) -> String {
 
 /// The upsert / get answer (`UpsertGraphTemplateResponse`).
 fn template_response(doc: &GraphTemplateDoc, status: &str, errors: &[String]) -> Value {
-    json!({
+    let mut v = json!({
         "nodes": doc.nodes,
         "secrets": secret_names(&doc.secrets),
         "retry_policy": doc.retry_policy,
@@ -68,7 +68,12 @@ fn template_response(doc: &GraphTemplateDoc, status: &str, errors: &[String]) ->
         "updated_at": iso(doc.updated_at),
         "validation_status": status,
         "validation_errors": errors,
-    })
+    });
+    // Ours, only when set: a graph without webhooks answers as upstream.
+    if !doc.webhooks.is_empty() {
+        v["webhooks"] = json!(doc.webhooks);
+    }
+    v
 }
 
 /// Registered nodes for the template's (namespace, node name) pairs.
@@ -144,7 +149,7 @@ pub async fn upsert(
 
     let encrypted = encrypt_secrets(&state, &ns, &name, &spec)?;
     let now = DateTime::from_millis(state.engine.now_ms());
-    let set = doc! {
+    let mut set = doc! {
         "nodes": to_bson("nodes", &spec.nodes)?,
         "validation_status": status.as_str(),
         "validation_errors": to_bson("validation errors", &errors)?,
@@ -154,6 +159,9 @@ pub async fn upsert(
         "store_config": to_bson("store config", &spec.store_config)?,
         "updated_at": now,
     };
+    if let Some(hooks) = &spec.webhooks {
+        set.insert("webhooks", to_bson("webhooks", hooks)?);
+    }
     let stored = store_template(
         &state,
         doc! {"name": &name, "namespace": &ns},

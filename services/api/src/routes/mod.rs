@@ -8,6 +8,7 @@ pub mod schedules;
 pub mod states;
 pub mod trigger;
 pub mod watch;
+pub mod webhooks;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path};

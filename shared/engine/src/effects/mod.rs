@@ -809,6 +809,7 @@ mod tests {
             triggers: vec![],
             retry_policy: Default::default(),
             store_config: Default::default(),
+            webhooks: vec![],
             created_at: now,
             updated_at: now,
         };

@@ -1,7 +1,9 @@
 //! Field-level (HTTP 422) validation of an upsert body.
 
 use super::RESERVED_IDENTIFIER;
-use super::model::{EventBinding, GraphSpec, NodeTemplate, Trigger, TriggerType};
+use super::model::{
+    EventBinding, GraphSpec, NodeTemplate, Trigger, TriggerType, WEBHOOK_EVENTS, Webhook,
+};
 use crate::validation::{FieldError, LocPart};
 use crate::{cron, subject_pattern};
 use std::collections::{BTreeMap, HashSet};
@@ -24,7 +26,51 @@ pub fn validate_fields(spec: &GraphSpec) -> Vec<FieldError> {
     for (i, trigger) in spec.triggers.iter().enumerate() {
         trigger_fields(i, trigger, &mut errors);
     }
+    for (i, hook) in spec.webhooks.iter().flatten().enumerate() {
+        webhook_fields(spec, i, hook, &mut errors);
+    }
     errors
+}
+
+/// Webhook `i` (ours): an http(s) URL with a host, known event types, a
+/// secret the graph declares.
+fn webhook_fields(spec: &GraphSpec, i: usize, hook: &Webhook, errors: &mut Vec<FieldError>) {
+    let at = |field: &str| loc(["webhooks".into(), i.into(), field.into()]);
+    let rest = hook
+        .url
+        .strip_prefix("https://")
+        .or_else(|| hook.url.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+    if host.is_none_or(str::is_empty) || hook.url.chars().any(char::is_whitespace) {
+        errors.push(FieldError::value_error(
+            at("url"),
+            "A webhook url is an http:// or https:// address with a host",
+        ));
+    }
+    if hook.events.is_empty() {
+        errors.push(FieldError::value_error(
+            at("events"),
+            "A webhook needs at least one event",
+        ));
+    }
+    for e in hook
+        .events
+        .iter()
+        .filter(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+    {
+        let msg = format!(
+            "Unknown webhook event {e:?}: one of {}",
+            WEBHOOK_EVENTS.join(", ")
+        );
+        errors.push(FieldError::value_error(at("events"), &msg));
+    }
+    if !spec.secrets.contains_key(&hook.secret) {
+        let msg = format!(
+            "The webhook's secret {:?} is not one of the graph's secrets",
+            hook.secret
+        );
+        errors.push(FieldError::value_error(at("secret"), &msg));
+    }
 }
 
 /// Node `i`: a name, an identifier that is not the reserved one, unique

@@ -58,7 +58,7 @@ pub use fields::validate_fields;
 pub use fingerprint::{canonical_json, unites_fingerprint};
 pub use model::{
     EventBinding, GraphSpec, NodeTemplate, StoreConfig, Trigger, TriggerType, Unites,
-    UnitesStrategy,
+    UnitesStrategy, WEBHOOK_EVENTS, Webhook,
 };
 pub use registry::{
     RegisteredNodeSchema, input_fields, is_string_property, verify_against_registry,

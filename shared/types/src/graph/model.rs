@@ -179,6 +179,50 @@ pub struct GraphSpec {
     /// Triggers.
     #[serde(default)]
     pub triggers: Vec<Trigger>,
+    /// Webhooks (ours): `None` keeps the stored ones (a client that does
+    /// not know them, such as the dashboard, does not erase them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<Vec<Webhook>>,
+}
+
+/// Events a webhook can ask for: the lifecycle event types without their
+/// `exo.` prefix.
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "run.succeeded",
+    "run.failed",
+    "run.cancelled",
+    "state.errored",
+    "state.next_created_error",
+];
+
+/// A webhook of a graph (ours): every lifecycle event of the graph's runs
+/// whose type is in `events` is POSTed to `url` as a CloudEvent (JSON,
+/// structured mode), signed with HMAC-SHA256 under the graph secret named
+/// `secret`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Webhook {
+    /// `https://…` (or `http://…`) address.
+    pub url: String,
+    /// Event types, among [`WEBHOOK_EVENTS`]; default: the run's end
+    /// (`run.succeeded`, `run.failed`).
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// Name of the graph secret the signature key is (its value is
+    /// encrypted at rest like every secret).
+    pub secret: String,
+}
+
+fn default_webhook_events() -> Vec<String> {
+    vec!["run.succeeded".into(), "run.failed".into()]
+}
+
+impl Webhook {
+    /// Whether it asks for events of type `ce_type` (`exo.run.failed`).
+    pub fn wants(&self, ce_type: &str) -> bool {
+        let kind = ce_type.strip_prefix("exo.").unwrap_or(ce_type);
+        self.events.iter().any(|e| e == kind)
+    }
 }
 
 impl GraphSpec {
