@@ -43,6 +43,7 @@ impl<'a> Checked<'a> {
     /// The documented (path template, operation) that `path` matches, the
     /// template with the most literal segments first.
     fn operation(&self, method: &str, path: &str) -> anyhow::Result<(&str, &Value)> {
+        let path = path.split('?').next().unwrap_or_default();
         let segs: Vec<&str> = path.split('/').collect();
         let mut best: Option<(usize, &str, &Value)> = None;
         for (template, item) in self.doc["paths"].as_object().into_iter().flatten() {
@@ -273,6 +274,29 @@ async fn every_operation_answers_as_the_openapi_document_says() -> anyhow::Resul
     );
     api.expect(404, "GET", &format!("{ns}/graph/nope/triggers"), None)
         .await?;
+    let deliveries = api
+        .expect(
+            200,
+            "GET",
+            &format!("{ns}/graph/g/webhooks/deliveries"),
+            None,
+        )
+        .await?;
+    assert_eq!(deliveries["count"], 0);
+    api.expect(
+        400,
+        "GET",
+        &format!("{ns}/graph/g/webhooks/deliveries?limit=0"),
+        None,
+    )
+    .await?;
+    api.expect(
+        404,
+        "GET",
+        &format!("{ns}/graph/nope/webhooks/deliveries"),
+        None,
+    )
+    .await?;
     let listed = api
         .expect(200, "GET", &format!("{ns}/graphs/"), None)
         .await?;
