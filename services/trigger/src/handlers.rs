@@ -88,13 +88,10 @@ pub async fn on_trigger(
                     cmd.run_id
                 )));
             }
-            // The run's and its root's creation, if the earlier delivery
-            // died before relaying them (else the outbox no longer holds
-            // them, and the stream holds the run's `created`).
-            let left = engine.store.outbox().find_one(doc! {"_id": root_id}).await;
-            if let Some(outbox) = left.map_err(exo_store::Error::from)? {
-                engine.relay(&[outbox]).await?;
-            }
+            // The run's `created` event, if the earlier delivery died
+            // before relaying the root's outbox document (the scheduler
+            // relays that document once it is stale; relaying it here could
+            // show core subscribers a copy while that delivery still runs).
             let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
             engine
                 .publish_run_transition_again(ns, run, RunTransition::Created)

@@ -271,3 +271,25 @@ async fn a_named_zone_fires_on_its_wall_clock_across_both_dst_changes() -> anyho
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_taken_over_after_its_run_started_is_not_skipped() -> anyhow::Result<()> {
+    let r = Replicas::start("2026-06-01T00:30:00Z").await?;
+    r.schedule(json!({"expression": "0 * * * *", "catch_up": "SKIP"}))
+        .await?;
+    // Replica a claims 01:00 on time, starts its run, schedules 02:00 and
+    // dies before recording the occurrence (the write after the insert).
+    r.clock.set(ms("2026-06-01T01:00:05Z"));
+    exo_faults::configure("store.write", "1*off->return(error)").map_err(anyhow::Error::msg)?;
+    let died = fire_due(&r.engines[0], exo_engine::cron::STALE_CLAIM).await;
+    exo_faults::clear("store.write");
+    assert!(died.is_err(), "the fault cut the fire");
+    // Replica b takes the claim over once it is stale: late by then, but
+    // its run stands, so it is TRIGGERED, not SKIPPED.
+    r.clock.set(ms("2026-06-01T01:01:10Z"));
+    fire_due(&r.engines[1], exo_engine::cron::STALE_CLAIM).await?;
+    assert_eq!(r.fired().await?, ["2026-06-01T01:00:00Z"]);
+    let statuses: Vec<String> = r.occurrences().await?.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(statuses, ["TRIGGERED", "PENDING"]);
+    Ok(())
+}

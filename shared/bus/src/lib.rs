@@ -111,6 +111,25 @@ pub const INBOUND_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Outstanding publish acks in [`Bus::publish_batch`].
 pub const PUBLISH_WINDOW: usize = 1024;
 
+/// Messages sent by [`Bus::send_all`] whose acks are still to come.
+#[must_use = "the acks must be awaited before the messages count as published"]
+pub struct Sent(std::collections::VecDeque<jetstream::context::PublishAckFuture>);
+
+impl Sent {
+    /// Nothing sent.
+    pub fn none() -> Self {
+        Self(Default::default())
+    }
+
+    /// Waits for every ack.
+    pub async fn acked(self) -> Result<(), Error> {
+        for fut in self.0 {
+            fut.await.map_err(|e| Error::js("publish ack", e))?;
+        }
+        Ok(())
+    }
+}
+
 /// A connected NATS client with its JetStream context.
 #[derive(Clone)]
 pub struct Bus {
@@ -440,12 +459,30 @@ impl Bus {
         self.publish_window(msgs, true).await
     }
 
-    /// The same, with no crash point per acknowledged message: for a
-    /// batch whose caller marks one point for the whole of it (a partly
-    /// published batch is then the same case as an unpublished one, the
-    /// ids being deterministic).
-    pub async fn publish_all(&self, msgs: impl IntoIterator<Item = Outgoing>) -> Result<(), Error> {
-        self.publish_window(msgs, false).await
+    /// Sends many messages without waiting for their acks (beyond
+    /// [`PUBLISH_WINDOW`] outstanding, the oldest are awaited first):
+    /// [`Sent::acked`] waits for the rest. No crash point per message: the
+    /// caller marks one for the whole batch (a partly published batch is
+    /// then the same case as an unpublished one, the ids being
+    /// deterministic).
+    pub async fn send_all(&self, msgs: impl IntoIterator<Item = Outgoing>) -> Result<Sent, Error> {
+        let mut pending = std::collections::VecDeque::new();
+        for msg in msgs {
+            if pending.len() >= PUBLISH_WINDOW
+                && let Some(fut) = pending.pop_front()
+            {
+                let fut: jetstream::context::PublishAckFuture = fut;
+                fut.await.map_err(|e| Error::js("publish ack", e))?;
+            }
+            let subject = msg.subject.clone();
+            let fut = self
+                .js
+                .send_publish(subject, self.publication_of(msg).await?)
+                .await
+                .map_err(|e| Error::js("publish", e))?;
+            pending.push_back(fut);
+        }
+        Ok(Sent(pending))
     }
 
     async fn publish_window(

@@ -288,9 +288,10 @@ impl Engine {
     /// events ([`Engine::relay`]), then dispatches for the states inserted
     /// QUEUED and `state.created` for those inserted CREATED.
     pub async fn hand_on(&self, a: &effects::Applied) -> Result<(), Error> {
-        self.relay(&a.outbox).await?;
+        let relaying = self.start_relay(&a.outbox).await?;
         self.publish_queued(&a.queued).await?;
-        self.publish_created(&a.created).await
+        self.publish_created(&a.created).await?;
+        relaying.finish(self).await
     }
 
     /// Publishes the dispatches of states inserted QUEUED.

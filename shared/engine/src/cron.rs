@@ -232,8 +232,14 @@ where
         let at = exo_types::time::from_ms(t.trigger_time.timestamp_millis());
         let firing = spec.firing(at, now);
         let run_id = occurrence_run_id(&t);
-        let (status, error) = match &firing.skipped {
-            Some(reason) => (TriggerStatus::Skipped, Some(reason.clone())),
+        // A claim taken over from a replica that died after starting the
+        // run is late too: the run it started stands.
+        let skip = match &firing.skipped {
+            Some(reason) if engine.store.run(&run_id).await?.is_none() => Some(reason.clone()),
+            _ => None,
+        };
+        let (status, error) = match skip {
+            Some(reason) => (TriggerStatus::Skipped, Some(reason)),
             None => {
                 let cmd = TriggerCommand {
                     run_id: run_id.clone(),

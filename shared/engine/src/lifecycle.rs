@@ -238,14 +238,23 @@ impl Engine {
     /// Publishes the transitions of committed outbox documents, in order
     /// (a new run's `created` event first, the run's `started` event right
     /// after its root's first QUEUED), then has the documents removed in
-    /// the background. Called after the commit and before the hand-offs,
-    /// so a state's events precede what its successors do; a crash in
-    /// between leaves the documents to [`Engine::relay_stale`], and the
-    /// deterministic ids make a second publication within the duplicate
-    /// window a no-op.
+    /// the background. A crash before the end leaves the documents to
+    /// [`Engine::relay_stale`], and the deterministic ids make a second
+    /// publication within the duplicate window a no-op.
     pub async fn relay(&self, outbox: &[OutboxDoc]) -> Result<(), Error> {
+        self.start_relay(outbox).await?.finish(self).await
+    }
+
+    /// The first half of [`Engine::relay`]: the events are sent, their acks
+    /// not awaited, so that the caller's hand-offs follow them on the same
+    /// connection (a state's events reach the server before what its
+    /// successors do) without waiting a round trip.
+    pub async fn start_relay(&self, outbox: &[OutboxDoc]) -> Result<Relaying, Error> {
         if outbox.is_empty() {
-            return Ok(());
+            return Ok(Relaying {
+                sent: exo_bus::Sent::none(),
+                ids: Vec::new(),
+            });
         }
         let mut msgs = Vec::new();
         for o in outbox {
@@ -256,13 +265,10 @@ impl Engine {
             }
             self.transition_msgs(&o.events, &mut msgs)?;
         }
-        // One crash point for the batch: a batch cut half-way is relayed
-        // again whole, like one not published at all.
-        self.bus.publish_all(msgs).await?;
-        exo_faults::point("lifecycle.relayed")?;
-        self.outbox_cleaner
-            .forget(self, outbox.iter().map(|o| o.id));
-        Ok(())
+        Ok(Relaying {
+            sent: self.bus.send_all(msgs).await?,
+            ids: outbox.iter().map(|o| o.id).collect(),
+        })
     }
 
     /// The events of `transitions`, the run's `started` right after its
@@ -297,7 +303,7 @@ impl Engine {
         let t = StateTransition::of(st, Some(from), st.status, None, self.now_ms());
         let mut msgs = Vec::new();
         self.transition_msgs(std::slice::from_ref(&t), &mut msgs)?;
-        self.bus.publish_all(msgs).await?;
+        self.bus.send_all(msgs).await?.acked().await?;
         exo_faults::point("lifecycle.published")?;
         Ok(())
     }
@@ -322,6 +328,31 @@ impl Engine {
     }
 }
 
+/// Outbox documents whose events are sent (see [`Engine::start_relay`]).
+#[must_use = "the relay is done only once its acks arrived"]
+pub struct Relaying {
+    sent: exo_bus::Sent,
+    ids: Vec<ObjectId>,
+}
+
+impl Relaying {
+    /// Waits for the acks, then has the documents removed.
+    pub async fn finish(self, engine: &Engine) -> Result<(), Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        // One crash point for the batch: a batch cut half-way is relayed
+        // again whole, like one not published at all.
+        self.sent.acked().await?;
+        exo_faults::point("lifecycle.relayed")?;
+        engine.outbox_cleaner.forget(engine, self.ids);
+        Ok(())
+    }
+}
+
+/// How long relayed outbox documents wait to be removed together.
+const CLEAN_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Removes relayed outbox documents in the background, many per command.
 #[derive(Default)]
 pub struct OutboxCleaner {
@@ -343,6 +374,7 @@ impl OutboxCleaner {
         tokio::spawn(async move {
             let me = &engine.outbox_cleaner;
             loop {
+                tokio::time::sleep(CLEAN_EVERY).await;
                 let batch: Vec<ObjectId> =
                     std::mem::take(&mut *me.ids.lock().unwrap_or_else(|p| p.into_inner()));
                 if batch.is_empty() {
