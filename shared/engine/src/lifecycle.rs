@@ -18,8 +18,10 @@
 //! committed; a handler that died before publishing publishes it when its
 //! message is redelivered. State transitions made in a transaction are
 //! written to the `Outbox` collection in that same transaction
-//! ([`crate::effects`], run creation); after the commit the handler relays
-//! them ([`Engine::relay`]) before its hand-offs, and documents a crash left
+//! ([`crate::effects`], run creation); after the commit the handler sends
+//! them ([`Engine::start_relay`]) ahead of its hand-offs on the same
+//! connection and waits for their acks with the hand-offs', then removes
+//! the documents ([`Relaying::finish`]); documents a crash left
 //! behind are relayed by the scheduler ([`Engine::relay_stale`]). The two
 //! transitions made outside a transaction (the scheduler's claim, CREATED →
 //! QUEUED, and a re-queue, QUEUED → CREATED) are published by their
