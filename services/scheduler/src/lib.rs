@@ -60,28 +60,16 @@ async fn handle(engine: Engine, d: Delivery) -> Disposition {
 
 async fn reconcile(engine: Engine, shutdown: CancellationToken) {
     let due = tokio::spawn(drain_every(
-        shutdown.clone(),
+        (engine.clone(), shutdown.clone()),
         (DUE_EVERY, DUE_BATCH),
         "Announcing due states",
-        {
-            let engine = engine.clone();
-            move || {
-                let engine = engine.clone();
-                async move { handlers::announce_due(&engine, DUE_BATCH).await }
-            }
-        },
+        |e| async move { handlers::announce_due(&e, DUE_BATCH).await },
     ));
     let outbox = tokio::spawn(drain_every(
-        shutdown.clone(),
+        (engine.clone(), shutdown.clone()),
         (OUTBOX_EVERY, OUTBOX_BATCH),
         "Relaying the outbox",
-        {
-            let engine = engine.clone();
-            move || {
-                let engine = engine.clone();
-                async move { engine.relay_stale(OUTBOX_BATCH).await }
-            }
-        },
+        |e| async move { e.relay_stale(OUTBOX_BATCH).await },
     ));
     loop {
         tokio::select! {
@@ -108,16 +96,16 @@ pub const OUTBOX_BATCH: i64 = 100;
 /// `batch`) until `shutdown`: parked states falling due (see
 /// `Engine::on_created`), outbox documents left behind.
 async fn drain_every<F, Fut>(
-    shutdown: CancellationToken,
+    (engine, shutdown): (Engine, CancellationToken),
     (every, batch): (Duration, i64),
     what: &'static str,
     pass: F,
 ) where
-    F: Fn() -> Fut,
+    F: Fn(Engine) -> Fut,
     Fut: std::future::Future<Output = Result<usize, exo_engine::Error>>,
 {
     loop {
-        let n = match pass().await {
+        let n = match pass(engine.clone()).await {
             Ok(n) => n,
             Err(error) => {
                 tracing::warn!(%error, "{what} failed.");

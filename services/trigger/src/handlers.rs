@@ -3,7 +3,7 @@
 //! run (fence, then bounded batches), and fire due CRON occurrences.
 
 use exo_engine::common::{json_to_doc, root_inputs};
-use exo_engine::lifecycle::RunTransition;
+use exo_engine::lifecycle::{Publication, RunTransition};
 use exo_engine::{Engine, Error, Outcome, cron, inputs};
 use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{OutboxDoc, RunDoc, StateDoc, StateTransition, StoreDoc, oid};
@@ -94,7 +94,7 @@ pub async fn on_trigger(
             // show core subscribers a copy while that delivery still runs).
             let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
             engine
-                .publish_run_transition_again(ns, run, RunTransition::Created)
+                .publish_run_transition(ns, run, (RunTransition::Created, Publication::Again))
                 .await?;
             engine.hand_on_again(&[root_id], queued_by).await?;
             return Ok(Outcome::Done);
@@ -130,7 +130,7 @@ fn store_docs(cmd: &TriggerCommand, ns: &Namespace) -> Vec<StoreDoc> {
 async fn created_event(engine: &Engine, ns: &str, cmd: &TriggerCommand) -> Result<(), Error> {
     let run = (cmd.run_id.as_str(), cmd.run.graph_name.as_str());
     engine
-        .publish_run_transition(ns, run, RunTransition::Created)
+        .publish_run_transition(ns, run, (RunTransition::Created, Publication::First))
         .await
 }
 
@@ -258,12 +258,15 @@ async fn announce_cancelled(
             id,
         )
         .await?;
-    let (run, t) = ((run_id, graph_name), RunTransition::Cancelled);
-    if again {
-        engine.publish_run_transition_again(ns, run, t).await
+    let publication = if again {
+        Publication::Again
     } else {
-        engine.publish_run_transition(ns, run, t).await
-    }
+        Publication::First
+    };
+    let t = (RunTransition::Cancelled, publication);
+    engine
+        .publish_run_transition(ns, (run_id, graph_name), t)
+        .await
 }
 
 /// Cancels up to [`CANCEL_BATCH`] pending states of a cancelled run and

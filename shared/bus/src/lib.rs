@@ -124,10 +124,20 @@ impl Sent {
     /// Waits for every ack.
     pub async fn acked(self) -> Result<(), Error> {
         for fut in self.0 {
-            fut.await.map_err(|e| Error::js("publish ack", e))?;
+            acked(fut, false).await?;
         }
         Ok(())
     }
+}
+
+/// Waits for one publish ack (then passes the crash point `bus.publish`
+/// when `point`).
+async fn acked(fut: jetstream::context::PublishAckFuture, point: bool) -> Result<(), Error> {
+    fut.await.map_err(|e| Error::js("publish ack", e))?;
+    if point {
+        exo_faults::point("bus.publish")?;
+    }
+    Ok(())
 }
 
 /// A connected NATS client with its JetStream context.
@@ -466,13 +476,22 @@ impl Bus {
     /// then the same case as an unpublished one, the ids being
     /// deterministic).
     pub async fn send_all(&self, msgs: impl IntoIterator<Item = Outgoing>) -> Result<Sent, Error> {
+        self.send_window(msgs, false).await
+    }
+
+    /// Sends `msgs`, awaiting the oldest ack beyond [`PUBLISH_WINDOW`]
+    /// outstanding (with a crash point after each when `points`).
+    async fn send_window(
+        &self,
+        msgs: impl IntoIterator<Item = Outgoing>,
+        points: bool,
+    ) -> Result<Sent, Error> {
         let mut pending = std::collections::VecDeque::new();
         for msg in msgs {
             if pending.len() >= PUBLISH_WINDOW
                 && let Some(fut) = pending.pop_front()
             {
-                let fut: jetstream::context::PublishAckFuture = fut;
-                fut.await.map_err(|e| Error::js("publish ack", e))?;
+                acked(fut, points).await?;
             }
             let subject = msg.subject.clone();
             let fut = self
@@ -490,30 +509,8 @@ impl Bus {
         msgs: impl IntoIterator<Item = Outgoing>,
         points: bool,
     ) -> Result<(), Error> {
-        let acked = |fut: jetstream::context::PublishAckFuture| async move {
-            fut.await.map_err(|e| Error::js("publish ack", e))?;
-            if points {
-                exo_faults::point("bus.publish")?;
-            }
-            Ok::<(), Error>(())
-        };
-        let mut pending = std::collections::VecDeque::new();
-        for msg in msgs {
-            if pending.len() >= PUBLISH_WINDOW
-                && let Some(fut) = pending.pop_front()
-            {
-                acked(fut).await?;
-            }
-            let subject = msg.subject.clone();
-            let fut = self
-                .js
-                .send_publish(subject, self.publication_of(msg).await?)
-                .await
-                .map_err(|e| Error::js("publish", e))?;
-            pending.push_back(fut);
-        }
-        for fut in pending {
-            acked(fut).await?;
+        for fut in self.send_window(msgs, points).await?.0 {
+            acked(fut, points).await?;
         }
         Ok(())
     }

@@ -199,7 +199,8 @@ impl Engine {
             .await?;
         match crate::lifecycle::RunTransition::ending(status) {
             Some(t) => {
-                self.publish_run_transition(ns, (run_id, graph_name), t)
+                let first = crate::lifecycle::Publication::First;
+                self.publish_run_transition(ns, (run_id, graph_name), (t, first))
                     .await
             }
             None => Ok(()),

@@ -96,6 +96,15 @@ pub fn run_prefix(ns: &str, run_id: &str) -> Option<String> {
     names::is_valid_token(run_id).then(|| format!("{PREFIX}.{ns}.event.lifecycle.{run_id}"))
 }
 
+/// Whether a run event's publication may repeat an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publication {
+    /// Right after the transition committed.
+    First,
+    /// On a path that may follow an earlier publication.
+    Again,
+}
+
 /// The data of a run event.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunData<'a> {
@@ -132,13 +141,27 @@ fn ce_headers(
 }
 
 impl Engine {
-    /// Publishes run `run_id`'s `transition` (see the module docs).
+    /// Publishes run `run_id`'s `transition` (see the module docs). On a
+    /// path that may follow an earlier publication (a repeated command,
+    /// [`Publication::Again`]), only when the stream does not hold it, so
+    /// that core subscribers, which JetStream's deduplication does not
+    /// shield, see it once too (a crash between this check and the
+    /// publication can still show them a copy; the stream holds one).
     pub async fn publish_run_transition(
         &self,
         ns: &str,
         run: (&str, &str),
-        transition: RunTransition,
+        (transition, publication): (RunTransition, Publication),
     ) -> Result<(), Error> {
+        if publication == Publication::Again
+            && let Some(prefix) = run_prefix(ns, run.0)
+            && self
+                .bus
+                .holds_event(&format!("{prefix}.run.{}", transition.name()))
+                .await?
+        {
+            return Ok(());
+        }
         if let Some(msg) = self.run_transition_msg(ns, run, transition, self.now_ms())? {
             self.bus.publish(msg).await?;
         }
@@ -175,27 +198,6 @@ impl Engine {
         );
         let msg = Outgoing::json(format!("{prefix}.run.{name}"), id, &data)?;
         Ok(Some(msg.with_headers(headers)))
-    }
-
-    /// The same, on a path that may follow an earlier publication (a
-    /// repeated command): published only when the stream does not hold
-    /// it, so that core subscribers, which JetStream's deduplication does
-    /// not shield, see it once too (a crash between this check and the
-    /// publication can still show them a copy; the stream holds one).
-    pub async fn publish_run_transition_again(
-        &self,
-        ns: &str,
-        run: (&str, &str),
-        transition: RunTransition,
-    ) -> Result<(), Error> {
-        let Some(prefix) = run_prefix(ns, run.0) else {
-            return Ok(());
-        };
-        let subject = format!("{prefix}.run.{}", transition.name());
-        if self.bus.holds_event(&subject).await? {
-            return Ok(());
-        }
-        self.publish_run_transition(ns, run, transition).await
     }
 }
 

@@ -76,6 +76,22 @@ fn template_response(doc: &GraphTemplateDoc, status: &str, errors: &[String]) ->
     v
 }
 
+/// The stored template `ns`/`name`, or 404.
+pub async fn template_or_404(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+) -> ApiResult<GraphTemplateDoc> {
+    state
+        .engine
+        .store
+        .graph_template(ns, name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("Graph template {name} not found in namespace {ns}"))
+        })
+}
+
 /// Registered nodes for the template's (namespace, node name) pairs.
 async fn registry(
     state: &AppState,
@@ -264,11 +280,7 @@ async fn store_template(
 )]
 pub async fn get_graph(s: Scoped) -> ApiResult<Json<Value>> {
     let (state, ns, name) = s.parts();
-    let Some(doc) = state.engine.store.graph_template(&ns, &name).await? else {
-        return Err(ApiError::not_found(format!(
-            "Graph template {name} not found in namespace {ns}"
-        )));
-    };
+    let doc = template_or_404(&state, &ns, &name).await?;
     Ok(Json(template_response(
         &doc,
         &doc.validation_status,

@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 
 use super::Scoped;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::openapi;
 
 /// Next fire times listed per schedule.
@@ -33,11 +33,7 @@ pub const RECENT: i64 = 10;
 )]
 pub async fn triggers(s: Scoped) -> ApiResult<Json<Value>> {
     let (state, ns, name) = s.parts();
-    let Some(template) = state.engine.store.graph_template(&ns, &name).await? else {
-        return Err(ApiError::not_found(format!(
-            "Graph template {name} not found in namespace {ns}"
-        )));
-    };
+    let template = super::graphs::template_or_404(&state, &ns, &name).await?;
     let now = exo_types::time::from_ms(state.engine.now_ms());
     let mut out = Vec::with_capacity(template.triggers.len());
     for t in &template.triggers {

@@ -39,17 +39,7 @@ pub async fn deliveries(s: Scoped, Query(q): Query<DeliveriesQuery>) -> ApiResul
             "limit must be from 1 to {MAX_LIMIT}, not {limit}"
         )));
     }
-    if state
-        .engine
-        .store
-        .graph_template(&ns, &name)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found(format!(
-            "Graph template {name} not found in namespace {ns}"
-        )));
-    }
+    super::graphs::template_or_404(&state, &ns, &name).await?;
     let docs: Vec<Document> = state
         .engine
         .store
