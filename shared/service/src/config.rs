@@ -25,7 +25,7 @@ pub enum Error {
 }
 
 /// Connection settings for NATS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated.
@@ -44,7 +44,7 @@ impl Default for NatsConfig {
 }
 
 /// Connection settings for MongoDB.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct MongoConfig {
     /// Connection string. Never logged.
@@ -57,6 +57,48 @@ pub struct MongoConfig {
     /// default is 60 s), stalling the runs it touched; ours last
     /// milliseconds, so a few seconds is plenty.
     pub transaction_lifetime_secs: Option<u32>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_uri(&self.url))
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &redact_uri(&self.uri))
+            .field("database", &self.database)
+            .field("transaction_lifetime_secs", &self.transaction_lifetime_secs)
+            .finish()
+    }
+}
+
+/// `uri` with the credentials of every `user:password@` or `token@` part
+/// replaced by `***` (a comma-separated list of URLs too), and the query
+/// string dropped (it can carry `password=`, `authMechanismProperties`,
+/// TLS key passwords): what a log line may show of a connection string.
+pub fn redact_uri(uri: &str) -> String {
+    uri.split(',')
+        .map(|one| {
+            let one = one.split('?').next().unwrap_or_default();
+            let (scheme, rest) = one.split_once("://").unwrap_or(("", one));
+            let redacted = match rest.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => rest.to_string(),
+            };
+            if scheme.is_empty() {
+                redacted
+            } else {
+                format!("{scheme}://{redacted}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Default for MongoConfig {
@@ -208,6 +250,45 @@ pub fn load_or_exit<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_strings_never_show_credentials() {
+        let cases = [
+            (
+                "mongodb://app:s3cr3t@db-0:27017,db-1:27017/?replicaSet=rs0&tls=true",
+                "mongodb://***@db-0:27017,db-1:27017/",
+            ),
+            (
+                "mongodb+srv://app:p%40ss@cluster.example.net/exo?authSource=admin",
+                "mongodb+srv://***@cluster.example.net/exo",
+            ),
+            (
+                "nats://token-abc@nats:4222,nats://u:pw@nats-2:4222",
+                "nats://***@nats:4222,nats://***@nats-2:4222",
+            ),
+            ("mongodb://127.0.0.1:27017", "mongodb://127.0.0.1:27017"),
+            ("mongodb://db/?password=hunter2", "mongodb://db/"),
+        ];
+        for (uri, shown) in cases {
+            assert_eq!(redact_uri(uri), shown, "{uri}");
+        }
+        let common = CommonConfig {
+            mongo: MongoConfig {
+                uri: cases[0].0.into(),
+                ..Default::default()
+            },
+            nats: NatsConfig {
+                url: cases[2].0.into(),
+                name: None,
+            },
+            ..Default::default()
+        };
+        let printed = format!("{common:?} {common:#?}");
+        for secret in ["s3cr3t", "token-abc", "pw@", "app:"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("db-0:27017"), "{printed}");
+    }
 
     #[derive(Debug, Deserialize, Default)]
     #[serde(default)]
