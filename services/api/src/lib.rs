@@ -64,9 +64,11 @@ pub struct Settings {
 
 impl Settings {
     /// True when `presented` is the API key (the `x-api-key` header of the
-    /// HTTP API, `Exo-Api-Key` of a NATS secrets request).
+    /// HTTP API, `Exo-Api-Key` of a NATS secrets request). The comparison
+    /// takes the same time wherever the first difference is, so timing
+    /// does not reveal how much of a guess was right.
     pub fn key_matches(&self, presented: &[u8]) -> bool {
-        presented == self.key.as_bytes()
+        constant_time_eq(presented, self.key.as_bytes())
     }
 
     /// Builds the settings from the `api` section.
@@ -87,6 +89,18 @@ impl Settings {
             },
         })
     }
+}
+
+/// `a == b`, in time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u64::from(a.len() != b.len());
+    let n = a.len().max(b.len());
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// Shared state of the handlers.
@@ -331,4 +345,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!(exo.service = "exo-api", "Stopped.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(constant_time_eq(b"", b""));
+        for other in [&b"s3creT"[..], b"s3cre", b"s3cret!", b"", b"S3cret"] {
+            assert!(!constant_time_eq(other, b"s3cret"), "{other:?}");
+            assert!(!constant_time_eq(b"s3cret", other), "{other:?}");
+        }
+    }
 }
