@@ -339,12 +339,7 @@ fn cancelled_outbox(states: &[StateDoc], at_ms: i64) -> Vec<OutboxDoc> {
         .iter()
         .map(|st| StateTransition::of(st, Some(st.status), cancelled, Some("run cancelled"), at_ms))
         .collect();
-    vec![OutboxDoc {
-        id: exo_store::mongodb::bson::oid::ObjectId::new(),
-        at_ms,
-        events,
-        creates_run: false,
-    }]
+    OutboxDoc::batch(events, at_ms)
 }
 
 /// Fires every due CRON occurrence ([`cron::fire_due`]), starting each run

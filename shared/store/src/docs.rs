@@ -463,7 +463,27 @@ pub struct OutboxDoc {
     pub creates_run: bool,
 }
 
+/// Most transitions in one outbox document.
+pub const OUTBOX_DOC_EVENTS: usize = 1000;
+
 impl OutboxDoc {
+    /// The outbox documents of `events`, committed at `at_ms` (each event
+    /// stamped with it), at most [`OUTBOX_DOC_EVENTS`] per document.
+    pub fn batch(mut events: Vec<StateTransition>, at_ms: i64) -> Vec<Self> {
+        events
+            .chunks_mut(OUTBOX_DOC_EVENTS)
+            .map(|chunk| {
+                chunk.iter_mut().for_each(|e| e.at_ms = at_ms);
+                Self {
+                    id: ObjectId::new(),
+                    at_ms,
+                    events: chunk.to_vec(),
+                    creates_run: false,
+                }
+            })
+            .collect()
+    }
+
     /// The outbox entry of a new run: the run's and its root's creation,
     /// under the root's id (so the service that created the run relays it
     /// without reading).

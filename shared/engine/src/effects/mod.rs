@@ -638,9 +638,6 @@ async fn apply_in(
     Ok(applied)
 }
 
-/// Most transitions in one outbox document.
-const OUTBOX_DOC_EVENTS: usize = 1000;
-
 /// Writes the transitions of `fx` and the creation of the unite states
 /// the transaction added (those of `created` not inserted by `fx`) to the
 /// outbox, inside transaction `s`, stamped `now_ms`.
@@ -661,18 +658,7 @@ async fn outbox_in(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let docs: Vec<OutboxDoc> = events
-        .chunks_mut(OUTBOX_DOC_EVENTS)
-        .map(|chunk| {
-            chunk.iter_mut().for_each(|e| e.at_ms = now_ms);
-            OutboxDoc {
-                id: ObjectId::new(),
-                at_ms: now_ms,
-                events: chunk.to_vec(),
-                creates_run: false,
-            }
-        })
-        .collect();
+    let docs = OutboxDoc::batch(events, now_ms);
     store.outbox().insert_many(&docs).session(&mut *s).await?;
     Ok(docs)
 }
