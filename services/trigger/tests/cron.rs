@@ -87,6 +87,19 @@ impl Replicas {
         Ok(a? + b?)
     }
 
+    /// Steps the clock from `from` to `until` (inclusive) every `step_ms`,
+    /// letting both replicas fire at each step. Returns how many
+    /// occurrences they claimed in all.
+    async fn step_through(&self, from: &str, until: &str, step_ms: i64) -> anyhow::Result<usize> {
+        let (mut t, end) = (ms(from), ms(until));
+        let mut claimed = 0;
+        while t <= end {
+            claimed += self.at(&iso(t)).await?;
+            t += step_ms;
+        }
+        Ok(claimed)
+    }
+
     /// Every stored occurrence, oldest first: (time, status).
     async fn occurrences(&self) -> anyhow::Result<Vec<(String, String)>> {
         let docs: Vec<TriggerDoc> = self
@@ -135,12 +148,9 @@ async fn two_replicas_start_one_run_per_slot() -> anyhow::Result<()> {
     let r = Replicas::start("2026-06-01T10:00:30Z").await?;
     r.schedule(json!({"expression": "*/10 * * * *"})).await?;
     // Both replicas look every 20 s for an hour: each slot fires once.
-    let mut t = ms("2026-06-01T10:00:30Z");
-    let mut claimed = 0;
-    while t <= ms("2026-06-01T11:00:30Z") {
-        claimed += r.at(&iso(t)).await?;
-        t += 20_000;
-    }
+    let claimed = r
+        .step_through("2026-06-01T10:00:30Z", "2026-06-01T11:00:30Z", 20_000)
+        .await?;
     let slots: Vec<String> = (1..=6)
         .map(|i| iso(ms("2026-06-01T10:00:00Z") + i * 600_000))
         .collect();
@@ -239,11 +249,8 @@ async fn a_named_zone_fires_on_its_wall_clock_across_both_dst_changes() -> anyho
     let r = Replicas::start("2026-03-27T12:00:00Z").await?;
     r.schedule(json!({"expression": "30 2 * * *", "timezone": "Europe/Berlin"}))
         .await?;
-    let mut t = ms("2026-03-27T12:00:00Z");
-    while t <= ms("2026-03-31T12:00:00Z") {
-        r.at(&iso(t)).await?;
-        t += 15 * 60_000;
-    }
+    r.step_through("2026-03-27T12:00:00Z", "2026-03-31T12:00:00Z", 15 * 60_000)
+        .await?;
     assert_eq!(
         r.fired().await?,
         [
@@ -256,11 +263,8 @@ async fn a_named_zone_fires_on_its_wall_clock_across_both_dst_changes() -> anyho
     let r = Replicas::start("2026-10-23T12:00:00Z").await?;
     r.schedule(json!({"expression": "30 2 * * *", "timezone": "Europe/Berlin"}))
         .await?;
-    let mut t = ms("2026-10-23T12:00:00Z");
-    while t <= ms("2026-10-26T12:00:00Z") {
-        r.at(&iso(t)).await?;
-        t += 15 * 60_000;
-    }
+    r.step_through("2026-10-23T12:00:00Z", "2026-10-26T12:00:00Z", 15 * 60_000)
+        .await?;
     assert_eq!(
         r.fired().await?,
         [
