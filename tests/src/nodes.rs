@@ -250,3 +250,31 @@ pub fn executions_of(log: &std::path::Path, run_id: &str) -> Vec<(String, i64)> 
         })
         .collect()
 }
+
+/// A node of the Rust SDK that appends its graph's `token` secret.
+pub struct Reveal;
+
+impl exo_runtime::Node for Reveal {
+    type Inputs = TextIn;
+    type Outputs = TextOut;
+    fn name(&self) -> &str {
+        "Reveal"
+    }
+    fn input_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    fn output_fields(&self) -> Vec<&str> {
+        vec!["text"]
+    }
+    async fn execute(
+        &self,
+        i: Self::Inputs,
+        ctx: &exo_runtime::Context,
+    ) -> Result<exo_runtime::Output<Self::Outputs>, exo_runtime::NodeError> {
+        let secrets = ctx.secrets().await?;
+        let token = secrets.get("token").cloned().unwrap_or_default();
+        Ok(exo_runtime::Output::One(TextOut {
+            text: format!("{}:{token}", i.text),
+        }))
+    }
+}

@@ -13,6 +13,12 @@
 //! | `api.webhook_attempts` | `EXO_API__WEBHOOK_ATTEMPTS` | | `8` |
 //! | `api.webhook_backoff_ms` | `EXO_API__WEBHOOK_BACKOFF_MS` | | `1000` |
 //! | `api.webhook_timeout_secs` | `EXO_API__WEBHOOK_TIMEOUT_SECS` | | `10` |
+//! | `api.rate_limit_per_sec` | `EXO_API__RATE_LIMIT_PER_SEC` | | `0` (no limit) |
+//! | `api.rate_limit_burst` | `EXO_API__RATE_LIMIT_BURST` | | `0` (= the rate) |
+//! | `api.max_body_bytes` | `EXO_API__MAX_BODY_BYTES` | | `33554432` (32 MiB) |
+//! | `api.max_graph_nodes` | `EXO_API__MAX_GRAPH_NODES` | | `10000` |
+//! | `api.max_outputs` | `EXO_API__MAX_OUTPUTS` | | `1000000` |
+//! | `api.max_store_bytes` | `EXO_API__MAX_STORE_BYTES` | | `16777216` (16 MiB) |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -63,6 +69,20 @@ pub struct ApiConfig {
     pub webhook_backoff_ms: u64,
     /// Timeout of one webhook attempt, in seconds.
     pub webhook_timeout_secs: u64,
+    /// Requests per second each API key may make (0: no limit); a key
+    /// created with its own `rate_limit_per_sec` uses that instead.
+    pub rate_limit_per_sec: u32,
+    /// Requests a key may make at once above its rate (0: the rate).
+    pub rate_limit_burst: u32,
+    /// Largest request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most nodes in one graph template (422 above).
+    pub max_graph_nodes: usize,
+    /// Most outputs in one result, i.e. the widest fan-out one state may
+    /// make (422 above).
+    pub max_outputs: usize,
+    /// Largest store of one run (keys and values, UTF-8 bytes; 422 above).
+    pub max_store_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -76,6 +96,12 @@ impl Default for ApiConfig {
             webhook_attempts: 8,
             webhook_backoff_ms: 1000,
             webhook_timeout_secs: 10,
+            rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_graph_nodes: 10_000,
+            max_outputs: 1_000_000,
+            max_store_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -94,6 +120,12 @@ impl std::fmt::Debug for ApiConfig {
             .field("webhook_attempts", &self.webhook_attempts)
             .field("webhook_backoff_ms", &self.webhook_backoff_ms)
             .field("webhook_timeout_secs", &self.webhook_timeout_secs)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_graph_nodes", &self.max_graph_nodes)
+            .field("max_outputs", &self.max_outputs)
+            .field("max_store_bytes", &self.max_store_bytes)
             .finish()
     }
 }

@@ -57,6 +57,16 @@ pub async fn request_context(req: Request, next: Next) -> Response {
             response_time_ms = started.elapsed().as_secs_f64() * 1000.0,
             "Request processed."
         );
+        let route = response
+            .extensions()
+            .get::<Route>()
+            .map_or("unmatched", |r| r.0.as_str());
+        exo_service::metrics::http_request(
+            method.as_str(),
+            route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         response
     };
     let mut response = fut.instrument(span).await;
@@ -66,21 +76,78 @@ pub async fn request_context(req: Request, next: Next) -> Response {
     response
 }
 
-/// API key check (route layer of the `/v0` routes, so unknown paths and
-/// wrong methods are answered before it, as in FastAPI).
-pub async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(API_KEY)
-        .is_some_and(|v| state.settings.key_matches(v.as_bytes()));
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"detail": "Invalid API key"})),
-        )
-            .into_response();
+/// The route template that answered a request (a response extension set
+/// by [`route_of`], read by [`request_context`] for the metrics).
+#[derive(Debug, Clone)]
+struct Route(String);
+
+/// Route layer of every route: tags the response with its route template
+/// (`/v0/namespace/{namespace_name}/...`), so the metrics count requests per
+/// route, not per path.
+pub async fn route_of(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| Route(p.as_str().to_string()));
+    let mut response = next.run(req).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
     }
+    response
+}
+
+/// API key check (route layer of the `/v0` routes, so unknown paths and
+/// wrong methods are answered before it, as in FastAPI): 401 for no key or
+/// an unknown or revoked one; 403 when a scoped key does not reach the
+/// path's namespace or lacks the operation's scope (see [`crate::keys`]);
+/// 429 over the key's rate. The principal rides on as a request extension.
+pub async fn require_key(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let presented = req.headers().get(API_KEY).map(|v| v.as_bytes().to_vec());
+    let principal = match presented {
+        Some(key) => state.principal(&key).await,
+        None => Ok(None),
+    };
+    let principal = match principal {
+        Ok(Some(p)) => p,
+        Ok(None) => return detail(StatusCode::UNAUTHORIZED, "Invalid API key".into()),
+        Err(error) => {
+            tracing::error!(%error, "Could not read API keys.");
+            return internal_response();
+        }
+    };
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let needs = crate::keys::needs(req.method(), &route);
+    if let Err(why) = principal.check(crate::keys::namespace_of(req.uri().path()), needs) {
+        return detail(StatusCode::FORBIDDEN, why);
+    }
+    if let Err(limited) = state
+        .settings
+        .rate_limits
+        .take(principal.id(), principal.rate_limit())
+    {
+        let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut r = detail(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Rate limit exceeded for API key {}: at most {} requests per second",
+                principal.id(),
+                limited.per_sec
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
+    req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+fn detail(status: StatusCode, detail: String) -> Response {
+    (status, Json(json!({ "detail": detail }))).into_response()
 }
 
 /// Unknown routes: a 307 to the same path with the trailing slash toggled

@@ -21,8 +21,11 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod keys;
+pub mod limits;
 pub mod models;
 pub mod openapi;
+pub mod ratelimit;
 mod render;
 mod routes;
 pub mod secrets_nats;
@@ -43,15 +46,17 @@ use exo_service::admin::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ApiConfig, Config};
+pub use limits::Limits;
 
-/// Largest accepted request body (32 MiB).
+/// Largest accepted request body by default (32 MiB;
+/// `EXO_API__MAX_BODY_BYTES`).
 pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// Settings derived from the configuration.
 #[derive(Debug)]
 pub struct Settings {
-    /// The API key.
-    pub key: String,
+    /// The configured API key (never printed).
+    pub key: secrecy::SecretString,
     /// The secrets cipher, when a key is configured.
     pub cipher: Option<crypto::SecretCipher>,
     /// Lease of states handed out by `POST /states/enqueue`.
@@ -60,6 +65,10 @@ pub struct Settings {
     pub origins: Vec<String>,
     /// Webhook delivery.
     pub webhooks: webhooks::WebhookSettings,
+    /// Size limits.
+    pub limits: Limits,
+    /// Requests per second per key.
+    pub rate_limits: ratelimit::RateLimits,
 }
 
 impl Settings {
@@ -68,7 +77,8 @@ impl Settings {
     /// takes the same time wherever the first difference is, so timing
     /// does not reveal how much of a guess was right.
     pub fn key_matches(&self, presented: &[u8]) -> bool {
-        constant_time_eq(presented, self.key.as_bytes())
+        use secrecy::ExposeSecret as _;
+        constant_time_eq(presented, self.key.expose_secret().as_bytes())
     }
 
     /// Builds the settings from the `api` section.
@@ -78,7 +88,7 @@ impl Settings {
             _ => None,
         };
         Ok(Self {
-            key: api.key.clone(),
+            key: secrecy::SecretString::from(api.key.clone()),
             cipher,
             lease: Duration::from_secs(api.lease_secs.max(1)),
             origins: api.origins(),
@@ -87,12 +97,14 @@ impl Settings {
                 backoff: Duration::from_millis(api.webhook_backoff_ms),
                 timeout: Duration::from_secs(api.webhook_timeout_secs.max(1)),
             },
+            limits: Limits::of(api),
+            rate_limits: ratelimit::RateLimits::new(api.rate_limit_per_sec, api.rate_limit_burst),
         })
     }
 }
 
 /// `a == b`, in time that depends on the lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u64::from(a.len() != b.len());
     let n = a.len().max(b.len());
     for i in 0..n {
@@ -115,6 +127,8 @@ pub struct AppState {
     consumers: Arc<Mutex<HashMap<(String, String), PullConsumer>>>,
     replies: Arc<tokio::sync::OnceCell<exo_bus::Replies>>,
     renewed: Arc<Mutex<HashMap<(String, std::net::IpAddr), std::time::Instant>>>,
+    /// The scoped API keys this replica has read.
+    pub keys: Arc<keys::KeyRing>,
 }
 
 /// Who calls, for HTTP leases: the peer's IP address (a runtime pod), when
@@ -154,7 +168,17 @@ impl AppState {
             consumers: Arc::default(),
             replies: Arc::default(),
             renewed: Arc::default(),
+            keys: Arc::default(),
         }
+    }
+
+    /// Who presented `key` (the configured key, a live scoped key), or
+    /// nobody.
+    pub async fn principal(&self, key: &[u8]) -> Result<Option<keys::Principal>, exo_store::Error> {
+        let settings = &self.settings;
+        self.keys
+            .resolve(&self.engine.store, key, |k| settings.key_matches(k))
+            .await
     }
 
     /// The secrets cipher, or a 500 saying `SECRETS_ENCRYPTION_KEY` is not
@@ -276,9 +300,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone())
         .merge(admin::router(state.readiness.clone()))
         .merge(docs)
+        .route_layer(middleware::from_fn(http::route_of))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(state.settings.limits.max_body_bytes))
+        .layer(axum::Extension(validate::BodyLimit(
+            state.settings.limits.max_body_bytes,
+        )))
         .layer(middleware::from_fn(http::request_context))
         .layer(http::cors(&state.settings.origins))
 }
@@ -311,6 +339,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let state = AppState::new(engine.clone(), settings, readiness.clone());
     let secrets = tokio::spawn(secrets_nats::serve(state.clone(), shutdown.clone()));
     let hooks = tokio::spawn(webhooks::serve(state.clone(), shutdown.clone()));
+    let samplers = [
+        (exo_types::subjects::STREAM_DISPATCH, exo_bus::Sampled::All),
+        (
+            exo_types::subjects::STREAM_EVENTS,
+            exo_bus::Sampled::Named(vec![exo_types::subjects::CONSUMER_WEBHOOKS.to_string()]),
+        ),
+    ]
+    .map(|(stream, which)| {
+        let sample =
+            exo_bus::sample_consumers(engine.bus.clone(), stream.into(), which, shutdown.clone());
+        tokio::spawn(sample)
+    });
     let router = app(state);
     readiness.set(true);
     tracing::info!(exo.service = "exo-api", addr = %cfg.api.addr, "Service ready.");
@@ -341,6 +381,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         ),
     }
     let _ = tokio::join!(secrets, hooks);
+    samplers.iter().for_each(tokio::task::JoinHandle::abort);
     engine.bus.drain().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!(exo.service = "exo-api", "Stopped.");

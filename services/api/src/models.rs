@@ -472,3 +472,71 @@ mod tests {
         assert_eq!(e[0]["type"], "model_attributes_type");
     }
 }
+
+/// `POST /v0/keys` (ours).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateKey {
+    /// What the key is for.
+    pub name: String,
+    /// Namespaces it reaches (`"*"`: all).
+    pub namespaces: Vec<String>,
+    /// `admin` (default) or `runtime`.
+    pub scope: Option<String>,
+    /// Its own rate limit.
+    pub rate_limit_per_sec: Option<u32>,
+}
+
+impl Model for CreateKey {
+    fn check(v: &Value, c: &mut Checker) -> Option<Self> {
+        let obj = top(v, c)?;
+        let l = body_loc();
+        let name = c.field(&l, obj, "name", |c, loc, v| {
+            let s = c.string(loc, v)?;
+            let ok = (1..=128).contains(&s.chars().count());
+            if !ok {
+                c.error(
+                    "value_error",
+                    loc,
+                    "Value error, a key's name has 1 to 128 characters",
+                    v,
+                    None,
+                );
+            }
+            ok.then_some(s)
+        });
+        let namespaces = c.field(&l, obj, "namespaces", |c, loc, v| {
+            let list = c.str_list(loc, v)?;
+            let bad: Vec<usize> = (0..list.len())
+                .filter(|i| !crate::routes::keys::valid_namespace(&list[*i]))
+                .collect();
+            for i in &bad {
+                let msg =
+                    "Value error, a namespace name ([A-Za-z0-9_-], 1 to 64 characters) or \"*\"";
+                c.error("value_error", &at(loc, *i), msg, &v[*i], None);
+            }
+            if list.is_empty() {
+                c.error(
+                    "too_short",
+                    loc,
+                    "List should have at least 1 item after validation, not 0",
+                    v,
+                    None,
+                );
+            }
+            (bad.is_empty() && !list.is_empty()).then_some(list)
+        });
+        let scope = c.optional(&l, obj, ("scope", None), |c, loc, v| {
+            c.enumeration(loc, v, &["admin", "runtime"]).map(Some)
+        });
+        let rate = c.optional(&l, obj, ("rate_limit_per_sec", None), |c, loc, v| {
+            c.int_ge(loc, v, 1)
+                .map(|n| Some(u32::try_from(n).unwrap_or(u32::MAX)))
+        });
+        Some(Self {
+            name: name?,
+            namespaces: namespaces?,
+            scope: scope?,
+            rate_limit_per_sec: rate?,
+        })
+    }
+}

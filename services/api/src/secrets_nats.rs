@@ -34,17 +34,29 @@ pub async fn serve(state: AppState, shutdown: CancellationToken) {
 }
 
 async fn answer(state: &AppState, msg: &async_nats::Message) -> Value {
-    let key_ok = msg
+    let key = msg
         .headers
         .as_ref()
         .and_then(|h| h.get(exo_types::messages::HEADER_API_KEY))
-        .is_some_and(|k| state.settings.key_matches(k.as_str().as_bytes()));
-    if !key_ok {
-        return json!({"status": 401, "detail": "Invalid API key"});
-    }
+        .map(|k| k.as_str().as_bytes().to_vec());
+    let principal = match key {
+        Some(k) => state.principal(&k).await,
+        None => Ok(None),
+    };
+    let principal = match principal {
+        Ok(Some(p)) => p,
+        Ok(None) => return json!({"status": 401, "detail": "Invalid API key"}),
+        Err(error) => {
+            tracing::error!(%error, "Could not read API keys.");
+            return json!({"status": 500, "detail": "Internal server error"});
+        }
+    };
     let Some(ns) = exo_types::subjects::namespace_of(&msg.subject) else {
         return json!({"status": 400, "detail": "no namespace in the subject"});
     };
+    if let Err(why) = principal.check(Some(ns), crate::keys::Needs::Runtime) {
+        return json!({"status": 403, "detail": why});
+    }
     let Some(id) = serde_json::from_slice::<Value>(&msg.payload)
         .ok()
         .and_then(|v| v["state_id"].as_str().map(str::to_string))

@@ -367,6 +367,16 @@ pub fn body_loc() -> Loc {
     vec![Value::from("body")]
 }
 
+/// The server's body limit, as a request extension (for the message).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// The 413 message for a body over `limit` bytes.
+pub fn body_too_large(limit: usize) -> String {
+    let mib = limit as f64 / (1024.0 * 1024.0);
+    format!("Request body is too large (limit {mib} MiB, EXO_API__MAX_BODY_BYTES)")
+}
+
 /// JSON body extractor with FastAPI-shaped rejections: 422 for a missing
 /// body, invalid JSON and model violations, 413 over the body limit.
 #[derive(Debug)]
@@ -376,15 +386,13 @@ impl<S: Send + Sync, T: Model> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(crate::BODY_LIMIT, |l| l.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::Http(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "Request body is too large (limit {} MiB)",
-                        crate::BODY_LIMIT / (1024 * 1024)
-                    ),
-                )
+                ApiError::Http(StatusCode::PAYLOAD_TOO_LARGE, body_too_large(limit))
             } else {
                 ApiError::bad_request(e.body_text())
             }

@@ -44,7 +44,9 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
     };
     let mut fx = Effects::new(lg, &st.run_id);
     let stamp = DateTime::from_millis(now);
-    match policy.filter(|p| st.retry_count < p.max_retries) {
+    let policy = policy.filter(|p| st.retry_count < p.max_retries);
+    let retrying = policy.is_some();
+    match policy {
         Some(p) => {
             let r = attempts::retry_attempt(&st, retry_id, &p, now, &mut rand::rng());
             fx.transition(
@@ -75,6 +77,9 @@ pub async fn on_errored(engine: &Engine, msg: Errored) -> Result<Outcome, Error>
         }
     }
     let applied = effects::apply(&engine.store, &fx, now).await?;
+    if retrying && applied.is_some() {
+        exo_service::metrics::retry("policy");
+    }
     engine.after_apply(&st, applied).await?;
     Ok(Outcome::Done)
 }
@@ -114,6 +119,8 @@ pub async fn on_requeue(engine: &Engine, msg: Requeue) -> Result<Outcome, Error>
         .map_err(exo_store::Error::from)?;
     if after.is_some() {
         exo_faults::point("store.write")?;
+        exo_service::metrics::state_transitions(StateStatus::Created.as_str(), 1);
+        exo_service::metrics::retry("requeue");
     }
     match after {
         Some(s) => {

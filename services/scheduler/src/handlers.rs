@@ -6,6 +6,7 @@ use std::time::Duration;
 use exo_bus::Outgoing;
 use exo_engine::common::created_payload;
 use exo_engine::{Engine, Error, Outcome};
+use exo_service::metrics;
 use exo_store::mongodb::bson::{doc, oid::ObjectId};
 use exo_types::messages::{self as m, StateCreated};
 use exo_types::status::StateStatus;
@@ -58,6 +59,10 @@ pub async fn on_created(engine: &Engine, msg: StateCreated, seq: u64) -> Result<
     };
     engine.publish_transition(&st, StateStatus::Created).await?;
     engine.publish_dispatch(&st).await?;
+    let ready = st.created_at.timestamp_millis().max(st.enqueue_after);
+    let delay = u64::try_from(engine.now_ms().saturating_sub(ready)).unwrap_or(0);
+    metrics::state_transitions(StateStatus::Queued.as_str(), 1);
+    metrics::dispatch_delay("scheduler", Duration::from_millis(delay));
     Ok(Outcome::Done)
 }
 

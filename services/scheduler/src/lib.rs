@@ -76,11 +76,13 @@ async fn reconcile(engine: Engine, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(RECONCILE_EVERY) => {}
         }
-        if let Err(error) = reconcile_once(&engine).await {
-            tracing::warn!(%error, "Reconciliation pass failed.");
+        match reconcile_once(&engine).await {
+            Ok(n) => exo_service::metrics::reconciler_redrives(n as u64),
+            Err(error) => tracing::warn!(%error, "Reconciliation pass failed."),
         }
-        if let Err(error) = reap_leases(&engine).await {
-            tracing::warn!(%error, "Lease reaping failed.");
+        match reap_leases(&engine).await {
+            Ok(n) => exo_service::metrics::lease_expiries(n as u64),
+            Err(error) => tracing::warn!(%error, "Lease reaping failed."),
         }
     }
     let _ = tokio::join!(due, outbox);

@@ -5,6 +5,7 @@
 use exo_engine::common::{json_to_doc, root_inputs};
 use exo_engine::lifecycle::{Publication, RunTransition};
 use exo_engine::{Engine, Error, Outcome, cron, inputs};
+use exo_service::metrics;
 use exo_store::mongodb::bson::{DateTime, Document, doc};
 use exo_store::{OutboxDoc, RunDoc, StateDoc, StateTransition, StoreDoc, oid};
 use exo_types::ids;
@@ -78,6 +79,7 @@ pub async fn on_trigger(
     match result {
         Ok(()) => {
             tracing::debug!(exo.run_id = %cmd.run_id, exo.graph = %cmd.run.graph_name, "Run created.");
+            metrics::state_transitions(root.status.as_str(), 1);
         }
         Err(e) if exo_store::is_duplicate_key(&e) => {
             // Created by an earlier delivery, which may have died before
@@ -234,6 +236,11 @@ pub async fn on_cancel(engine: &Engine, ns: &str, cmd: CancelCommand) -> Result<
         .map_err(exo_store::Error::from)?;
     exo_faults::point("store.write")?;
     tracing::info!(exo.run_id = %cmd.run_id, states = n, "Run cancelled.");
+    if let Ok(created) = run.get_datetime("created_at") {
+        let ms = now.saturating_sub(created.timestamp_millis()).max(0);
+        let duration = std::time::Duration::from_millis(ms as u64);
+        metrics::run_finished(ns, &graph_name, RunStatus::Cancelled.as_str(), duration);
+    }
     announce_cancelled(engine, ns, &cmd.run_id, &graph_name, false).await?;
     Ok(Outcome::Done)
 }
@@ -324,6 +331,7 @@ async fn cancel_batch(
     if n == 0 {
         return Ok(None);
     }
+    metrics::state_transitions(StateStatus::Cancelled.as_str(), n as u64);
     engine.relay(&outbox).await?;
     Ok(Some(u64::try_from(n).unwrap_or(0)))
 }

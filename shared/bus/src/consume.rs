@@ -284,6 +284,7 @@ where
     H: Fn(Delivery) -> F,
     F: std::future::Future<Output = Disposition>,
 {
+    let started = std::time::Instant::now();
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let seq = seq_of(&message);
     let message = Arc::new(message);
@@ -318,10 +319,15 @@ where
         Err(PayloadError::Bus(error)) => Disposition::Retry(error.to_string()),
     };
     heartbeat.abort();
+    let record = |outcome| {
+        exo_metrics::message_handled(&opts.consumer, &message.subject, outcome, started.elapsed());
+    };
     if exo_faults::point("bus.settle").is_err() {
         // Injected: leave the message unsettled; it comes back after the ack wait.
+        record(exo_metrics::Outcome::Unsettled);
         return;
     }
+    record(outcome_of(&disposition));
     let reply = reply_of(&message, &disposition);
     let done = matches!(disposition, Disposition::Ack | Disposition::Stale(_));
     let large = crate::payloads::payload_ref(&message).is_some();
@@ -351,6 +357,17 @@ where
         && let Err(error) = bus.client().publish(to, body.into()).await
     {
         tracing::debug!(%error, "Could not reply to a requester.");
+    }
+}
+
+fn outcome_of(d: &Disposition) -> exo_metrics::Outcome {
+    use exo_metrics::Outcome;
+    match d {
+        Disposition::Ack => Outcome::Ack,
+        Disposition::Stale(_) => Outcome::Stale,
+        Disposition::Delay(_) => Outcome::Delay,
+        Disposition::Retry(_) => Outcome::Retry,
+        Disposition::Reject(_) => Outcome::Reject,
     }
 }
 
@@ -393,6 +410,7 @@ async fn reject(bus: &Bus, opts: &ConsumeOptions, message: &jetstream::Message, 
             .await;
         return;
     }
+    exo_metrics::dead_letter(&opts.stream, &opts.consumer);
     tracing::warn!(subject = %message.subject, %reason, "Message dead-lettered.");
     if let Err(error) = message.ack_with(AckKind::Term).await {
         tracing::debug!(%error, "Could not term a message.");

@@ -11,9 +11,11 @@
 //! - payloads larger than the server's `max_payload` carried through the
 //!   JetStream object store [`PAYLOAD_BUCKET`] (see [`Bus::payload_of`]).
 
+mod auth;
 mod consume;
 mod payloads;
 mod replies;
+mod sampling;
 
 use std::time::Duration;
 
@@ -27,9 +29,11 @@ use exo_types::messages::{DeadLetter, HEADER_PROTOCOL, PROTOCOL_VERSION};
 use exo_types::subjects as subj;
 use serde::Serialize;
 
+pub use auth::{AuthError, NatsAuth};
 pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, SharedBudget, consume};
 pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError, payload_ref};
 pub use replies::{Answer, MAX_REQUESTS_IN_FLIGHT, Replies, serve_requests};
+pub use sampling::{SAMPLE_EVERY, Sampled, sample_consumers, sample_once};
 
 /// Bus errors. All of them are transient from a handler's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,9 @@ pub enum Error {
     /// Could not connect.
     #[error("could not connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
+    /// Credentials or TLS settings that cannot be used.
+    #[error("{0}")]
+    Auth(String),
     /// A JetStream API call failed.
     #[error("JetStream {what} failed: {source}")]
     JetStream {
@@ -151,7 +158,16 @@ pub struct Bus {
 impl Bus {
     /// Connects to `url` (comma-separated list allowed), naming the connection.
     pub async fn connect(url: &str, name: &str) -> Result<Self, Error> {
-        let client = async_nats::ConnectOptions::new()
+        Self::connect_with(url, name, &NatsAuth::default()).await
+    }
+
+    /// [`Bus::connect`] with credentials and TLS settings.
+    pub async fn connect_with(url: &str, name: &str, auth: &NatsAuth) -> Result<Self, Error> {
+        let opts = auth
+            .apply(async_nats::ConnectOptions::new())
+            .await
+            .map_err(|e| Error::Auth(e.to_string()))?;
+        let client = opts
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)

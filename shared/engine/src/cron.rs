@@ -259,6 +259,14 @@ where
         };
         tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, exo.run_id = %run_id,
             status = status.as_str(), error = error.as_deref().unwrap_or(""), "Cron trigger fired.");
+        match status {
+            TriggerStatus::Skipped => exo_service::metrics::cron_skipped(1),
+            TriggerStatus::Triggered => {
+                let late = (now - at).to_std().unwrap_or_default();
+                exo_service::metrics::cron_fired(late);
+            }
+            _ => {}
+        }
         // The next occurrence first, so a crash after it cannot stop the schedule.
         schedule_next(engine, &t, firing.next).await?;
         let started = (status != TriggerStatus::Skipped).then_some(run_id);

@@ -106,3 +106,17 @@ impl Engine {
 }
 
 pub mod worker;
+
+/// Records a run's end in the metrics (`exo_run_duration_seconds`: from
+/// its creation to `now_ms`).
+pub fn record_run_end(run: &exo_store::RunDoc, status: exo_types::status::RunStatus, now_ms: i64) {
+    let ms = now_ms
+        .saturating_sub(run.created_at.timestamp_millis())
+        .max(0);
+    exo_service::metrics::run_finished(
+        run.namespace_name.as_str(),
+        &run.graph_name,
+        status.as_str(),
+        std::time::Duration::from_millis(ms as u64),
+    );
+}

@@ -104,7 +104,7 @@ pub async fn connect(common: &CommonConfig, service: &str) -> anyhow::Result<Eng
         .ensure_indexes()
         .await
         .context("create MongoDB indexes")?;
-    let bus = Bus::connect(&common.nats.url, service)
+    let bus = Bus::connect_with(&common.nats.url, service, &common.nats.auth)
         .await
         .context("connect to NATS")?;
     bus.provision()
@@ -179,6 +179,13 @@ where
     };
     let consumers = bind_lanes(&engine, &spec).await?;
     let extra_task = tokio::spawn(extra(engine.clone(), shutdown.clone()));
+    let lanes = spec.lanes.iter().map(|l| l.consumer.clone()).collect();
+    let sampler = tokio::spawn(exo_bus::sample_consumers(
+        engine.bus.clone(),
+        spec.stream.to_string(),
+        exo_bus::Sampled::Named(lanes),
+        shutdown.clone(),
+    ));
     readiness.set(true);
     tracing::info!(
         exo.service = spec.service,
@@ -202,6 +209,7 @@ where
         );
     }
     extra_task.abort();
+    sampler.abort();
     engine.bus.drain().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!(exo.service = spec.service, "Stopped.");

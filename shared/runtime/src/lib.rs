@@ -41,6 +41,7 @@
 mod node;
 mod runner;
 
+pub use exo_bus::NatsAuth;
 pub use node::{
     Context, DynNode, Node, NodeError, Output, Report, SecretsAccess, string_object_schema,
 };

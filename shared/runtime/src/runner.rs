@@ -109,6 +109,7 @@ pub struct Builder {
     namespace: String,
     name: String,
     nats_url: String,
+    nats_auth: exo_bus::NatsAuth,
     registration: Option<Registration>,
     nodes: Vec<Arc<dyn DynNode>>,
     concurrency: usize,
@@ -129,6 +130,13 @@ impl Builder {
     /// NATS URL (default `nats://127.0.0.1:4222`).
     pub fn nats_url(mut self, url: impl Into<String>) -> Self {
         self.nats_url = url.into();
+        self
+    }
+
+    /// NATS credentials and TLS (`.creds` file, nkey, user and password,
+    /// token, CA and client certificates); none by default.
+    pub fn nats_auth(mut self, auth: exo_bus::NatsAuth) -> Self {
+        self.nats_auth = auth;
         self
     }
 
@@ -181,6 +189,7 @@ impl Runtime {
             namespace: namespace.into(),
             name: name.into(),
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_auth: exo_bus::NatsAuth::default(),
             registration: None,
             nodes: Vec::new(),
             concurrency: 8,
@@ -214,7 +223,8 @@ impl Runtime {
         if let Some(reg) = &cfg.registration {
             self.register(reg).await?;
         }
-        let bus = Bus::connect(&cfg.nats_url, &format!("exo-runtime-{}", cfg.name)).await?;
+        let name = format!("exo-runtime-{}", cfg.name);
+        let bus = Bus::connect_with(&cfg.nats_url, &name, &cfg.nats_auth).await?;
         bus.provision().await?;
         let inflight = Arc::new(Inflight::default());
         stop_cancelled_runs(&bus, &cfg.namespace, inflight.clone(), shutdown.clone()).await?;

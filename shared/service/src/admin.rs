@@ -1,5 +1,6 @@
-//! Admin endpoints: `/livez` (the process is alive) and `/readyz` (the service
-//! is connected and consuming; flips to 503 at shutdown).
+//! Admin endpoints: `/livez` (the process is alive), `/readyz` (the service
+//! is connected and consuming; flips to 503 at shutdown) and `/metrics`
+//! (Prometheus, OpenMetrics text).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ impl Readiness {
 }
 
 /// Routes `/livez` and `/readyz`, to be merged into another router or served
-/// alone by [`serve`].
+/// alone by [`serve`] (with `/metrics`).
 pub fn router(readiness: Readiness) -> Router {
     Router::new().route("/livez", get(|| async { "ok" })).route(
         "/readyz",
@@ -43,6 +44,14 @@ pub fn router(readiness: Readiness) -> Router {
     )
 }
 
+/// `GET /metrics`: the process's metrics.
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, exo_metrics::CONTENT_TYPE)],
+        exo_metrics::encode(),
+    )
+}
+
 /// Binds `addr` and serves the admin routes until `shutdown` is cancelled.
 /// Returns once the listener is bound, so binding errors surface at start-up.
 pub async fn serve(
@@ -51,7 +60,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = router(readiness);
+    let app = router(readiness).route("/metrics", get(metrics));
     Ok(tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

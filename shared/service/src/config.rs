@@ -32,6 +32,10 @@ pub struct NatsConfig {
     pub url: String,
     /// Client name shown in server monitoring.
     pub name: Option<String>,
+    /// Credentials and TLS (`EXO_NATS__CREDS_FILE`, `__USER`,
+    /// `__PASSWORD`, `__TLS_CA_FILE`, …; see [`exo_bus::NatsAuth`]).
+    #[serde(flatten)]
+    pub auth: exo_bus::NatsAuth,
 }
 
 impl Default for NatsConfig {
@@ -39,6 +43,7 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".into(),
             name: None,
+            auth: exo_bus::NatsAuth::default(),
         }
     }
 }
@@ -64,6 +69,7 @@ impl std::fmt::Debug for NatsConfig {
         f.debug_struct("NatsConfig")
             .field("url", &redact_uri(&self.url))
             .field("name", &self.name)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -152,6 +158,10 @@ impl CommonConfig {
         if self.nats.url.trim().is_empty() {
             return Err(Error::Invalid("nats.url is empty".into()));
         }
+        self.nats
+            .auth
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         if !self.mongo.uri.starts_with("mongodb://")
             && !self.mongo.uri.starts_with("mongodb+srv://")
         {
@@ -280,11 +290,16 @@ mod tests {
             nats: NatsConfig {
                 url: cases[2].0.into(),
                 name: None,
+                auth: exo_bus::NatsAuth {
+                    user: Some("svc".into()),
+                    password: Some("nats-pw-9".into()),
+                    ..Default::default()
+                },
             },
             ..Default::default()
         };
         let printed = format!("{common:?} {common:#?}");
-        for secret in ["s3cr3t", "token-abc", "pw@", "app:"] {
+        for secret in ["s3cr3t", "token-abc", "pw@", "app:", "nats-pw-9"] {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
         assert!(printed.contains("db-0:27017"), "{printed}");

@@ -4,7 +4,8 @@
 //!   environment, plus the Exosphere-compatible aliases) and its validation;
 //! - [`telemetry`]: tracing initialisation (`RUST_LOG`, `EXO_LOG_FORMAT`);
 //! - [`shutdown`]: a signal-driven [`tokio_util::sync::CancellationToken`];
-//! - [`admin`]: the `/livez` and `/readyz` admin endpoints;
+//! - [`admin`]: the `/livez`, `/readyz` and `/metrics` admin endpoints;
+//! - [`metrics`]: the process's Prometheus metrics (the `exo-metrics` crate);
 //! - [`runtime`]: the tokio runtime, with its configured worker threads;
 //! - [`binary`]: the `main` of a consuming service binary.
 
@@ -14,3 +15,5 @@ pub mod config;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+
+pub use exo_metrics as metrics;

@@ -9,10 +9,32 @@ use tracing_subscriber::EnvFilter;
 /// Default filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info,async_nats=warn,mongodb=warn";
 
-/// Installs the global tracing subscriber. Calling it twice is harmless.
+/// Targets whose events carry documents or payloads (inputs, outputs,
+/// secrets as stored): the MongoDB driver's commands (debug level) and the
+/// NATS client's protocol operations (trace level). Off unless `RUST_LOG`
+/// names them.
+pub const QUIET_TARGETS: [&str; 2] = ["mongodb::command", "async_nats::connection"];
+
+/// The filter: `RUST_LOG` (else [`DEFAULT_FILTER`]), with each of
+/// [`QUIET_TARGETS`] it does not name turned off.
+pub fn filter_directives(rust_log: Option<String>) -> String {
+    let mut f = rust_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_FILTER.to_string());
+    for target in QUIET_TARGETS {
+        if !f.contains(target) {
+            f.push_str(&format!(",{target}=off"));
+        }
+    }
+    f
+}
+
+/// Installs the global tracing subscriber (and names the service in the
+/// metrics' `exo_build_info`). Calling it twice is harmless.
 pub fn init(service: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    exo_metrics::set_service(service);
+    let filter = EnvFilter::try_new(filter_directives(std::env::var("RUST_LOG").ok()))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = std::env::var("EXO_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -31,6 +53,25 @@ pub fn init(service: &str) {
             exo.service = service,
             version = env!("CARGO_PKG_VERSION"),
             "Telemetry initialised."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_commands_stay_off_unless_named() {
+        let off = "mongodb::command=off,async_nats::connection=off";
+        assert_eq!(filter_directives(None), format!("{DEFAULT_FILTER},{off}"));
+        assert_eq!(
+            filter_directives(Some("trace".into())),
+            format!("trace,{off}")
+        );
+        assert_eq!(
+            filter_directives(Some("info,mongodb::command=debug".into())),
+            "info,mongodb::command=debug,async_nats::connection=off"
         );
     }
 }

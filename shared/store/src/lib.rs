@@ -40,6 +40,8 @@ pub const GRAPH_VERSIONS: &str = "GraphVersions";
 pub const OUTBOX: &str = "Outbox";
 /// Collection of webhook deliveries (ours).
 pub const WEBHOOK_DELIVERIES: &str = "WebhookDeliveries";
+/// Collection of API keys scoped to namespaces (ours; hashes, never keys).
+pub const API_KEYS: &str = "ApiKeys";
 
 /// Whether state transitions are recorded in the outbox and published as
 /// lifecycle events: `EXO_STATE_EVENTS` (`false`, `0` or `off` turns them
@@ -169,6 +171,8 @@ impl Store {
         outbox: OutboxDoc = OUTBOX;
         /// `WebhookDeliveries` collection (ours), as raw documents.
         webhook_deliveries: Document = WEBHOOK_DELIVERIES;
+        /// `ApiKeys` collection (ours), as raw documents.
+        api_keys: Document = API_KEYS;
     }
 
     /// Loads one state by id.
@@ -228,33 +232,60 @@ pub async fn transaction<C: Sync, R>(
                 if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
                     && std::time::Instant::now() < deadline
                 {
+                    exo_metrics::transaction_retry(retry_reason(&e));
                     tokio_sleep_ms(backoff_ms).await;
                     backoff_ms = (backoff_ms * 2).min(100);
                     continue;
                 }
+                exo_metrics::transaction(false);
                 return Err(e);
             }
         };
         loop {
             match session.commit_transaction().await {
                 Ok(()) => {
+                    exo_metrics::transaction(true);
                     exo_faults::point("store.commit").map_err(mongodb::error::Error::custom)?;
                     return Ok(value);
                 }
                 Err(e)
                     if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-                        && std::time::Instant::now() < deadline => {}
+                        && std::time::Instant::now() < deadline =>
+                {
+                    exo_metrics::transaction_retry("unknown_commit_result");
+                }
                 Err(e)
                     if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
                         && std::time::Instant::now() < deadline =>
                 {
+                    exo_metrics::transaction_retry(retry_reason(&e));
                     tokio_sleep_ms(backoff_ms).await;
                     backoff_ms = (backoff_ms * 2).min(100);
                     continue 'outer;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    exo_metrics::transaction(false);
+                    return Err(e);
+                }
             }
         }
+    }
+}
+
+/// Why a transient transaction error repeats the transaction: a write
+/// conflict (server code 112) or another transient failure.
+fn retry_reason(e: &mongodb::error::Error) -> &'static str {
+    let conflict = matches!(
+        e.kind.as_ref(),
+        mongodb::error::ErrorKind::Command(c) if c.code == 112
+    ) || matches!(
+        e.kind.as_ref(),
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == 112
+    );
+    if conflict {
+        "write_conflict"
+    } else {
+        "transient"
     }
 }
 

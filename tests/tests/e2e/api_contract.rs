@@ -509,7 +509,11 @@ async fn check_bodies(api: &Api) -> anyhow::Result<()> {
         }
     }
     let a = answer.context("an answer to the oversized request")?;
-    expect_detail(&a, 413, "Request body is too large (limit 32 MiB)");
+    expect_detail(
+        &a,
+        413,
+        "Request body is too large (limit 32 MiB, EXO_API__MAX_BODY_BYTES)",
+    );
     // Exactly at the limit is read (the node name is then skipped).
     let a = api
         .raw(Method::POST, enqueue, sized(BODY_LIMIT).as_bytes())

@@ -188,34 +188,6 @@ async fn secrets_are_served_over_nats_with_the_api_key() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node of the Rust SDK that appends its graph's `token` secret.
-struct Reveal;
-
-impl exo_runtime::Node for Reveal {
-    type Inputs = exo_e2e::nodes::TextIn;
-    type Outputs = exo_e2e::nodes::TextOut;
-    fn name(&self) -> &str {
-        "Reveal"
-    }
-    fn input_fields(&self) -> Vec<&str> {
-        vec!["text"]
-    }
-    fn output_fields(&self) -> Vec<&str> {
-        vec!["text"]
-    }
-    async fn execute(
-        &self,
-        i: Self::Inputs,
-        ctx: &exo_runtime::Context,
-    ) -> Result<exo_runtime::Output<Self::Outputs>, exo_runtime::NodeError> {
-        let secrets = ctx.secrets().await?;
-        let token = secrets.get("token").cloned().unwrap_or_default();
-        Ok(exo_runtime::Output::One(exo_e2e::nodes::TextOut {
-            text: format!("{}:{token}", i.text),
-        }))
-    }
-}
-
 /// The Rust SDK gives nodes their secrets (`Context::secrets`, over the
 /// NATS request subject, with the key the runtime registers with).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +195,7 @@ async fn rust_sdk_nodes_read_their_secrets() -> anyhow::Result<()> {
     let ns = "rustsecrets";
     let stack = Stack::start().await?;
     let (stop, _) = stack
-        .start_runtime(stack.runtime(ns, "rt").node(Reveal))
+        .start_runtime(stack.runtime(ns, "rt").node(exo_e2e::nodes::Reveal))
         .await?;
     let graph = serde_json::json!({"secrets": {"token": "s3cret"}, "nodes": [
         {"node_name": "Reveal", "identifier": "r", "namespace": ns, "inputs": {"text": "x"}}]});

@@ -504,6 +504,26 @@ async fn every_operation_answers_as_the_openapi_document_says() -> anyhow::Resul
     api.expect(404, "GET", &format!("{ns}/run/nope/events"), None)
         .await?;
 
+    // Scoped API keys: created (shown once), listed, revoked; a refused
+    // body and an unknown key answer as documented.
+    let created = api
+        .expect(
+            201,
+            "POST",
+            "/v0/keys",
+            Some(&json!({"name": "ci", "namespaces": ["elsewhere"], "scope": "runtime", "rate_limit_per_sec": 50})),
+        )
+        .await?;
+    let key_id = created["id"].as_str().unwrap_or_default().to_string();
+    api.expect(422, "POST", "/v0/keys", Some(&json!({"name": "x"})))
+        .await?;
+    let listed = api.expect(200, "GET", "/v0/keys", None).await?;
+    assert_eq!(listed["count"], 1, "{listed}");
+    api.expect(200, "DELETE", &format!("/v0/keys/{key_id}"), None)
+        .await?;
+    api.expect(404, "DELETE", "/v0/keys/0123456789ab", None)
+        .await?;
+
     // Every documented operation was called and succeeded at least once.
     let seen = api.seen.lock().expect("lock").clone();
     let mut missing = Vec::new();

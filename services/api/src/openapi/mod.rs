@@ -22,7 +22,9 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+mod key_schemas;
 mod schemas;
+pub use key_schemas::*;
 pub use schemas::*;
 
 /// Path of the OpenAPI document.
@@ -51,6 +53,7 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "runs", description = "Start runs and follow them."),
         (name = "nodes", description = "Nodes registered by runtimes."),
         (name = "states", description = "What runtimes call: take work, report results."),
+        (name = "keys", description = "API keys scoped to namespaces and to admin or runtime use (ours; need an admin key for every namespace)."),
         (name = "health", description = "Probes (no API key)."),
     ),
 )]
@@ -72,7 +75,7 @@ pub fn routes(
     key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     use crate::routes::{
-        enqueue, graphs, nodes, runs, schedules, states, trigger, watch, webhooks,
+        enqueue, graphs, keys, nodes, runs, schedules, states, trigger, watch, webhooks,
     };
     // One `routes!` per path (its handlers separated by `,`), paths by `;`.
     #[rustfmt::skip]
@@ -83,6 +86,7 @@ pub fn routes(
         runs::list; runs::get_run; runs::cancel; watch::events; runs::graph_structure; runs::node_details;
         enqueue::enqueue; states::executed; states::errored; states::prune; states::re_enqueue_after;
         states::manual_retry; states::secrets;
+        keys::create, keys::list; keys::revoke;
     );
     let (router, mut doc) = key(v0)
         .routes(routes!(crate::routes::health))
@@ -139,13 +143,14 @@ const PATH_PARAMS: &[(&str, bool, &str)] = &[
     ("run_id", false, "Run id."),
     ("state_id", false, "State id (24 hex digits)."),
     ("node_id", false, "State id (24 hex digits)."),
+    ("key_id", false, "API key id (12 hex digits)."),
     ("page", true, "Page, from 1."),
     ("size", true, "Page size, ≥ 1."),
 ];
 
 /// Adds what the operations share: their path parameters (from
 /// [`PATH_PARAMS`]); for `/v0` operations the API key requirement, its 401,
-/// the 500, and the 422 of operations with a body (malformed JSON or
+/// 403 and 429, the 500, and the 422 of operations with a body (malformed JSON or
 /// fields, in pydantic's format).
 struct CommonResponses;
 
@@ -166,9 +171,14 @@ impl Modify for CommonResponses {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for op in [&mut item.get, &mut item.put, &mut item.post]
-                .into_iter()
-                .flatten()
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let params = path_parameters(path);
                 op.parameters = (!params.is_empty()).then_some(params);
@@ -183,6 +193,21 @@ impl Modify for CommonResponses {
                 r.insert(
                     "401".into(),
                     response("Missing or wrong `x-api-key`.", "ErrorDetail").into(),
+                );
+                r.entry("403".into()).or_insert_with(|| {
+                    response(
+                        "A scoped key that does not reach the namespace or lacks the scope.",
+                        "ErrorDetail",
+                    )
+                    .into()
+                });
+                r.insert(
+                    "429".into(),
+                    response(
+                        "Over the key's requests per second (`Retry-After` says when to retry).",
+                        "ErrorDetail",
+                    )
+                    .into(),
                 );
                 if op.request_body.is_some() {
                     r.insert(
@@ -301,6 +326,6 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 25);
+        assert_eq!(seen, 28);
     }
 }

@@ -301,6 +301,9 @@ async fn take_all(state: &AppState, ns: &str, caller: Caller, msgs: Vec<Held>) -
                 .map(DateTime::from_millis)
                 .or_else(|| created.get(&t.id).copied())
                 .unwrap_or_else(DateTime::now);
+            let waited = u64::try_from(now.saturating_sub(created_at.timestamp_millis()));
+            let waited = std::time::Duration::from_millis(waited.unwrap_or(0));
+            exo_service::metrics::dispatch_delay("http", waited);
             json!({
                 "state_id": d.state_id,
                 "node_name": d.node_name,

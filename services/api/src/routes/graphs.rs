@@ -136,6 +136,7 @@ pub async fn upsert(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let (state, ns, name) = s.parts();
     check_token("namespace", &ns)?;
+    state.settings.limits.graph_nodes(body.spec.nodes.len())?;
     let field_errors = validate_fields(&body.spec);
     if !field_errors.is_empty() {
         return Err(ApiError::Validation(

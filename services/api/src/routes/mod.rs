@@ -2,6 +2,7 @@
 
 pub mod enqueue;
 pub mod graphs;
+pub mod keys;
 pub mod nodes;
 pub mod runs;
 pub mod schedules;

@@ -109,7 +109,10 @@ pub async fn list(State(state): State<AppState>, Path(ns): Path<String>) -> ApiR
     get, path = "/v0/namespaces", operation_id = "listNamespaces", tag = "nodes",
     responses((status = 200, description = "Namespaces with registered nodes.", body = openapi::NamespacesResponse))
 )]
-pub async fn namespaces(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn namespaces(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<crate::keys::Principal>>,
+) -> ApiResult<Json<Value>> {
     let mut cur = state
         .engine
         .store
@@ -122,6 +125,7 @@ pub async fn namespaces(State(state): State<AppState>) -> ApiResult<Json<Value>>
     while let Some(d) = cur.try_next().await? {
         if let Ok(ns) = d.get_str("namespace")
             && !ns.is_empty()
+            && principal.as_ref().is_none_or(|p| p.reaches(ns))
         {
             set.insert(ns.to_string());
         }

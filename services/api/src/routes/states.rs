@@ -185,6 +185,7 @@ pub async fn executed(
     r: Scoped,
     ValidJson(body): ValidJson<ExecutedBody>,
 ) -> ApiResult<Json<Value>> {
+    r.state.settings.limits.outputs(body.outputs.len())?;
     let st = r.queued().await?;
     storable("outputs", &body.outputs)?;
     let executed = |state_id, attempt| Executed {
@@ -320,6 +321,7 @@ pub async fn manual_retry(
         }
     };
     state.engine.hand_on(&applied).await?;
+    exo_service::metrics::retry("manual");
     tracing::info!(exo.state_id = %id, exo.run_id = %copy.run_id, new_state = %copy.id, "Manual retry created.");
     Ok(Json(
         json!({"id": copy.id.to_hex(), "status": StateStatus::Created.as_str()}),

@@ -36,6 +36,7 @@ pub async fn trigger(
     ValidJson(body): ValidJson<TriggerGraph>,
 ) -> ApiResult<Json<Value>> {
     let (state, ns, graph) = s.parts();
+    state.settings.limits.store(&body.store)?;
     let lg = match state.engine.graphs.get(&ns, &graph).await? {
         Ok(lg) => lg,
         Err(Unusable::NotFound(..)) => {

@@ -152,6 +152,8 @@ pub struct Effects {
     reopen: bool,
     /// The status transitions made, for the outbox (stamped when applied).
     transitions: Vec<StateTransition>,
+    /// The status each transition enters, for the metrics.
+    entered: Vec<StateStatus>,
 }
 
 /// What a committed transaction produced.
@@ -168,6 +170,8 @@ pub struct Applied {
     /// The transitions it committed to the outbox, to be published
     /// ([`crate::Engine::relay`]).
     pub outbox: Vec<OutboxDoc>,
+    /// The run this transaction ended, for the metrics.
+    ended: Option<exo_store::RunDoc>,
 }
 
 impl Applied {
@@ -186,6 +190,7 @@ impl Applied {
             queued: pick(StateStatus::Queued),
             finished: None,
             outbox: Vec::new(),
+            ended: None,
         }
     }
 }
@@ -203,6 +208,7 @@ impl Effects {
             inserts: Vec::new(),
             reopen: false,
             transitions: Vec::new(),
+            entered: Vec::new(),
         }
     }
 
@@ -238,6 +244,7 @@ impl Effects {
         self.inserts.extend(other.inserts.iter().cloned());
         self.reopen |= other.reopen;
         self.transitions.extend(other.transitions.iter().cloned());
+        self.entered.extend_from_slice(&other.entered);
     }
 
     /// True when nothing would be written.
@@ -336,6 +343,7 @@ impl Effects {
         to: StateStatus,
         error: Option<&str>,
     ) {
+        self.entered.push(to);
         if exo_store::state_events() {
             self.transitions
                 .push(StateTransition::of(state, from, to, error, 0));
@@ -483,9 +491,33 @@ async fn apply_one(
         .await;
     }
     match result {
-        Ok(a) => Ok(Some(a)),
+        Ok(a) => {
+            record(effects, &a, now_ms);
+            Ok(Some(a))
+        }
         Err(e) if e.get_custom::<AlreadyApplied>().is_some() => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Counts what a committed transaction did: the statuses its transitions
+/// entered (the unite states it created among them) and the run it ended.
+fn record(fx: &Effects, applied: &Applied, now_ms: i64) {
+    let mut entered: HashMap<StateStatus, u64> = HashMap::new();
+    for status in &fx.entered {
+        *entered.entry(*status).or_default() += 1;
+    }
+    let inserted = fx
+        .inserts
+        .iter()
+        .filter(|i| i.status == StateStatus::Created);
+    let unites = applied.created.len().saturating_sub(inserted.count());
+    *entered.entry(StateStatus::Created).or_default() += unites as u64;
+    for (status, n) in entered {
+        exo_service::metrics::state_transitions(status.as_str(), n);
+    }
+    if let (Some(run), Some(status)) = (&applied.ended, applied.finished) {
+        crate::record_run_end(run, status, now_ms);
     }
 }
 
@@ -632,8 +664,12 @@ async fn apply_in(
             .session(&mut *s)
             .await?;
     }
-    if !counters.is_zero() || failed_unites != 0 {
-        applied.finished = count_run(s, store, fx, &counters, failed_unites, now_ms).await?;
+    if (!counters.is_zero() || failed_unites != 0)
+        && let Some((status, run)) =
+            count_run(s, store, fx, &counters, failed_unites, now_ms).await?
+    {
+        applied.finished = Some(status);
+        applied.ended = Some(run);
     }
     Ok(applied)
 }
@@ -673,7 +709,7 @@ async fn count_run(
     counters: &Counters,
     failed_unites: i64,
     now_ms: i64,
-) -> Result<Option<RunStatus>, MongoError> {
+) -> Result<Option<(RunStatus, exo_store::RunDoc)>, MongoError> {
     let after = store
         .runs()
         .find_one_and_update(
@@ -716,7 +752,7 @@ async fn count_run(
         )
         .session(&mut *s)
         .await?;
-    Ok(Some(status))
+    Ok(Some((status, run)))
 }
 
 /// Loads the store entries of `state`'s run.
