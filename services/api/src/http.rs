@@ -34,13 +34,36 @@ pub fn request_id(header: Option<&HeaderValue>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// A request's headers, for reading its W3C trace context.
+struct HttpHeaders<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 /// Request-id, logging and unhandled-error middleware (the outermost one
-/// after CORS). Panics in handlers become the generic 500.
+/// after CORS), and the request's span, child of the W3C trace context the
+/// request carries (`traceparent`). Panics in handlers become the generic
+/// 500.
 pub async fn request_context(req: Request, next: Next) -> Response {
     let id = request_id(req.headers().get(REQUEST_ID));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let span = tracing::info_span!("http", request_id = %id, method = %method, path = %path);
+    let span = tracing::info_span!("http", request_id = %id, method = %method, path = %path,
+        otel.name = %format!("{method} {path}"), otel.kind = "server");
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HttpHeaders(req.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
     let started = Instant::now();
     let fut = async move {
         tracing::debug!("Request received.");

@@ -56,7 +56,9 @@ fn main() -> anyhow::Result<()> {
             }
         };
     let runtime = exo_service::runtime::build(cfg.common.worker_threads.unwrap_or(0))?;
-    runtime.block_on(serve(cli.command.unwrap_or(Command::Serve), cfg))
+    let result = runtime.block_on(serve(cli.command.unwrap_or(Command::Serve), cfg));
+    exo_service::otel::flush();
+    result
 }
 
 async fn serve(command: Command, cfg: exo_api::Config) -> anyhow::Result<()> {

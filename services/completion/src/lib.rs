@@ -116,8 +116,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     worker::run(cfg.worker, shutdown, spec, handle, worker::nothing).await
 }
 
-/// Routes one delivery by its result kind.
+/// Routes one delivery by its result kind; the result applies only to a
+/// state of its subject's namespace.
 async fn handle(engine: Engine, d: Delivery) -> Disposition {
+    let subject = d.subject.clone();
+    exo_engine::common::in_namespace_of(&subject, route(engine, d)).await
+}
+
+async fn route(engine: Engine, d: Delivery) -> Disposition {
     match subjects::result_kind_of(&d.subject) {
         Some(ResultKind::Executed) => match outputs::ExecutedResult::decode(d.payload.clone()) {
             Ok(msg) => worker::disposition(

@@ -286,7 +286,6 @@ where
 {
     let started = std::time::Instant::now();
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let seq = seq_of(&message);
     let message = Arc::new(message);
     // Heartbeats keep the message while the handler works, so the ack wait
     // can be short and a crashed service's messages come back quickly.
@@ -301,23 +300,7 @@ where
             }
         })
     };
-    // A large payload is read from the object store first.
-    let disposition = match bus.payload_of(&message).await {
-        Ok(payload) => {
-            handler(Delivery {
-                subject: message.subject.to_string(),
-                payload,
-                delivered,
-                seq,
-                message: message.clone(),
-            })
-            .await
-        }
-        Err(PayloadError::Missing(object)) => {
-            Disposition::Reject(format!("payload object {object} is missing"))
-        }
-        Err(PayloadError::Bus(error)) => Disposition::Retry(error.to_string()),
-    };
+    let disposition = run_handler(bus, opts, &message, delivered, handler).await;
     heartbeat.abort();
     let record = |outcome| {
         exo_metrics::message_handled(&opts.consumer, &message.subject, outcome, started.elapsed());
@@ -357,6 +340,46 @@ where
         && let Err(error) = bus.client().publish(to, body.into()).await
     {
         tracing::debug!(%error, "Could not reply to a requester.");
+    }
+}
+
+/// Reads the payload (from the object store when large) and runs the
+/// handler in the message's span (child of the trace context it carries).
+async fn run_handler<H, F>(
+    bus: &Bus,
+    opts: &ConsumeOptions,
+    message: &Arc<jetstream::Message>,
+    delivered: i64,
+    handler: &H,
+) -> Disposition
+where
+    H: Fn(Delivery) -> F,
+    F: std::future::Future<Output = Disposition>,
+{
+    let span = crate::trace::message_span(
+        &format!(
+            "{} {}",
+            opts.consumer,
+            exo_metrics::subject_kind(&message.subject)
+        ),
+        &message.subject,
+        message.headers.as_ref(),
+    );
+    match bus.payload_of(message).await {
+        Ok(payload) => {
+            let delivery = Delivery {
+                subject: message.subject.to_string(),
+                payload,
+                delivered,
+                seq: seq_of(message),
+                message: message.clone(),
+            };
+            tracing::Instrument::instrument(handler(delivery), span).await
+        }
+        Err(PayloadError::Missing(object)) => {
+            Disposition::Reject(format!("payload object {object} is missing"))
+        }
+        Err(PayloadError::Bus(error)) => Disposition::Retry(error.to_string()),
     }
 }
 

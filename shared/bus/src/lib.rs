@@ -16,6 +16,7 @@ mod consume;
 mod payloads;
 mod replies;
 mod sampling;
+pub mod trace;
 
 use std::time::Duration;
 
@@ -413,6 +414,7 @@ impl Bus {
     fn headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(HEADER_PROTOCOL, PROTOCOL_VERSION);
+        trace::inject(&mut h);
         h
     }
 
@@ -442,6 +444,7 @@ impl Bus {
     }
 
     /// Publishes one message and waits for its JetStream ack.
+    #[tracing::instrument(level = "info", name = "nats.publish", skip_all, fields(otel.kind = "producer", messaging.destination.name = %msg.subject))]
     pub async fn publish(&self, msg: Outgoing) -> Result<(), Error> {
         let subject = msg.subject.clone();
         let publication = self.publication_of(msg).await?;
@@ -491,6 +494,7 @@ impl Bus {
     /// caller marks one for the whole batch (a partly published batch is
     /// then the same case as an unpublished one, the ids being
     /// deterministic).
+    #[tracing::instrument(level = "info", name = "nats.send_all", skip_all, fields(otel.kind = "producer"))]
     pub async fn send_all(&self, msgs: impl IntoIterator<Item = Outgoing>) -> Result<Sent, Error> {
         self.send_window(msgs, false).await
     }
@@ -520,6 +524,7 @@ impl Bus {
         Ok(Sent(pending))
     }
 
+    #[tracing::instrument(level = "info", name = "nats.publish_batch", skip_all, fields(otel.kind = "producer"))]
     async fn publish_window(
         &self,
         msgs: impl IntoIterator<Item = Outgoing>,

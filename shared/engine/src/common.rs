@@ -331,7 +331,9 @@ impl Engine {
         self.hand_on(&effects::Applied::inserted(&pending)).await
     }
 
-    /// Loads the state a result is about and checks its attempt fence:
+    /// Loads the state a result is about and checks its fences (the
+    /// namespace of the subject it came on, see [`RESULT_NAMESPACE`], and
+    /// its attempt):
     /// `Ok(Ok((state, fresh)))` where fresh means still QUEUED for this
     /// attempt; `Ok(Err(outcome))` for results that are stale or about no
     /// state.
@@ -343,6 +345,15 @@ impl Engine {
         let Some(st) = self.states.get(exo_store::oid(state_id.bytes())).await? else {
             return Ok(Err(Outcome::Reject(format!("state {state_id} not found"))));
         };
+        let elsewhere = RESULT_NAMESPACE
+            .try_with(|ns| (ns != st.namespace_name.as_str()).then(|| ns.clone()))
+            .ok()
+            .flatten();
+        if let Some(ns) = elsewhere {
+            return Ok(Err(Outcome::Reject(format!(
+                "state {state_id} is not in namespace {ns}"
+            ))));
+        }
         if st.attempt != i64::from(attempt) {
             return Ok(Err(Outcome::Stale(format!(
                 "attempt {attempt} is not the current attempt {}",
@@ -367,5 +378,25 @@ impl Engine {
             }
             None => self.graphs.get(st.graph_ns(), &st.graph_name).await?,
         })
+    }
+}
+
+tokio::task_local! {
+    /// The namespace of the subject the result being handled arrived on
+    /// (`exo.v1.<ns>.result.…`), set by the services that apply results
+    /// around each handler ([`in_namespace_of`]): [`Engine::fenced`]
+    /// rejects a result about a state of another namespace, so a runtime
+    /// whose NATS permissions allow only its namespace's result subjects
+    /// cannot touch another tenant's states. Unset (handlers called
+    /// directly), no namespace is checked.
+    pub static RESULT_NAMESPACE: String;
+}
+
+/// Runs `handle` with [`RESULT_NAMESPACE`] set to the namespace of
+/// `subject` (when it names one).
+pub async fn in_namespace_of<F: std::future::Future>(subject: &str, handle: F) -> F::Output {
+    match exo_types::subjects::namespace_of(subject) {
+        Some(ns) => RESULT_NAMESPACE.scope(ns.to_string(), handle).await,
+        None => handle.await,
     }
 }

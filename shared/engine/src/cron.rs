@@ -259,19 +259,21 @@ where
         };
         tracing::info!(exo.namespace = %t.namespace, exo.graph = %t.graph_name, exo.run_id = %run_id,
             status = status.as_str(), error = error.as_deref().unwrap_or(""), "Cron trigger fired.");
-        match status {
-            TriggerStatus::Skipped => exo_service::metrics::cron_skipped(1),
-            TriggerStatus::Triggered => {
-                let late = (now - at).to_std().unwrap_or_default();
-                exo_service::metrics::cron_fired(late);
-            }
-            _ => {}
-        }
+        record_firing(status, (now - at).to_std().unwrap_or_default());
         // The next occurrence first, so a crash after it cannot stop the schedule.
         schedule_next(engine, &t, firing.next).await?;
         let started = (status != TriggerStatus::Skipped).then_some(run_id);
         finish(engine, &t, now, (status, started, error)).await?;
         fired += 1;
+    }
+}
+
+/// Counts an occurrence's end in the metrics: skipped, or fired `late`.
+fn record_firing(status: TriggerStatus, late: Duration) {
+    match status {
+        TriggerStatus::Skipped => exo_service::metrics::cron_skipped(1),
+        TriggerStatus::Triggered => exo_service::metrics::cron_fired(late),
+        _ => {}
     }
 }
 

@@ -314,7 +314,16 @@ async fn serve_node(
                 let inflight = inflight.clone();
                 async move {
                     match item {
-                        Ok(msg) => handle(&bus, &cfg, &*node, &inflight, msg).await,
+                        Ok(msg) => {
+                            let name = format!("execute {}", node.name());
+                            let span = exo_bus::trace::message_span(
+                                &name,
+                                &msg.subject,
+                                msg.headers.as_ref(),
+                            );
+                            let run = handle(&bus, &cfg, &*node, &inflight, msg);
+                            tracing::Instrument::instrument(run, span).await
+                        }
                         Err(error) => tracing::debug!(%error, "Pull stream error."),
                     }
                 }

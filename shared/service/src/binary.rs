@@ -45,8 +45,10 @@ where
     let file = args.get_one::<PathBuf>("config");
     let cfg: C = config::load_or_exit(file.map(PathBuf::as_path), C::validate);
     let runtime = crate::runtime::build(cfg.common().worker_threads.unwrap_or(0))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         crate::telemetry::init(name);
         run(cfg, crate::shutdown::signal_token()).await
-    })
+    });
+    crate::otel::flush();
+    result
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: layered configuration (defaults → optional TOML file → `EXO_*`
 //!   environment, plus the Exosphere-compatible aliases) and its validation;
 //! - [`telemetry`]: tracing initialisation (`RUST_LOG`, `EXO_LOG_FORMAT`);
+//! - [`otel`]: OpenTelemetry traces over OTLP, when configured;
 //! - [`shutdown`]: a signal-driven [`tokio_util::sync::CancellationToken`];
 //! - [`admin`]: the `/livez`, `/readyz` and `/metrics` admin endpoints;
 //! - [`metrics`]: the process's Prometheus metrics (the `exo-metrics` crate);
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod binary;
 pub mod config;
+pub mod otel;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -29,29 +29,38 @@ pub fn filter_directives(rust_log: Option<String>) -> String {
     f
 }
 
-/// Installs the global tracing subscriber (and names the service in the
-/// metrics' `exo_build_info`). Calling it twice is harmless.
+/// Installs the global tracing subscriber: logs (filtered, readable or
+/// JSON) and, when an OTLP endpoint is configured, OpenTelemetry spans
+/// ([`crate::otel`]); names the service in the metrics' `exo_build_info`.
+/// Calling it twice is harmless.
 pub fn init(service: &str) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     exo_metrics::set_service(service);
     let filter = EnvFilter::try_new(filter_directives(std::env::var("RUST_LOG").ok()))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = std::env::var("EXO_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let result = if json {
-        builder
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .with_target(true)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer().with_target(true).boxed()
     };
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(crate::otel::layer(service))
+        .try_init();
     if result.is_ok() {
         tracing::info!(
             exo.service = service,
             version = env!("CARGO_PKG_VERSION"),
+            traces = crate::otel::configured(),
             "Telemetry initialised."
         );
     }

@@ -219,6 +219,19 @@ pub async fn transaction<C: Sync, R>(
     ctx: &C,
     body: TxnBody<C, R>,
 ) -> Result<R, mongodb::error::Error> {
+    let span = tracing::info_span!(
+        "mongo.transaction",
+        otel.kind = "client",
+        db.system = "mongodb"
+    );
+    tracing::Instrument::instrument(transaction_in(store, ctx, body), span).await
+}
+
+async fn transaction_in<C: Sync, R>(
+    store: &Store,
+    ctx: &C,
+    body: TxnBody<C, R>,
+) -> Result<R, mongodb::error::Error> {
     use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let mut session = store.client.start_session().await?;

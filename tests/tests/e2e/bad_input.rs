@@ -167,6 +167,43 @@ async fn bad_requests_and_poison_messages() -> anyhow::Result<()> {
         .await?;
     let run = stack.wait_run(&run_id, Duration::from_secs(30)).await?;
     assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+
+    // Results about this namespace's state published on another
+    // namespace's subjects (what a runtime allowed only those subjects can
+    // do): refused before anything is read further, the state untouched.
+    let st = stack.states(&run_id).await?.remove(0);
+    for (kind, consumer, body) in [
+        (
+            ResultKind::Executed,
+            "completion",
+            json!({"state_id": st.id.to_hex(), "attempt": st.attempt, "outputs": [{"text": "forged"}]}),
+        ),
+        (
+            ResultKind::Errored,
+            "retry",
+            json!({"state_id": st.id.to_hex(), "attempt": st.attempt, "error": "forged"}),
+        ),
+    ] {
+        bus.publish(exo_bus::Outgoing::json(
+            subjects::result("other", kind),
+            format!("forged-{}", kind.token()),
+            &body,
+        )?)
+        .await?;
+        let d = wait_dead_letter(
+            &stack,
+            subjects::STREAM_RESULTS,
+            consumer,
+            "is not in namespace other",
+        )
+        .await?;
+        assert_eq!(d.subject, subjects::result("other", kind));
+    }
+    let after = stack.states(&run_id).await?.remove(0);
+    assert_eq!(
+        (after.status, after.outputs.clone()),
+        (st.status, st.outputs.clone())
+    );
     stop.cancel();
     Ok(())
 }

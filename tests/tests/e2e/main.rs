@@ -21,4 +21,5 @@ mod python_sdk;
 mod redelivery;
 mod secrecy;
 mod tenants;
+mod traces;
 mod webhooks;
