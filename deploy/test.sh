@@ -7,6 +7,8 @@
 #   4. cargo fmt --all -- --check
 #   5. cargo clippy --workspace --all-targets -- -D warnings
 #   6. cargo machete                        (no unused dependencies)
+#      deploy/deny.sh                       (cargo deny: licences, bans, sources; advisories
+#                                            where the RustSec database can be fetched)
 #   7. deploy/check-size.py                 (no function over 80 lines, no file over 800)
 #   8. cargo doc --no-deps, warnings denied  (no broken doc links)
 # Steps 2-5 all run even when one fails; the exit code is non-zero if any failed.
@@ -71,6 +73,7 @@ fi
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step machete cargo machete
+step deny bash deploy/deny.sh
 step size python3 deploy/check-size.py
 step doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
