@@ -36,6 +36,9 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// The api with the stack's key.
     pub api: ApiClient,
+    /// Settings given to every process started from now on (e.g. NATS
+    /// credentials), after the stack's own.
+    pub extra_env: Vec<(String, String)>,
     api_port: u16,
 }
 
@@ -66,6 +69,7 @@ impl Stack {
             store,
             http: reqwest::Client::new(),
             api: ApiClient::new(format!("http://127.0.0.1:{api_port}"), API_KEY),
+            extra_env: Vec::new(),
             api_port,
         };
         for s in services {
@@ -107,6 +111,7 @@ impl Stack {
         if std::env::var("RUST_LOG").is_err() {
             env.push(("RUST_LOG".into(), "info,exo_engine=debug".into()));
         }
+        env.extend(self.extra_env.iter().cloned());
         env
     }
 

@@ -225,7 +225,11 @@ impl Runtime {
         }
         let name = format!("exo-runtime-{}", cfg.name);
         let bus = Bus::connect_with(&cfg.nats_url, &name, &cfg.nats_auth).await?;
-        bus.provision().await?;
+        // The services create the streams; a runtime whose NATS permissions
+        // allow only its own subjects (docs/security.md) cannot, and needs not.
+        if let Err(error) = bus.provision().await {
+            tracing::info!(%error, "Could not provision the streams (the services do); going on.");
+        }
         let inflight = Arc::new(Inflight::default());
         stop_cancelled_runs(&bus, &cfg.namespace, inflight.clone(), shutdown.clone()).await?;
         let mut tasks = Vec::new();

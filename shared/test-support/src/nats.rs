@@ -27,6 +27,8 @@ pub struct NatsServer {
     monitor_port: u16,
     child: Option<Child>,
     starts: u32,
+    /// A configuration file (`-c`), e.g. with accounts and permissions.
+    config: Option<PathBuf>,
     // Last: removed after the child is killed.
     dir: TempDir,
 }
@@ -40,12 +42,36 @@ impl NatsServer {
     /// When no suitable binary is found (see [`crate::nats_server_bin`]), the process cannot be
     /// spawned, or it is not ready in time; the error quotes the end of the server log.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_config(None).await
+    }
+
+    /// Starts a server as [`start`](Self::start) does, with `config` (nats-server
+    /// configuration text, e.g. an `authorization` block with users and subject
+    /// permissions) written to a file and given with `-c`. The command-line
+    /// address, ports and store still apply.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start), or when the file cannot be written.
+    pub async fn start_with(config: &str) -> anyhow::Result<Self> {
+        Self::start_with_config(Some(config)).await
+    }
+
+    async fn start_with_config(config: Option<&str>) -> anyhow::Result<Self> {
         let bin = nats_server_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("exo-nats-")
             .tempdir()
             .context("creating the nats-server temp dir")?;
         let log = LogFile::new(dir.path().join("nats-server.log"));
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("nats-server.conf");
+                std::fs::write(&path, text).context("writing the nats-server config")?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = Self {
             bin,
             log,
@@ -53,6 +79,7 @@ impl NatsServer {
             monitor_port: 0,
             child: None,
             starts: 0,
+            config,
             dir,
         };
         server.launch().await?;
@@ -142,6 +169,9 @@ impl NatsServer {
         };
         let store = self.store_dir();
         let mut cmd = Command::new(&self.bin);
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
         cmd.args(["-a", "127.0.0.1", "-p", &port, "-m", &monitor, "-js", "-sd"])
             .arg(&store);
         self.starts += 1;

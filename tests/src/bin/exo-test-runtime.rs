@@ -1,7 +1,8 @@
 //! A runtime process serving the end-to-end test nodes, so that tests can
 //! `kill -9` a runtime. Configured by environment:
 //!
-//! `EXO_NATS__URL`, `EXO_ADMIN__ADDR` (readiness), `EXO_TEST_NAMESPACE`,
+//! `EXO_NATS__URL` (`EXO_NATS__USER` + `EXO_NATS__PASSWORD`), `EXO_ADMIN__ADDR`
+//! (readiness), `EXO_TEST_NAMESPACE`,
 //! `EXO_TEST_API` + `EXO_API__KEY` (registration, optional),
 //! `EXO_TEST_FAIL_DIGITS`, `EXO_TEST_PRUNE_DIGITS`, `EXO_TEST_DELAY_MS`,
 //! `EXO_TEST_ACK_WAIT_SECS`, `EXO_TEST_CONCURRENCY`.
@@ -40,8 +41,14 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = var("EXO_TEST_CONCURRENCY")
         .and_then(|v| v.parse().ok())
         .unwrap_or(16);
+    let auth = exo_runtime::NatsAuth {
+        user: var("EXO_NATS__USER"),
+        password: var("EXO_NATS__PASSWORD").map(Into::into),
+        ..Default::default()
+    };
     let mut b = exo_runtime::Runtime::builder(&ns, "test-runtime")
         .nats_url(var("EXO_NATS__URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()))
+        .nats_auth(auth)
         .ack_wait(ack_wait)
         .concurrency(concurrency)
         .node(Append::new("AppendA", "a"))

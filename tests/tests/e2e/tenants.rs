@@ -401,3 +401,125 @@ async fn keys_and_limits_answer_with_their_documented_errors() -> anyhow::Result
     }
     Ok(())
 }
+
+/// nats-server users for [`a_runtime_limited_to_its_namespace_s_subjects`]:
+/// the services, and a runtime of `alpha` with exactly the permissions
+/// docs/security.md lists for a runtime (its dispatch consumers named one
+/// by one: a subject wildcard is a whole token, and `dsp-<ns>-<node>` is one).
+fn permissions() -> String {
+    let consumers: Vec<String> = ["AppendA", "FanOut", "Picky", "Join", "Requeuer"]
+        .iter()
+        .map(|n| exo_types::subjects::dispatch_consumer("alpha", n))
+        .collect();
+    let mut allow = vec![
+        "exo.v1.alpha.result.>".to_string(),
+        "exo.v1.alpha.secrets.get".to_string(),
+        "$JS.API.INFO".to_string(),
+        "$JS.API.STREAM.INFO.EXO_DISPATCH".to_string(),
+    ];
+    for c in &consumers {
+        for api in [
+            "CONSUMER.INFO",
+            "CONSUMER.CREATE",
+            "CONSUMER.DURABLE.CREATE",
+            "CONSUMER.MSG.NEXT",
+        ] {
+            allow.push(format!("$JS.API.{api}.EXO_DISPATCH.{c}"));
+        }
+        allow.push(format!("$JS.API.CONSUMER.CREATE.EXO_DISPATCH.{c}.>"));
+        allow.push(format!("$JS.ACK.EXO_DISPATCH.{c}.>"));
+    }
+    let quoted: Vec<String> = allow.iter().map(|s| format!("{s:?}")).collect();
+    format!(
+        r#"authorization {{
+  users = [
+    {{user: "exo", password: "svc-pw"}}
+    {{user: "alpha-rt", password: "alpha-pw", permissions: {{
+      publish: {{allow: [{}]}}
+      subscribe: {{allow: ["_INBOX.>", "exo.v1.alpha.event.run.cancelled"]}}
+    }}}}
+  ]
+}}
+"#,
+        quoted.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_limited_to_its_namespace_s_subjects() -> anyhow::Result<()> {
+    let nats = exo_test_support::NatsServer::start_with(&permissions()).await?;
+    let mongo = exo_test_support::MongoServer::start().await?;
+    let servers = exo_test_support::Servers { nats, mongo };
+    let mut stack = Stack::start_on(servers, &[]).await?;
+    stack.extra_env = vec![
+        ("EXO_NATS__USER".into(), "exo".into()),
+        ("EXO_NATS__PASSWORD".into(), "svc-pw".into()),
+    ];
+    for s in exo_e2e::SERVICES {
+        stack.spawn(s).await?;
+    }
+    // The runtime process, with the restricted user: it serves alpha.
+    stack
+        .spawn_runtime_process(
+            "alpha",
+            &[
+                ("EXO_NATS__USER", "alpha-rt"),
+                ("EXO_NATS__PASSWORD", "alpha-pw"),
+            ],
+        )
+        .await?;
+    let graph = json!({"secrets": {}, "nodes": [
+        {"node_name": "AppendA", "identifier": "a", "namespace": "alpha",
+         "inputs": {"text": "go"}, "next_nodes": ["b"]},
+        {"node_name": "Picky", "identifier": "b", "namespace": "alpha",
+         "inputs": {"text": "${{ a.outputs.text }}"}, "next_nodes": []}]});
+    stack.upsert_valid_graph("alpha", "g", &graph).await?;
+    let run = stack.trigger("alpha", "g", &json!({})).await?;
+    let done = stack.wait_run(&run, Duration::from_secs(60)).await?;
+    assert_eq!(
+        done.status.as_deref(),
+        Some("SUCCESS"),
+        "the restricted runtime works"
+    );
+
+    // The same user, as any client: nothing outside alpha's runtime subjects.
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("alpha-rt".into(), "alpha-pw".into())
+            .request_timeout(Some(Duration::from_secs(2)))
+            .connect(stack.servers.nats.url())
+            .await?;
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(2));
+    let body = json!({"state_id": "0123456789abcdef01234567", "attempt": 1, "outputs": []});
+    for subject in [
+        "exo.v1.beta.result.executed",
+        "exo.v1.alpha.run.trigger",
+        "exo.v1.alpha.state.created",
+    ] {
+        let acked = match js.publish(subject, body.to_string().into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!acked, "alpha's runtime published on {subject}");
+    }
+    let other = exo_types::subjects::dispatch_consumer("beta", "AppendA");
+    let stream = js.get_stream("EXO_DISPATCH").await?;
+    let cfg = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(other.clone()),
+        filter_subject: "exo.v1.beta.dispatch.AppendA".into(),
+        ..Default::default()
+    };
+    assert!(
+        stream.create_consumer(cfg).await.is_err(),
+        "alpha's runtime created beta's dispatch consumer {other}"
+    );
+    // Its own results still go through.
+    let ack = js
+        .publish("exo.v1.alpha.result.executed", body.to_string().into())
+        .await?
+        .await;
+    assert!(ack.is_ok(), "{ack:?}");
+    // Without credentials, nothing at all.
+    assert!(async_nats::connect(stack.servers.nats.url()).await.is_err());
+    Ok(())
+}
