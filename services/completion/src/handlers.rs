@@ -40,6 +40,21 @@ pub fn fanout_chunk() -> usize {
     *CHUNK_SIZE
 }
 
+/// Most outputs one result may carry, i.e. the widest fan-out of one state:
+/// `EXO_MAX_OUTPUTS` (at least 1), else 1 000 000 (the api's default for
+/// results reported over HTTP, `EXO_API__MAX_OUTPUTS`). A wider result
+/// ends its state NEXT_CREATED_ERROR, naming the limit.
+pub fn max_outputs() -> usize {
+    static MAX: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::env::var("EXO_MAX_OUTPUTS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(1_000_000)
+    });
+    *MAX
+}
+
 /// `completion`: records outputs, fans out, creates successors, marks
 /// SUCCESS and lets unite groups close. `seq` is the result message's
 /// sequence in `EXO_RESULTS`: the successors are inserted QUEUED under it
@@ -89,6 +104,15 @@ where
         ));
     }
     tracing::debug!(exo.state_id = %st.id, fresh, attempt = msg.attempt, "Applying an executed result.");
+    if fresh && outputs.len() > max_outputs() {
+        let why = format!(
+            "the result has {} outputs; at most {} per state (EXO_MAX_OUTPUTS)",
+            outputs.len(),
+            max_outputs()
+        );
+        fail_next_created(engine, &st, &outputs.doc(0), &why).await?;
+        return Ok(Outcome::Done);
+    }
     let lg = match engine.graph_for(&st).await? {
         Ok(g) => g,
         Err(u) => {

@@ -523,3 +523,58 @@ async fn a_runtime_limited_to_its_namespace_s_subjects() -> anyhow::Result<()> {
     assert!(async_nats::connect(stack.servers.nats.url()).await.is_err());
     Ok(())
 }
+
+/// The fan-out limit holds for NATS runtimes too: `completion` ends a
+/// state whose result is wider than `EXO_MAX_OUTPUTS` NEXT_CREATED_ERROR,
+/// naming the limit, and creates none of its children; at the limit, the
+/// fan-out goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_over_the_limit_fails_its_state_with_the_limit_named() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    stack
+        .respawn_with("exo-completion", &[("EXO_MAX_OUTPUTS", "3")])
+        .await?;
+    let (stop, _rt) = stack
+        .start_runtime(
+            stack
+                .runtime("wide", "rt")
+                .node(exo_e2e::nodes::FanOut)
+                .node(exo_e2e::nodes::Append::new("AppendA", "a")),
+        )
+        .await?;
+    let graph = |count: &str| {
+        json!({"secrets": {}, "nodes": [
+            {"node_name": "FanOut", "identifier": "split", "namespace": "wide",
+             "inputs": {"count": count}, "next_nodes": ["w"]},
+            {"node_name": "AppendA", "identifier": "w", "namespace": "wide",
+             "inputs": {"text": "${{ split.outputs.text }}"}, "next_nodes": []}]})
+    };
+    stack
+        .upsert_valid_graph("wide", "over", &graph("4"))
+        .await?;
+    stack.upsert_valid_graph("wide", "at", &graph("3")).await?;
+    let over = stack.trigger("wide", "over", &json!({})).await?;
+    let at = stack.trigger("wide", "at", &json!({})).await?;
+    let run = stack.wait_run(&over, Duration::from_secs(30)).await?;
+    assert_eq!(run.status.as_deref(), Some("FAILED"));
+    let states = stack.states(&over).await?;
+    assert_eq!(states.len(), 1, "no child was created");
+    assert_eq!(
+        states[0].status,
+        exo_types::status::StateStatus::NextCreatedError
+    );
+    let error = states[0].error.clone().unwrap_or_default();
+    assert_eq!(
+        error,
+        "the result has 4 outputs; at most 3 per state (EXO_MAX_OUTPUTS)"
+    );
+    let run = stack.wait_run(&at, Duration::from_secs(30)).await?;
+    assert_eq!(run.status.as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        stack.states(&at).await?.len(),
+        6,
+        "3 fan-out states and 3 children"
+    );
+    stop.cancel();
+    Ok(())
+}
