@@ -139,25 +139,21 @@ else
     cargo install --locked cargo-nextest
 fi
 
-# ---------------------------------------------------------------- cargo-machete
+# ---------------------------------------------------------------- cargo-machete, cargo-deny
+# `cargo install --locked <crate> =<version>` unless `cargo <sub> --version` already says it.
+cargo_tool() {
+    local crate="$1" sub="$2" version="$3" why="$4"
+    if cargo "$sub" --version 2>/dev/null | grep -q "$version"; then
+        log "$crate present: $(cargo "$sub" --version 2>/dev/null)"
+    else
+        log "cargo install --locked $crate $version ($why)"
+        cargo install --locked "$crate" --version "=$version"
+    fi
+}
 # Unused dependencies fail the lint step (deploy/test.sh, `just lint`).
-MACHETE_VERSION="${EXO_MACHETE_VERSION:-0.9.1}"
-if cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
-    log "cargo-machete present: $(cargo machete --version 2>/dev/null)"
-else
-    log "cargo install --locked cargo-machete $MACHETE_VERSION (a minute or two on 2 cores)"
-    cargo install --locked cargo-machete --version "=$MACHETE_VERSION"
-fi
-
-# ---------------------------------------------------------------- cargo-deny
+cargo_tool cargo-machete machete "${EXO_MACHETE_VERSION:-0.9.1}" "a minute or two on 2 cores"
 # Licences, banned and duplicate crates, sources (deploy/deny.sh, in deploy/test.sh).
-DENY_VERSION="${EXO_DENY_VERSION:-0.20.2}"
-if cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
-    log "cargo-deny present: $(cargo deny --version 2>/dev/null)"
-else
-    log "cargo install --locked cargo-deny $DENY_VERSION (about three minutes on 2 cores)"
-    cargo install --locked cargo-deny --version "=$DENY_VERSION"
-fi
+cargo_tool cargo-deny deny "${EXO_DENY_VERSION:-0.20.2}" "about three minutes on 2 cores"
 
 # ---------------------------------------------------------------- env file
 ENV_FILE="$TOOLS/env.sh"

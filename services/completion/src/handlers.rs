@@ -30,14 +30,18 @@ pub const CHUNK: usize = 256;
 /// else [`CHUNK`]. Tests use small chunks to cross chunk boundaries with few
 /// states.
 pub fn fanout_chunk() -> usize {
-    static CHUNK_SIZE: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-        std::env::var("EXO_FANOUT_CHUNK")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n >= 1)
-            .unwrap_or(CHUNK)
-    });
+    static CHUNK_SIZE: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| env_count("EXO_FANOUT_CHUNK", CHUNK));
     *CHUNK_SIZE
+}
+
+/// The positive count in environment variable `name`, else `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(default)
 }
 
 /// Most outputs one result may carry, i.e. the widest fan-out of one state:
@@ -45,13 +49,8 @@ pub fn fanout_chunk() -> usize {
 /// results reported over HTTP, `EXO_API__MAX_OUTPUTS`). A wider result
 /// ends its state NEXT_CREATED_ERROR, naming the limit.
 pub fn max_outputs() -> usize {
-    static MAX: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
-        std::env::var("EXO_MAX_OUTPUTS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n >= 1)
-            .unwrap_or(1_000_000)
-    });
+    static MAX: std::sync::LazyLock<usize> =
+        std::sync::LazyLock::new(|| env_count("EXO_MAX_OUTPUTS", 1_000_000));
     *MAX
 }
 
