@@ -132,12 +132,15 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def running(ns: str, nodes: Iterable[type], name: str = "pysdk-runtime",
-                  workers: int = 4, batch_size: int = 8) -> AsyncIterator[asyncio.Task]:
+                  workers: int = 4, batch_size: int = 8,
+                  key: str | None = None) -> AsyncIterator[asyncio.Task]:
     """Starts an SDK `Runtime` in this event loop (`Runtime.start()` returns
     a task when a loop is running), waits until its nodes are registered,
-    yields the task and cancels it at the end."""
+    yields the task and cancels it at the end. `key`: the runtime's API key
+    (default: `EXOSPHERE_API_KEY`, as the SDK reads it)."""
     runtime = Runtime(namespace=ns, name=name, nodes=list(nodes), workers=workers,
-                      batch_size=batch_size, poll_interval=POLL)  # type: ignore[arg-type]
+                      batch_size=batch_size, poll_interval=POLL,  # type: ignore[arg-type]
+                      key=key)
     task = runtime.start()
     assert isinstance(task, asyncio.Task), "Runtime.start() inside a loop returns a task"
     api = Api(ns)

@@ -137,6 +137,12 @@ async fn sdk_register_upsert_trigger_store_secrets() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_runtime_with_a_scoped_key() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    run_module(&mut stack, "test_sdk_scoped_keys.py", "py-keys").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_fan_out_and_unite() -> anyhow::Result<()> {
     let mut stack = Stack::start().await?;
     run_module(&mut stack, "test_sdk_fanout.py", "py-fan").await
