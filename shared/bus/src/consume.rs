@@ -300,10 +300,16 @@ where
             }
         })
     };
-    let disposition = run_handler(bus, opts, &message, delivered, handler).await;
+    let kind = exo_metrics::subject_kind(&message.subject);
+    let span = crate::trace::message_span(
+        &format!("{} {kind}", opts.consumer),
+        &message.subject,
+        message.headers.as_ref(),
+    );
+    let disposition = run_handler(bus, &message, delivered, handler, span).await;
     heartbeat.abort();
     let record = |outcome| {
-        exo_metrics::message_handled(&opts.consumer, &message.subject, outcome, started.elapsed());
+        exo_metrics::message_handled(&opts.consumer, &kind, outcome, started.elapsed());
     };
     if exo_faults::point("bus.settle").is_err() {
         // Injected: leave the message unsettled; it comes back after the ack wait.
@@ -344,27 +350,18 @@ where
 }
 
 /// Reads the payload (from the object store when large) and runs the
-/// handler in the message's span (child of the trace context it carries).
+/// handler in the message's `span` (child of the trace context it carries).
 async fn run_handler<H, F>(
     bus: &Bus,
-    opts: &ConsumeOptions,
     message: &Arc<jetstream::Message>,
     delivered: i64,
     handler: &H,
+    span: tracing::Span,
 ) -> Disposition
 where
     H: Fn(Delivery) -> F,
     F: std::future::Future<Output = Disposition>,
 {
-    let span = crate::trace::message_span(
-        &format!(
-            "{} {}",
-            opts.consumer,
-            exo_metrics::subject_kind(&message.subject)
-        ),
-        &message.subject,
-        message.headers.as_ref(),
-    );
     match bus.payload_of(message).await {
         Ok(payload) => {
             let delivery = Delivery {
