@@ -352,15 +352,23 @@ impl Bus {
             .get_or_create_consumer(durable, cfg.clone())
             .await
             .map_err(|e| Error::js("consumer provisioning", e))?;
-        // A consumer made by an earlier version keeps its filters unless
-        // they are brought up to date (e.g. result partitions added).
+        // A consumer made by an earlier version (or by hand) keeps its
+        // settings unless they are brought up to date: its filters (e.g.
+        // result partitions added), its ack wait (the short one the
+        // heartbeats assume), its delivery and in-flight limits.
         let have = &consumer.cached_info().config;
         let mut have_filters = have.filter_subjects.clone();
         if !have.filter_subject.is_empty() {
             have_filters.push(have.filter_subject.clone());
         }
-        if have_filters != cfg.filter_subjects {
-            tracing::info!(consumer = durable, ?have_filters, want = ?cfg.filter_subjects, "Updating the consumer's filter subjects.");
+        let stale = have_filters != cfg.filter_subjects
+            || have.ack_wait != cfg.ack_wait
+            || have.max_deliver != cfg.max_deliver
+            || have.max_ack_pending != cfg.max_ack_pending;
+        if stale {
+            tracing::info!(consumer = durable, ?have_filters, want = ?cfg.filter_subjects,
+                have_ack_wait = ?have.ack_wait, want_ack_wait = ?cfg.ack_wait,
+                "Bringing the consumer's settings up to date.");
             consumer = replace_consumer(&stream, cfg).await?;
         }
         Ok(consumer)

@@ -162,6 +162,42 @@ async fn an_existing_consumer_s_filters_are_reconciled() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A consumer left by an earlier version with the same filter but other
+/// settings (a long ack wait, a delivery limit, a small in-flight limit) is
+/// brought up to the service's settings on start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_consumer_s_ack_wait_and_limits_are_reconciled() -> anyhow::Result<()> {
+    let (_nats, bus) = common::bus("consumer-reconcile").await?;
+    let stream = bus.jetstream().get_stream(subjects::STREAM_STATES).await?;
+    let old = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some(subjects::CONSUMER_SCHEDULER.to_string()),
+        filter_subject: subjects::STATES_SUBJECTS.to_string(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: std::time::Duration::from_secs(30),
+        max_deliver: 5,
+        max_ack_pending: 100,
+        ..Default::default()
+    };
+    stream.create_consumer(old).await?;
+    let mut now = bus
+        .service_consumer(
+            subjects::STREAM_STATES,
+            subjects::CONSUMER_SCHEDULER,
+            &[subjects::STATES_SUBJECTS],
+        )
+        .await?;
+    let cfg = now.info().await?.config.clone();
+    assert_eq!(cfg.ack_wait, exo_bus::SERVICE_ACK_WAIT);
+    assert_eq!(cfg.max_deliver, -1);
+    assert_eq!(cfg.max_ack_pending, 20_000);
+    let mut filters = cfg.filter_subjects.clone();
+    if !cfg.filter_subject.is_empty() {
+        filters.push(cfg.filter_subject.clone());
+    }
+    assert_eq!(filters, vec![subjects::STATES_SUBJECTS.to_string()]);
+    Ok(())
+}
+
 /// Two lanes sharing a budget: a backlog of slow results on one partition
 /// does not hold up a result on another, which is handled while almost all
 /// of the backlog is still waiting.
