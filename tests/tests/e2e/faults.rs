@@ -184,3 +184,52 @@ async fn restart_nats_and_mongo_mid_run() -> anyhow::Result<()> {
     stack.servers.mongo.start_again().await?;
     check_fan_run(&stack, &run_id).await
 }
+
+/// SIGTERM (what Kubernetes sends before a pod goes) to each service in
+/// turn, during a wide fan-out with failures, retries, prunes and a unite:
+/// each stops taking work, finishes or hands back what it holds, and exits
+/// 0 within its grace period (`EXO_SHUTDOWN_GRACE_SECS`, 5 s in the test
+/// stack); started again, the run ends exactly as the graph says (every
+/// item one final attempt with its outcome, one unite, right counters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_each_service_in_turn_during_a_fan_out() -> anyhow::Result<()> {
+    let ns = "drain";
+    let mut stack = Stack::start().await?;
+    stack
+        .spawn_runtime_process(
+            ns,
+            &[
+                ("EXO_TEST_FAIL_DIGITS", "7"),
+                ("EXO_TEST_PRUNE_DIGITS", "3"),
+                ("EXO_TEST_DELAY_MS", "200"),
+                ("EXO_TEST_CONCURRENCY", "4"),
+            ],
+        )
+        .await?;
+    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
+    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let grace = Duration::from_secs(5);
+    for victim in exo_e2e::SERVICES {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pending = stack
+            .store
+            .run(&run_id)
+            .await?
+            .is_some_and(|r| r.status.as_deref() == Some("PENDING"));
+        assert!(pending, "the run ended before {victim} got its SIGTERM");
+        let sent = Instant::now();
+        let status = stack.service(victim).terminate(grace * 3).await;
+        let took = sent.elapsed();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{victim} exited {status:?} after SIGTERM"
+        );
+        // The grace period bounds the drain; process exit adds a little.
+        assert!(
+            took <= grace + Duration::from_secs(2),
+            "{victim} took {took:?} to exit (grace {grace:?})"
+        );
+        stack.service(victim).restart().await?;
+    }
+    check_fan_run(&stack, &run_id).await
+}
