@@ -56,6 +56,24 @@ fn graph(ns: &str) -> serde_json::Value {
     })
 }
 
+/// Starts the test runtime process serving `ns` (items ending in 7 fail,
+/// in 3 prune; `extra` adds `EXO_TEST_*` settings), stores [`graph`] and
+/// triggers it; returns the run id.
+async fn start_fan_run(
+    stack: &mut Stack,
+    ns: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let mut env = vec![
+        ("EXO_TEST_FAIL_DIGITS", "7"),
+        ("EXO_TEST_PRUNE_DIGITS", "3"),
+    ];
+    env.extend_from_slice(extra);
+    stack.spawn_runtime_process(ns, &env).await?;
+    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
+    stack.trigger(ns, "g", &json!({})).await
+}
+
 /// Checks the outcome of one fan-out run: every item has exactly one final
 /// attempt with the outcome its digit dictates, retries are as the policy
 /// says, one unite state, right counters.
@@ -105,20 +123,16 @@ async fn check_fan_run(stack: &Stack, run_id: &str) -> anyhow::Result<()> {
 async fn kill9_services_and_runtime_at_random_points() -> anyhow::Result<()> {
     let ns = "chaos";
     let mut stack = Stack::start().await?;
-    stack
-        .spawn_runtime_process(
-            ns,
-            &[
-                ("EXO_TEST_FAIL_DIGITS", "7"),
-                ("EXO_TEST_PRUNE_DIGITS", "3"),
-                ("EXO_TEST_DELAY_MS", "30"),
-                ("EXO_TEST_ACK_WAIT_SECS", "2"),
-                ("EXO_TEST_CONCURRENCY", "4"),
-            ],
-        )
-        .await?;
-    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
-    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run_id = start_fan_run(
+        &mut stack,
+        ns,
+        &[
+            ("EXO_TEST_DELAY_MS", "30"),
+            ("EXO_TEST_ACK_WAIT_SECS", "2"),
+            ("EXO_TEST_CONCURRENCY", "4"),
+        ],
+    )
+    .await?;
     let mut rng = Rng::from_time();
     let victims = [
         "exo-completion",
@@ -160,19 +174,12 @@ async fn restart_nats_and_mongo_mid_run() -> anyhow::Result<()> {
         })
     )?;
     let mut stack = Stack::start_on(Servers { nats, mongo }, &exo_e2e::SERVICES).await?;
-    stack
-        .spawn_runtime_process(
-            ns,
-            &[
-                ("EXO_TEST_FAIL_DIGITS", "7"),
-                ("EXO_TEST_PRUNE_DIGITS", "3"),
-                ("EXO_TEST_DELAY_MS", "20"),
-                ("EXO_TEST_ACK_WAIT_SECS", "2"),
-            ],
-        )
-        .await?;
-    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
-    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run_id = start_fan_run(
+        &mut stack,
+        ns,
+        &[("EXO_TEST_DELAY_MS", "20"), ("EXO_TEST_ACK_WAIT_SECS", "2")],
+    )
+    .await?;
     let mut rng = Rng::from_time();
     tokio::time::sleep(rng.ms(300, 900)).await;
     stack.servers.nats.kill9();
@@ -195,19 +202,12 @@ async fn restart_nats_and_mongo_mid_run() -> anyhow::Result<()> {
 async fn sigterm_each_service_in_turn_during_a_fan_out() -> anyhow::Result<()> {
     let ns = "drain";
     let mut stack = Stack::start().await?;
-    stack
-        .spawn_runtime_process(
-            ns,
-            &[
-                ("EXO_TEST_FAIL_DIGITS", "7"),
-                ("EXO_TEST_PRUNE_DIGITS", "3"),
-                ("EXO_TEST_DELAY_MS", "200"),
-                ("EXO_TEST_CONCURRENCY", "4"),
-            ],
-        )
-        .await?;
-    stack.upsert_valid_graph(ns, "g", &graph(ns)).await?;
-    let run_id = stack.trigger(ns, "g", &json!({})).await?;
+    let run_id = start_fan_run(
+        &mut stack,
+        ns,
+        &[("EXO_TEST_DELAY_MS", "200"), ("EXO_TEST_CONCURRENCY", "4")],
+    )
+    .await?;
     let grace = Duration::from_secs(5);
     for victim in exo_e2e::SERVICES {
         tokio::time::sleep(Duration::from_millis(300)).await;
