@@ -16,6 +16,7 @@ mod consume;
 mod payloads;
 mod replies;
 mod sampling;
+pub mod streams;
 pub mod trace;
 
 use std::time::Duration;
@@ -60,6 +61,10 @@ pub enum Error {
     /// A fault injected by a test at a crash point.
     #[error(transparent)]
     Injected(#[from] exo_faults::Injected),
+    /// A stream exists with a setting the services need otherwise and
+    /// that cannot be changed in place (see [`streams::reconcile`]).
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 impl Error {
@@ -148,12 +153,23 @@ async fn acked(fut: jetstream::context::PublishAckFuture, point: bool) -> Result
     Ok(())
 }
 
+/// The servers of a comma-separated URL list (the client library reads a
+/// string as one URL), blanks ignored.
+pub fn server_list(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// A connected NATS client with its JetStream context.
 #[derive(Clone)]
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     payloads: std::sync::Arc<tokio::sync::OnceCell<jetstream::object_store::ObjectStore>>,
+    replicas: Option<usize>,
 }
 
 impl Bus {
@@ -173,14 +189,24 @@ impl Bus {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(server_list(url))
             .await?;
         let js = jetstream::new(client.clone());
         Ok(Self {
             client,
             js,
             payloads: Default::default(),
+            replicas: None,
         })
+    }
+
+    /// Streams this bus creates get `replicas` replicas, and existing ones
+    /// are brought to that count (`None`, the default: created with one,
+    /// existing ones kept as they are, so a runtime never undoes what the
+    /// services were configured with).
+    pub fn with_stream_replicas(mut self, replicas: Option<usize>) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// The core client.
@@ -193,7 +219,8 @@ impl Bus {
         &self.js
     }
 
-    /// Creates every stream if missing (idempotent).
+    /// Creates every stream if missing, and reconciles existing ones with
+    /// what the services need (idempotent; see [`streams`]).
     pub async fn provision(&self) -> Result<(), Error> {
         let work = |name: &str, subjects: &[&str]| stream::Config {
             name: name.to_string(),
@@ -237,32 +264,12 @@ impl Bus {
             ),
         ];
         for cfg in configs {
-            // Create, or bring an existing stream's configuration up to date
-            // (e.g. subjects added by a newer version).
-            match self.js.get_stream(&cfg.name).await {
-                Ok(mut existing) => {
-                    let current = existing
-                        .info()
-                        .await
-                        .map_err(|e| Error::js("stream info", e))?
-                        .config
-                        .clone();
-                    if current.subjects != cfg.subjects
-                        || current.subject_transform != cfg.subject_transform
-                    {
-                        self.js
-                            .update_stream(&cfg)
-                            .await
-                            .map_err(|e| Error::js("stream update", e))?;
-                    }
-                }
-                Err(_) => {
-                    self.js
-                        .get_or_create_stream(cfg)
-                        .await
-                        .map_err(|e| Error::js("stream provisioning", e))?;
-                }
-            }
+            streams::ensure(&self.js, cfg, self.replicas).await?;
+        }
+        // The large-payload bucket is created on first use, with the
+        // configured replicas; one that exists is brought to them.
+        if let Some(replicas) = self.replicas {
+            streams::set_replicas(&self.js, &format!("OBJ_{PAYLOAD_BUCKET}"), replicas).await?;
         }
         Ok(())
     }
@@ -270,45 +277,24 @@ impl Bus {
     /// Makes the inbound stream hold exactly `subjects` (pairwise
     /// disjoint; none: a placeholder), creating it as a work queue kept
     /// [`INBOUND_MAX_AGE`]. Its other settings (an operator's duplicate
-    /// window, replicas) are left as they are.
+    /// window, …) are left as they are, its replicas too unless configured
+    /// (see [`streams`]).
     pub async fn ensure_inbound(&self, subjects: &[String]) -> Result<(), Error> {
         let want = if subjects.is_empty() {
             vec![subj::INBOUND_PLACEHOLDER.to_string()]
         } else {
             subjects.to_vec()
         };
-        match self.js.get_stream(subj::STREAM_INBOUND).await {
-            Ok(mut existing) => {
-                let mut cfg = existing
-                    .info()
-                    .await
-                    .map_err(|e| Error::js("stream info", e))?
-                    .config
-                    .clone();
-                if cfg.subjects != want {
-                    cfg.subjects = want;
-                    self.js
-                        .update_stream(&cfg)
-                        .await
-                        .map_err(|e| Error::js("inbound stream update", e))?;
-                }
-            }
-            Err(_) => {
-                let cfg = stream::Config {
-                    name: subj::STREAM_INBOUND.to_string(),
-                    subjects: want,
-                    retention: stream::RetentionPolicy::WorkQueue,
-                    storage: stream::StorageType::File,
-                    max_age: INBOUND_MAX_AGE,
-                    duplicate_window: DUPLICATE_WINDOW,
-                    ..Default::default()
-                };
-                self.js
-                    .get_or_create_stream(cfg)
-                    .await
-                    .map_err(|e| Error::js("inbound stream provisioning", e))?;
-            }
-        }
+        let cfg = stream::Config {
+            name: subj::STREAM_INBOUND.to_string(),
+            subjects: want,
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: INBOUND_MAX_AGE,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        streams::ensure(&self.js, cfg, self.replicas).await?;
         Ok(())
     }
 

@@ -74,6 +74,7 @@ impl Bus {
                             bucket: PAYLOAD_BUCKET.to_string(),
                             description: Some("Payloads above max_payload (exo)".into()),
                             max_age: PAYLOAD_MAX_AGE,
+                            num_replicas: self.replicas.unwrap_or(1),
                             ..Default::default()
                         })
                         .await

@@ -106,7 +106,8 @@ pub async fn connect(common: &CommonConfig, service: &str) -> anyhow::Result<Eng
         .context("create MongoDB indexes")?;
     let bus = Bus::connect_with(&common.nats.url, service, &common.nats.auth)
         .await
-        .context("connect to NATS")?;
+        .context("connect to NATS")?
+        .with_stream_replicas(common.nats.stream_replicas);
     bus.provision()
         .await
         .context("provision JetStream streams")?;

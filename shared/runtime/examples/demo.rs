@@ -4,6 +4,10 @@
 //! triggers a run, prints its progress and exits with the final status
 //! (0 for SUCCESS). `deploy/demo.sh` starts everything it needs.
 //!
+//! With `--serve` it is only the runtime: it serves the four nodes until
+//! SIGTERM or Ctrl-C, then finishes what it holds and exits 0 (the runtime
+//! Deployment in `k8s/runtimes/rust` runs it so).
+//!
 //! ```text
 //! start ──▶ fan (N outputs) ──▶ work (×N) ──▶ report (unites start, ALL_SUCCESS)
 //! ```
@@ -34,6 +38,9 @@ struct Cli {
     /// Fan-out width.
     #[arg(long, default_value_t = 100)]
     width: usize,
+    /// Only serve the nodes (no graph, no run) until SIGTERM or Ctrl-C.
+    #[arg(long, env = "EXO_DEMO_SERVE")]
+    serve: bool,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +194,12 @@ async fn main() -> anyhow::Result<()> {
         .node(Work)
         .node(Report)
         .build();
+    if cli.serve {
+        println!("==> serving nodes Start, Fan, Work, Report in namespace {ns} until SIGTERM");
+        runtime.run(exo_service::shutdown::signal_token()).await?;
+        println!("==> runtime stopped");
+        return Ok(());
+    }
     let stop = CancellationToken::new();
     let rt = {
         let stop = stop.clone();

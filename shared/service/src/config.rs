@@ -32,6 +32,10 @@ pub struct NatsConfig {
     pub url: String,
     /// Client name shown in server monitoring.
     pub name: Option<String>,
+    /// Replicas of the streams the services create (`R3` in a 3-node
+    /// cluster survives the loss of one node); existing streams are brought
+    /// to it on start. Unset: created with 1, existing ones kept as they are.
+    pub stream_replicas: Option<usize>,
     /// Credentials and TLS (`EXO_NATS__CREDS_FILE`, `__USER`,
     /// `__PASSWORD`, `__TLS_CA_FILE`, …; see [`exo_bus::NatsAuth`]).
     #[serde(flatten)]
@@ -43,6 +47,7 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".into(),
             name: None,
+            stream_replicas: None,
             auth: exo_bus::NatsAuth::default(),
         }
     }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for NatsConfig {
         f.debug_struct("NatsConfig")
             .field("url", &redact_uri(&self.url))
             .field("name", &self.name)
+            .field("stream_replicas", &self.stream_replicas)
             .field("auth", &self.auth)
             .finish()
     }
@@ -157,6 +163,13 @@ impl CommonConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.nats.url.trim().is_empty() {
             return Err(Error::Invalid("nats.url is empty".into()));
+        }
+        if let Some(r) = self.nats.stream_replicas
+            && !(1..=5).contains(&r)
+        {
+            return Err(Error::Invalid(format!(
+                "nats.stream_replicas (EXO_NATS__STREAM_REPLICAS) must be 1 to 5 (JetStream's limit), got {r}"
+            )));
         }
         self.nats
             .auth
@@ -290,6 +303,7 @@ mod tests {
             nats: NatsConfig {
                 url: cases[2].0.into(),
                 name: None,
+                stream_replicas: None,
                 auth: exo_bus::NatsAuth {
                     user: Some("svc".into()),
                     password: Some("nats-pw-9".into()),
@@ -385,6 +399,12 @@ mod tests {
         let c: Cfg = load_from(None, env(&[("EXO_ADMIN__ADDR", "nowhere")])).unwrap();
         let e = c.common.validate().unwrap_err();
         assert!(e.to_string().contains("admin.addr 'nowhere'"), "{e}");
+        let c: Cfg = load_from(None, env(&[("EXO_NATS__STREAM_REPLICAS", "3")])).unwrap();
+        assert_eq!(c.common.nats.stream_replicas, Some(3));
+        c.common.validate().unwrap();
+        let c: Cfg = load_from(None, env(&[("EXO_NATS__STREAM_REPLICAS", "7")])).unwrap();
+        let e = c.common.validate().unwrap_err();
+        assert!(e.to_string().contains("EXO_NATS__STREAM_REPLICAS"), "{e}");
         let c: Cfg = load_from(None, env(&[("EXO_MONGO__URI", "http://x")])).unwrap();
         assert!(matches!(c.common.validate(), Err(Error::Invalid(_))));
     }

@@ -22,4 +22,5 @@ mod redelivery;
 mod secrecy;
 mod tenants;
 mod traces;
+mod upgrade;
 mod webhooks;
