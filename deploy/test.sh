@@ -66,7 +66,7 @@ step() {
     fi
 }
 
-step build cargo build --workspace --bins
+step build cargo build --workspace --bins --examples
 if [[ " ${FAILED[*]} " == *" build "* ]]; then
     echo "--- test skipped: the build failed"
     FAILED+=("test")

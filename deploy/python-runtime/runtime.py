@@ -57,11 +57,15 @@ class DrainingRuntime(Runtime):
     """A Runtime that can stop polling: once `stopping` is set, every poll is empty."""
 
     stopping = False
+    _poll = None
 
     async def _enqueue_call(self):
         if self.stopping:
             return {"states": []}
-        return await super()._enqueue_call()
+        # Kept (and shielded) so that a stop can wait for a poll in flight: the states
+        # it leases must reach the queue and be run, not be dropped with the request.
+        self._poll = asyncio.ensure_future(super()._enqueue_call())
+        return await asyncio.shield(self._poll)
 
 
 async def main() -> int:
@@ -79,6 +83,10 @@ async def main() -> int:
         return 1
     log.info("SIGTERM: no new states; draining for up to %.0f s", GRACE)
     runtime.stopping = True
+    if runtime._poll is not None and not runtime._poll.done():
+        await asyncio.wait({runtime._poll}, timeout=GRACE)
+        for _ in range(10):  # the poller puts what it leased on the queue
+            await asyncio.sleep(0)
     try:
         await asyncio.wait_for(runtime._state_queue.join(), timeout=GRACE)
     except asyncio.TimeoutError:

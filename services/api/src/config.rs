@@ -35,7 +35,7 @@ pub const DEFAULT_CORS_ORIGINS: [&str; 4] = [
 ];
 
 /// Service configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Connections and admin endpoint.
@@ -46,17 +46,20 @@ pub struct Config {
 }
 
 /// The `api` section.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ApiConfig {
     /// Listen address of the HTTP API, `host:port`.
     pub addr: String,
-    /// The API key every `/v0` request must send in `x-api-key`.
+    /// The API key every `/v0` request must send in `x-api-key`. Required.
+    #[serde(skip_serializing)]
     pub key: String,
     /// URL-safe base64 of the 32-byte AES-256-GCM key for graph secrets.
     /// Without it, graphs with secrets cannot be stored or read.
+    #[serde(skip_serializing)]
     pub secrets_encryption_key: Option<String>,
-    /// Comma-separated CORS origins; unset means [`DEFAULT_CORS_ORIGINS`].
+    /// Comma-separated CORS origins; unset means [`DEFAULT_CORS_ORIGINS`]
+    /// (`http://localhost:3000`, `:3001`, and the same on `127.0.0.1`).
     pub cors_origins: Option<String>,
     /// How long a state handed out by `POST /states/enqueue` stays leased
     /// to the caller. (Dispatch consumers it creates get the NATS runtimes'

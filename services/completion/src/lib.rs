@@ -22,13 +22,13 @@ use exo_types::subjects::{self, ResultKind};
 use tokio_util::sync::CancellationToken;
 
 /// Configuration of the completion service (`EXO_*` environment variables).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Connections, admin endpoint, concurrency.
     #[serde(flatten)]
     pub worker: worker::Config,
-    /// `EXO_PARTITIONS`: the share of the result partitions this replica
+    /// The share of the result partitions this replica
     /// consumes, `i/N` (replica `i` of `N`, from 0): partitions `p` with
     /// `p % N == i`, and replica 0 also the lane of results without their
     /// run. Unset: every lane (every replica binds every durable consumer,

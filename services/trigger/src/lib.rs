@@ -31,16 +31,15 @@ impl exo_service::binary::ServiceConfig for Config {
 }
 
 /// Configuration of the `trigger` service.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Connections, admin endpoint and concurrency.
     #[serde(flatten)]
     pub worker: worker::Config,
     /// How long a CRON occurrence claimed by a replica that then died stays
-    /// claimed before another replica fires it
-    /// (`EXO_CRON_CLAIM_TIMEOUT_SECS`, default
-    /// [`exo_engine::cron::STALE_CLAIM`]). The run id is derived from the
+    /// claimed before another replica fires it, in seconds (unset:
+    /// [`exo_engine::cron::STALE_CLAIM`], 60 s). The run id is derived from the
     /// occurrence, so a take-over never starts a second run; keep it above
     /// the time a fire takes.
     pub cron_claim_timeout_secs: Option<u64>,

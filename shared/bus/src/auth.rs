@@ -10,29 +10,33 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 /// NATS credentials and TLS (`EXO_NATS__*`; every field optional).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct NatsAuth {
-    /// A `.creds` file (user JWT and nkey seed) (`EXO_NATS__CREDS_FILE`).
+    /// A `.creds` file (user JWT and nkey seed).
     pub creds_file: Option<PathBuf>,
-    /// An nkey seed (`SU…`) (`EXO_NATS__NKEY_SEED`).
+    /// An nkey seed (`SU…`).
+    #[serde(skip_serializing)]
+    #[schemars(with = "Option<String>")]
     pub nkey_seed: Option<SecretString>,
-    /// User name (`EXO_NATS__USER`), with `password`.
+    /// User name, with `password`.
     pub user: Option<String>,
-    /// Password (`EXO_NATS__PASSWORD`).
+    /// Password, with `user`.
+    #[serde(skip_serializing)]
+    #[schemars(with = "Option<String>")]
     pub password: Option<SecretString>,
-    /// Token (`EXO_NATS__TOKEN`).
+    /// Token.
+    #[serde(skip_serializing)]
+    #[schemars(with = "Option<String>")]
     pub token: Option<SecretString>,
-    /// Insist on TLS even when the server does not ask for it
-    /// (`EXO_NATS__REQUIRE_TLS`; a `tls://` URL does the same).
+    /// Insist on TLS even when the server does not ask for it (a `tls://`
+    /// URL does the same).
     pub require_tls: bool,
-    /// PEM file of the CA(s) that signed the server's certificate
-    /// (`EXO_NATS__TLS_CA_FILE`).
+    /// PEM file of the CA(s) that signed the server's certificate.
     pub tls_ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS (`EXO_NATS__TLS_CERT_FILE`),
-    /// with `tls_key_file`.
+    /// PEM client certificate for mutual TLS, with `tls_key_file`.
     pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate (`EXO_NATS__TLS_KEY_FILE`).
+    /// PEM private key of the client certificate.
     pub tls_key_file: Option<PathBuf>,
 }
 

@@ -9,7 +9,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Bus, PayloadError};
-use exo_types::messages::{HEADER_REPLY_TO, Reply, ReplyOutcome};
+use exo_types::messages::{
+    HEADER_PROTOCOL, HEADER_REPLY_TO, PROTOCOL_VERSION, Reply, ReplyOutcome,
+};
 
 /// What to do with a message once the handler returns.
 #[derive(Debug, Clone, PartialEq)]
@@ -349,6 +351,24 @@ where
     }
 }
 
+/// How long a message of a newer protocol waits before it is offered again.
+pub const NEWER_PROTOCOL_DELAY: Duration = Duration::from_secs(5);
+
+/// The message's protocol version when it is newer than this build's
+/// [`PROTOCOL_VERSION`] (a message without the header is version 1).
+fn newer_protocol(message: &jetstream::Message) -> Option<u32> {
+    let ours: u32 = PROTOCOL_VERSION.parse().unwrap_or(1);
+    let theirs: u32 = message
+        .headers
+        .as_ref()?
+        .get(HEADER_PROTOCOL)?
+        .as_str()
+        .trim()
+        .parse()
+        .ok()?;
+    (theirs > ours).then_some(theirs)
+}
+
 /// Reads the payload (from the object store when large) and runs the
 /// handler in the message's `span` (child of the trace context it carries).
 async fn run_handler<H, F>(
@@ -362,6 +382,12 @@ where
     H: Fn(Delivery) -> F,
     F: std::future::Future<Output = Disposition>,
 {
+    if let Some(version) = newer_protocol(message) {
+        // A newer version's message during a rolling upgrade: left for a
+        // replica that knows it (never dropped, never half-understood).
+        tracing::warn!(subject = %message.subject, version, "A message of a newer protocol; left for a newer replica.");
+        return Disposition::Delay(NEWER_PROTOCOL_DELAY);
+    }
     match bus.payload_of(message).await {
         Ok(payload) => {
             let delivery = Delivery {

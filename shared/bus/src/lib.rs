@@ -32,7 +32,10 @@ use exo_types::subjects as subj;
 use serde::Serialize;
 
 pub use auth::{AuthError, NatsAuth};
-pub use consume::{ConsumeOptions, Delivery, Disposition, RetryBackoff, SharedBudget, consume};
+pub use consume::{
+    ConsumeOptions, Delivery, Disposition, NEWER_PROTOCOL_DELAY, RetryBackoff, SharedBudget,
+    consume,
+};
 pub use payloads::{PAYLOAD_BUCKET, PAYLOAD_MAX_AGE, PayloadError, payload_ref};
 pub use replies::{Answer, MAX_REQUESTS_IN_FLIGHT, Replies, serve_requests};
 pub use sampling::{SAMPLE_EVERY, Sampled, sample_consumers, sample_once};

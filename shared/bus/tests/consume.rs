@@ -134,3 +134,71 @@ async fn failing_handlers_are_retried_without_limit_and_never_dead_lettered() ->
     );
     Ok(())
 }
+
+/// During a rolling upgrade an older replica may receive a message of a
+/// newer protocol (`Exo-Protocol` above its own): it neither handles nor
+/// drops it, but leaves it in the stream for a replica that knows it, and
+/// goes on handling the messages of its own protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_newer_protocol_are_left_for_a_newer_replica() -> anyhow::Result<()> {
+    let (_nats, bus) = common::bus("consume-test").await?;
+    let subject = subjects::result("t", ResultKind::Executed);
+    for (body, version) in [
+        ("newer", Some("2")),
+        ("ours", Some("1")),
+        ("unversioned", None),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(v) = version {
+            headers.insert(exo_types::messages::HEADER_PROTOCOL, v);
+        }
+        bus.jetstream()
+            .publish_with_headers(subject.clone(), headers, body.into())
+            .await?
+            .await?;
+    }
+    let consumer = completion_consumer(&bus).await?;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let token = CancellationToken::new();
+    let opts = ConsumeOptions {
+        stream: subjects::STREAM_RESULTS.into(),
+        consumer: subjects::CONSUMER_COMPLETION.into(),
+        concurrency: 4,
+        batch: 32,
+        retry_backoff: Default::default(),
+        budget: None,
+    };
+    let s2 = seen.clone();
+    let task = tokio::spawn(consume(
+        bus.clone(),
+        consumer,
+        opts,
+        token.clone(),
+        move |d| {
+            let seen = s2.clone();
+            async move {
+                seen.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&d.payload).to_string());
+                Disposition::Ack
+            }
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().expect("lock").len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for the newer message to have been offered (and left).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    token.cancel();
+    task.await??;
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort();
+    assert_eq!(seen, ["ours", "unversioned"]);
+    assert_eq!(
+        stored(&bus, subjects::STREAM_RESULTS).await?,
+        1,
+        "the newer message is kept"
+    );
+    Ok(())
+}

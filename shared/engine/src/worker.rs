@@ -15,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 use crate::{Engine, Error, Outcome};
 
 /// Configuration of a consuming service (`EXO_*` environment variables).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Connections and admin endpoint.
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Messages handled at once (`EXO_CONCURRENCY`); each service has its
-    /// own default.
+    /// Messages handled at once, per durable consumer. Unset: the
+    /// service's own (trigger 32, scheduler 128, completion 128 per lane,
+    /// retry 32).
     pub concurrency: Option<usize>,
 }
 

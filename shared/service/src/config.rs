@@ -25,10 +25,11 @@ pub enum Error {
 }
 
 /// Connection settings for NATS.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct NatsConfig {
     /// Server URL(s), comma separated.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     /// Client name shown in server monitoring.
     pub name: Option<String>,
@@ -54,10 +55,11 @@ impl Default for NatsConfig {
 }
 
 /// Connection settings for MongoDB.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct MongoConfig {
     /// Connection string. Never logged.
+    #[serde(serialize_with = "serialize_redacted")]
     pub uri: String,
     /// Database name (Exosphere's default is `exosphere-state-manager`).
     pub database: String,
@@ -88,6 +90,11 @@ impl std::fmt::Debug for MongoConfig {
             .field("transaction_lifetime_secs", &self.transaction_lifetime_secs)
             .finish()
     }
+}
+
+/// Serialises a connection string as [`redact_uri`] shows it.
+fn serialize_redacted<S: serde::Serializer>(uri: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_uri(uri))
 }
 
 /// `uri` with the credentials of every `user:password@` or `token@` part
@@ -124,7 +131,7 @@ impl Default for MongoConfig {
 }
 
 /// Admin HTTP endpoint settings (`/livez`, `/readyz`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct AdminConfig {
     /// Listen address, `host:port`.
@@ -140,7 +147,7 @@ impl Default for AdminConfig {
 }
 
 /// The sections every service has.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct CommonConfig {
     /// NATS connection.
@@ -149,13 +156,26 @@ pub struct CommonConfig {
     pub mongo: MongoConfig,
     /// Admin endpoints.
     pub admin: AdminConfig,
-    /// Seconds in-flight work gets after a shutdown signal.
-    pub shutdown_grace_secs: Option<u64>,
-    /// Tokio worker threads (`EXO_WORKER_THREADS`); unset or 0 means one
+    /// Seconds in-flight work gets after a shutdown signal (keep
+    /// `terminationGracePeriodSeconds` above it: deploy/check-k8s.sh checks).
+    pub shutdown_grace_secs: u64,
+    /// Tokio worker threads; unset or 0 means one
     /// per core (tokio's default, which follows the container's CPU
     /// quota). On the 2-core benchmark machine 1 and 2 measured the same
     /// (docs/benchmarks.md).
     pub worker_threads: Option<usize>,
+}
+
+impl Default for CommonConfig {
+    fn default() -> Self {
+        Self {
+            nats: NatsConfig::default(),
+            mongo: MongoConfig::default(),
+            admin: AdminConfig::default(),
+            shutdown_grace_secs: 20,
+            worker_threads: None,
+        }
+    }
 }
 
 impl CommonConfig {
@@ -196,7 +216,7 @@ impl CommonConfig {
 
     /// Grace period for in-flight work at shutdown.
     pub fn shutdown_grace(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.shutdown_grace_secs.unwrap_or(20))
+        std::time::Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 
@@ -207,6 +227,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("MONGO_DATABASE_NAME", "EXO_MONGO__DATABASE"),
     ("STATE_MANAGER_SECRET", "EXO_API__KEY"),
     ("SECRETS_ENCRYPTION_KEY", "EXO_API__SECRETS_ENCRYPTION_KEY"),
+    ("CORS_ORIGINS", "EXO_API__CORS_ORIGINS"),
 ];
 
 /// Loads `T` from the process environment and an optional file.

@@ -8,12 +8,15 @@
 //! - [`admin`]: the `/livez`, `/readyz` and `/metrics` admin endpoints;
 //! - [`metrics`]: the process's Prometheus metrics (the `exo-metrics` crate);
 //! - [`runtime`]: the tokio runtime, with its configured worker threads;
-//! - [`binary`]: the `main` of a consuming service binary.
+//! - [`binary`]: the `main` of a consuming service binary;
+//! - [`reference`]: the configuration reference, generated from the
+//!   configuration structs.
 
 pub mod admin;
 pub mod binary;
 pub mod config;
 pub mod otel;
+pub mod reference;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,9 +5,11 @@
 mod api_contract;
 mod bad_input;
 mod compat;
+mod config_reference;
 mod crashpoints;
 mod cron;
 mod events;
+mod example_runtimes;
 mod faults;
 mod flows;
 mod leases;

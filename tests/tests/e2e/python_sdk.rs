@@ -19,7 +19,7 @@ const MODULE_TIMEOUT: Duration = Duration::from_secs(240);
 /// The venv's Python, after making sure the pinned SDK is installed (the
 /// install script is idempotent, serialised by a lock, and quick when
 /// everything is in place).
-async fn sdk_python() -> anyhow::Result<PathBuf> {
+pub(crate) async fn sdk_python() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let script = root.join("deploy/install-python-sdk.sh");
     let out = tokio::process::Command::new("bash")
