@@ -9,7 +9,7 @@
 //! - [`metrics`]: the process's Prometheus metrics (the `exo-metrics` crate);
 //! - [`runtime`]: the tokio runtime, with its configured worker threads;
 //! - [`binary`]: the `main` of a consuming service binary;
-//! - [`reference`]: the configuration reference, generated from the
+//! - [`reference`](mod@reference): the configuration reference, generated from the
 //!   configuration structs.
 
 pub mod admin;

@@ -91,6 +91,10 @@ pub struct Args {
     /// nats-server `max_payload` in bytes (a 100k-wide result exceeds 1 MiB).
     #[arg(long, default_value_t = 64 << 20)]
     pub nats_max_payload: u64,
+    /// Run a JetStream cluster of this many nats-servers, every stream
+    /// replicated on all of them (clients connect to the first).
+    #[arg(long, default_value_t = 1)]
+    pub nats_cluster: usize,
     /// Executions at once per node in the Rust-SDK runtime.
     #[arg(long, default_value_t = 256)]
     pub runtime_concurrency: usize,
@@ -158,6 +162,7 @@ impl Args {
             service_env: self.service_env.clone(),
             replicas: self.replicas.iter().cloned().collect(),
             share_partitions: self.share_partitions,
+            nats_cluster: self.nats_cluster,
         }
     }
 
@@ -235,6 +240,8 @@ fn servers_section(args: &Args) -> Value {
             "binary": nats_bin.as_ref().map(|p| p.display().to_string()),
             "version": nats_bin.as_deref().map(report::version_of),
             "max_payload": args.nats_max_payload,
+            "cluster_servers": args.nats_cluster,
+            "stream_replicas": args.nats_cluster.max(1),
             "jetstream_storage": "file",
             "sync_interval": if args.nats_sync_always { "always" } else { "default (2 min; no fsync per write)" },
         },
@@ -344,11 +351,13 @@ async fn main() -> ExitCode {
     let machine = report::machine();
     let servers = servers_section(&args);
     println!(
-        "machine: {} cores, {}, {} MiB; nats-server {}, {} (sync-on-commit: {})",
+        "machine: {} cores, {}, {} MiB; nats-server {} x{} (streams R{}), {} (sync-on-commit: {})",
         machine["cores"],
         machine["cpu_model"].as_str().unwrap_or("?"),
         machine["mem_total_mb"],
         servers["nats"]["version"].as_str().unwrap_or("?"),
+        args.nats_cluster.max(1),
+        args.nats_cluster.max(1),
         servers["mongo"]["version"].as_str().unwrap_or("?"),
         args.sync_on_commit
     );

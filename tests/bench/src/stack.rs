@@ -48,6 +48,19 @@ pub struct StackOptions {
     /// Give each `exo-completion` replica its share of the result
     /// partitions (`EXO_PARTITIONS=i/N`) instead of every lane.
     pub share_partitions: bool,
+    /// nats-servers: 1, or a JetStream cluster of this many with the
+    /// streams replicated on all of them (`EXO_NATS__STREAM_REPLICAS`).
+    pub nats_cluster: usize,
+}
+
+/// A server's place in a JetStream cluster: its index and every member's
+/// route port.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterSeat<'a> {
+    /// This server, `0..routes.len()`.
+    pub index: usize,
+    /// Route ports of every member.
+    pub routes: &'a [u16],
 }
 
 /// A nats-server started by the bench with its own configuration file
@@ -62,9 +75,50 @@ pub struct BenchNats {
     _dir: TempDir,
 }
 
+/// The nats-server configuration of a bench server.
+fn config_text(
+    port: u16,
+    monitor_port: u16,
+    store: &Path,
+    max_payload: u64,
+    sync_always: bool,
+    seat: Option<ClusterSeat<'_>>,
+) -> String {
+    let sync = if sync_always {
+        "\n  sync_interval: always"
+    } else {
+        ""
+    };
+    let mut config = format!(
+        "listen: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\n\
+             max_payload: {max_payload}\nmax_pending: {}\n\
+             jetstream {{\n  store_dir: \"{}\"{sync}\n}}\n",
+        max_payload.max(64 << 20),
+        store.display()
+    );
+    if let Some(seat) = seat {
+        let routes: Vec<String> = seat
+            .routes
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect();
+        config.push_str(&format!(
+                "server_name: n{}\ncluster {{\n  name: exo-bench\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                seat.index,
+                seat.routes[seat.index],
+                routes.join(", ")
+            ));
+    }
+    config
+}
+
 impl BenchNats {
     /// Starts nats-server with JetStream and waits for `/healthz`.
-    pub async fn start(max_payload: u64, sync_always: bool) -> anyhow::Result<Self> {
+    pub async fn start(
+        max_payload: u64,
+        sync_always: bool,
+        seat: Option<ClusterSeat<'_>>,
+    ) -> anyhow::Result<Self> {
         let bin = exo_test_support::nats_server_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("exo-bench-nats-")
@@ -72,18 +126,13 @@ impl BenchNats {
         let port = free_port();
         let monitor_port = free_port();
         let store = dir.path().join("store");
-        let sync = if sync_always {
-            "\n  sync_interval: always"
+        let config = config_text(port, monitor_port, &store, max_payload, sync_always, seat);
+        // Clustered, plain /healthz waits for the JetStream meta leader.
+        let health = if seat.is_some() {
+            "/healthz"
         } else {
-            ""
+            "/healthz?js-enabled-only=true"
         };
-        let config = format!(
-            "listen: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\n\
-             max_payload: {max_payload}\nmax_pending: {}\n\
-             jetstream {{\n  store_dir: \"{}\"{sync}\n}}\n",
-            max_payload.max(64 << 20),
-            store.display()
-        );
         let config_path = dir.path().join("nats.conf");
         std::fs::write(&config_path, &config)?;
         let log_path = dir.path().join("nats-server.log");
@@ -109,7 +158,7 @@ impl BenchNats {
             .build()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let url = format!("{}/healthz?js-enabled-only=true", nats.monitor_url());
+            let url = format!("{}{health}", nats.monitor_url());
             if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()
             {
@@ -166,8 +215,10 @@ pub struct ConnCounts {
 
 /// Servers, services and clients of one workload.
 pub struct BenchStack {
-    /// nats-server.
+    /// nats-server (the one every client connects to).
     pub nats: BenchNats,
+    /// The other members of a JetStream cluster (`--nats-cluster`).
+    pub nats_peers: Vec<BenchNats>,
     /// MongoDB-wire server.
     pub mongo: MongoServer,
     /// Database of this stack.
@@ -211,6 +262,10 @@ fn service_env(
         ),
         ("EXO_SHUTDOWN_GRACE_SECS", "5".to_string()),
         ("RUST_LOG", opts.rust_log.clone()),
+        (
+            "EXO_NATS__STREAM_REPLICAS",
+            opts.nats_cluster.max(1).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -228,7 +283,7 @@ fn service_env(
 /// `#1`, …), the servers and this process (which runs the runtime).
 fn watched(
     services: &[ServiceProcess],
-    nats: &BenchNats,
+    nats: &[&BenchNats],
     mongo: &MongoServer,
 ) -> Vec<(String, u32)> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -244,8 +299,14 @@ fn watched(
             p.pid().map(|pid| (name, pid))
         })
         .collect();
-    if let Some(pid) = nats.pid() {
-        procs.push(("nats-server".into(), pid));
+    for (i, server) in nats.iter().enumerate() {
+        if let Some(pid) = server.pid() {
+            let name = match i {
+                0 => "nats-server".to_string(),
+                i => format!("nats-server#{i}"),
+            };
+            procs.push((name, pid));
+        }
     }
     if let Some(pid) = mongo
         .storage_dir()
@@ -255,6 +316,25 @@ fn watched(
     }
     procs.push(("exo-bench (runtime)".into(), std::process::id()));
     procs
+}
+
+/// One nats-server, or `opts.nats_cluster` of them routed into one
+/// JetStream cluster (started together: each waits for the meta leader).
+async fn start_nats(opts: &StackOptions) -> anyhow::Result<Vec<BenchNats>> {
+    if opts.nats_cluster <= 1 {
+        return Ok(vec![
+            BenchNats::start(opts.max_payload, opts.nats_sync_always, None).await?,
+        ]);
+    }
+    let routes: Vec<u16> = (0..opts.nats_cluster).map(|_| free_port()).collect();
+    futures::future::try_join_all((0..opts.nats_cluster).map(|index| {
+        let seat = ClusterSeat {
+            index,
+            routes: &routes,
+        };
+        BenchNats::start(opts.max_payload, opts.nats_sync_always, Some(seat))
+    }))
+    .await
 }
 
 impl BenchStack {
@@ -269,12 +349,14 @@ impl BenchStack {
                 );
             }
         }
-        let (nats, mongo) = tokio::try_join!(
-            BenchNats::start(opts.max_payload, opts.nats_sync_always),
+        let (mut nats_servers, mongo) = tokio::try_join!(
+            start_nats(opts),
             MongoServer::start_with(MongoOptions {
                 sync_on_commit: opts.sync_on_commit,
             })
         )?;
+        let nats = nats_servers.remove(0);
+        let nats_peers = nats_servers;
         let db = unique_db_name("bench");
         let store = Store::connect(&mongo.uri(), &db, "exo-bench").await?;
         let api_port = free_port();
@@ -313,7 +395,8 @@ impl BenchStack {
                 services.push(p);
             }
         }
-        let procs = watched(&services, &nats, &mongo);
+        let all_nats: Vec<&BenchNats> = std::iter::once(&nats).chain(&nats_peers).collect();
+        let procs = watched(&services, &all_nats, &mongo);
         let api_url = format!("http://127.0.0.1:{api_port}");
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -321,6 +404,7 @@ impl BenchStack {
             .build()?;
         Ok(Self {
             nats,
+            nats_peers,
             mongo,
             db,
             services,
@@ -418,6 +502,9 @@ impl BenchStack {
             .map(|s| (s.name().to_string(), s.log_path().to_path_buf()))
             .collect();
         v.push(("nats-server".into(), self.nats.log_path.clone()));
+        for (i, peer) in self.nats_peers.iter().enumerate() {
+            v.push((format!("nats-server#{}", i + 1), peer.log_path.clone()));
+        }
         if let Some(d) = self.mongo.storage_dir() {
             v.push((
                 "secantusd-rs".into(),

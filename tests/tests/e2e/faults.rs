@@ -233,3 +233,58 @@ async fn sigterm_each_service_in_turn_during_a_fan_out() -> anyhow::Result<()> {
     }
     check_fan_run(&stack, &run_id).await
 }
+
+/// The api on SIGTERM stops accepting connections but finishes the request
+/// it is in the middle of: a graph upsert whose body is still arriving when
+/// the signal lands gets its full answer (and is stored), a connection
+/// attempted after the signal is refused, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_sigterm_finishes_the_request_in_flight_and_accepts_no_new_one() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stack = Stack::start_with(&["exo-api"]).await?;
+    let addr = stack.api_url.trim_start_matches("http://").to_string();
+    let body = serde_json::to_vec(&json!({"secrets": {}, "nodes": [
+        {"node_name": "Slow", "identifier": "a", "namespace": "drain-api", "inputs": {}, "next_nodes": []}
+    ]}))?;
+    let mut conn = tokio::net::TcpStream::connect(&addr).await?;
+    let head = format!(
+        "PUT /v0/namespace/drain-api/graph/g HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        exo_e2e::API_KEY,
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(first).await?;
+    conn.flush().await?;
+    // The request is in flight (its body half sent) when SIGTERM lands.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let api = stack.service("exo-api");
+    let (status, answer) = tokio::join!(api.terminate(Duration::from_secs(15)), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused = tokio::net::TcpStream::connect(&addr).await.is_err();
+        conn.write_all(rest).await?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await?;
+        anyhow::Ok((refused, answer))
+    });
+    let (refused, answer) = answer?;
+    assert!(refused, "a new connection was accepted after SIGTERM");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| anyhow::anyhow!("not a whole answer ({e}): {answer}"))?;
+    assert_eq!(v["nodes"][0]["identifier"], "a", "{answer}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exo-api exited {status:?}"
+    );
+    let stored = stack
+        .store
+        .db()
+        .collection::<exo_store::mongodb::bson::Document>("GraphTemplate")
+        .count_documents(exo_store::mongodb::bson::doc! {"namespace": "drain-api", "name": "g"})
+        .await?;
+    assert_eq!(stored, 1, "the graph of the finished request is stored");
+    Ok(())
+}
