@@ -266,9 +266,7 @@ impl Bus {
                 Duration::from_secs(14 * 24 * 3600),
             ),
         ];
-        for cfg in configs {
-            streams::ensure(&self.js, cfg, self.replicas).await?;
-        }
+        streams::ensure_all(&self.js, configs.into(), self.replicas).await?;
         // The large-payload bucket is created on first use, with the
         // configured replicas; one that exists is brought to them.
         if let Some(replicas) = self.replicas {
@@ -297,7 +295,7 @@ impl Bus {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
-        streams::ensure(&self.js, cfg, self.replicas).await?;
+        streams::ensure_all(&self.js, vec![cfg], self.replicas).await?;
         Ok(())
     }
 

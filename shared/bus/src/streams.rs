@@ -24,7 +24,8 @@ pub enum Reconciled {
 }
 
 /// Creates stream `want` (with `replicas`, default 1) or reconciles the
-/// existing one with it (see the module documentation).
+/// existing one with it (see the module documentation), without waiting
+/// for new replicas ([`ensure_all`] does).
 pub async fn ensure(
     js: &jetstream::Context,
     mut want: stream::Config,
@@ -54,10 +55,30 @@ pub async fn ensure(
     js.update_stream(&next)
         .await
         .map_err(|e| Error::js("stream update", e))?;
-    if changed.contains(&"num_replicas") {
-        replicas_current(js, &want.name, next.num_replicas).await?;
-    }
     Ok(Reconciled::Updated(changed))
+}
+
+/// Reconciles every stream of `wants` (see [`ensure`]), then waits until
+/// those whose replica count changed have their new replicas current (all
+/// at once: a new peer takes seconds to catch up, and consumers cannot be
+/// placed on a stream before).
+pub async fn ensure_all(
+    js: &jetstream::Context,
+    wants: Vec<stream::Config>,
+    replicas: Option<usize>,
+) -> Result<(), Error> {
+    let mut scaled = Vec::new();
+    for want in wants {
+        let name = want.name.clone();
+        if let Reconciled::Updated(changed) = ensure(js, want, replicas).await?
+            && changed.contains(&"num_replicas")
+        {
+            scaled.push(name);
+        }
+    }
+    let r = replicas.unwrap_or(1);
+    futures::future::try_join_all(scaled.iter().map(|name| replicas_current(js, name, r))).await?;
+    Ok(())
 }
 
 /// How long [`replicas_current`] waits.
