@@ -64,8 +64,9 @@ pub enum Error {
     /// A fault injected by a test at a crash point.
     #[error(transparent)]
     Injected(#[from] exo_faults::Injected),
-    /// A stream exists with a setting the services need otherwise and
-    /// that cannot be changed in place (see [`streams::reconcile`]).
+    /// A stream is missing where it must exist, or has a setting the
+    /// services need otherwise and that cannot be changed in place (see
+    /// [`streams::reconcile`]), or did not reach its replicas.
     #[error("{0}")]
     Incompatible(String),
 }
@@ -302,15 +303,11 @@ impl Bus {
     /// When the inbound stream was created (Unix ms): with a message's
     /// sequence, it names the message across a stream's re-creation.
     pub async fn inbound_created_ms(&self) -> Result<i64, Error> {
-        let mut stream = self
-            .js
-            .get_stream(subj::STREAM_INBOUND)
-            .await
-            .map_err(|e| Error::js("get stream", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| Error::js("stream info", e))?;
+        let info = streams::info(&self.js, subj::STREAM_INBOUND)
+            .await?
+            .ok_or_else(|| {
+                Error::Incompatible(format!("stream {} is missing", subj::STREAM_INBOUND))
+            })?;
         Ok((info.created.unix_timestamp_nanos() / 1_000_000) as i64)
     }
 

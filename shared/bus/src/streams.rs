@@ -23,6 +23,18 @@ pub enum Reconciled {
     Updated(Vec<&'static str>),
 }
 
+/// The stream's information, `None` when there is no such stream.
+pub async fn info(js: &jetstream::Context, name: &str) -> Result<Option<stream::Info>, Error> {
+    let Ok(stream) = js.get_stream(name).await else {
+        return Ok(None);
+    };
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| Error::js("stream info", e))?;
+    Ok(Some(info))
+}
+
 /// Creates stream `want` (with `replicas`, default 1) or reconciles the
 /// existing one with it (see the module documentation), without waiting
 /// for new replicas ([`ensure_all`] does).
@@ -31,22 +43,13 @@ pub async fn ensure(
     mut want: stream::Config,
     replicas: Option<usize>,
 ) -> Result<Reconciled, Error> {
-    let mut existing = match js.get_stream(&want.name).await {
-        Ok(s) => s,
-        Err(_) => {
-            want.num_replicas = replicas.unwrap_or(1);
-            js.get_or_create_stream(want)
-                .await
-                .map_err(|e| Error::js("stream provisioning", e))?;
-            return Ok(Reconciled::Created);
-        }
+    let Some(have) = info(js, &want.name).await?.map(|i| i.config) else {
+        want.num_replicas = replicas.unwrap_or(1);
+        js.get_or_create_stream(want)
+            .await
+            .map_err(|e| Error::js("stream provisioning", e))?;
+        return Ok(Reconciled::Created);
     };
-    let have = existing
-        .info()
-        .await
-        .map_err(|e| Error::js("stream info", e))?
-        .config
-        .clone();
     let (next, changed) = reconcile(&have, &want, replicas)?;
     if changed.is_empty() {
         return Ok(Reconciled::Kept);
@@ -93,15 +96,9 @@ async fn replicas_current(
 ) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + REPLICAS_TIMEOUT;
     loop {
-        let mut stream = js
-            .get_stream(name)
-            .await
-            .map_err(|e| Error::js("get stream", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| Error::js("stream info", e))?;
-        let current = info.cluster.as_ref().is_some_and(|c| {
+        let info = info(js, name).await?;
+        let cluster = info.as_ref().and_then(|i| i.cluster.as_ref());
+        let current = cluster.is_some_and(|c| {
             c.leader.is_some()
                 && c.replicas
                     .iter()
@@ -129,15 +126,9 @@ pub async fn set_replicas(
     name: &str,
     replicas: usize,
 ) -> Result<(), Error> {
-    let Ok(mut existing) = js.get_stream(name).await else {
+    let Some(mut cfg) = info(js, name).await?.map(|i| i.config) else {
         return Ok(());
     };
-    let mut cfg = existing
-        .info()
-        .await
-        .map_err(|e| Error::js("stream info", e))?
-        .config
-        .clone();
     if cfg.num_replicas.max(1) != replicas {
         tracing::info!(
             stream = name,

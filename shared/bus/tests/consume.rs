@@ -24,14 +24,7 @@ async fn queued_messages_are_not_delivered_twice_behind_slow_handlers() -> anyho
     let consumer = completion_consumer(&bus).await?;
     let seen: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
     let token = CancellationToken::new();
-    let opts = ConsumeOptions {
-        stream: subjects::STREAM_RESULTS.into(),
-        consumer: subjects::CONSUMER_COMPLETION.into(),
-        concurrency: 1,
-        batch: 32,
-        retry_backoff: Default::default(),
-        budget: None,
-    };
+    let opts = common::completion_options(1, 32);
     let s2 = seen.clone();
     let task = tokio::spawn(consume(
         bus.clone(),
@@ -160,14 +153,7 @@ async fn messages_of_a_newer_protocol_are_left_for_a_newer_replica() -> anyhow::
     let consumer = completion_consumer(&bus).await?;
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let token = CancellationToken::new();
-    let opts = ConsumeOptions {
-        stream: subjects::STREAM_RESULTS.into(),
-        consumer: subjects::CONSUMER_COMPLETION.into(),
-        concurrency: 4,
-        batch: 32,
-        retry_backoff: Default::default(),
-        budget: None,
-    };
+    let opts = common::completion_options(4, 32);
     let s2 = seen.clone();
     let task = tokio::spawn(consume(
         bus.clone(),

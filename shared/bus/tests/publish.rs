@@ -59,7 +59,7 @@ async fn a_batch_repeating_ids_stores_each_id_once() -> anyhow::Result<()> {
 /// at once; with no consumer running it times out (the message stays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_get_the_handlers_outcome() -> anyhow::Result<()> {
-    use exo_bus::{Answer, ConsumeOptions, Disposition, Replies, consume};
+    use exo_bus::{Answer, Disposition, Replies, consume};
     use exo_types::messages::{Reply, ReplyOutcome};
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
@@ -75,14 +75,7 @@ async fn requests_get_the_handlers_outcome() -> anyhow::Result<()> {
 
     let consumer = completion_consumer(&bus).await?;
     let token = CancellationToken::new();
-    let opts = ConsumeOptions {
-        stream: subjects::STREAM_RESULTS.into(),
-        consumer: subjects::CONSUMER_COMPLETION.into(),
-        concurrency: 4,
-        batch: 8,
-        retry_backoff: Default::default(),
-        budget: None,
-    };
+    let opts = common::completion_options(4, 8);
     let task = tokio::spawn(consume(
         bus.clone(),
         consumer,

@@ -2,7 +2,7 @@
 //! provisioned, the completion service's consumer, stream counts.
 
 use async_nats::jetstream::consumer::PullConsumer;
-use exo_bus::Bus;
+use exo_bus::{Bus, ConsumeOptions};
 use exo_test_support::NatsServer;
 use exo_types::subjects;
 
@@ -24,6 +24,19 @@ pub async fn completion_consumer(bus: &Bus) -> anyhow::Result<PullConsumer> {
             &subjects::COMPLETION_FILTERS,
         )
         .await?)
+}
+
+/// Options of a consume loop on the completion service's consumer,
+/// `concurrency` handlers and pulls of `batch` at once.
+pub fn completion_options(concurrency: usize, batch: usize) -> ConsumeOptions {
+    ConsumeOptions {
+        stream: subjects::STREAM_RESULTS.into(),
+        consumer: subjects::CONSUMER_COMPLETION.into(),
+        concurrency,
+        batch,
+        retry_backoff: Default::default(),
+        budget: None,
+    }
 }
 
 /// Messages stored in `stream`.
