@@ -86,4 +86,4 @@ if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "FAILED: ${FAILED[*]}"
     exit 1
 fi
-echo "all steps passed (build, test, fmt, clippy, machete, size, doc)"
+echo "all steps passed (build, test, fmt, clippy, machete, deny, k8s, size, doc)"
