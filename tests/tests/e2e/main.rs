@@ -4,6 +4,7 @@
 
 mod api_contract;
 mod bad_input;
+mod cli;
 mod compat;
 mod config_reference;
 mod crashpoints;
