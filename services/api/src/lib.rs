@@ -29,6 +29,7 @@ pub mod ratelimit;
 mod render;
 mod routes;
 pub mod secrets_nats;
+pub mod ui;
 pub mod validate;
 pub mod webhooks;
 
@@ -300,6 +301,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state.clone())
         .merge(admin::router(state.readiness.clone()))
         .merge(docs)
+        .merge(ui::router())
         .route_layer(middleware::from_fn(http::route_of))
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)

@@ -554,3 +554,41 @@ async fn openapi_and_swagger_ui_are_served_without_a_key() {
         r.status
     );
 }
+
+#[tokio::test]
+async fn the_live_view_is_served_from_the_binary_without_a_key() {
+    let app = app().await;
+    let r = call(&app, req("GET", "/ui", None, None)).await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(r.headers[header::LOCATION], "/ui/");
+    let r = call(&app, req("GET", "/ui/", None, None)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let page = r.body.as_str().unwrap_or_default();
+    assert!(page.contains(r#"<script src="/ui/app.js">"#), "{page}");
+    let csp = r.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap_or_default();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    for (asset, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = call(&app, req("GET", asset, None, None)).await;
+        assert_eq!(r.status, StatusCode::OK, "{asset}");
+        let ct = r.headers[header::CONTENT_TYPE].to_str().unwrap_or_default();
+        assert!(ct.starts_with(kind), "{asset}: {ct}");
+        let body = r.body.as_str().unwrap_or_default();
+        // Offline: nothing is fetched from another origin.
+        assert!(
+            !body.contains("https://") && !body.contains("http://cdn"),
+            "{asset}"
+        );
+    }
+    // The page carries no data: the API behind it still wants the key.
+    let r = call(&app, req("GET", "/v0/namespaces", None, None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

@@ -15,6 +15,7 @@ mod faults;
 mod flows;
 mod leases;
 mod legacy_db;
+mod live_view;
 mod metrics;
 mod nats_only;
 mod openapi;
