@@ -135,6 +135,37 @@ struct Group<'a> {
     node: &'a str,
     counts: BTreeMap<&'a str, u64>,
     error: Option<&'a str>,
+    /// Most retries of one state, plus one.
+    attempts: i64,
+    /// First creation and last change among its states.
+    span: Option<(chrono::NaiveDateTime, chrono::NaiveDateTime)>,
+}
+
+/// A naive ISO time as the API writes it.
+fn time_of(v: &Value) -> Option<chrono::NaiveDateTime> {
+    chrono::NaiveDateTime::parse_from_str(v.as_str()?, "%Y-%m-%dT%H:%M:%S%.f").ok()
+}
+
+impl Group<'_> {
+    fn add_times(&mut self, n: &Value) {
+        self.attempts = self
+            .attempts
+            .max(n["retry_count"].as_i64().unwrap_or(0) + 1);
+        let (Some(c), Some(u)) = (time_of(&n["created_at"]), time_of(&n["updated_at"])) else {
+            return;
+        };
+        self.span = Some(match self.span {
+            Some((a, b)) => (a.min(c), b.max(u)),
+            None => (c, u),
+        });
+    }
+
+    /// First creation to last change, e.g. `1.25 s`.
+    fn took(&self) -> String {
+        self.span.map_or(String::new(), |(a, b)| {
+            format!("{:.2} s", (b - a).num_milliseconds() as f64 / 1000.0)
+        })
+    }
 }
 
 /// The states of a run graph as a tree of nodes (depth-first from the
@@ -159,6 +190,7 @@ fn tree(graph: &Value) -> Table {
         if g.error.is_none() {
             g.error = n["error"].as_str();
         }
+        g.add_times(n);
     }
     let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for edge in graph["edges"].as_array().into_iter().flatten() {
@@ -181,7 +213,7 @@ fn tree(graph: &Value) -> Table {
         .collect();
     roots.dedup();
     let mut table = Table::new();
-    table.set_header(["NODE", "STATES", "BY STATUS", "ERROR"]);
+    table.set_header(["NODE", "STATES", "BY STATUS", "ATTEMPTS", "TIME", "ERROR"]);
     let mut seen = std::collections::BTreeSet::new();
     let mut stack: Vec<(&str, usize)> = roots.iter().rev().map(|r| (*r, 0)).collect();
     while let Some((ident, depth)) = stack.pop() {
@@ -194,6 +226,8 @@ fn tree(graph: &Value) -> Table {
                 format!("{}{ident} ({})", "  ".repeat(depth), g.node),
                 g.counts.values().sum::<u64>().to_string(),
                 by.join(", "),
+                g.attempts.to_string(),
+                g.took(),
                 g.error.unwrap_or_default().to_string(),
             ]);
         }
@@ -313,7 +347,8 @@ mod tests {
             "nodes": [
                 {"id": "1", "identifier": "start", "node_name": "Start", "status": "SUCCESS"},
                 {"id": "2", "identifier": "work", "node_name": "Work", "status": "SUCCESS"},
-                {"id": "3", "identifier": "work", "node_name": "Work", "status": "ERRORED", "error": "boom"},
+                {"id": "3", "identifier": "work", "node_name": "Work", "status": "ERRORED", "error": "boom",
+                 "retry_count": 2, "created_at": "2026-12-01T10:00:00.250000", "updated_at": "2026-12-01T10:00:01.500000"},
                 {"id": "4", "identifier": "work", "node_name": "Work", "status": "SUCCESS"},
             ],
             "edges": [{"source": "1", "target": "2"}, {"source": "1", "target": "3"}, {"source": "1", "target": "4"}],
@@ -323,6 +358,10 @@ mod tests {
         assert!(text.contains("  work (Work)"), "{text}");
         assert!(text.contains("ERRORED 1, SUCCESS 2"), "{text}");
         assert!(text.contains("boom"), "{text}");
+        assert!(
+            text.contains("1.25 s") && text.contains(" 3 "),
+            "attempts and time: {text}"
+        );
         assert_eq!(exit_of("r", "FAILED").unwrap_err().code(), 3);
         assert_eq!(exit_of("r", "CANCELLED").unwrap_err().code(), 4);
     }

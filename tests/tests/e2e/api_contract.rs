@@ -1607,7 +1607,17 @@ async fn check_run_graph_view(
     for n in st.body["nodes"].as_array().into_iter().flatten() {
         assert_eq!(
             keys(n),
-            set(&["id", "node_name", "identifier", "status", "error"])
+            // Upstream's fields, plus the three exo adds (docs/compatibility.md).
+            set(&[
+                "id",
+                "node_name",
+                "identifier",
+                "status",
+                "error",
+                "retry_count",
+                "created_at",
+                "updated_at"
+            ])
         );
     }
     for e in st.body["edges"].as_array().into_iter().flatten() {

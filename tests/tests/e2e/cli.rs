@@ -199,6 +199,10 @@ async fn cli_starts_follows_lists_shows_cancels_and_retries_runs() -> anyhow::Re
         out.contains("SUCCESS 1") && out.contains("2 of 2 states done"),
         "{out}"
     );
+    assert!(
+        out.contains("ATTEMPTS") && out.contains(" s "),
+        "attempts and times: {out}"
+    );
     let (code, out, _) = run(&stack, &["-o", "json", "run", "list"])?;
     assert_eq!(code, 0);
     let listed = json_of(&out)?;

@@ -519,6 +519,16 @@ pub struct GraphNode {
     pub status: StateStatus,
     /// Error, if any.
     pub error: Option<String>,
+    /// Retries before this attempt (exo extension; the live view and
+    /// `exo run show` read it).
+    #[serde(default)]
+    pub retry_count: Option<i64>,
+    /// When the state was created, naive ISO time in UTC (exo extension).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When the state last changed, naive ISO time in UTC (exo extension).
+    #[serde(default)]
+    pub updated_at: Option<String>,
 }
 
 /// An edge of a run graph.

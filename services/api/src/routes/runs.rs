@@ -329,6 +329,9 @@ pub async fn graph_structure(s: Scoped) -> ApiResult<Json<Value>> {
             "identifier": s.identifier,
             "status": s.status.as_str(),
             "error": s.error,
+            "retry_count": s.retry_count,
+            "created_at": iso(s.created_at),
+            "updated_at": iso(s.updated_at),
         });
         if let Some(n) = summary.get_mut(s.status.as_str()) {
             *n = Value::from(n.as_i64().unwrap_or(0) + 1);
