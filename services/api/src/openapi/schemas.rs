@@ -519,8 +519,7 @@ pub struct GraphNode {
     pub status: StateStatus,
     /// Error, if any.
     pub error: Option<String>,
-    /// Retries before this attempt (exo extension; the live view and
-    /// `exo run show` read it).
+    /// Retries before this attempt (exo extension, as the next two).
     #[serde(default)]
     pub retry_count: Option<i64>,
     /// When the state was created, naive ISO time in UTC (exo extension).
