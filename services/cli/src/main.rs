@@ -6,6 +6,7 @@
 //! `~/.config/exo/config.toml` (or `EXO_CLI_CONFIG`), then the defaults.
 
 mod client;
+mod dev;
 mod graph;
 mod output;
 mod run;
@@ -84,6 +85,9 @@ enum Command {
     /// States (one attempt of one node in a run).
     #[command(subcommand)]
     State(StateCmd),
+    /// Run the whole system on this machine from a clone of the repository:
+    /// servers, the five services and the example runtime (Ctrl-C stops it).
+    Dev(dev::DevArgs),
 }
 
 #[derive(Subcommand)]
@@ -341,6 +345,9 @@ async fn runs(api: &Api, cmd: &RunCmd, format: Format) -> Outcome {
 }
 
 async fn execute(cli: Cli) -> Outcome {
+    if let Command::Dev(args) = &cli.command {
+        return dev::run(args).await;
+    }
     let api = connect(&cli)?;
     let format = cli.output;
     match &cli.command {
@@ -359,6 +366,7 @@ async fn execute(cli: Cli) -> Outcome {
         Command::State(StateCmd::Retry { state_id, retry_id }) => {
             run::retry(&api, state_id, retry_id.as_deref(), format).await
         }
+        Command::Dev(_) => Ok(()),
     }
 }
 

@@ -320,3 +320,101 @@ async fn cli_exit_codes_name_what_went_wrong_and_profiles_are_read() -> anyhow::
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API key"));
     Ok(())
 }
+
+/// `exo dev --detach` brings the whole system up from this clone with the
+/// repository's own scripts (servers on their default ports, the five
+/// services, the example runtime), the demo graph runs through it with the
+/// CLI, and `exo dev --down` stops it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_dev_brings_the_system_up_and_down() -> anyhow::Result<()> {
+    for port in [4222u16, 8000, 27017] {
+        anyhow::ensure!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken: stop the local stack first (deploy/services.sh down; deploy/servers.sh down)"
+        );
+    }
+    let root = exo_test_support::workspace_root();
+    let exo = || -> anyhow::Result<Command> {
+        let mut cmd = Command::new(exo_test_support::service_bin("exo")?);
+        cmd.env_remove("EXO_URL")
+            .env_remove("EXO_NAMESPACE")
+            .env("EXO_API_KEY", "exo-demo-key")
+            .env("EXO_ROOT", &root)
+            .timeout(Duration::from_secs(300));
+        Ok(cmd)
+    };
+    let up = exo()?.args(["dev", "--detach", "--no-build"]).output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let result = async {
+        anyhow::ensure!(up.status.success(), "exo dev --detach failed:\n{said}");
+        assert!(
+            said.contains("http://127.0.0.1:8000/ui/#/ns/demo"),
+            "{said}"
+        );
+        // The example runtime registers its four nodes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = exo()?
+                .args(["-n", "demo", "-o", "json", "nodes", "list"])
+                .output()?;
+            let count = serde_json::from_slice::<Value>(&out.stdout)
+                .map(|v| v["count"].as_u64().unwrap_or(0))
+                .unwrap_or(0);
+            if count == 4 {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the example runtime did not register"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let graph = root.join("deploy/demo-graph.yaml");
+        let out = exo()?
+            .args(["-n", "demo", "graph", "apply", "-f"])
+            .arg(&graph)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = exo()?
+            .args([
+                "-n",
+                "demo",
+                "run",
+                "start",
+                "demo-graph",
+                "--store",
+                "who=dev",
+                "--wait",
+            ])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS"));
+        anyhow::Ok(())
+    }
+    .await;
+    let down = exo()?.args(["dev", "--down"]).output()?;
+    result?;
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let (code, _, _) = {
+        let out = exo()?.args(["-n", "demo", "nodes", "list"]).output()?;
+        (out.status.code().unwrap_or(-1), (), ())
+    };
+    assert_eq!(code, 69, "the API is gone after exo dev --down");
+    Ok(())
+}

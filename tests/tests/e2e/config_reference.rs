@@ -159,9 +159,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
-        if path.is_dir()
-            && !["tests", "examples", "test-support", "target"].contains(&name.as_str())
-        {
+        // The CLI is no service: its variables are docs/cli.md's (checked below).
+        let skip = ["tests", "examples", "test-support", "target", "cli"];
+        if path.is_dir() && !skip.contains(&name.as_str()) {
             rust_files(&path, out);
         } else if name.ends_with(".rs") {
             out.push(path);
@@ -172,7 +172,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Upper-case string literals passed to an environment lookup in `code`.
 fn env_reads(code: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    for call in ["env::var(\"", "env::var_os(\"", "env_count(\"", ".env(\""] {
+    for call in [
+        "env::var(\"",
+        "env::var_os(\"",
+        "env_count(\"",
+        ".env(\"",
+        "env = \"",
+    ] {
         for (i, _) in code.match_indices(call) {
             let rest = &code[i + call.len()..];
             let name: String = rest
@@ -244,5 +250,32 @@ fn every_variable_the_services_read_is_in_the_config_reference() -> anyhow::Resu
         .filter(|n| !all_code.contains(&format!("\"{n}\"")))
         .collect();
     assert!(stale.is_empty(), "documented, read nowhere: {stale:?}");
+    Ok(())
+}
+
+#[test]
+fn every_variable_the_cli_reads_is_in_its_guide() -> anyhow::Result<()> {
+    let root = exo_test_support::workspace_root();
+    let mut read = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("services/cli/src"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            read.extend(env_reads(&std::fs::read_to_string(path)?));
+        }
+    }
+    assert!(
+        read.contains("EXO_URL"),
+        "the scan finds clap's env: {read:?}"
+    );
+    let guide = std::fs::read_to_string(root.join("docs/cli.md"))?;
+    let missing: Vec<_> = read
+        .iter()
+        .filter(|v| !["HOME", "PATH"].contains(&v.as_str()))
+        .filter(|v| !guide.contains(&format!("`{v}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read by the CLI, not in docs/cli.md: {missing:?}"
+    );
     Ok(())
 }
