@@ -103,6 +103,16 @@ impl Api {
         format!("/v0/namespace/{}{path}", self.namespace)
     }
 
+    /// `GET /v0/namespace/{ns}{path}`: the JSON answer of a 2xx.
+    pub async fn get(&self, path: &str) -> Outcome<Value> {
+        self.call(Method::GET, &self.ns_path(path), None).await
+    }
+
+    /// `POST /v0/namespace/{ns}{path}` with `body`: the JSON answer of a 2xx.
+    pub async fn post(&self, path: &str, body: Option<&Value>) -> Outcome<Value> {
+        self.call(Method::POST, &self.ns_path(path), body).await
+    }
+
     /// Sends a request and returns the JSON answer of a 2xx.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Outcome<Value> {
         let resp = self.send(method, path, body).await?;

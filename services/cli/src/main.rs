@@ -245,18 +245,14 @@ async fn graphs(api: &Api, cmd: &GraphCmd, format: Format) -> Outcome {
             graph::apply(api, file, name.as_deref(), format == Format::Json).await
         }
         GraphCmd::Get { name } => {
-            let v = api
-                .call(Method::GET, &api.ns_path(&format!("/graph/{name}")), None)
-                .await?;
+            let v = api.get(&format!("/graph/{name}")).await?;
             print_json_or(format, &v, |v| {
                 println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
             });
             Ok(())
         }
         GraphCmd::List => {
-            let v = api
-                .call(Method::GET, &api.ns_path("/graphs/"), None)
-                .await?;
+            let v = api.get("/graphs/").await?;
             print_json_or(format, &v, |v| {
                 let rows = v["templates"]
                     .as_array()
@@ -280,7 +276,7 @@ async fn graphs(api: &Api, cmd: &GraphCmd, format: Format) -> Outcome {
 }
 
 async fn nodes(api: &Api, format: Format) -> Outcome {
-    let v = api.call(Method::GET, &api.ns_path("/nodes/"), None).await?;
+    let v = api.get("/nodes/").await?;
     print_json_or(format, &v, |v| {
         let fields = |s: &Value| {
             s["properties"]

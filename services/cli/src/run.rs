@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::{Api, Exit, Outcome};
@@ -41,8 +40,9 @@ pub async fn start(
     wait: Option<Duration>,
     format: Format,
 ) -> Outcome {
-    let path = api.ns_path(&format!("/graph/{graph}/trigger"));
-    let answer = api.call(Method::POST, &path, Some(&body)).await?;
+    let answer = api
+        .post(&format!("/graph/{graph}/trigger"), Some(&body))
+        .await?;
     let run_id = answer["run_id"].as_str().unwrap_or_default().to_string();
     match format {
         Format::Json if wait.is_none() => println!("{answer}"),
@@ -62,13 +62,7 @@ pub async fn start(
 
 /// `exo run list [--page N] [--size N]`.
 pub async fn list(api: &Api, page: u32, size: u32, format: Format) -> Outcome {
-    let v = api
-        .call(
-            Method::GET,
-            &api.ns_path(&format!("/runs/{page}/{size}")),
-            None,
-        )
-        .await?;
+    let v = api.get(&format!("/runs/{page}/{size}")).await?;
     if format == Format::Json {
         println!("{v}");
         return Ok(());
@@ -99,16 +93,8 @@ pub async fn list(api: &Api, page: u32, size: u32, format: Format) -> Outcome {
 /// `exo run show RUN`: the run's counters and its states, grouped by
 /// node (a fan-out is one line with its counts per status).
 pub async fn show(api: &Api, run_id: &str, format: Format) -> Outcome {
-    let run = api
-        .call(Method::GET, &api.ns_path(&format!("/run/{run_id}")), None)
-        .await?;
-    let graph = api
-        .call(
-            Method::GET,
-            &api.ns_path(&format!("/states/run/{run_id}/graph")),
-            None,
-        )
-        .await?;
+    let run = api.get(&format!("/run/{run_id}")).await?;
+    let graph = api.get(&format!("/states/run/{run_id}/graph")).await?;
     if format == Format::Json {
         println!("{}", json!({"run": run, "graph": graph}));
         return Ok(());
@@ -253,10 +239,10 @@ pub async fn watch(api: &Api, run_id: &str, timeout: Duration, progress: bool) -
         )
         .map_err(|e| Exit::Failure(e.to_string()))?,
     );
-    let path = api.ns_path(&format!("/run/{run_id}"));
+    let path = format!("/run/{run_id}");
     let deadline = Instant::now() + timeout;
     loop {
-        let run = api.call(Method::GET, &path, None).await?;
+        let run = api.get(&path).await?;
         let n = |k: &str| run[k].as_u64().unwrap_or(0);
         bar.set_length(n("total_count").max(1));
         bar.set_position(n("total_count") - n("pending_count").min(n("total_count")));
@@ -284,13 +270,7 @@ pub async fn watch(api: &Api, run_id: &str, timeout: Duration, progress: bool) -
 
 /// `exo run cancel RUN`.
 pub async fn cancel(api: &Api, run_id: &str, format: Format) -> Outcome {
-    let v = api
-        .call(
-            Method::POST,
-            &api.ns_path(&format!("/run/{run_id}/cancel")),
-            None,
-        )
-        .await?;
+    let v = api.post(&format!("/run/{run_id}/cancel"), None).await?;
     match format {
         Format::Json => println!("{v}"),
         Format::Table => println!(
@@ -307,9 +287,8 @@ pub async fn retry(api: &Api, state_id: &str, retry_id: Option<&str>, format: Fo
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let v = api
-        .call(
-            Method::POST,
-            &api.ns_path(&format!("/state/{state_id}/manual-retry")),
+        .post(
+            &format!("/state/{state_id}/manual-retry"),
             Some(&json!({"fanout_id": id})),
         )
         .await?;
