@@ -12,6 +12,16 @@ use serde_json::Value;
 pub enum Exit {
     /// 1: anything else (the message says what).
     Failure(String),
+    /// 1: the API refused the request itself (400, 422): its words, and
+    /// its `detail` for callers that can place it (e.g. in a file).
+    Rejected {
+        /// What to print.
+        message: String,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's `detail` (a string, or request-validation items).
+        detail: Value,
+    },
     /// 3: a run ended FAILED.
     RunFailed(String),
     /// 4: a run was CANCELLED.
@@ -32,7 +42,7 @@ impl Exit {
     /// The process exit code.
     pub fn code(&self) -> u8 {
         match self {
-            Self::Failure(_) => 1,
+            Self::Failure(_) | Self::Rejected { .. } => 1,
             Self::RunFailed(_) => 3,
             Self::RunCancelled(_) => 4,
             Self::GraphInvalid(_) => 5,
@@ -47,6 +57,7 @@ impl Exit {
     pub fn message(&self) -> &str {
         match self {
             Self::Failure(m)
+            | Self::Rejected { message: m, .. }
             | Self::RunFailed(m)
             | Self::RunCancelled(m)
             | Self::GraphInvalid(m)
@@ -162,6 +173,11 @@ pub fn refusal(status: StatusCode, path: &str, body: &Value) -> Exit {
     match status {
         StatusCode::NOT_FOUND => Exit::NotFound(msg),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Exit::Refused(msg),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Exit::Rejected {
+            message: msg,
+            status: status.as_u16(),
+            detail: body.get("detail").cloned().unwrap_or(Value::Null),
+        },
         _ => Exit::Failure(msg),
     }
 }
@@ -188,5 +204,10 @@ mod tests {
         );
         assert_eq!(e.code(), 1);
         assert!(e.message().contains("loc"), "{}", e.message());
+        let Exit::Rejected { status, detail, .. } = e else {
+            panic!("a 422 is a rejection")
+        };
+        assert_eq!(status, 422);
+        assert_eq!(detail[0]["loc"][0], "body");
     }
 }

@@ -189,11 +189,21 @@ pub async fn apply(api: &Api, file: &Path, name: Option<&str>, json: bool) -> Ou
     }
     let path = api.ns_path(&format!("/graph/{name}"));
     let answer = match api.call(Method::PUT, &path, Some(&body)).await {
-        Err(Exit::Failure(msg)) if msg.starts_with("422") => {
-            return Err(Exit::GraphInvalid(request_errors(&graph, &msg)));
+        Err(Exit::Rejected {
+            status: 422,
+            message,
+            detail,
+        }) => {
+            return Err(Exit::GraphInvalid(request_errors(
+                &graph, &message, &detail,
+            )));
         }
         // The template itself refused (upstream's 400): its error located.
-        Err(Exit::Failure(msg)) if msg.starts_with("400") => {
+        Err(Exit::Rejected {
+            status: 400,
+            message: msg,
+            ..
+        }) => {
             let at = graph
                 .locate(&msg)
                 .map(|l| format!(":{l}"))
@@ -252,11 +262,8 @@ async fn settled(api: &Api, path: &str, mut answer: Value) -> Outcome<Value> {
 }
 
 /// A 422 answer's `detail` list, each located in the file.
-fn request_errors(graph: &GraphFile, msg: &str) -> String {
-    let detail = msg
-        .find('[')
-        .and_then(|i| serde_json::from_str::<Value>(&msg[i..]).ok());
-    let Some(Value::Array(items)) = detail else {
+fn request_errors(graph: &GraphFile, msg: &str, detail: &Value) -> String {
+    let Some(items) = detail.as_array() else {
         return format!("{}: {msg}", graph.path);
     };
     items
