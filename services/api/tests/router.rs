@@ -511,7 +511,7 @@ async fn the_router_serves_exactly_the_documented_methods() {
             }
         }
     }
-    assert_eq!(operations, 28);
+    assert_eq!(operations, 30);
 }
 
 #[tokio::test]

@@ -69,7 +69,7 @@ pub async fn on_trigger(
     let root_id = root.id;
     let now = DateTime::from_millis(requested);
     let store_docs = store_docs(&cmd, &ns_name);
-    let run = RunDoc::pending(cmd.run_id.clone(), &cmd.run.graph_name, ns_name, now);
+    let run = RunDoc::pending(cmd.run_id.clone(), &cmd.run.graph_name, ns_name, now, &root);
     // Shared with the other runs being created now (one transaction); a
     // redelivered trigger gets its duplicate key back.
     let result = engine
@@ -312,12 +312,17 @@ async fn cancel_batch(
                 .session(&mut *s)
                 .await?;
             let n = r.modified_count as i64;
+            // The same per graph node (the states read are those updated).
+            let mut nodes = exo_store::node_counts::NodeDeltas::default();
+            for st in &states {
+                nodes.moved(st, st.status, StateStatus::Cancelled);
+            }
+            let mut update = doc! {"$inc": {"pending_count": -n, "cancelled_count": n}};
+            let ops = nodes.operators(stamp.timestamp_millis());
+            exo_store::node_counts::add_operators(&mut update, ops);
             store
                 .runs()
-                .update_one(
-                    doc! {"run_id": run_id.as_str()},
-                    doc! {"$inc": {"pending_count": -n, "cancelled_count": n}},
-                )
+                .update_one(doc! {"run_id": run_id.as_str()}, update)
                 .session(&mut *s)
                 .await?;
             let outbox = cancelled_outbox(&states, stamp.timestamp_millis());

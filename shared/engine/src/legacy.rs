@@ -50,6 +50,7 @@ struct Group {
 struct Census<'g> {
     graph: Option<&'g LoadedGraph>,
     counters: Counters,
+    nodes: exo_store::node_counts::NodeDeltas,
     groups: BTreeMap<String, Group>,
     fired: HashSet<String>,
     armed: HashSet<String>,
@@ -65,6 +66,7 @@ impl Census<'_> {
     /// Counts state `st`.
     fn add(&mut self, st: &exo_store::StateDoc) {
         self.counters.count(st.status);
+        self.nodes.insert(st);
         let open = i64::from(st.status.is_pending());
         let failed = i64::from(st.status.is_failure());
         for (ident, id) in st.parent_pairs() {
@@ -130,6 +132,7 @@ pub(crate) async fn adopt_in(
     }
     let Census {
         counters: c,
+        nodes,
         groups,
         fired,
         armed,
@@ -162,6 +165,8 @@ pub(crate) async fn adopt_in(
         groups = groups.len(), "Adopting a run started by Exosphere.");
     let mut set = c.run_fields(0);
     set.insert("status", status.as_str());
+    let now_ms = exo_types::time::now_ms();
+    set.insert(exo_store::node_counts::FIELD, nodes.document(now_ms));
     store
         .runs()
         .update_one(
@@ -384,7 +389,7 @@ pub async fn revert_to_upstream(store: &Store, apply: bool) -> Result<Revert, ex
                     doc! {"run_id": {"$in": chunk}, "status": RunStatus::Pending.as_str()},
                     doc! {"$unset": {"status": "", "total_count": "", "pending_count": "", "success_count": "",
                                      "errored_count": "", "retried_count": "", "cancelled_count": "",
-                                     "failed_unites": "", "cancelling": ""}},
+                                     "failed_unites": "", "cancelling": "", "nodes": ""}},
                 )
                 .await?;
         }

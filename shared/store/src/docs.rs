@@ -265,17 +265,23 @@ pub struct RunDoc {
     /// When the run reached a terminal status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime>,
+    /// Counters per graph node (ours, see [`crate::node_counts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Document>,
 }
 
 impl RunDoc {
-    /// A new PENDING run holding one pending state (its root), as the
-    /// trigger creates it.
+    /// A new PENDING run holding one pending state, `root`, as the trigger
+    /// creates it.
     pub fn pending(
         run_id: RunId,
         graph_name: &str,
         namespace: Namespace,
         created_at: DateTime,
+        root: &StateDoc,
     ) -> Self {
+        let mut nodes = crate::node_counts::NodeDeltas::default();
+        nodes.insert(root);
         Self {
             id: None,
             run_id,
@@ -291,6 +297,7 @@ impl RunDoc {
             cancelled_count: 0,
             failed_unites: 0,
             finished_at: None,
+            nodes: Some(nodes.document(created_at.timestamp_millis())),
         }
     }
 }

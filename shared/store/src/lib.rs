@@ -10,6 +10,7 @@ pub mod batch;
 pub mod docs;
 pub mod filters;
 pub mod indexes;
+pub mod node_counts;
 
 use mongodb::bson::{Document, doc, oid::ObjectId};
 use mongodb::{Client, Collection, Database};

@@ -157,6 +157,7 @@ impl HandlerEnv {
                 "g",
                 Namespace::trusted(NS),
                 DateTime::from_millis(now),
+                &root,
             ))
             .await?;
         self.engine.store.states().insert_one(&root).await?;

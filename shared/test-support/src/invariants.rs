@@ -6,7 +6,9 @@
 //!    left CREATED, QUEUED or EXECUTED.
 //! 2. **Counters equal the states.** `total`, `pending`, `success`,
 //!    `errored`, `retried` and `cancelled` equal the states counted by
-//!    status group.
+//!    status group, and the run's per graph node counters
+//!    (`exo_store::node_counts`) equal its states counted by identifier and
+//!    bucket, with each node's most attempts and its parent identifier.
 //! 3. **Fan-outs are whole.** For every state `O` that fanned out, its
 //!    siblings are exactly the deterministic ids `H("fanout", O, 1..=m)`,
 //!    with no gap, and no other state has the shape of one of its siblings.
@@ -24,7 +26,7 @@
 //! Expectations that depend on the graph (widths, which items fail) stay in
 //! each test; this module checks what holds for every run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{bail, ensure};
 use exo_store::mongodb::bson::{doc, oid::ObjectId};
@@ -91,6 +93,7 @@ pub async fn check_run(store: &Store, run_id: &str) -> anyhow::Result<CheckedRun
     };
     check_settled(&checked)?;
     check_counters(&checked)?;
+    check_node_counts(&checked)?;
     check_fanouts(&checked)?;
     check_unites(&checked)?;
     check_status(&checked)?;
@@ -141,6 +144,94 @@ fn check_counters(c: &CheckedRun) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn check_node_counts(c: &CheckedRun) -> anyhow::Result<()> {
+    use exo_store::node_counts::{bucket, identifier};
+    let r = &c.run;
+    let Some(nodes) = &r.nodes else {
+        bail!("run {} has no per-node counters", r.run_id);
+    };
+    let mut actual: BTreeMap<String, BTreeMap<&str, i64>> = BTreeMap::new();
+    let mut attempts: HashMap<&str, i64> = HashMap::new();
+    let mut parents: HashMap<&str, Option<&str>> = HashMap::new();
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    for s in &c.states {
+        *actual
+            .entry(s.identifier.clone())
+            .or_default()
+            .entry(bucket(s.status))
+            .or_default() += 1;
+        let a = attempts.entry(&s.identifier).or_default();
+        *a = (*a).max(s.retry_count + 1);
+        parents
+            .entry(&s.identifier)
+            .or_insert_with(|| s.parents.keys().last().map(String::as_str));
+        names.insert(&s.identifier, s.node_name.as_str());
+    }
+    let mut stored: BTreeMap<String, BTreeMap<&str, i64>> = BTreeMap::new();
+    for (key, node) in nodes {
+        let ident = identifier(key);
+        let node = node
+            .as_document()
+            .ok_or_else(|| anyhow::anyhow!("run {}: nodes.{key} is not a document", r.run_id))?;
+        let counts = stored.entry(ident.clone()).or_default();
+        for (b, n) in node.get_document("counts").into_iter().flatten() {
+            let n = n.as_i64().or(n.as_i32().map(i64::from)).unwrap_or(-1);
+            if n != 0 {
+                counts.insert(actual_bucket(b), n);
+            }
+        }
+        let want = attempts.get(ident.as_str()).copied().unwrap_or(0);
+        let got = node
+            .get_i64("attempts")
+            .or(node.get_i32("attempts").map(i64::from));
+        ensure!(
+            got == Ok(want),
+            "run {}: node {ident} counts {got:?} attempts, its states {want}",
+            r.run_id
+        );
+        let parent = node.get_str("parent").ok();
+        ensure!(
+            parents.get(ident.as_str()).copied().flatten() == parent,
+            "run {}: node {ident} has parent {parent:?}, its states {:?}",
+            r.run_id,
+            parents.get(ident.as_str())
+        );
+        ensure!(
+            names.get(ident.as_str()).copied() == node.get_str("node").ok(),
+            "run {}: node {ident} is named {:?}, its states {:?}",
+            r.run_id,
+            node.get_str("node"),
+            names.get(ident.as_str())
+        );
+        let (first, last) = (node.get_i64("first_ms")?, node.get_i64("last_ms")?);
+        ensure!(
+            first <= last,
+            "run {}: node {ident} first_ms > last_ms",
+            r.run_id
+        );
+    }
+    ensure!(
+        stored == actual,
+        "run {}: per-node counters {stored:?} but the states count {actual:?}",
+        r.run_id
+    );
+    Ok(())
+}
+
+/// The bucket named `b` as one of the buckets' static names.
+fn actual_bucket(b: &str) -> &'static str {
+    [exo_store::node_counts::PENDING]
+        .into_iter()
+        .chain(
+            StateStatus::ALL
+                .iter()
+                .chain([&StateStatus::Cancelled])
+                .map(|s| s.as_str()),
+        )
+        .find(|x| *x == b)
+        .unwrap_or("UNKNOWN")
 }
 
 fn sibling_id(origin: &ObjectId, j: usize) -> ObjectId {

@@ -433,6 +433,63 @@ async fn every_operation_answers_as_the_openapi_document_says() -> anyhow::Resul
         .expect(200, "GET", &format!("{ns}/states/run/{run_id}/graph"), None)
         .await?;
     assert_eq!(graph["node_count"], 9, "{graph}");
+    // The same states summed per graph node, then one node's a page at a time.
+    let per_node = api
+        .expect(200, "GET", &format!("{ns}/run/{run_id}/nodes"), None)
+        .await?;
+    let mut expected: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for n in graph["nodes"].as_array().into_iter().flatten() {
+        let key = (
+            n["identifier"].as_str().unwrap_or_default().to_string(),
+            match n["status"].as_str().unwrap_or_default() {
+                "CREATED" | "QUEUED" | "EXECUTED" => "PENDING".to_string(),
+                other => other.to_string(),
+            },
+        );
+        *expected.entry(key).or_default() += 1;
+    }
+    let mut summed = std::collections::BTreeMap::new();
+    for n in per_node["nodes"].as_array().into_iter().flatten() {
+        for (status, count) in n["counts"].as_object().into_iter().flatten() {
+            let key = (
+                n["identifier"].as_str().unwrap_or_default().to_string(),
+                status.clone(),
+            );
+            summed.insert(key, count.as_u64().unwrap_or_default());
+        }
+    }
+    assert_eq!(summed, expected, "{per_node}");
+    assert_eq!(per_node["status"], "FAILED", "{per_node}");
+    let bs = format!("{ns}/run/{run_id}/nodes/b/states");
+    let first = api
+        .expect(200, "GET", &format!("{bs}?limit=2"), None)
+        .await?;
+    let rest = format!(
+        "{bs}?limit=2&after={}",
+        first["next_after"].as_str().unwrap_or_default()
+    );
+    let second = api.expect(200, "GET", &rest, None).await?;
+    let paged: Vec<&Value> = [&first, &second]
+        .iter()
+        .flat_map(|p| p["states"].as_array().into_iter().flatten())
+        .collect();
+    let b_total = expected
+        .iter()
+        .filter(|((i, _), _)| i == "b")
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    assert_eq!(paged.len() as u64, b_total, "{first} {second}");
+    assert!(second["next_after"].is_null(), "{second}");
+    let errored = api
+        .expect(200, "GET", &format!("{bs}?status=ERRORED"), None)
+        .await?;
+    assert_eq!(errored["states"][0]["error"], "boom", "{errored}");
+    api.expect(400, "GET", &format!("{bs}?limit=0"), None)
+        .await?;
+    api.expect(404, "GET", &format!("{ns}/run/nope/nodes"), None)
+        .await?;
+    api.expect(404, "GET", &format!("{ns}/run/nope/nodes/b/states"), None)
+        .await?;
     let bid = id(&b[0]);
     let one_state = api
         .expect(

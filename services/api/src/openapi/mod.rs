@@ -23,8 +23,10 @@ use utoipa_axum::routes;
 use crate::AppState;
 
 mod key_schemas;
+mod run_schemas;
 mod schemas;
 pub use key_schemas::*;
+pub use run_schemas::*;
 pub use schemas::*;
 
 /// Path of the OpenAPI document.
@@ -75,7 +77,7 @@ pub fn routes(
     key: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     use crate::routes::{
-        enqueue, graphs, keys, nodes, runs, schedules, states, trigger, watch, webhooks,
+        enqueue, graphs, keys, nodes, run_nodes, runs, schedules, states, trigger, watch, webhooks,
     };
     // One `routes!` per path (its handlers separated by `,`), paths by `;`.
     #[rustfmt::skip]
@@ -84,6 +86,7 @@ pub fn routes(
         graphs::get_graph, graphs::upsert; graphs::list; schedules::triggers; webhooks::deliveries;
         trigger::trigger;
         runs::list; runs::get_run; runs::cancel; watch::events; runs::graph_structure; runs::node_details;
+        run_nodes::summary; run_nodes::states;
         enqueue::enqueue; states::executed; states::errored; states::prune; states::re_enqueue_after;
         states::manual_retry; states::secrets;
         keys::create, keys::list; keys::revoke;
@@ -326,6 +329,6 @@ mod tests {
                 seen += 1;
             }
         }
-        assert_eq!(seen, 28);
+        assert_eq!(seen, 30);
     }
 }

@@ -4,6 +4,7 @@ pub mod enqueue;
 pub mod graphs;
 pub mod keys;
 pub mod nodes;
+pub mod run_nodes;
 pub mod runs;
 pub mod schedules;
 pub mod states;

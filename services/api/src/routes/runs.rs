@@ -74,7 +74,10 @@ async fn legacy_counts(state: &AppState, run_ids: &[String]) -> ApiResult<HashMa
 }
 
 /// Status and counters of a run document.
-async fn run_summary(state: &AppState, runs: &[RunDoc]) -> ApiResult<Vec<(String, Counts)>> {
+pub(crate) async fn run_summary(
+    state: &AppState,
+    runs: &[RunDoc],
+) -> ApiResult<Vec<(String, Counts)>> {
     let legacy: Vec<String> = runs
         .iter()
         .filter(|r| r.status.is_none())

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use exo_store::mongodb::bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use exo_store::mongodb::options::ReturnDocument;
 use exo_store::mongodb::{ClientSession, error::Error as MongoError};
+use exo_store::node_counts::{self, NodeDeltas};
 use exo_store::{OutboxDoc, StateDoc, StateTransition, Store, docs::unite_group_id};
 use exo_types::status::{CounterGroup, RunStatus, StateStatus};
 use futures::TryStreamExt;
@@ -75,7 +76,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn slot(&mut self, g: CounterGroup) -> &mut i64 {
+    /// The counter of group `g`.
+    pub fn slot(&mut self, g: CounterGroup) -> &mut i64 {
         match g {
             CounterGroup::Pending => &mut self.pending,
             CounterGroup::Success => &mut self.success,
@@ -146,6 +148,8 @@ pub struct Effects {
     graph: Option<Arc<LoadedGraph>>,
     run_id: String,
     counters: Counters,
+    /// The same changes per graph node.
+    nodes: NodeDeltas,
     groups: BTreeMap<String, GroupDelta>,
     updates: Vec<Update>,
     inserts: Vec<StateDoc>,
@@ -203,6 +207,7 @@ impl Effects {
             graph,
             run_id: run_id.to_string(),
             counters: Counters::default(),
+            nodes: NodeDeltas::default(),
             groups: BTreeMap::new(),
             updates: Vec::new(),
             inserts: Vec::new(),
@@ -230,6 +235,7 @@ impl Effects {
         self.counters.errored += other.counters.errored;
         self.counters.retried += other.counters.retried;
         self.counters.cancelled += other.counters.cancelled;
+        self.nodes.merge(&other.nodes);
         for (k, d) in &other.groups {
             let g = self.groups.entry(k.clone()).or_insert_with(|| GroupDelta {
                 target: d.target,
@@ -252,6 +258,7 @@ impl Effects {
         self.updates.is_empty()
             && self.inserts.is_empty()
             && self.counters.is_zero()
+            && self.nodes.is_zero()
             && self.groups.is_empty()
     }
 
@@ -284,6 +291,7 @@ impl Effects {
     pub fn insert(&mut self, state: StateDoc) {
         self.counters.total += 1;
         *self.counters.slot(state.status.group()) += 1;
+        self.nodes.insert(&state);
         let open = i64::from(state.status.is_pending());
         let failed = i64::from(state.status.is_failure());
         self.membership(&state, open, failed);
@@ -324,6 +332,7 @@ impl Effects {
     fn count(&mut self, state: &StateDoc, from: StateStatus, to: StateStatus) {
         *self.counters.slot(from.group()) -= 1;
         *self.counters.slot(to.group()) += 1;
+        self.nodes.moved(state, from, to);
         if from.is_pending() && !to.is_pending() {
             self.membership(state, -1, i64::from(to.is_failure()));
         }
@@ -638,6 +647,7 @@ async fn apply_in(
     }
     let mut applied = Applied::inserted(&fx.inserts);
     let mut counters = fx.counters;
+    let mut nodes = fx.nodes.clone();
     let (unite_states, failed_unites) = match fx.graph.as_deref() {
         Some(graph) => unites::count_unite_groups(s, store, fx, graph, now_ms).await?,
         None => (Vec::new(), 0),
@@ -650,6 +660,9 @@ async fn apply_in(
             .await?;
         counters.total += unite_states.len() as i64;
         counters.pending += unite_states.len() as i64;
+        for u in &unite_states {
+            nodes.insert(u);
+        }
         unites::open_ancestor_groups(s, store, fx, &unite_states).await?;
         applied.created.extend(unite_states);
     }
@@ -664,9 +677,9 @@ async fn apply_in(
             .session(&mut *s)
             .await?;
     }
-    if (!counters.is_zero() || failed_unites != 0)
+    if (!counters.is_zero() || !nodes.is_zero() || failed_unites != 0)
         && let Some((status, run)) =
-            count_run(s, store, fx, &counters, failed_unites, now_ms).await?
+            count_run(s, store, fx, (&counters, &nodes), failed_unites, now_ms).await?
     {
         applied.finished = Some(status);
         applied.ended = Some(run);
@@ -699,22 +712,25 @@ async fn outbox_in(
     Ok(docs)
 }
 
-/// Adds `counters` to the run and ends it when nothing is pending any more
-/// (returning its final status). A cancelled run refuses the whole
-/// transaction; a run Exosphere started must be adopted first.
+/// Adds `counters` (and the same per graph node) to the run and ends it
+/// when nothing is pending any more (returning its final status). A
+/// cancelled run refuses the whole transaction; a run Exosphere started
+/// must be adopted first.
 async fn count_run(
     s: &mut ClientSession,
     store: &Store,
     fx: &Effects,
-    counters: &Counters,
+    (counters, nodes): (&Counters, &NodeDeltas),
     failed_unites: i64,
     now_ms: i64,
 ) -> Result<Option<(RunStatus, exo_store::RunDoc)>, MongoError> {
+    let mut update = doc! {"$inc": counters.run_fields(failed_unites)};
+    node_counts::add_operators(&mut update, nodes.operators(now_ms));
     let after = store
         .runs()
         .find_one_and_update(
             doc! {"run_id": &fx.run_id, "status": {"$ne": RunStatus::Cancelled.as_str()}, "cancelling": {"$ne": true}},
-            doc! {"$inc": counters.run_fields(failed_unites)},
+            update,
         )
         .return_document(ReturnDocument::After)
         .session(&mut *s)
