@@ -5,7 +5,9 @@ Driven by tests/tests/e2e/live_view.rs (which starts the system and the run). Ex
   - the run page draws the graph, and the count of states done rises at least twice while
     the run is live (server-sent events and redraws), until the run has ended;
   - the fan-out node's box shows every state of the fan-out, collapsed into one box;
-  - clicking the box lists its states, and clicking a state shows its inputs and outputs.
+  - clicking the box lists its states a page at a time ("more" loads the next) and by status
+    (the ERRORED filter lists as many as the box counts), and clicking a state shows its
+    inputs and outputs.
 Saves a screenshot taken mid-run to --screenshot. Prints what it saw; on failure, why.
 
 Usage: live_view.py --url URL --key KEY --ns NS --run RUN_ID --width N --screenshot PNG
@@ -23,6 +25,17 @@ CHROMIUM = "/usr/bin/chromium"
 def fail(msg):
     print(f"FAIL: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+def until(check, what, timeout=10.0):
+    """Polls `check` (Python reading the page: the page's CSP forbids the string evaluation
+    Playwright's wait_for_function polls with) until it is true, or fails naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    fail(f"{what} (waited {timeout} s)")
 
 
 def main():
@@ -67,15 +80,36 @@ def main():
         if not shot:
             fail("no screenshot mid-run (the run ended before the page showed progress)")
         # The redraw after the last event can trail the status by one tick.
-        page.wait_for_function(
-            f"document.querySelector('[data-testid=\"box-work\"]')?.dataset.total == '{args.width}'",
-            timeout=10_000,
+        until(
+            lambda: page.get_attribute('[data-testid="box-work"]', "data-total") == str(args.width),
+            f"the work box never showed {args.width} states",
         )
         box = page.locator('[data-testid="box-work"]')
         counts = page.text_content('[data-testid="counts-work"]')
         print(f"work box: {box.get_attribute('data-total')} states, {counts}")
         box.click()
         page.wait_for_selector("#details .states div", timeout=10_000)
+        # The node's states come a page (100) at a time: "more" loads the rest.
+        lines = page.locator("#details .states div")
+        first_page = lines.count()
+        if args.width > 100:
+            if first_page != 100:
+                fail(f"the first page lists {first_page} states, not 100")
+            page.click("#details button:has-text('more')")
+            until(lambda: lines.count() == args.width, f"'more' did not list all {args.width} states")
+            print(f"state list: {first_page} then {lines.count()} after 'more'")
+        # Filtered by status: only ERRORED states, as many as the box counts.
+        errored = int(box.get_attribute("data-errored"))
+        page.select_option('[data-testid="status-filter"]', "ERRORED")
+
+        def only_errored():
+            shown = lines.all_text_contents()
+            return shown and all(t.startswith("ERRORED") for t in shown)
+
+        until(only_errored, "the ERRORED filter did not list only ERRORED states")
+        if errored < 1 or lines.count() != errored:
+            fail(f"the ERRORED filter lists {lines.count()} states, the box counts {errored}")
+        print(f"ERRORED filter: {errored} states")
         page.locator("#details .states div").first.click()
         page.wait_for_selector("#state-detail pre", timeout=10_000)
         detail = page.inner_text("#state-detail")

@@ -90,13 +90,13 @@ pub async fn list(api: &Api, page: u32, size: u32, format: Format) -> Outcome {
     Ok(())
 }
 
-/// `exo run show RUN`: the run's counters and its states, grouped by
-/// node (a fan-out is one line with its counts per status).
+/// `exo run show RUN`: the run's counters and its graph nodes as a tree,
+/// each with its states' counts per status (a fan-out is one line).
 pub async fn show(api: &Api, run_id: &str, format: Format) -> Outcome {
     let run = api.get(&format!("/run/{run_id}")).await?;
-    let graph = api.get(&format!("/states/run/{run_id}/graph")).await?;
+    let nodes = api.get(&format!("/run/{run_id}/nodes")).await?;
     if format == Format::Json {
-        println!("{}", json!({"run": run, "graph": graph}));
+        println!("{}", json!({"run": run, "nodes": nodes["nodes"]}));
         return Ok(());
     }
     println!(
@@ -108,23 +108,11 @@ pub async fn show(api: &Api, run_id: &str, format: Format) -> Outcome {
         run["pending_count"],
         run["errored_count"]
     );
-    print_table(tree(&graph));
+    print_table(tree(&nodes));
     for f in run["failures"].as_array().into_iter().flatten() {
         println!("failed: {f}");
     }
     Ok(())
-}
-
-/// The states of one graph node in a run.
-#[derive(Default)]
-struct Group<'a> {
-    node: &'a str,
-    counts: BTreeMap<&'a str, u64>,
-    error: Option<&'a str>,
-    /// Most retries of one state, plus one.
-    attempts: i64,
-    /// First creation and last change among its states.
-    span: Option<(chrono::NaiveDateTime, chrono::NaiveDateTime)>,
 }
 
 /// A naive ISO time as the API writes it.
@@ -132,92 +120,58 @@ fn time_of(v: &Value) -> Option<chrono::NaiveDateTime> {
     chrono::NaiveDateTime::parse_from_str(v.as_str()?, "%Y-%m-%dT%H:%M:%S%.f").ok()
 }
 
-impl Group<'_> {
-    fn add_times(&mut self, n: &Value) {
-        self.attempts = self
-            .attempts
-            .max(n["retry_count"].as_i64().unwrap_or(0) + 1);
-        let (Some(c), Some(u)) = (time_of(&n["created_at"]), time_of(&n["updated_at"])) else {
-            return;
-        };
-        self.span = Some(match self.span {
-            Some((a, b)) => (a.min(c), b.max(u)),
-            None => (c, u),
-        });
-    }
-
-    /// First creation to last change, e.g. `1.25 s`.
-    fn took(&self) -> String {
-        self.span.map_or(String::new(), |(a, b)| {
-            format!("{:.2} s", (b - a).num_milliseconds() as f64 / 1000.0)
-        })
+/// A node's first creation to last change, e.g. `1.25 s`.
+fn took(node: &Value) -> String {
+    match (
+        time_of(&node["first_created_at"]),
+        time_of(&node["last_updated_at"]),
+    ) {
+        (Some(a), Some(b)) => format!("{:.2} s", (b - a).num_milliseconds() as f64 / 1000.0),
+        _ => String::new(),
     }
 }
 
-/// The states of a run graph as a tree of nodes (depth-first from the
-/// roots, by identifier), each with its states' counts per status.
-fn tree(graph: &Value) -> Table {
-    let nodes = graph["nodes"].as_array().cloned().unwrap_or_default();
-    let ident_of: BTreeMap<&str, &str> = nodes
-        .iter()
-        .filter_map(|n| Some((n["id"].as_str()?, n["identifier"].as_str()?)))
-        .collect();
-    let mut by_ident: BTreeMap<&str, Group> = BTreeMap::new();
+/// A run's graph nodes (`GET /run/{id}/nodes`) as a tree, depth-first from
+/// the roots along their parents, each with its states' counts per status.
+fn tree(summary: &Value) -> Table {
+    let nodes: Vec<&Value> = summary["nodes"].as_array().into_iter().flatten().collect();
+    let ident = |n: &Value| n["identifier"].as_str().unwrap_or_default().to_string();
+    let known: std::collections::BTreeSet<String> = nodes.iter().map(|n| ident(n)).collect();
+    let mut children: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut roots = Vec::new();
     for n in &nodes {
-        let g = by_ident
-            .entry(n["identifier"].as_str().unwrap_or_default())
-            .or_insert_with(|| Group {
-                node: n["node_name"].as_str().unwrap_or_default(),
-                ..Group::default()
-            });
-        *g.counts
-            .entry(n["status"].as_str().unwrap_or_default())
-            .or_default() += 1;
-        if g.error.is_none() {
-            g.error = n["error"].as_str();
-        }
-        g.add_times(n);
-    }
-    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for edge in graph["edges"].as_array().into_iter().flatten() {
-        let (Some(s), Some(t)) = (edge["source"].as_str(), edge["target"].as_str()) else {
-            continue;
-        };
-        let (Some(&a), Some(&b)) = (ident_of.get(s), ident_of.get(t)) else {
-            continue;
-        };
-        let list = children.entry(a).or_default();
-        if a != b && !list.contains(&b) {
-            list.push(b);
+        match n["parent"].as_str().filter(|p| known.contains(*p)) {
+            Some(p) => children.entry(p.to_string()).or_default().push(n),
+            None => roots.push(*n),
         }
     }
-    let mut roots: Vec<&str> = graph["root_states"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["identifier"].as_str())
-        .collect();
-    roots.dedup();
     let mut table = Table::new();
-    table.set_header(["NODE", "STATES", "BY STATUS", "ATTEMPTS", "TIME", "ERROR"]);
+    table.set_header(["NODE", "STATES", "BY STATUS", "ATTEMPTS", "TIME"]);
     let mut seen = std::collections::BTreeSet::new();
-    let mut stack: Vec<(&str, usize)> = roots.iter().rev().map(|r| (*r, 0)).collect();
-    while let Some((ident, depth)) = stack.pop() {
-        if !seen.insert(ident) {
+    let mut stack: Vec<(&Value, usize)> = roots.iter().rev().map(|r| (*r, 0)).collect();
+    while let Some((n, depth)) = stack.pop() {
+        let id = ident(n);
+        if !seen.insert(id.clone()) {
             continue;
         }
-        if let Some(g) = by_ident.get(ident) {
-            let by: Vec<String> = g.counts.iter().map(|(s, c)| format!("{s} {c}")).collect();
-            table.add_row([
-                format!("{}{ident} ({})", "  ".repeat(depth), g.node),
-                g.counts.values().sum::<u64>().to_string(),
-                by.join(", "),
-                g.attempts.to_string(),
-                g.took(),
-                g.error.unwrap_or_default().to_string(),
-            ]);
-        }
-        for child in children.get(ident).into_iter().flatten().rev() {
+        let by: Vec<String> = n["counts"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(s, c)| format!("{s} {c}"))
+            .collect();
+        table.add_row([
+            format!(
+                "{}{id} ({})",
+                "  ".repeat(depth),
+                n["node_name"].as_str().unwrap_or_default()
+            ),
+            n["total"].to_string(),
+            by.join(", "),
+            n["attempts"].to_string(),
+            took(n),
+        ]);
+        for child in children.get(&id).into_iter().flatten().rev() {
             stack.push((child, depth + 1));
         }
     }
@@ -227,6 +181,12 @@ fn tree(graph: &Value) -> Table {
 /// Follows a run until it ends (or `timeout`): a progress bar of its
 /// states done out of all, by status, when `progress`. Returns the final
 /// status.
+///
+/// The run's own events (`GET /run/{id}/events?only=run`: created, ended)
+/// say when it ends, at once; the counts come from `GET /run/{id}`, read
+/// when an event arrives and at most every [`REFRESH`] otherwise, so what
+/// watching costs does not grow with the run's width. Without the events
+/// (the stream refused or closed early) it reads the run every [`REFRESH`].
 pub async fn watch(api: &Api, run_id: &str, timeout: Duration, progress: bool) -> Outcome<String> {
     let bar = if progress {
         ProgressBar::new(1)
@@ -241,6 +201,7 @@ pub async fn watch(api: &Api, run_id: &str, timeout: Duration, progress: bool) -
     );
     let path = format!("/run/{run_id}");
     let deadline = Instant::now() + timeout;
+    let mut events = RunEvents::open(api, &path).await;
     loop {
         let run = api.get(&path).await?;
         let n = |k: &str| run[k].as_u64().unwrap_or(0);
@@ -258,14 +219,73 @@ pub async fn watch(api: &Api, run_id: &str, timeout: Duration, progress: bool) -
             bar.finish();
             return Ok(status);
         }
-        if Instant::now() > deadline {
+        let now = Instant::now();
+        if now > deadline {
             bar.abandon();
             return Err(Exit::Timeout(format!(
                 "run {run_id} still {status} after {timeout:?}"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let wait = REFRESH.min(deadline - now);
+        match events.as_mut() {
+            Some(ev) => {
+                if !ev.next_within(wait).await {
+                    events = None;
+                }
+            }
+            None => tokio::time::sleep(wait).await,
+        }
     }
+}
+
+/// Longest time between two reads of a watched run.
+pub const REFRESH: Duration = Duration::from_millis(500);
+
+/// The run's own server-sent events, read as they come.
+struct RunEvents {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl RunEvents {
+    /// Opens the stream (None when the API refuses it).
+    async fn open(api: &Api, path: &str) -> Option<Self> {
+        let resp = api
+            .send(
+                reqwest::Method::GET,
+                &api.ns_path(&format!("{path}/events?only=run")),
+                None,
+            )
+            .await
+            .ok()?;
+        resp.status().is_success().then(|| Self {
+            resp,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Waits up to `wait` for the next event; false once the stream has
+    /// ended or failed (no event will come).
+    async fn next_within(&mut self, wait: Duration) -> bool {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                self.buf.drain(..end + 2);
+                return true;
+            }
+            match tokio::time::timeout_at(until, self.resp.chunk()).await {
+                Err(_) => return true,
+                Ok(Ok(Some(bytes))) => {
+                    self.buf.extend(bytes.iter().filter(|b| **b != b'\r'));
+                }
+                Ok(Ok(None) | Err(_)) => return false,
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `exo run cancel RUN`.
@@ -320,23 +340,27 @@ mod tests {
     }
 
     #[test]
-    fn fan_outs_collapse_into_one_line_per_node() {
-        let graph = json!({
-            "root_states": [{"id": "1", "identifier": "start"}],
-            "nodes": [
-                {"id": "1", "identifier": "start", "node_name": "Start", "status": "SUCCESS"},
-                {"id": "2", "identifier": "work", "node_name": "Work", "status": "SUCCESS"},
-                {"id": "3", "identifier": "work", "node_name": "Work", "status": "ERRORED", "error": "boom",
-                 "retry_count": 2, "created_at": "2026-12-01T10:00:00.250000", "updated_at": "2026-12-01T10:00:01.500000"},
-                {"id": "4", "identifier": "work", "node_name": "Work", "status": "SUCCESS"},
-            ],
-            "edges": [{"source": "1", "target": "2"}, {"source": "1", "target": "3"}, {"source": "1", "target": "4"}],
-        });
-        let text = tree(&graph).to_string();
-        assert!(text.contains("start (Start)"), "{text}");
-        assert!(text.contains("  work (Work)"), "{text}");
+    fn nodes_print_as_a_tree_along_their_parents() {
+        let summary = json!({"nodes": [
+            {"identifier": "start", "node_name": "Start", "parent": null, "total": 1,
+             "counts": {"SUCCESS": 1}, "attempts": 1},
+            {"identifier": "work", "node_name": "Work", "parent": "fan", "total": 3,
+             "counts": {"ERRORED": 1, "SUCCESS": 2}, "attempts": 3,
+             "first_created_at": "2026-12-01T10:00:00.250000", "last_updated_at": "2026-12-01T10:00:01.500000"},
+            {"identifier": "fan", "node_name": "Fan", "parent": "start", "total": 1,
+             "counts": {"SUCCESS": 1}, "attempts": 1},
+            {"identifier": "report", "node_name": "Report", "parent": "start", "total": 1,
+             "counts": {"PENDING": 1}, "attempts": 1},
+        ]});
+        let text = tree(&summary).to_string();
+        let at = |s: &str| {
+            text.find(s)
+                .unwrap_or_else(|| panic!("{s} missing: {text}"))
+        };
+        assert!(at("start (Start)") < at("  fan (Fan)"), "{text}");
+        assert!(at("  fan (Fan)") < at("    work (Work)"), "{text}");
+        assert!(at("    work (Work)") < at("  report (Report)"), "{text}");
         assert!(text.contains("ERRORED 1, SUCCESS 2"), "{text}");
-        assert!(text.contains("boom"), "{text}");
         assert!(
             text.contains("1.25 s") && text.contains(" 3 "),
             "attempts and time: {text}"

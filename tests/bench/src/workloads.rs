@@ -301,6 +301,16 @@ pub async fn fanout(args: &Args, report: &mut Report) -> anyhow::Result<Option<E
             |x| x <= 1000.0,
         );
         report_rss(report, &label, n >= 100_000, &v["cost"]["peak_rss_mb"]);
+        let views = view_costs(&env, v["run_id"].as_str().unwrap_or_default()).await?;
+        report.fig(
+            &label,
+            "reading the run per node (live view, exo run show)",
+            format!(
+                "{} ms, {} bytes (every state: {} ms, {} bytes)",
+                views["nodes_ms"], views["nodes_bytes"], views["graph_ms"], views["graph_bytes"]
+            ),
+        );
+        v["views"] = views;
         report.fig(
             &label,
             "work executions/s (runtime)",
@@ -318,6 +328,40 @@ pub async fn fanout(args: &Args, report: &mut Report) -> anyhow::Result<Option<E
         .workloads
         .insert("fanout".into(), Value::Array(sections));
     Ok(last)
+}
+
+/// What reading a finished run costs through the API: the per-node summary
+/// (`GET …/run/{id}/nodes`, median of five) against every state
+/// (`GET …/states/run/{id}/graph`, once).
+async fn view_costs(env: &Env, run_id: &str) -> anyhow::Result<Value> {
+    let get = |path: String| async move {
+        let started = std::time::Instant::now();
+        let body = env
+            .stack
+            .http
+            .get(format!(
+                "{}/v0/namespace/{}{path}",
+                env.stack.api_url,
+                crate::stack::NS
+            ))
+            .header("x-api-key", crate::stack::API_KEY)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        anyhow::Ok((started.elapsed().as_secs_f64() * 1000.0, body.len()))
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..5 {
+        nodes.push(get(format!("/run/{run_id}/nodes")).await?);
+    }
+    nodes.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (graph_ms, graph_bytes) = get(format!("/states/run/{run_id}/graph")).await?;
+    Ok(json!({
+        "nodes_ms": round3(nodes[2].0), "nodes_bytes": nodes[2].1,
+        "graph_ms": round3(graph_ms), "graph_bytes": graph_bytes,
+    }))
 }
 
 /// Peak RSS rows: per service (checked against 512 MiB where `checked`),

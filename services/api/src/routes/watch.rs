@@ -5,11 +5,14 @@
 //! reads `EXO_EVENTS` (kept 24 h) through an ordered consumer filtered on
 //! the run's subjects, so a client that reconnects gets the whole story
 //! again and watching costs the server one consumer per open stream.
+//! `?only=run` keeps the run's own events (created, ended: a handful per
+//! run, whatever its width).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use axum::extract::Query;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use exo_engine::lifecycle;
 use exo_types::subjects;
@@ -20,15 +23,36 @@ use crate::openapi;
 use crate::routes::Scoped;
 use crate::routes::runs::load_run;
 
+/// `?only=`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// `run`: only the run's own events (created, ended), not its states';
+    /// every event when absent.
+    pub only: Option<String>,
+}
+
 /// Watch a run
 ///
 /// `GET /v0/namespace/{ns}/run/{run_id}/events` (extension): server-sent
 /// events, one per lifecycle transition, until the run ends.
 #[utoipa::path(
     get, path = "/v0/namespace/{namespace_name}/run/{run_id}/events", operation_id = "watchRun", tag = "runs",
-    responses((status = 200, description = "The run's CloudEvents as server-sent events (`id`: ce-id, `event`: ce-type, `data`: the event's JSON), from its creation; the stream ends after the run's last event.", content_type = "text/event-stream", body = String), (status = 404, description = "No such run.", body = openapi::ErrorDetail))
+    params(EventsQuery),
+    responses((status = 200, description = "The run's CloudEvents as server-sent events (`id`: ce-id, `event`: ce-type, `data`: the event's JSON), from its creation; the stream ends after the run's last event.", content_type = "text/event-stream", body = String), (status = 400, description = "An `only` other than `run`.", body = openapi::ErrorDetail), (status = 404, description = "No such run.", body = openapi::ErrorDetail))
 )]
-pub async fn events(s: Scoped) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+pub async fn events(
+    s: Scoped,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let kinds = match q.only.as_deref() {
+        None | Some("") => ">",
+        Some("run") => "run.>",
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "only must be run (or absent), not {other:?}"
+            )));
+        }
+    };
     let (state, ns, run_id) = s.parts();
     let run = load_run(&state, &ns, &run_id).await?;
     // A run that ended already: its stored events, then the end (also
@@ -51,7 +75,7 @@ pub async fn events(s: Scoped) -> ApiResult<Sse<impl Stream<Item = Result<Event,
         .map_err(|e| ApiError::internal("events stream", e))?;
     let mut consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: format!("{prefix}.>"),
+            filter_subject: format!("{prefix}.{kinds}"),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })

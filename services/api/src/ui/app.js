@@ -2,8 +2,10 @@
 // Routes: #/ (namespaces), #/ns/<ns> (recent runs), #/ns/<ns>/run/<id> (one run, live).
 'use strict';
 
-const STATUSES = ['CREATED', 'QUEUED', 'EXECUTED', 'SUCCESS', 'PRUNED', 'ERRORED',
-  'NEXT_CREATED_ERROR', 'RETRY_CREATED', 'CANCELLED'];
+// The buckets a run's per-node counts use (CREATED, QUEUED, EXECUTED: PENDING).
+const STATUSES = ['PENDING', 'SUCCESS', 'PRUNED', 'ERRORED', 'NEXT_CREATED_ERROR',
+  'RETRY_CREATED', 'CANCELLED'];
+const PAGE = 100;
 const BOX_W = 230, BOX_H = 96, GAP_X = 70, GAP_Y = 28;
 
 let key = localStorage.getItem('exo.key') || '';
@@ -105,25 +107,24 @@ function runsPage(ns) {
   });
 }
 
-// Groups a run's states by graph node, and lays the nodes out in layers
-// along the template's edges (next_nodes solid, unites dashed).
-function layout(graph, template) {
+// One box per graph node (the run's per-node counts), laid out in layers
+// along the template's edges (next_nodes solid, unites dashed); without the
+// template, along the nodes' parents.
+function layout(summary, template) {
   const groups = new Map();
   const group = (ident, node) => {
-    if (!groups.has(ident)) groups.set(ident, { ident, node, counts: {}, states: [], total: 0 });
+    if (!groups.has(ident)) groups.set(ident, { ident, node, counts: {}, total: 0 });
     return groups.get(ident);
   };
   for (const t of template.nodes || []) group(t.identifier, t.node_name);
-  for (const n of graph.nodes) {
-    const g = group(n.identifier, n.node_name);
-    g.counts[n.status] = (g.counts[n.status] || 0) + 1;
-    g.total += 1;
-    g.states.push(n);
-  }
+  for (const n of summary.nodes) Object.assign(group(n.identifier, n.node_name), { counts: n.counts, total: n.total, info: n });
   const edges = [];
   for (const t of template.nodes || []) {
     for (const next of t.next_nodes || []) edges.push({ from: t.identifier, to: next, unites: false });
     if (t.unites) edges.push({ from: t.unites.identifier, to: t.identifier, unites: true });
+  }
+  if (!(template.nodes || []).length) {
+    for (const n of summary.nodes) if (n.parent) edges.push({ from: n.parent, to: n.identifier, unites: false });
   }
   const depth = new Map([...groups.keys()].map((k) => [k, 0]));
   for (let i = 0; i < groups.size; i += 1) {
@@ -146,7 +147,7 @@ function layout(graph, template) {
 
 function drawBox(g, onPick) {
   const box = s('g', { class: 'box', transform: `translate(${g.x},${g.y})`, 'data-testid': `box-${g.ident}`,
-    'data-total': g.total, 'data-success': g.counts.SUCCESS || 0 });
+    'data-total': g.total, 'data-success': g.counts.SUCCESS || 0, 'data-errored': g.counts.ERRORED || 0 });
   box.append(s('rect', { class: 'frame', width: BOX_W, height: BOX_H }));
   box.append(s('text', { x: 10, y: 18, class: 'title' }, g.ident));
   box.append(s('text', { x: 10, y: 34, class: 'sub' }, `${g.node} · ${g.total} state${g.total === 1 ? '' : 's'}`));
@@ -214,17 +215,38 @@ async function stateDetails(ns, run, state) {
     h('details', {}, h('summary', { text: 'everything' }), json(d)));
 }
 
+// The node's states a page at a time (optionally of one status), in the side pane.
 function pickGroup(ns, run, g) {
   const aside = $('#details');
   aside.hidden = false;
-  const list = g.states.slice(0, 500).map((st) => h('div', { onclick: () => stateDetails(ns, run, st).catch(failed) },
-    `${st.status.padEnd(12)} ${st.id}${st.error ? ' · ' + st.error : ''}`));
+  const list = h('div', { class: 'states', 'data-testid': 'state-list' });
+  const more = h('button', { hidden: true }, 'more');
+  const filter = h('select', { 'data-testid': 'status-filter' }, h('option', { value: '' }, 'every status'),
+    ['CREATED', 'QUEUED', 'EXECUTED', ...STATUSES.slice(1)].map((st) => h('option', { value: st }, st)));
+  let after = null;
+  const load = async () => {
+    const q = new URLSearchParams({ limit: PAGE });
+    if (filter.value) q.set('status', filter.value);
+    if (after) q.set('after', after);
+    const page = await api(`/v0/namespace/${enc(ns)}/run/${enc(run.run_id)}/nodes/${enc(g.ident)}/states?${q}`);
+    list.append(...page.states.map((st) => h('div', { onclick: () => stateDetails(ns, run, st).catch(failed) },
+      `${st.status.padEnd(12)} ${st.id}${st.retry_count ? ` · attempt ${st.retry_count + 1}` : ''}${st.error ? ' · ' + st.error : ''}`)));
+    after = page.next_after;
+    more.hidden = !after;
+  };
+  const reload = () => { list.replaceChildren(); after = null; load().catch(failed); };
+  more.addEventListener('click', () => load().catch(failed));
+  filter.addEventListener('change', reload);
+  const i = g.info || {};
   aside.replaceChildren(
     h('button', { class: 'close', onclick: () => { aside.hidden = true; } }, 'close'),
     h('h3', {}, `${g.ident} (${g.node})`),
     h('p', { class: 'muted' }, `${g.total} state(s); ${STATUSES.filter((x) => g.counts[x]).map((x) => `${x} ${g.counts[x]}`).join(', ')}`),
-    h('div', { class: 'states' }, list),
+    i.first_created_at ? h('p', { class: 'muted' }, `attempts up to ${i.attempts} · first ${i.first_created_at} · last change ${i.last_updated_at}`) : null,
+    h('div', {}, filter),
+    list, more,
     h('div', { id: 'state-detail' }, h('p', { class: 'muted', text: 'Click a state for its inputs, outputs and error.' })));
+  reload();
 }
 
 // Reads the run's server-sent events (fetch, so the key goes in a header).
@@ -264,8 +286,8 @@ function runPage(ns, id) {
     last = Date.now();
     const run = await api(`/v0/namespace/${enc(ns)}/run/${enc(id)}`);
     if (!template) template = await api(`/v0/namespace/${enc(ns)}/graph/${enc(run.graph_name)}`).catch(() => ({ nodes: [] }));
-    const graph = await api(`/v0/namespace/${enc(ns)}/states/run/${enc(id)}/graph`);
-    const laid = layout(graph, template);
+    const summary = await api(`/v0/namespace/${enc(ns)}/run/${enc(id)}/nodes`);
+    const laid = layout(summary, template);
     const onPick = (g) => { selected = g.ident; pickGroup(ns, run, g); };
     show(
       h('div', { class: 'summary' },
