@@ -36,6 +36,10 @@ fn with(mut model: IndexModel, set: impl FnOnce(&mut IndexOptions)) -> IndexMode
     model
 }
 
+/// Name of the states index by run, identifier and id (the pages of one
+/// graph node's states).
+pub const RUN_IDENTIFIER_INDEX: &str = "run_identifier_id_index";
+
 /// The indexes of the states collection.
 fn state_indexes() -> Vec<IndexModel> {
     let created = exo_types::status::StateStatus::Created.as_str();
@@ -57,6 +61,12 @@ fn state_indexes() -> Vec<IndexModel> {
             "run_id": 1, "retry_count": 1, "fanout_id": 1},
         ),
         index("run_id_status_index", doc! {"run_id": 1, "status": 1}),
+        // A graph node's states in a run, in id order: the pages of
+        // `GET …/run/{id}/nodes/{identifier}/states` (ours).
+        index(
+            RUN_IDENTIFIER_INDEX,
+            doc! {"run_id": 1, "identifier": 1, "_id": 1},
+        ),
         // Bound the scheduler's sweeps. Partial, so a state costs an
         // index entry only while it is CREATED (resp. parked): the
         // reconciler reads CREATED states due long ago, the due sweep

@@ -305,6 +305,11 @@ pub async fn states(
         .find(filter)
         .projection(doc! {"inputs": 0, "outputs": 0})
         .sort(doc! {"_id": 1})
+        // Within the run and node, in id order (without the hint a planner
+        // may walk the whole collection's `_id` index instead).
+        .hint(exo_store::mongodb::options::Hint::Name(
+            exo_store::indexes::RUN_IDENTIFIER_INDEX.to_string(),
+        ))
         .limit(page.limit + 1)
         .await?
         .try_collect()
