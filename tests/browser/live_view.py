@@ -118,6 +118,8 @@ def main():
         done = page.get_attribute('[data-testid="box-done"]', "data-total")
         if done != "1":
             fail(f"the unite box shows {done} states, not one")
+        if "attempt 1" not in detail:
+            fail(f"state details without the attempt: {detail[:300]}")
         if "inputs" not in detail or "item-" not in detail:
             fail(f"state details without its inputs: {detail[:300]}")
         print("state details: inputs and outputs shown")

@@ -29,7 +29,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::openapi;
 use crate::render::{iso, parse_oid};
 use crate::routes::Scoped;
-use crate::routes::runs::{load_run, run_summary};
+use crate::routes::runs::{load_run, run_status};
 
 /// States listed per page unless `?limit=` says otherwise.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -198,10 +198,7 @@ pub async fn summary(s: Scoped) -> ApiResult<Json<Value>> {
         Some(nodes) => nodes,
         None => aggregated(&state, &ns, &run_id).await?,
     };
-    let (status, _) = run_summary(&state, std::slice::from_ref(&run))
-        .await?
-        .pop()
-        .unwrap_or_default();
+    let (status, _) = run_status(&state, &run).await?;
     let mut ordered: Vec<(&String, &Node)> = nodes.iter().collect();
     ordered.sort_by_key(|(ident, n)| (n.first_ms, *ident));
     let items: Vec<Value> = ordered.iter().map(|(i, n)| n.to_json(i)).collect();

@@ -74,10 +74,7 @@ async fn legacy_counts(state: &AppState, run_ids: &[String]) -> ApiResult<HashMa
 }
 
 /// Status and counters of a run document.
-pub(crate) async fn run_summary(
-    state: &AppState,
-    runs: &[RunDoc],
-) -> ApiResult<Vec<(String, Counts)>> {
+async fn run_summary(state: &AppState, runs: &[RunDoc]) -> ApiResult<Vec<(String, Counts)>> {
     let legacy: Vec<String> = runs
         .iter()
         .filter(|r| r.status.is_none())
@@ -94,6 +91,14 @@ pub(crate) async fn run_summary(
             }
         })
         .collect())
+}
+
+/// The status and counters of one run (see [`run_summary`]).
+pub(crate) async fn run_status(state: &AppState, run: &RunDoc) -> ApiResult<(String, Counts)> {
+    Ok(run_summary(state, std::slice::from_ref(run))
+        .await?
+        .pop()
+        .unwrap_or_default())
 }
 
 fn path_int(c: &mut Checker, name: &str, raw: &str) -> Option<i64> {
@@ -181,10 +186,7 @@ pub(crate) async fn load_run(state: &AppState, ns: &str, run_id: &str) -> ApiRes
 pub async fn get_run(s: Scoped) -> ApiResult<Json<Value>> {
     let (state, ns, run_id) = s.parts();
     let run = load_run(&state, &ns, &run_id).await?;
-    let (status, c) = run_summary(&state, std::slice::from_ref(&run))
-        .await?
-        .pop()
-        .unwrap_or_default();
+    let (status, c) = run_status(&state, &run).await?;
     let failures = run_failures(&state, &run.run_id).await?;
     Ok(Json(json!({
         "run_id": run.run_id,

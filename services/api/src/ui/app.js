@@ -209,7 +209,8 @@ async function stateDetails(ns, run, state) {
   const json = (v) => h('pre', { text: JSON.stringify(v, null, 2) });
   pane.replaceChildren(
     h('h4', {}, `${d.identifier} · `, h('span', { class: `badge ${d.status}` }, d.status)),
-    h('p', { class: 'muted' }, `state ${d.id} · created ${d.created_at} · updated ${d.updated_at}`),
+    h('p', { class: 'muted', 'data-testid': 'state-meta' },
+      `state ${d.id} · attempt ${(state.retry_count || 0) + 1} · created ${d.created_at} · updated ${d.updated_at}`),
     d.error ? h('p', { class: 'error', 'data-testid': 'state-error', text: d.error }) : null,
     h('b', { text: 'inputs' }), json(d.inputs), h('b', { text: 'outputs' }), json(d.outputs),
     h('details', {}, h('summary', { text: 'everything' }), json(d)));
