@@ -131,6 +131,43 @@ fn start_runtime(root: &Path, env: &[(String, String)], profile: &str) -> Outcom
         })
 }
 
+/// The example runtime's nodes.
+const DEMO_NODES: [&str; 4] = ["Start", "Fan", "Work", "Report"];
+
+/// Waits until the example runtime has registered its nodes with the API
+/// (fails when it exits or takes longer than a minute).
+async fn wait_registered(child: &mut Child, root: &Path) -> Outcome {
+    let api = crate::client::Api::new("http://127.0.0.1:8000", &api_key(), "demo")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let log = root.join(".run/exo-dev-runtime.log");
+    loop {
+        if let Ok(v) = api.get("/nodes/").await {
+            let names: Vec<&str> = v["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["name"].as_str())
+                .collect();
+            if DEMO_NODES.iter().all(|n| names.contains(n)) {
+                return Ok(());
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Exit::Failure(format!(
+                "the example runtime exited ({status}) before registering its nodes; see {}",
+                log.display()
+            )));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Exit::Failure(format!(
+                "the example runtime did not register its nodes within a minute; see {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 fn api_key() -> String {
     std::env::var("EXO_API__KEY").unwrap_or_else(|_| "exo-demo-key".into())
 }
@@ -164,10 +201,13 @@ pub async fn run(args: &DevArgs) -> Outcome {
     let mut runtime = None;
     if !args.no_runtime {
         say("starting the example runtime (nodes Start, Fan, Work, Report in namespace demo)");
-        let child = start_runtime(&root, &env, profile)?;
+        let mut child = start_runtime(&root, &env, profile)?;
         if let Some(pid) = child.id() {
             std::fs::write(root.join(".run/exo-dev-runtime.pid"), pid.to_string())?;
         }
+        // The printed next steps apply a graph of its nodes: they must be
+        // registered before that graph can validate.
+        wait_registered(&mut child, &root).await?;
         runtime = Some(child);
     }
     print_next(&root);
