@@ -103,12 +103,13 @@ impl Census<'_> {
 /// its status and counters and writes its unite groups. Returns the groups
 /// that are complete and armed (their target SUCCESS) but have no unite
 /// state: the caller evaluates them in the same transaction. Returns nothing
-/// when the run was adopted already (by a concurrent transaction).
+/// when the run was adopted already (by a concurrent transaction). Its
+/// per-node counters are stamped `now_ms`.
 pub(crate) async fn adopt_in(
     s: &mut ClientSession,
     store: &Store,
-    graph: Option<&LoadedGraph>,
-    run_id: &str,
+    (graph, run_id): (Option<&LoadedGraph>, &str),
+    now_ms: i64,
 ) -> Result<Vec<Touch>, MongoError> {
     let legacy = store
         .runs()
@@ -165,7 +166,6 @@ pub(crate) async fn adopt_in(
         groups = groups.len(), "Adopting a run started by Exosphere.");
     let mut set = c.run_fields(0);
     set.insert("status", status.as_str());
-    let now_ms = exo_types::time::now_ms();
     set.insert(exo_store::node_counts::FIELD, nodes.document(now_ms));
     store
         .runs()

@@ -578,7 +578,8 @@ pub(crate) async fn adopt_then_apply(
     fx: &Effects,
     now_ms: i64,
 ) -> Result<Applied, MongoError> {
-    let touches = crate::legacy::adopt_in(s, store, fx.graph.as_deref(), &fx.run_id).await?;
+    let touches =
+        crate::legacy::adopt_in(s, store, (fx.graph.as_deref(), &fx.run_id), now_ms).await?;
     let mut fx = fx.clone();
     for t in touches {
         fx.touch(t);
