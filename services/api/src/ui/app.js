@@ -6,6 +6,7 @@
 const STATUSES = ['PENDING', 'SUCCESS', 'PRUNED', 'ERRORED', 'NEXT_CREATED_ERROR',
   'RETRY_CREATED', 'CANCELLED'];
 const PAGE = 100;
+const LOG_KEPT = 30;
 const BOX_W = 230, BOX_H = 96, GAP_X = 70, GAP_Y = 28;
 
 let key = localStorage.getItem('exo.key') || '';
@@ -301,7 +302,7 @@ function runPage(ns, id) {
         h('span', { class: 'muted' }, run.status === 'PENDING' ? 'live' : 'ended')),
       legend(),
       h('div', { class: 'canvas' }, drawGraph(laid, onPick)),
-      h('div', { class: 'events', 'data-testid': 'events' }, log.slice(-30).map((l) => h('div', { text: l }))));
+      h('div', { class: 'events', 'data-testid': 'events' }, log.slice(-LOG_KEPT).map((l) => h('div', { text: l }))));
     if (selected && laid.groups.has(selected) && !$('#details').hidden) {
       $(`[data-testid="box-${CSS.escape(selected)}"]`)?.classList.add('selected');
     }
@@ -312,7 +313,13 @@ function runPage(ns, id) {
     pending = true;
     setTimeout(() => { pending = false; draw().catch(failed); }, Math.max(0, 500 - (Date.now() - last)));
   };
-  follow(ns, id, (ev) => { log.push(`${ev.event || 'event'} ${ev.id || ''}`); soon(); }, abort.signal)
+  // Keeps the latest events only: a 100k-wide run sends hundreds of thousands.
+  const onEvent = (ev) => {
+    log.push(`${ev.event || 'event'} ${ev.id || ''}`);
+    if (log.length > 2 * LOG_KEPT) log.splice(0, log.length - LOG_KEPT);
+    soon();
+  };
+  follow(ns, id, onEvent, abort.signal)
     .catch((e) => { if (e.name !== 'AbortError') console.warn(e); });
   const stop = every(3000, draw);
   return () => { stop(); abort.abort(); $('#details').hidden = true; };
