@@ -29,7 +29,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::openapi;
 use crate::render::{iso, parse_oid};
 use crate::routes::Scoped;
-use crate::routes::runs::{load_run, run_status};
+use crate::routes::runs::{load_run, run_states, run_status};
 
 /// States listed per page unless `?limit=` says otherwise.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -119,11 +119,6 @@ fn int(v: Option<&Bson>) -> i64 {
         Some(Bson::Double(f)) => *f as i64,
         _ => 0,
     }
-}
-
-/// The states of run `run_id` in namespace `ns` (the node's or the graph's).
-fn run_states(ns: &str, run_id: &str) -> Document {
-    doc! {"run_id": run_id, "$or": [{"namespace_name": ns}, {"graph_namespace": ns}]}
 }
 
 /// The run's per-node counters, when it has them and they add up to its
@@ -235,7 +230,11 @@ impl PageQuery {
         let status = match self.status.as_deref() {
             None | Some("") => None,
             Some(s) => Some(StateStatus::parse(s).ok_or_else(|| {
-                let all: Vec<&str> = StateStatus::ALL.iter().map(|s| s.as_str()).collect();
+                let all: Vec<&str> = StateStatus::ALL
+                    .into_iter()
+                    .chain([StateStatus::Cancelled])
+                    .map(StateStatus::as_str)
+                    .collect();
                 ApiError::bad_request(format!(
                     "status must be one of {}, not {s:?}",
                     all.join(", ")
@@ -371,6 +370,12 @@ mod tests {
             format!("{e:?}").contains("status must be one of CREATED"),
             "{e:?}"
         );
+        assert!(
+            format!("{e:?}").contains("RETRY_CREATED, CANCELLED, not"),
+            "{e:?}"
+        );
+        let p = q(Some("CANCELLED"), None, None).check().unwrap();
+        assert_eq!(p.status, Some(StateStatus::Cancelled));
         let e = q(None, None, Some("123")).check().unwrap_err();
         assert!(
             format!("{e:?}").contains("after must be a state id"),

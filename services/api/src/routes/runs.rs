@@ -31,6 +31,13 @@ fn ns_filter(ns: &str) -> Document {
     doc! {"$or": [{"namespace_name": ns}, {"graph_namespace": ns}]}
 }
 
+/// The states of run `run_id` in namespace `ns` (the node's or the graph's).
+pub(crate) fn run_states(ns: &str, run_id: &str) -> Document {
+    let mut filter = ns_filter(ns);
+    filter.insert("run_id", run_id);
+    filter
+}
+
 /// Counters of one run (the engine's).
 type Counts = exo_engine::effects::Counters;
 
@@ -312,8 +319,7 @@ fn summary_template() -> Map<String, Value> {
 )]
 pub async fn graph_structure(s: Scoped) -> ApiResult<Json<Value>> {
     let (state, ns, run_id) = s.parts();
-    let mut filter = ns_filter(&ns);
-    filter.insert("run_id", &run_id);
+    let filter = run_states(&ns, &run_id);
     let states: Vec<StateDoc> = state
         .engine
         .store
