@@ -139,13 +139,20 @@ async fn a_run_is_one_trace_across_services_and_the_runtime() -> anyhow::Result<
         .into_iter()
         .chain(["exo-test-runtime"])
         .collect();
+    let required = ["mongo.transaction", "nats.publish", "execute Picky"];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (in_trace, names) = loop {
         let seen = spans.lock().map(|s| s.clone()).unwrap_or_default();
         let ours: Vec<_> = seen.iter().filter(|(_, t, _)| t == trace).collect();
         let services: BTreeSet<&str> = ours.iter().map(|(s, _, _)| s.as_str()).collect();
         let names: BTreeSet<String> = ours.iter().map(|(_, _, n)| n.clone()).collect();
-        if want.is_subset(&services) || tokio::time::Instant::now() > deadline {
+        // Every service, and every span asserted below: spans come in
+        // batches, a service's first may arrive before the one looked for.
+        let complete = want.is_subset(&services)
+            && required
+                .iter()
+                .all(|r| names.iter().any(|n| n.starts_with(r)));
+        if complete || tokio::time::Instant::now() > deadline {
             let services: BTreeSet<String> = services.into_iter().map(str::to_string).collect();
             break (services, names);
         }
@@ -158,7 +165,7 @@ async fn a_run_is_one_trace_across_services_and_the_runtime() -> anyhow::Result<
             "{s} exported no span of the run's trace; services in it: {in_trace:?}; spans: {names:?}"
         );
     }
-    for name in ["mongo.transaction", "nats.publish", "execute Picky"] {
+    for name in required {
         assert!(
             names.iter().any(|n| n.starts_with(name)),
             "no {name} span in the trace: {names:?}"
